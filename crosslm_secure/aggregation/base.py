@@ -1,0 +1,36 @@
+"""The feedback aggregator interface: protect on clients, combine blind, reveal the mean.
+
+One object per party. A client's aggregator can ``protect`` its score vector; the
+server's can only ``combine`` contributions; the round's decryptor (a client) can
+``reveal`` the aggregate. Plaintext and CKKS implement the same three calls, so the
+coordinator never knows which one runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+
+class Aggregator(Protocol):
+    name: str
+    """Short name shown in summaries (e.g. ``plaintext``, ``ckks``)."""
+
+    protected: bool
+    """False when the server could read per-client scores (shown as "unprotected")."""
+
+    def protect(
+        self, scores: np.ndarray, *, round_index: int, participants: Sequence[str]
+    ) -> bytes:
+        """Client side: turn this client's per-sample scores into a contribution blob."""
+        ...
+
+    def combine(self, contributions: Sequence[bytes]) -> bytes:
+        """Server side: add contributions without learning any of them."""
+        ...
+
+    def reveal(self, aggregate: bytes, *, contributors: int, count: int) -> np.ndarray:
+        """Decryptor side: the mean score per sample from a combined aggregate."""
+        ...

@@ -1,0 +1,46 @@
+"""Plaintext aggregation: no protection. Kept to price the protection; labelled unprotected."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from crosslm_secure.errors import ProtocolError
+
+_DTYPE = np.dtype("<f8")
+
+
+class PlaintextAggregator:
+    """Scores travel as raw float64; the server sums them in the clear."""
+
+    name = "plaintext"
+    protected = False
+
+    def protect(
+        self, scores: np.ndarray, *, round_index: int, participants: Sequence[str]
+    ) -> bytes:
+        return np.ascontiguousarray(scores, dtype=_DTYPE).tobytes()
+
+    def combine(self, contributions: Sequence[bytes]) -> bytes:
+        if not contributions:
+            raise ProtocolError("aggregate: no contributions to combine; at least one client must score")
+        vectors = [_decode(blob) for blob in contributions]
+        sizes = {v.size for v in vectors}
+        if len(sizes) != 1:
+            raise ProtocolError(f"aggregate: contributions have different lengths {sorted(sizes)}")
+        return np.sum(vectors, axis=0).astype(_DTYPE).tobytes()
+
+    def reveal(self, aggregate: bytes, *, contributors: int, count: int) -> np.ndarray:
+        total = _decode(aggregate)
+        if total.size != count:
+            raise ProtocolError(f"aggregate: holds {total.size} scores, expected {count}")
+        if contributors < 1:
+            raise ProtocolError("aggregate: contributors must be >= 1")
+        return total / contributors
+
+
+def _decode(blob: bytes) -> np.ndarray:
+    if len(blob) % _DTYPE.itemsize:
+        raise ProtocolError("aggregate: plaintext contribution is truncated (length not a multiple of 8)")
+    return np.frombuffer(blob, dtype=_DTYPE)

@@ -1,0 +1,108 @@
+"""The ``crosslm`` command. Every command calls the library; nothing is implemented here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from crosslm_secure.errors import CrossLMError
+
+for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_name, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(
+    name="crosslm",
+    help="Privacy-hardened CrossLM: one LLM and many small LMs improve each other across silos.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def _fail(exc: CrossLMError) -> None:
+    console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Argument(help="YAML config, e.g. experiments/configs/default.yaml")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: section.field=value")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue runs/<id> from its last completed round")] = None,
+) -> None:
+    """Run a CrossLM job (or resume one) and write runs/<id>/ with summary.md and plots."""
+    from crosslm_secure.config import load_config
+    from crosslm_secure.runner import resume_job, run_job
+
+    try:
+        if resume is not None:
+            result = resume_job(resume, log=console.print)
+        else:
+            if config is None:
+                raise CrossLMError("run: give a config file (e.g. experiments/configs/default.yaml) or --resume runs/<id>")
+            result = run_job(load_config(config, set_ or []), log=console.print)
+    except CrossLMError as exc:
+        _fail(exc)
+        return
+    if result.outcome.stopped_early:
+        console.print(f"[yellow]run ended early:[/] {result.outcome.stopped_early}")
+    console.print(f"[green]done:[/] {result.store.root / 'summary.md'}")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="runs/<id>")]) -> None:
+    """Rebuild summary.md and the plots of a run from its saved metrics."""
+    from crosslm_secure.config import config_from_dict
+    from crosslm_secure.report.summary import write_report
+    from crosslm_secure.runstore import RunStore
+    from crosslm_secure.server.coordinator import RoundOutcome
+
+    try:
+        store = RunStore.open(run_dir)
+        config = config_from_dict(store.config_dict())
+        rows = store.rounds()
+        stopped = next((e["reason"] for e in store.events() if e["event"] == "run_stopped"), None)
+        excluded = {e["client"]: e["reason"] for e in store.events() if e["event"] == "client_excluded"}
+        outcome = RoundOutcome(rows[-1]["round"] if rows else -1, stopped, excluded)
+        write_report(store, config, outcome, slm_sources={n: config.slm_for(n).model for n in config.client_ids()})
+    except CrossLMError as exc:
+        _fail(exc)
+        return
+    console.print(f"wrote {store.root / 'summary.md'}")
+
+
+@app.command("config")
+def config_command(
+    check: Annotated[Path | None, typer.Option(help="Validate this YAML config and say what is wrong")] = None,
+) -> None:
+    """Print the default configuration with a doc line per field, or validate a file."""
+    from crosslm_secure.config import load_config, render_defaults
+
+    if check is None:
+        sys.stdout.write(render_defaults())
+        return
+    try:
+        load_config(check)
+    except CrossLMError as exc:
+        _fail(exc)
+        return
+    console.print(f"[green]{check} is valid[/]")
+
+
+@app.command("protocol-schema")
+def protocol_schema() -> None:
+    """Print the JSON Schema of every protocol message (protocols/messages.schema.json)."""
+    from crosslm_secure.protocol.messages import schema_document
+
+    sys.stdout.write(schema_document())
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

@@ -1,0 +1,252 @@
+"""A client silo's protocol handlers: bytes in, bytes out.
+
+Private records are only ever touched here (DESIGN.md §2). What leaves is: training
+status and epsilon, the protected score vector, the mean scores when this client is the
+round's decryptor, and held-out metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from crosslm_secure.aggregation.base import Aggregator
+from crosslm_secure.client.scoring import score_samples
+from crosslm_secure.client.trainer import SLMTrainer, TrainReport
+from crosslm_secure.config import SLMConfig
+from crosslm_secure.data.records import ClientData
+from crosslm_secure.errors import CrossLMError, ProtocolError
+from crosslm_secure.eval.slm_eval import evaluate_slm
+from crosslm_secure.protocol.envelope import Envelope, verify
+from crosslm_secure.protocol.messages import (
+    EnhanceReply,
+    EnhanceRequest,
+    ErrorReply,
+    EvaluateReply,
+    EvaluateRequest,
+    RevealReply,
+    RevealRequest,
+    ScoreReply,
+    ScoreRequest,
+    TrainingStats,
+    TrainReply,
+    TrainRequest,
+    finite_or_none,
+)
+from crosslm_secure.protocol.party import Party
+
+SERVER = "server"
+
+
+@dataclass
+class SLM:
+    """A client's small model and its tokenizer."""
+
+    tokenizer: Any
+    model: torch.nn.Module
+
+
+class ClientNode:
+    """Answers the server's requests for one silo.
+
+    Args:
+        party: this client's protocol identity (signs replies, verifies requests).
+        data: the silo's private train split and held-out test split.
+        slm: the silo's small model.
+        trainer: private (DP) or plain trainer.
+        aggregator: this client's side of the feedback aggregator.
+        settings: the SLM settings of this site.
+        num_labels: number of task labels.
+        device: where the SLM runs.
+        on_round_end: called with (round, slm) after evaluation, e.g. to checkpoint.
+    """
+
+    def __init__(
+        self,
+        party: Party,
+        data: ClientData,
+        slm: SLM,
+        trainer: SLMTrainer,
+        aggregator: Aggregator,
+        settings: SLMConfig,
+        num_labels: int,
+        device: torch.device,
+        on_round_end: Callable[[int, SLM], None] | None = None,
+    ) -> None:
+        self.party = party
+        self.data = data
+        self.slm = slm
+        self.trainer = trainer
+        self.aggregator = aggregator
+        self.settings = settings
+        self.num_labels = num_labels
+        self.device = device
+        self.on_round_end = on_round_end
+        self.round = 0
+        self.epsilon = float("inf")
+        self._handlers: dict[str, Callable[[Envelope, Any], tuple[Any, Sequence[bytes]]]] = {
+            "train.request": self._train,
+            "score.request": self._score,
+            "reveal.request": self._reveal,
+            "enhance.request": self._enhance,
+            "evaluate.request": self._evaluate,
+        }
+
+    @property
+    def client_id(self) -> str:
+        return self.party.name
+
+    def handle(self, message: bytes) -> bytes:
+        """Verify a request, act on it, and return a signed reply (an ``error`` on refusal)."""
+        round_index = self.round
+        try:
+            envelope, body = self.party.open(message)
+            round_index = envelope.round
+            if envelope.sender != SERVER:
+                raise ProtocolError(f"{self.client_id}: requests must come from the server, not {envelope.sender!r}")
+            if envelope.round < self.round:
+                raise ProtocolError(
+                    f"{self.client_id}: {envelope.type} is for round {envelope.round}, but round "
+                    f"{self.round} has started; refused"
+                )
+            handler = self._handlers.get(envelope.type)
+            if handler is None:
+                raise ProtocolError(f"{self.client_id}: {envelope.type!r} is not a request a client answers")
+            self.round = envelope.round
+            reply, blobs = handler(envelope, body)
+        except CrossLMError as exc:
+            return self.party.seal(SERVER, round_index, ErrorReply(reason=str(exc)))
+        return self.party.seal(SERVER, envelope.round, reply, blobs)
+
+    def _train(self, envelope: Envelope, body: TrainRequest) -> tuple[Any, Sequence[bytes]]:
+        reason = self.trainer.decline_reason(envelope.round)
+        if reason is not None:
+            return TrainReply(status="declined", reason=reason, private=self.trainer.private), ()
+        report = self.trainer.train_private(
+            self.slm.model, self.slm.tokenizer, self.data.train, round_index=envelope.round
+        )
+        self.epsilon = report.epsilon
+        return (
+            TrainReply(
+                status="ok",
+                stats=_stats(report),
+                private=self.trainer.private,
+                epsilon=finite_or_none(report.epsilon),
+                delta=report.details.get("delta"),
+            ),
+            (),
+        )
+
+    def _score(self, envelope: Envelope, body: ScoreRequest) -> tuple[Any, Sequence[bytes]]:
+        if self.client_id not in body.participants:
+            raise ProtocolError(f"{self.client_id}: not in the announced participant set; refusing to score")
+        samples = [sample.as_sample() for sample in body.samples]
+        for sample in samples:
+            if sample.intended_label >= self.num_labels:
+                raise ProtocolError(
+                    f"{self.client_id}: sample {sample.sample_id} has label {sample.intended_label}, "
+                    f"but the task has {self.num_labels} labels"
+                )
+        scores = score_samples(
+            self.slm.tokenizer,
+            self.slm.model,
+            samples,
+            max_length=self.settings.max_length,
+            batch_size=self.settings.eval_batch_size,
+            device=self.device,
+        )
+        contribution = self.aggregator.protect(
+            scores, round_index=envelope.round, participants=body.participants
+        )
+        return ScoreReply(count=len(samples), aggregator=self.aggregator.name), (contribution,)
+
+    def _reveal(self, envelope: Envelope, body: RevealRequest) -> tuple[Any, Sequence[bytes]]:
+        if not envelope.blobs:
+            raise ProtocolError(f"{self.client_id}: reveal.request carries no aggregate")
+        aggregate, signed_contributions = envelope.blobs[0], envelope.blobs[1:]
+        contributions = self._verified_contributions(envelope, body, signed_contributions)
+        recomputed = self.aggregator.combine(contributions)
+        if recomputed != aggregate:
+            raise ProtocolError(
+                f"{self.client_id}: the aggregate is not the sum of the signed contributions; refusing to decrypt"
+            )
+        means = self.aggregator.reveal(aggregate, contributors=len(contributions), count=body.count)
+        payload = np.ascontiguousarray(means, dtype="<f8").tobytes()
+        return RevealReply(count=body.count, contributors=len(contributions)), (payload,)
+
+    def _verified_contributions(
+        self, envelope: Envelope, body: RevealRequest, signed: Sequence[bytes]
+    ) -> list[bytes]:
+        """Check every contribution is a signed score reply of this round from an announced participant."""
+        announced = set(body.participants)
+        if len(announced) != len(body.participants):
+            raise ProtocolError(f"{self.client_id}: the participant set lists a client twice; refusing to decrypt")
+        if len(announced) < body.quorum:
+            raise ProtocolError(
+                f"{self.client_id}: {len(announced)} participants is below the quorum of {body.quorum}; refusing to decrypt"
+            )
+        seen: dict[str, bytes] = {}
+        for message in signed:
+            reply = verify(message, self.party.directory)
+            if reply.type != "score.reply" or reply.recipient != SERVER:
+                raise ProtocolError(f"{self.client_id}: a contribution is a {reply.type}, not a score.reply")
+            if reply.run_id != self.party.run_id or reply.round != envelope.round:
+                raise ProtocolError(
+                    f"{self.client_id}: a contribution from {reply.sender} belongs to another run or round; refusing"
+                )
+            if reply.sender not in announced:
+                raise ProtocolError(f"{self.client_id}: {reply.sender} contributed but was not announced; refusing")
+            if reply.sender in seen:
+                raise ProtocolError(f"{self.client_id}: {reply.sender} contributed twice; refusing to decrypt")
+            if not reply.blobs:
+                raise ProtocolError(f"{self.client_id}: the contribution of {reply.sender} carries no scores")
+            seen[reply.sender] = reply.blobs[0]
+        missing = announced - set(seen)
+        if missing:
+            raise ProtocolError(
+                f"{self.client_id}: contributions of {sorted(missing)} are missing from the aggregate; refusing to decrypt"
+            )
+        return [seen[name] for name in body.participants]
+
+    def _enhance(self, envelope: Envelope, body: EnhanceRequest) -> tuple[Any, Sequence[bytes]]:
+        examples = [sample.as_example() for sample in body.samples]
+        report = self.trainer.train_public(
+            self.slm.model, self.slm.tokenizer, examples, round_index=envelope.round
+        )
+        return EnhanceReply(stats=_stats(report)), ()
+
+    def _evaluate(self, envelope: Envelope, body: EvaluateRequest) -> tuple[Any, Sequence[bytes]]:
+        metrics = evaluate_slm(
+            self.slm.tokenizer,
+            self.slm.model,
+            self.data.test,
+            num_labels=self.num_labels,
+            max_length=self.settings.max_length,
+            batch_size=self.settings.eval_batch_size,
+            device=self.device,
+        )
+        if self.on_round_end is not None:
+            self.on_round_end(envelope.round, self.slm)
+        return (
+            EvaluateReply(
+                accuracy=metrics["accuracy"],
+                macro_f1=metrics["macro_f1"],
+                n=metrics["n"],
+                epsilon=finite_or_none(self.epsilon),
+            ),
+            (),
+        )
+
+
+def _stats(report: TrainReport) -> TrainingStats:
+    return TrainingStats(
+        steps=report.steps,
+        examples=report.examples_seen,
+        mean_loss=None if math.isnan(report.mean_loss) else report.mean_loss,
+        seconds=report.seconds,
+    )

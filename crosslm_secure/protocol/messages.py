@@ -1,0 +1,175 @@
+"""Typed bodies of every protocol message, and their (de)serialization.
+
+Each message type has a pydantic body model. ``protocols/messages.schema.json`` is generated
+from these models (``crosslm protocol-schema``) and a test keeps the two identical, so the
+published specification cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from crosslm_secure.data.records import Example, SyntheticSample
+from crosslm_secure.errors import ProtocolError
+from crosslm_secure.protocol.envelope import VERSION, Envelope
+
+MAX_TEXT_CHARS = 20_000
+MAX_SAMPLES = 100_000
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WireSample(_Body):
+    id: str = Field(max_length=128)
+    text: str = Field(max_length=MAX_TEXT_CHARS)
+    label: int = Field(ge=0)
+
+    @classmethod
+    def of(cls, sample: SyntheticSample) -> WireSample:
+        return cls(id=sample.sample_id, text=sample.text, label=sample.intended_label)
+
+    def as_sample(self) -> SyntheticSample:
+        return SyntheticSample(sample_id=self.id, text=self.text, intended_label=self.label)
+
+    def as_example(self) -> Example:
+        return Example(uid=self.id, text=self.text, label=self.label)
+
+
+class TrainRequest(_Body):
+    """Server -> client: train on your private records for this round."""
+
+
+class TrainingStats(_Body):
+    steps: int = Field(ge=0)
+    examples: int = Field(ge=0)
+    mean_loss: float | None = Field(None, description="null when no step ran.")
+    seconds: float = Field(ge=0)
+
+
+class TrainReply(_Body):
+    """Client -> server: trained (with the cumulative epsilon) or declined (with the reason)."""
+
+    status: Literal["ok", "declined"]
+    reason: str | None = None
+    stats: TrainingStats | None = None
+    private: bool
+    epsilon: float | None = Field(None, description="Cumulative record-level epsilon; null = not private (inf).")
+    delta: float | None = None
+
+
+class ScoreRequest(_Body):
+    """Server -> client: score these synthetic samples; the participant set is announced here."""
+
+    participants: list[str] = Field(min_length=1)
+    attempt: int = Field(0, ge=0)
+    samples: list[WireSample] = Field(max_length=MAX_SAMPLES)
+
+
+class ScoreReply(_Body):
+    """Client -> server: blob 0 is this client's protected score vector."""
+
+    count: int = Field(ge=0)
+    aggregator: str
+
+
+class RevealRequest(_Body):
+    """Server -> decryptor: blob 0 is the aggregate; blobs 1.. are the signed score replies."""
+
+    participants: list[str] = Field(min_length=1)
+    attempt: int = Field(0, ge=0)
+    count: int = Field(ge=0)
+    quorum: int = Field(ge=1)
+
+
+class RevealReply(_Body):
+    """Decryptor -> server: blob 0 holds the mean score per sample (float64, little-endian)."""
+
+    count: int = Field(ge=0)
+    contributors: int = Field(ge=1)
+
+
+class EnhanceRequest(_Body):
+    """Server -> client: accepted synthetic samples to train on (public data)."""
+
+    samples: list[WireSample] = Field(max_length=MAX_SAMPLES)
+
+
+class EnhanceReply(_Body):
+    stats: TrainingStats
+
+
+class EvaluateRequest(_Body):
+    """Server -> client: evaluate your SLM on your held-out split."""
+
+
+class EvaluateReply(_Body):
+    accuracy: float = Field(ge=0, le=1)
+    macro_f1: float = Field(ge=0, le=1)
+    n: int = Field(ge=0)
+    epsilon: float | None = None
+
+
+class ErrorReply(_Body):
+    """Any party -> sender: the request was refused; ``reason`` says why."""
+
+    reason: str = Field(max_length=2000)
+
+
+BODIES: dict[str, type[_Body]] = {
+    "train.request": TrainRequest,
+    "train.reply": TrainReply,
+    "score.request": ScoreRequest,
+    "score.reply": ScoreReply,
+    "reveal.request": RevealRequest,
+    "reveal.reply": RevealReply,
+    "enhance.request": EnhanceRequest,
+    "enhance.reply": EnhanceReply,
+    "evaluate.request": EvaluateRequest,
+    "evaluate.reply": EvaluateReply,
+    "error": ErrorReply,
+}
+TYPE_OF: dict[type[_Body], str] = {body: name for name, body in BODIES.items()}
+
+
+def type_name(body: _Body) -> str:
+    return TYPE_OF[type(body)]
+
+
+def body_dict(body: _Body) -> dict[str, Any]:
+    return body.model_dump(mode="json")
+
+
+def decode_body(envelope: Envelope) -> Any:
+    """Validate an envelope's body against its type's schema.
+
+    Raises:
+        ProtocolError: unknown type or a body that does not match the schema.
+    """
+    model = BODIES.get(envelope.type)
+    if model is None:
+        raise ProtocolError(f"message: unknown type {envelope.type!r} from {envelope.sender}; refused")
+    try:
+        return model.model_validate(envelope.body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ProtocolError(
+            f"message {envelope.type} from {envelope.sender}: field {where}: {first['msg']}; refused"
+        ) from None
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no infinity: a non-private epsilon travels as null."""
+    return None if math.isinf(value) else float(value)
+
+
+def schema_document() -> str:
+    """The JSON Schema of every message body, as published in ``protocols/``."""
+    schemas = {name: model.model_json_schema() for name, model in sorted(BODIES.items())}
+    return json.dumps({"wire_version": VERSION, "messages": schemas}, indent=2, sort_keys=True) + "\n"

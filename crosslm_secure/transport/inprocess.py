@@ -1,0 +1,41 @@
+"""In-process transport: the default for research runs. Still bytes only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from crosslm_secure.transport.base import NodeUnavailable
+
+Handler = Callable[[bytes], bytes]
+
+
+class InProcessTransport:
+    """Calls each node's ``handle(bytes) -> bytes`` directly.
+
+    Handlers answer refusals with an ``error`` message; a handler that raises is
+    treated like a crashed site: the caller sees ``NodeUnavailable`` and the node is not called again.
+    """
+
+    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+        self._handlers = dict(handlers)
+        self._down: dict[str, str] = {}
+
+    def node_ids(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def request(self, node_id: str, message: bytes, *, timeout: float | None = None) -> bytes:
+        if node_id in self._down:
+            raise NodeUnavailable(f"node {node_id} is down ({self._down[node_id]})")
+        handler = self._handlers.get(node_id)
+        if handler is None:
+            raise NodeUnavailable(f"node {node_id} is not connected to this transport")
+        if not isinstance(message, bytes):
+            raise TypeError("transport carries bytes only")
+        try:
+            reply = handler(message)
+        except Exception as exc:  # a crashing site must not take the server down
+            self._down[node_id] = f"{type(exc).__name__}: {exc}"
+            raise NodeUnavailable(f"node {node_id} crashed: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(reply, bytes):
+            raise TypeError(f"node {node_id} replied with {type(reply).__name__}, not bytes")
+        return reply
