@@ -46,7 +46,9 @@ def run(
             result = resume_job(resume, log=console.print)
         else:
             if config is None:
-                raise CrossLMError("run: give a config file (e.g. experiments/configs/default.yaml) or --resume runs/<id>")
+                raise CrossLMError(
+                    "run: give a config file (e.g. experiments/configs/default.yaml) or --resume runs/<id>"
+                )
             result = run_job(load_config(config, set_ or []), log=console.print)
     except CrossLMError as exc:
         _fail(exc)

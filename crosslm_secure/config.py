@@ -68,9 +68,7 @@ class DataConfig(_Section):
 
 class TaskConfig(_Section):
     name: str = Field("drug review sentiment", description="Human name of the task.")
-    labels: list[str] = Field(
-        ["negative", "neutral", "positive"], description="Label names in class-index order."
-    )
+    labels: list[str] = Field(["negative", "neutral", "positive"], description="Label names in class-index order.")
     verbalizers: dict[str, str] = Field(
         default_factory=dict,
         description="Word the LLM uses for each label (default: the label name).",
@@ -124,9 +122,7 @@ class LoraConfig(_Section):
     r: Annotated[int, Field(ge=1)] = Field(8, description="LoRA rank.")
     alpha: Annotated[int, Field(ge=1)] = Field(16, description="LoRA alpha.")
     dropout: Annotated[float, Field(ge=0, lt=1)] = Field(0.05, description="LoRA dropout.")
-    target_modules: list[str] = Field(
-        ["q_proj", "k_proj", "v_proj", "o_proj"], description="Module names LoRA adapts."
-    )
+    target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj"], description="Module names LoRA adapts.")
 
 
 class LLMConfig(_Section):
@@ -141,7 +137,9 @@ class LLMConfig(_Section):
 
 
 class GenerationConfig(_Section):
-    samples_per_label: Annotated[int, Field(ge=1)] = Field(32, description="Synthetic samples asked per label per round.")
+    samples_per_label: Annotated[int, Field(ge=1)] = Field(
+        32, description="Synthetic samples asked per label per round."
+    )
     max_new_tokens: Annotated[int, Field(ge=4, le=512)] = Field(48, description="Longest generated sample.")
     temperature: Annotated[float, Field(gt=0)] = Field(0.9, description="Sampling temperature.")
     top_p: Annotated[float, Field(gt=0, le=1)] = Field(0.95, description="Nucleus sampling p.")
@@ -230,9 +228,7 @@ class Config(_Section):
         ids = set(self.client_ids())
         unknown = set(self.slm_overrides) - ids
         if unknown:
-            raise ValueError(
-                f"slm_overrides names unknown clients {sorted(unknown)}; known: {sorted(ids)}"
-            )
+            raise ValueError(f"slm_overrides names unknown clients {sorted(unknown)}; known: {sorted(ids)}")
         return self
 
     def client_ids(self) -> list[str]:

@@ -84,14 +84,18 @@ class CKKSAggregator:
     ) -> CKKSAggregator:
         """A client (and potential decryptor); ``noise_sigma`` is the total std in the sum."""
         return cls(
-            role="client", run_id=run_id, context=context, registry=registry, keys=keys,
-            quorum=quorum, noise_sigma=noise_sigma, rng=rng,
+            role="client",
+            run_id=run_id,
+            context=context,
+            registry=registry,
+            keys=keys,
+            quorum=quorum,
+            noise_sigma=noise_sigma,
+            rng=rng,
         )
 
     @classmethod
-    def for_server(
-        cls, context: ScoreContext, registry: Registry, *, run_id: str, quorum: int = 2
-    ) -> CKKSAggregator:
+    def for_server(cls, context: ScoreContext, registry: Registry, *, run_id: str, quorum: int = 2) -> CKKSAggregator:
         """The server: public context only, so it can add and never decrypt."""
         return cls(role="server", run_id=run_id, context=context, registry=registry, quorum=quorum)
 
@@ -138,8 +142,13 @@ class CKKSAggregator:
         )
         ciphertext = encrypt_scores(self._context, masked)
         contribution = SignedContribution.create(
-            self._keys, self._context, ciphertext,
-            run_id=self.run_id, round_index=round_index, attempt=attempt, participants=members,
+            self._keys,
+            self._context,
+            ciphertext,
+            run_id=self.run_id,
+            round_index=round_index,
+            attempt=attempt,
+            participants=members,
         )
         self._round = (round_index, attempt, members)
         self.last_release = release
@@ -159,9 +168,14 @@ class CKKSAggregator:
         ciphertexts = []
         for blob in contributions:
             item = check_contribution(
-                self._public, self.registry, blob,
-                run_id=self.run_id, round_index=first.round_index, attempt=first.attempt,
-                participants=first.participants, count=first.count,
+                self._public,
+                self.registry,
+                blob,
+                run_id=self.run_id,
+                round_index=first.round_index,
+                attempt=first.attempt,
+                participants=first.participants,
+                count=first.count,
             )
             if item.sender in seen:
                 raise ProtocolError(f"aggregate: {item.sender} contributed twice this round")

@@ -160,9 +160,7 @@ class ClientNode:
             batch_size=self.settings.eval_batch_size,
             device=self.device,
         )
-        contribution = self.aggregator.protect(
-            scores, round_index=envelope.round, participants=body.participants
-        )
+        contribution = self.aggregator.protect(scores, round_index=envelope.round, participants=body.participants)
         return ScoreReply(count=len(samples), aggregator=self.aggregator.name), (contribution,)
 
     def _reveal(self, envelope: Envelope, body: RevealRequest) -> tuple[Any, Sequence[bytes]]:
@@ -179,16 +177,15 @@ class ClientNode:
         payload = np.ascontiguousarray(means, dtype="<f8").tobytes()
         return RevealReply(count=body.count, contributors=len(contributions)), (payload,)
 
-    def _verified_contributions(
-        self, envelope: Envelope, body: RevealRequest, signed: Sequence[bytes]
-    ) -> list[bytes]:
+    def _verified_contributions(self, envelope: Envelope, body: RevealRequest, signed: Sequence[bytes]) -> list[bytes]:
         """Check every contribution is a signed score reply of this round from an announced participant."""
         announced = set(body.participants)
         if len(announced) != len(body.participants):
             raise ProtocolError(f"{self.client_id}: the participant set lists a client twice; refusing to decrypt")
         if len(announced) < body.quorum:
             raise ProtocolError(
-                f"{self.client_id}: {len(announced)} participants is below the quorum of {body.quorum}; refusing to decrypt"
+                f"{self.client_id}: {len(announced)} participants is below the quorum of {body.quorum}; "
+                "refusing to decrypt"
             )
         seen: dict[str, bytes] = {}
         for message in signed:
@@ -209,15 +206,14 @@ class ClientNode:
         missing = announced - set(seen)
         if missing:
             raise ProtocolError(
-                f"{self.client_id}: contributions of {sorted(missing)} are missing from the aggregate; refusing to decrypt"
+                f"{self.client_id}: contributions of {sorted(missing)} are missing from the aggregate; "
+                "refusing to decrypt"
             )
         return [seen[name] for name in body.participants]
 
     def _enhance(self, envelope: Envelope, body: EnhanceRequest) -> tuple[Any, Sequence[bytes]]:
         examples = [sample.as_example() for sample in body.samples]
-        report = self.trainer.train_public(
-            self.slm.model, self.slm.tokenizer, examples, round_index=envelope.round
-        )
+        report = self.trainer.train_public(self.slm.model, self.slm.tokenizer, examples, round_index=envelope.round)
         return EnhanceReply(stats=_stats(report)), ()
 
     def _evaluate(self, envelope: Envelope, body: EvaluateRequest) -> tuple[Any, Sequence[bytes]]:

@@ -196,7 +196,9 @@ class Inbox:
                 f"not {self.owner!r}; refused"
             )
         if expect_type is not None and envelope.type != expect_type:
-            raise ProtocolError(f"message from {envelope.sender} is {envelope.type!r}, expected {expect_type!r}; refused")
+            raise ProtocolError(
+                f"message from {envelope.sender} is {envelope.type!r}, expected {expect_type!r}; refused"
+            )
         if expect_round is not None and envelope.round != expect_round:
             raise ProtocolError(
                 f"message {envelope.type} from {envelope.sender} is for round {envelope.round}, "

@@ -106,7 +106,9 @@ def _protections(config: Config, rows: Sequence[dict[str, Any]]) -> list[str]:
         "",
         "| protection | state |",
         "|---|---|",
-        f"| feedback aggregation | `{aggregator}`" + ("" if protected else " — **unprotected**: the server sees per-client scores") + " |",
+        f"| feedback aggregation | `{aggregator}`"
+        + ("" if protected else " — **unprotected**: the server sees per-client scores")
+        + " |",
         f"| client training | {dp_line} |",
         "| messages | Ed25519-signed, bound to run, round and sender; replays refused |",
     ]
@@ -128,14 +130,19 @@ def _headline(rows: Sequence[dict[str, Any]]) -> list[str]:
     out = []
     for key, name in (("slm_accuracy_mean", "Mean client SLM accuracy"), ("llm_accuracy", "LLM task accuracy")):
         if key in first and key in last:
-            out.append(f"- {name}: {first[key]:.3f} (round 0) -> {last[key]:.3f} (round {last['round']}), "
-                       f"{(last[key] - first[key]) * 100:+.1f} points")
+            out.append(
+                f"- {name}: {first[key]:.3f} (round 0) -> {last[key]:.3f} (round {last['round']}), "
+                f"{(last[key] - first[key]) * 100:+.1f} points"
+            )
     if "llm_perplexity" in first and "llm_perplexity" in last:
         change = (last["llm_perplexity"] / first["llm_perplexity"] - 1) * 100
-        out.append(f"- LLM general perplexity: {first['llm_perplexity']:.2f} -> {last['llm_perplexity']:.2f} "
-                   f"({change:+.1f}%)")
+        out.append(
+            f"- LLM general perplexity: {first['llm_perplexity']:.2f} -> {last['llm_perplexity']:.2f} ({change:+.1f}%)"
+        )
     total = sum(r.get("seconds_round", 0) for r in rows)
-    out.append(f"- Wall time over all rounds: {total:.0f} s; peak memory {max(r.get('peak_rss_mb', 0) for r in rows):.0f} MB")
+    out.append(
+        f"- Wall time over all rounds: {total:.0f} s; peak memory {max(r.get('peak_rss_mb', 0) for r in rows):.0f} MB"
+    )
     return out
 
 
@@ -155,7 +162,12 @@ def _clients(rows: Sequence[dict[str, Any]]) -> list[str]:
     names = sorted({k.split("/", 1)[1] for k in last if k.startswith("slm_accuracy/")})
     if not names:
         return []
-    lines = [f"## Clients after round {last['round']}", "", "| client | accuracy | macro-F1 | epsilon |", "|---|---|---|---|"]
+    lines = [
+        f"## Clients after round {last['round']}",
+        "",
+        "| client | accuracy | macro-F1 | epsilon |",
+        "|---|---|---|---|",
+    ]
     for name in names:
         epsilon = last.get(f"epsilon/{name}")
         eps_text = "n/a" if epsilon is None else ("inf" if math.isinf(epsilon) else f"{epsilon:.3f}")

@@ -122,9 +122,7 @@ class Coordinator:
                 self.store.event("run_stopped", round=round_index, reason=stop)
                 return RoundOutcome(completed, stop, dict(self.excluded))
             completed = round_index
-            self.store.save_state(
-                {"completed_round": round_index, "active": self.active, "excluded": self.excluded}
-            )
+            self.store.save_state({"completed_round": round_index, "active": self.active, "excluded": self.excluded})
         return RoundOutcome(completed, None, dict(self.excluded))
 
     def restore(self, active: Sequence[str], excluded: dict[str, str]) -> None:

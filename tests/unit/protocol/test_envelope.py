@@ -25,7 +25,12 @@ def test_round_trip_keeps_body_blobs_and_binding(parties: tuple[Party, Party]) -
     server, client = parties
     message = client.seal("server", 3, ScoreReply(count=2, aggregator="plaintext"), [b"\x00\x01", b""])
     envelope, body = server.open(message)
-    assert (envelope.type, envelope.sender, envelope.recipient, envelope.round) == ("score.reply", "client-1", "server", 3)
+    assert (envelope.type, envelope.sender, envelope.recipient, envelope.round) == (
+        "score.reply",
+        "client-1",
+        "server",
+        3,
+    )
     assert body == ScoreReply(count=2, aggregator="plaintext")
     assert envelope.blobs == (b"\x00\x01", b"")
 
@@ -80,12 +85,21 @@ def test_oversize_and_truncated_messages_are_refused(parties: tuple[Party, Party
 
 def test_body_must_match_its_schema(parties: tuple[Party, Party]) -> None:
     server, client = parties
-    raw = seal(client.key, type="score.reply", run_id="run-a", round=1, sender="client-1",
-               recipient="server", seq=1, body={"count": -1, "aggregator": "x"})
+    raw = seal(
+        client.key,
+        type="score.reply",
+        run_id="run-a",
+        round=1,
+        sender="client-1",
+        recipient="server",
+        seq=1,
+        body={"count": -1, "aggregator": "x"},
+    )
     with pytest.raises(ProtocolError, match="count"):
         server.open(raw)
-    raw = seal(client.key, type="no.such", run_id="run-a", round=1, sender="client-1",
-               recipient="server", seq=2, body={})
+    raw = seal(
+        client.key, type="no.such", run_id="run-a", round=1, sender="client-1", recipient="server", seq=2, body={}
+    )
     with pytest.raises(ProtocolError, match="unknown type"):
         server.open(raw)
 
