@@ -10,7 +10,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from crosslm_secure.crypto.cli import keys_app
 from crosslm_secure.errors import CrossLMError
+from crosslm_secure.privacy.cli import budget_app
 
 for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_name, "1")
@@ -23,6 +25,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(budget_app, name="budget", help="Privacy budgets of a run: epsilon spent and left per client.")
+app.add_typer(keys_app, name="keys", help="Participant keys: create, fingerprint, enroll.")
 console = Console(stderr=True)
 
 

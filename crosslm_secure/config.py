@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from crosslm_secure.errors import ConfigError
+from crosslm_secure.privacy.settings import PrivacyConfig
 
 Method = Literal["crosslm", "standalone", "data_free_kd", "llm_zero_shot"]
 
@@ -179,8 +180,18 @@ class FeedbackConfig(_Section):
     max_attempts: Annotated[int, Field(ge=1, le=10)] = Field(
         3, description="Score-aggregation attempts per round when participants drop (fresh masks each time)."
     )
-    aggregator: Literal["plaintext"] = Field(
-        "plaintext", description="How per-sample scores are aggregated (plaintext is unprotected)."
+    aggregator: Literal["ckks", "plaintext"] = Field(
+        "ckks",
+        description="ckks: scores CKKS-encrypted with pairwise masks, summed blind by the server, decrypted "
+        "only as an aggregate by a verifying client; plaintext: unprotected (prices the protection).",
+    )
+    ckks_preset: Literal["n8192", "n4096"] = Field(
+        "n8192", description="CKKS parameters, both 128-bit secure; n4096 costs ~32 B per score instead of ~81."
+    )
+    noise_sigma: Annotated[float, Field(ge=0)] = Field(
+        0.05,
+        description="Std of the Gaussian noise in each per-sample score sum (each client adds sigma/sqrt(K)); "
+        "floods CKKS decryption noise and is recorded in each client's ledger as a release.",
     )
     threshold: Annotated[float, Field(ge=0, le=1)] = Field(
         0.5, description="Mean score at or above which a synthetic sample is accepted."
@@ -215,6 +226,7 @@ class Config(_Section):
         description="Per-client SLM settings by client id (client-1, client-2, ...); sites may differ.",
     )
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")

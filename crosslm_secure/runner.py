@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from crosslm_secure.aggregation.plaintext import PlaintextAggregator
-from crosslm_secure.client.node import SLM, ClientNode
-from crosslm_secure.client.plain_trainer import PlainTrainer
-from crosslm_secure.client.trainer import SLMTrainer
+from crosslm_secure.client.dp_trainer import DPTrainer
+from crosslm_secure.client.node import SLM, ClientNode, FeedbackKeys
 from crosslm_secure.config import Config, config_from_dict, config_to_dict
+from crosslm_secure.crypto.noise import ScoreRelease
 from crosslm_secure.data.loaders import load_labelled_data
 from crosslm_secure.data.partition import partition_clients
 from crosslm_secure.data.records import ClientData
@@ -30,7 +30,8 @@ from crosslm_secure.errors import RunError
 from crosslm_secure.models.device import resolve_device
 from crosslm_secure.models.llm import add_lora, load_llm, load_lora
 from crosslm_secure.models.slm import load_slm
-from crosslm_secure.protocol.party import Party, new_identities
+from crosslm_secure.privacy.ledger import Ledger, ledger_path
+from crosslm_secure.protocol.party import Party, in_memory_identities, party_of
 from crosslm_secure.report.summary import write_report
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.server.coordinator import Coordinator, RoundOutcome
@@ -90,15 +91,15 @@ def _execute(
         clients={c.client_id: {"train": len(c.train), "test": len(c.test)} for c in split.clients},
     )
 
-    names = [SERVER, *config.client_ids()]
-    keys, directory = new_identities(names)
+    keys, registry = in_memory_identities(SERVER, config.client_ids())
     run_id = store.run_id
-    server_aggregator = PlaintextAggregator()
-
     nodes = {}
     for client in split.clients:
-        party = Party(client.client_id, run_id, keys[client.client_id], directory)
-        nodes[client.client_id] = _client_node(config, store, client, party, len(labels), device, resumed=state)
+        own = keys[client.client_id]
+        feedback_keys = FeedbackKeys(own, registry, max(2, config.run.min_clients), config.feedback.noise_sigma)
+        nodes[client.client_id] = _client_node(
+            config, store, client, party_of(own, run_id, registry), feedback_keys, len(labels), device, resumed=state
+        )
 
     llm = load_llm(config.llm, device)
     log(f"LLM: {llm.source}")
@@ -110,9 +111,9 @@ def _execute(
     transport = InProcessTransport({name: node.handle for name, node in nodes.items()})
     coordinator = Coordinator(
         config,
-        Party(SERVER, run_id, keys[SERVER], directory),
+        party_of(keys[SERVER], run_id, registry),
         transport,
-        server_aggregator,
+        registry,
         llm,
         split.llm_test,
         store,
@@ -133,6 +134,7 @@ def _client_node(
     store: RunStore,
     client: ClientData,
     party: Party,
+    feedback_keys: FeedbackKeys,
     num_labels: int,
     device: torch.device,
     *,
@@ -145,27 +147,51 @@ def _client_node(
         tokenizer, model = load_slm(settings_for_load, num_labels, device)
     else:
         tokenizer, model = load_slm(settings, num_labels, device)
-    trainer = _trainer(config, client, device)
+    trainer = DPTrainer(
+        settings,
+        config.privacy,
+        ledger=Ledger(ledger_path(store.root, client.client_id), client_id=client.client_id),
+        run_id=store.run_id,
+        client_id=client.client_id,
+        planned_rounds=config.run.rounds,
+        num_records=len(client.train),
+        device=device,
+        seed=config.run.seed * 1000 + int(client.client_id.rsplit("-", 1)[-1]),
+        progress=config.run.progress,
+    )
+    trainer.prepare_model(model)
 
     def save_checkpoint(round_index: int, slm: SLM) -> None:
         _save_slm(slm, checkpoint)
+
+    def record_release(round_index: int, attempt: int, release: ScoreRelease) -> None:
+        # Conservative: the noise left if the decryptor subtracts its own share.
+        trainer.ledger.record_score_release(
+            run_id=store.run_id,
+            round_index=round_index,
+            noise_std=release.honest_share_only,
+            sensitivity=release.l2_sensitivity,
+            count=1,
+            delta=trainer.delta,
+            accountant=config.privacy.accountant,
+            epsilon_max=config.privacy.epsilon_max,
+            attempt=attempt,
+            details=release.to_dict(),
+        )
 
     return ClientNode(
         party,
         client,
         SLM(tokenizer, model),
         trainer,
-        PlaintextAggregator(),
+        PlaintextAggregator() if config.feedback.aggregator == "plaintext" else None,
         settings,
         num_labels,
         device,
         on_round_end=save_checkpoint,
+        feedback_keys=feedback_keys,
+        on_release=record_release,
     )
-
-
-def _trainer(config: Config, client: ClientData, device: torch.device) -> SLMTrainer:
-    seed = config.run.seed * 1000 + int(client.client_id.rsplit("-", 1)[-1])
-    return PlainTrainer(config.slm_for(client.client_id), device, seed=seed, progress=config.run.progress)
 
 
 def _save_slm(slm: SLM, folder: Path) -> None:

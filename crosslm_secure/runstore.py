@@ -27,6 +27,7 @@ import yaml
 from crosslm_secure.errors import RunError
 from crosslm_secure.storage import (
     append_jsonl,
+    atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     read_jsonl,
@@ -100,6 +101,12 @@ class RunStore:
 
     def rounds(self) -> list[dict[str, Any]]:
         return read_jsonl(self.root / "metrics.jsonl")
+
+    def write_public_context(self, public_context: bytes, announcement: bytes) -> None:
+        """Keep what the server holds of the CKKS keys: the public context and the dealer's
+        signed announcement (audits check it has no secret key)."""
+        atomic_write_bytes(self.root / "server" / "ckks_public_context.bin", public_context)
+        atomic_write_bytes(self.root / "server" / "ckks_announcement.json", announcement)
 
     def save_state(self, state: dict[str, Any]) -> None:
         atomic_write_json(self.root / "state.json", state)

@@ -29,6 +29,19 @@ class Aggregator(Protocol):
         """Server side: add contributions without learning any of them."""
         ...
 
-    def reveal(self, aggregate: bytes, *, contributors: int, count: int) -> np.ndarray:
-        """Decryptor side: the mean score per sample from a combined aggregate."""
+    def reveal(
+        self,
+        aggregate: bytes,
+        *,
+        contributors: int,
+        count: int,
+        round_index: int | None = None,
+        participants: Sequence[str] | None = None,
+        attempt: int | None = None,
+    ) -> np.ndarray:
+        """Decryptor side: the mean score per sample from a combined aggregate.
+
+        ``round_index``, ``participants`` and ``attempt`` bind the reveal to the aggregation
+        it belongs to; aggregators that sign contributions check them.
+        """
         ...

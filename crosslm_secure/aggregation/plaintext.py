@@ -29,7 +29,16 @@ class PlaintextAggregator:
             raise ProtocolError(f"aggregate: contributions have different lengths {sorted(sizes)}")
         return np.sum(vectors, axis=0).astype(_DTYPE).tobytes()
 
-    def reveal(self, aggregate: bytes, *, contributors: int, count: int) -> np.ndarray:
+    def reveal(
+        self,
+        aggregate: bytes,
+        *,
+        contributors: int,
+        count: int,
+        round_index: int | None = None,
+        participants: Sequence[str] | None = None,
+        attempt: int | None = None,
+    ) -> np.ndarray:
         total = _decode(aggregate)
         if total.size != count:
             raise ProtocolError(f"aggregate: holds {total.size} scores, expected {count}")

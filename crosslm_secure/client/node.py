@@ -16,9 +16,13 @@ import numpy as np
 import torch
 
 from crosslm_secure.aggregation.base import Aggregator
+from crosslm_secure.aggregation.ckks import CKKSAggregator
 from crosslm_secure.client.scoring import score_samples
 from crosslm_secure.client.trainer import SLMTrainer, TrainReport
 from crosslm_secure.config import SLMConfig
+from crosslm_secure.crypto.ceremony import accept_secret_context, deal_context
+from crosslm_secure.crypto.ckks import ScoreContext
+from crosslm_secure.crypto.keys import ParticipantKeys, Registry
 from crosslm_secure.data.records import ClientData
 from crosslm_secure.errors import CrossLMError, ProtocolError
 from crosslm_secure.eval.slm_eval import evaluate_slm
@@ -29,6 +33,10 @@ from crosslm_secure.protocol.messages import (
     ErrorReply,
     EvaluateReply,
     EvaluateRequest,
+    KeysDealReply,
+    KeysDealRequest,
+    KeysInstallReply,
+    KeysInstallRequest,
     RevealReply,
     RevealRequest,
     ScoreReply,
@@ -41,6 +49,16 @@ from crosslm_secure.protocol.messages import (
 from crosslm_secure.protocol.party import Party
 
 SERVER = "server"
+
+
+@dataclass
+class FeedbackKeys:
+    """A client's material for the CKKS key ceremony and aggregation (never leaves the client)."""
+
+    keys: ParticipantKeys
+    registry: Registry
+    quorum: int
+    noise_sigma: float
 
 
 @dataclass
@@ -64,6 +82,9 @@ class ClientNode:
         num_labels: number of task labels.
         device: where the SLM runs.
         on_round_end: called with (round, slm) after evaluation, e.g. to checkpoint.
+        feedback_keys: keys and registry for the CKKS ceremony.
+        on_release: called with (round, attempt, release) after a noised score vector left, so the
+            client's ledger records it.
     """
 
     def __init__(
@@ -72,11 +93,13 @@ class ClientNode:
         data: ClientData,
         slm: SLM,
         trainer: SLMTrainer,
-        aggregator: Aggregator,
+        aggregator: Aggregator | None,
         settings: SLMConfig,
         num_labels: int,
         device: torch.device,
         on_round_end: Callable[[int, SLM], None] | None = None,
+        feedback_keys: FeedbackKeys | None = None,
+        on_release: Callable[[int, int, Any], None] | None = None,
     ) -> None:
         self.party = party
         self.data = data
@@ -87,14 +110,18 @@ class ClientNode:
         self.num_labels = num_labels
         self.device = device
         self.on_round_end = on_round_end
+        self.feedback_keys = feedback_keys
+        self.on_release = on_release
         self.round = 0
-        self.epsilon = float("inf")
+        self.epsilon = 0.0 if trainer.private else float("inf")
         self._handlers: dict[str, Callable[[Envelope, Any], tuple[Any, Sequence[bytes]]]] = {
             "train.request": self._train,
             "score.request": self._score,
             "reveal.request": self._reveal,
             "enhance.request": self._enhance,
             "evaluate.request": self._evaluate,
+            "keys.deal": self._deal_keys,
+            "keys.install": self._install_keys,
         }
 
     @property
@@ -160,20 +187,33 @@ class ClientNode:
             batch_size=self.settings.eval_batch_size,
             device=self.device,
         )
-        contribution = self.aggregator.protect(scores, round_index=envelope.round, participants=body.participants)
-        return ScoreReply(count=len(samples), aggregator=self.aggregator.name), (contribution,)
+        aggregator = self._aggregator()
+        contribution = aggregator.protect(
+            scores, round_index=envelope.round, participants=body.participants, attempt=body.attempt
+        )
+        release = getattr(aggregator, "last_release", None)
+        if self.on_release is not None and release is not None and release.sigma_total > 0:
+            self.on_release(envelope.round, body.attempt, release)
+        return ScoreReply(count=len(samples), aggregator=aggregator.name), (contribution,)
 
     def _reveal(self, envelope: Envelope, body: RevealRequest) -> tuple[Any, Sequence[bytes]]:
         if not envelope.blobs:
             raise ProtocolError(f"{self.client_id}: reveal.request carries no aggregate")
         aggregate, signed_contributions = envelope.blobs[0], envelope.blobs[1:]
         contributions = self._verified_contributions(envelope, body, signed_contributions)
-        recomputed = self.aggregator.combine(contributions)
-        if recomputed != aggregate:
+        aggregator = self._aggregator()
+        if aggregator.combine(contributions) != aggregate:
             raise ProtocolError(
                 f"{self.client_id}: the aggregate is not the sum of the signed contributions; refusing to decrypt"
             )
-        means = self.aggregator.reveal(aggregate, contributors=len(contributions), count=body.count)
+        means = aggregator.reveal(
+            aggregate,
+            contributors=len(contributions),
+            count=body.count,
+            round_index=envelope.round,
+            participants=body.participants,
+            attempt=body.attempt,
+        )
         payload = np.ascontiguousarray(means, dtype="<f8").tobytes()
         return RevealReply(count=body.count, contributors=len(contributions)), (payload,)
 
@@ -210,6 +250,41 @@ class ClientNode:
                 "refusing to decrypt"
             )
         return [seen[name] for name in body.participants]
+
+    def _aggregator(self) -> Aggregator:
+        if self.aggregator is None:
+            raise ProtocolError(f"{self.client_id}: no feedback key is installed yet; the key ceremony must run first")
+        return self.aggregator
+
+    def _ceremony_keys(self) -> FeedbackKeys:
+        if self.feedback_keys is None:
+            raise ProtocolError(f"{self.client_id}: this site is not configured for CKKS aggregation")
+        return self.feedback_keys
+
+    def _deal_keys(self, envelope: Envelope, body: KeysDealRequest) -> tuple[Any, Sequence[bytes]]:
+        """Dealer: make the run's CKKS context, keep the secret, wrap it for every other client."""
+        own = self._ceremony_keys()
+        dealt = deal_context(own.keys, own.registry, run_id=self.party.run_id, preset=body.preset)
+        self.aggregator = self._ckks(own, dealt.secret_context)
+        recipients = sorted(dealt.wrapped)
+        blobs = (dealt.announcement, dealt.public_context, *(dealt.wrapped[name] for name in recipients))
+        return KeysDealReply(recipients=recipients, fingerprint=dealt.secret_context.fingerprint), blobs
+
+    def _install_keys(self, envelope: Envelope, body: KeysInstallRequest) -> tuple[Any, Sequence[bytes]]:
+        """Open the dealer's wrap (relayed by the server, which cannot read it)."""
+        own = self._ceremony_keys()
+        if len(envelope.blobs) != 2:
+            raise ProtocolError(f"{self.client_id}: keys.install must carry the announcement and one wrap")
+        context = accept_secret_context(
+            own.keys, own.registry, announcement=envelope.blobs[0], wrapped=envelope.blobs[1], run_id=self.party.run_id
+        )
+        self.aggregator = self._ckks(own, context)
+        return KeysInstallReply(fingerprint=context.fingerprint), ()
+
+    def _ckks(self, own: FeedbackKeys, context: ScoreContext) -> Aggregator:
+        return CKKSAggregator.for_client(
+            own.keys, context, own.registry, run_id=self.party.run_id, quorum=own.quorum, noise_sigma=own.noise_sigma
+        )
 
     def _enhance(self, envelope: Envelope, body: EnhanceRequest) -> tuple[Any, Sequence[bytes]]:
         examples = [sample.as_example() for sample in body.samples]

@@ -42,8 +42,6 @@ class SLMTrainer(Protocol):
         """Train on the client's private records (DP when ``private``)."""
         ...
 
-    def train_public(
-        self, model: Any, tokenizer: Any, examples: Sequence[Example], *, round_index: int
-    ) -> TrainReport:
+    def train_public(self, model: Any, tokenizer: Any, examples: Sequence[Example], *, round_index: int) -> TrainReport:
         """Train on public (synthetic) records: post-processing, no privacy cost."""
         ...

@@ -115,6 +115,28 @@ class EvaluateReply(_Body):
     epsilon: float | None = None
 
 
+class KeysDealRequest(_Body):
+    """Server -> dealer client: create the run's CKKS context and wrap it for each other client."""
+
+    preset: str = Field(max_length=32)
+
+
+class KeysDealReply(_Body):
+    """Dealer -> server: blob 0 the signed announcement, blob 1 the public context (no Galois
+    keys), blobs 2.. the secret context wrapped to each of ``recipients`` (same order)."""
+
+    recipients: list[str]
+    fingerprint: str = Field(max_length=128)
+
+
+class KeysInstallRequest(_Body):
+    """Server -> client: relays blob 0 (announcement) and blob 1 (the wrap for this client only)."""
+
+
+class KeysInstallReply(_Body):
+    fingerprint: str = Field(max_length=128)
+
+
 class ErrorReply(_Body):
     """Any party -> sender: the request was refused; ``reason`` says why."""
 
@@ -132,6 +154,10 @@ BODIES: dict[str, type[_Body]] = {
     "enhance.reply": EnhanceReply,
     "evaluate.request": EvaluateRequest,
     "evaluate.reply": EvaluateReply,
+    "keys.deal": KeysDealRequest,
+    "keys.dealt": KeysDealReply,
+    "keys.install": KeysInstallRequest,
+    "keys.installed": KeysInstallReply,
     "error": ErrorReply,
 }
 TYPE_OF: dict[type[_Body], str] = {body: name for name, body in BODIES.items()}

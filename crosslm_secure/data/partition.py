@@ -1,0 +1,167 @@
+"""Split a dataset across client silos: IID or Dirichlet label skew.
+
+* Train split: ``iid`` deals records out stratified by label (every client gets the
+  same label mix, sizes differ by at most one per label); ``dirichlet`` draws each
+  label's client shares from ``Dirichlet(alpha)`` (Hsu et al. 2019), redrawing until
+  every client holds at least ``MIN_TRAIN_PER_CLIENT`` records.
+* Test split: ``client_test_fraction`` of it (stratified) is divided among the clients,
+  each label in proportion to the clients' train counts of that label, so a silo's
+  held-out set follows its own label mix (a hospital's test patients look like its
+  training patients). Under ``iid`` this is an even stratified split. The rest is
+  ``TaskData.llm_test``, the evaluator's set for the LLM.
+
+A pure function of its inputs and ``seed``; every record lands in exactly one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from crosslm_secure.config import PartitionConfig
+from crosslm_secure.data.records import ClientData, Example, TaskData
+from crosslm_secure.errors import DataError
+
+MIN_TRAIN_PER_CLIENT = 4
+"""Fewest private train records a client may get."""
+
+_DIRICHLET_DRAWS = 100
+
+
+def partition_clients(
+    train: list[Example],
+    test: list[Example],
+    cfg: PartitionConfig,
+    client_ids: list[str],
+    *,
+    seed: int,
+) -> TaskData:
+    """Divide train and test records among clients and the LLM evaluator.
+
+    Args:
+        train: the labelled training records (become the clients' private data).
+        test: the labelled test records (clients' held-out sets + the LLM's test set).
+        cfg: scheme (``iid``/``dirichlet``), ``alpha`` and ``client_test_fraction``.
+        client_ids: one id per client, in order.
+        seed: the same seed and inputs give the same partition.
+
+    Returns:
+        ``TaskData`` with one ``ClientData`` per id (records kept in input order) and
+        the remaining test records as ``llm_test``.
+
+    Raises:
+        DataError: fewer than two clients, duplicate ids, or too few train records to
+            give every client ``MIN_TRAIN_PER_CLIENT``.
+    """
+    k = len(client_ids)
+    if k < 2:
+        raise DataError(f"partition: need at least 2 clients (got {k}); raise partition.clients")
+    if len(set(client_ids)) != k:
+        raise DataError("partition: client ids must be unique; check the client list")
+    if len(train) < k * MIN_TRAIN_PER_CLIENT:
+        raise DataError(
+            f"partition: {len(train)} training records cannot give {k} clients "
+            f"{MIN_TRAIN_PER_CLIENT} each; lower partition.clients or add records"
+        )
+    train_labels = np.array([ex.label for ex in train], dtype=np.int64)
+    test_labels = np.array([ex.label for ex in test], dtype=np.int64)
+    num_labels = int(max(train_labels.max(initial=0), test_labels.max(initial=0))) + 1
+
+    if cfg.scheme == "iid":
+        owner = _iid_owner(train_labels, k, np.random.default_rng([seed, 11]))
+    else:
+        owner = _dirichlet_owner(train_labels, k, cfg.alpha, np.random.default_rng([seed, 12]))
+
+    held = _stratified_choice(test_labels, cfg.client_test_fraction, np.random.default_rng([seed, 13]))
+    counts = np.zeros((num_labels, k), dtype=np.int64)
+    np.add.at(counts, (train_labels, owner), 1)
+    test_owner = _proportional_owner(test_labels, held, counts, np.random.default_rng([seed, 14]))
+
+    clients = [
+        ClientData(
+            client_id=client_id,
+            train=[ex for ex, o in zip(train, owner, strict=True) if o == c],
+            test=[ex for ex, o in zip(test, test_owner, strict=True) if o == c],
+        )
+        for c, client_id in enumerate(client_ids)
+    ]
+    llm_test = [ex for ex, o in zip(test, test_owner, strict=True) if o < 0]
+    return TaskData(clients=clients, llm_test=llm_test)
+
+
+def _iid_owner(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Deal records round-robin after a label-stratified shuffle."""
+    shuffled = rng.permutation(len(labels))
+    order = shuffled[np.argsort(labels[shuffled], kind="stable")]
+    owner = np.empty(len(labels), dtype=np.int64)
+    # A random rotation per call keeps client 0 from always getting the extra records.
+    owner[order] = (np.arange(len(labels)) + int(rng.integers(k))) % k
+    return owner
+
+
+def _dirichlet_owner(labels: np.ndarray, k: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
+    """Each label's records split by Dirichlet(alpha) shares; redrawn until sizes suffice."""
+    owner = np.empty(len(labels), dtype=np.int64)
+    for _ in range(_DIRICHLET_DRAWS):
+        for label in np.unique(labels):
+            positions = rng.permutation(np.flatnonzero(labels == label))
+            shares = rng.dirichlet(np.full(k, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(positions)).astype(np.int64)
+            for client, part in enumerate(np.split(positions, cuts)):
+                owner[part] = client
+        if np.bincount(owner, minlength=k).min() >= MIN_TRAIN_PER_CLIENT:
+            return owner
+    return _top_up(owner, k, rng)
+
+
+def _top_up(owner: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Move random records from the largest clients until each has the minimum."""
+    owner = owner.copy()
+    sizes = np.bincount(owner, minlength=k)
+    for client in range(k):
+        while sizes[client] < MIN_TRAIN_PER_CLIENT:
+            donor = int(sizes.argmax())
+            position = int(rng.choice(np.flatnonzero(owner == donor)))
+            owner[position] = client
+            sizes[donor] -= 1
+            sizes[client] += 1
+    return owner
+
+
+def _stratified_choice(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """A boolean mask selecting about ``fraction`` of each label's records."""
+    mask = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        positions = np.flatnonzero(labels == label)
+        take = int(round(fraction * len(positions)))
+        mask[rng.permutation(positions)[:take]] = True
+    return mask
+
+
+def _proportional_owner(
+    labels: np.ndarray, held: np.ndarray, train_counts: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Client of each held test record (-1 = LLM evaluator), per label in proportion to
+    the clients' train counts of that label (even shares when no client has it)."""
+    owner = np.full(len(labels), -1, dtype=np.int64)
+    k = train_counts.shape[1]
+    for label in np.unique(labels[held]):
+        positions = rng.permutation(np.flatnonzero(held & (labels == label)))
+        weights = train_counts[label] if label < len(train_counts) else np.zeros(k)
+        if weights.sum() == 0:
+            weights = np.ones(k)
+        quotas = _largest_remainder(len(positions), weights, rng)
+        owner[positions] = np.repeat(np.arange(k), quotas)
+    return owner
+
+
+def _largest_remainder(total: int, weights: Sequence[float] | np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Integer counts summing to ``total`` in proportion to ``weights`` (ties broken at random)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    exact = total * weights / weights.sum()
+    counts = np.floor(exact).astype(np.int64)
+    remainder = exact - counts
+    order = np.lexsort((rng.random(len(weights)), -remainder))
+    counts[order[: total - counts.sum()]] += 1
+    return counts

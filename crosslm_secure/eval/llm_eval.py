@@ -1,0 +1,199 @@
+"""The server LLM's task accuracy (zero-shot, label log-likelihood) and general perplexity.
+
+``classification_prompt`` and ``label_answers`` are also what tuning trains on, so the
+text -> label pairs of tuning and this evaluation always agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pydoc_data.topics import topics
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from crosslm_secure.config import EvalConfig, TaskConfig
+from crosslm_secure.data.records import Example
+from crosslm_secure.errors import ConfigError
+from crosslm_secure.eval.metrics import accuracy, macro_f1
+from crosslm_secure.models.llm import LoadedLLM, encode_prompt, left_pad, render_prompt, tail_logits
+
+
+def label_answers(tokenizer: PreTrainedTokenizerBase, task: TaskConfig) -> list[str]:
+    """The answer text for each label, in class order.
+
+    After a chat template the answer opens the assistant turn (``"positive"``); after a
+    plain prompt it continues the line (``" positive"``).
+    """
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    return [("" if chat else " ") + task.verbalizer(label) for label in task.labels]
+
+
+def label_token_ids(tokenizer: PreTrainedTokenizerBase, task: TaskConfig) -> list[int]:
+    """The first token of each label's answer; the LLM's prediction is the likeliest of them.
+
+    Raises:
+        ConfigError: two labels' answers start with the same token.
+    """
+    firsts = [tokenizer(a, add_special_tokens=False)["input_ids"][0] for a in label_answers(tokenizer, task)]
+    if len(set(firsts)) != len(firsts):
+        shared = sorted(
+            task.labels[i] for i, t in enumerate(firsts) if firsts.count(t) > 1
+        )
+        raise ConfigError(
+            f"config: task.verbalizers for {shared} start with the same LLM token; "
+            "give those labels verbalizers with distinct first words"
+        )
+    return firsts
+
+
+def classification_prompt(
+    tokenizer: PreTrainedTokenizerBase, task: TaskConfig, text: str, max_tokens: int | None = None
+) -> list[int]:
+    """Token ids of the zero-shot question about ``text``, cut to ``max_tokens`` if given.
+
+    Only the review text is shortened, never the question around it.
+
+    Raises:
+        ConfigError: the question alone does not fit in ``max_tokens``.
+    """
+
+    def encode(body: str) -> list[int]:
+        return encode_prompt(tokenizer, render_prompt(tokenizer, task.classify_template.format(text=body)))
+
+    ids = encode(text)
+    if max_tokens is None or len(ids) <= max_tokens:
+        return ids
+    overhead = len(encode(""))
+    if overhead >= max_tokens:
+        raise ConfigError(
+            f"config: task.classify_template needs {overhead} tokens without the text but the "
+            f"limit is {max_tokens}; raise eval.llm_max_length / tuning.max_length or shorten it"
+        )
+    text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    budget = max_tokens - overhead
+    while budget > 0:
+        ids = encode(tokenizer.decode(text_ids[:budget]))
+        if len(ids) <= max_tokens:
+            return ids
+        budget -= max(1, len(ids) - max_tokens)
+    return encode("")
+
+
+def llm_task_accuracy(
+    llm: LoadedLLM,
+    examples: Sequence[Example],
+    task: TaskConfig,
+    cfg: EvalConfig,
+    *,
+    progress: bool = True,
+) -> dict:
+    """Zero-shot accuracy of the LLM: one forward per example, likeliest label answer wins.
+
+    Args:
+        llm: the server LLM (possibly LoRA-tuned).
+        examples: labelled texts (the evaluator's test split).
+        task: labels, verbalizers and the classification template.
+        cfg: batch size and the token limit per prompt.
+        progress: show a progress bar.
+
+    Returns:
+        ``{"accuracy": float, "macro_f1": float, "n": int}``.
+
+    Raises:
+        ConfigError: verbalizers share a first token, or the template does not fit.
+    """
+    tokenizer = llm.tokenizer
+    targets = torch.tensor(label_token_ids(tokenizer, task), device=llm.device)
+    predictions: list[int] = []
+    with _eval_mode(llm.model), torch.no_grad():
+        for start in tqdm(
+            range(0, len(examples), cfg.llm_batch_size), desc="LLM accuracy", disable=not progress
+        ):
+            batch = examples[start : start + cfg.llm_batch_size]
+            encoded = [classification_prompt(tokenizer, task, e.text, cfg.llm_max_length) for e in batch]
+            ids, mask, positions = left_pad(encoded, tokenizer.pad_token_id, llm.device)
+            logits = tail_logits(llm.model, ids, mask, positions, keep=1)[:, -1, :]
+            predictions.extend(logits.index_select(1, targets).argmax(dim=1).tolist())
+    truth = [e.label for e in examples]
+    return {
+        "accuracy": accuracy(truth, predictions),
+        "macro_f1": macro_f1(truth, predictions, len(task.labels)),
+        "n": len(truth),
+    }
+
+
+def general_text(max_chars: int | None = None) -> str:
+    """General English text the LLM is never tuned on: Python's pydoc topics, sorted by name.
+
+    Args:
+        max_chars: cut the text to this many characters (None = all, ~460k characters).
+    """
+    text = "\n\n".join(topics[name].strip() for name in sorted(topics))
+    return text if max_chars is None else text[:max_chars]
+
+
+def perplexity_chunks(tokenizer: PreTrainedTokenizerBase, cfg: EvalConfig) -> list[list[int]]:
+    """``cfg.perplexity_chunks`` consecutive chunks of ``cfg.perplexity_chunk_tokens`` tokens
+    from the start of ``general_text()`` (only as much text as needed is tokenized).
+
+    Raises:
+        ConfigError: the general text is too short for that many tokens.
+    """
+    size, count = cfg.perplexity_chunk_tokens, cfg.perplexity_chunks
+    needed = size * count
+    full = general_text()
+    chars = needed * 6
+    while True:
+        ids = tokenizer(full[:chars], add_special_tokens=False)["input_ids"]
+        if len(ids) >= needed:
+            return [ids[i * size : (i + 1) * size] for i in range(count)]
+        if chars >= len(full):
+            raise ConfigError(
+                f"config: eval.perplexity_chunks x perplexity_chunk_tokens is {needed} tokens but "
+                f"the general text has only {len(ids)}; lower them"
+            )
+        chars *= 2
+
+
+def llm_perplexity(llm: LoadedLLM, cfg: EvalConfig, *, progress: bool = True) -> float:
+    """Perplexity of the LLM on general text: exp of the mean next-token NLL over all chunks.
+
+    Args:
+        llm: the server LLM (possibly LoRA-tuned).
+        cfg: number and length of chunks, batch size.
+        progress: show a progress bar.
+
+    Returns:
+        The perplexity (lower is better); compare before and after tuning.
+
+    Raises:
+        ConfigError: the chunk length exceeds the general text.
+    """
+    chunks = perplexity_chunks(llm.tokenizer, cfg)
+    total_nll, total_tokens = 0.0, 0
+    with _eval_mode(llm.model), torch.no_grad():
+        for start in tqdm(
+            range(0, len(chunks), cfg.llm_batch_size), desc="LLM perplexity", disable=not progress
+        ):
+            ids = torch.tensor(chunks[start : start + cfg.llm_batch_size], device=llm.device)
+            logits = llm.model(input_ids=ids).logits[:, :-1, :].float()
+            nll = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+            )
+            total_nll += nll.item()
+            total_tokens += ids[:, 1:].numel()
+    return math.exp(total_nll / total_tokens)
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

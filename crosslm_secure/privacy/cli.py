@@ -1,0 +1,62 @@
+"""``crosslm budget``: show and plot each client's privacy spend in a run.
+
+The main CLI mounts ``budget_app`` as ``crosslm budget``; the commands only call the
+library functions in :mod:`crosslm_secure.privacy.report`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from crosslm_secure.errors import CrossLMError
+from crosslm_secure.privacy.report import budget_table, budgets_json, plot_epsilon, run_budgets
+
+budget_app = typer.Typer(
+    help="Privacy budget per client: epsilon spent, left, rounds (from the run's ledgers).",
+    no_args_is_help=True,
+)
+
+RunOption = Annotated[Path, typer.Option("--run", help="The run folder, e.g. runs/<id>.")]
+
+
+@budget_app.command("show")
+def show(
+    run: RunOption,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """A table per client: epsilon spent, left, budget, rounds, accountant, delta."""
+    try:
+        budgets = run_budgets(run)
+    except CrossLMError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps({"run": str(run), "clients": budgets_json(budgets)}, indent=2))
+        return
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
+        console = Console(width=160)
+    console.print(budget_table(budgets, title=f"Privacy budget of {run.name}"))
+
+
+@budget_app.command("plot")
+def plot(
+    run: RunOption,
+    out: Annotated[Path | None, typer.Option("--out", help="PNG to write (default: <run>/plots/epsilon.png).")] = None,
+) -> None:
+    """Draw cumulative epsilon per round for each client (PNG)."""
+    try:
+        budgets = run_budgets(run)
+    except CrossLMError as exc:
+        _fail(exc)
+    path = plot_epsilon(budgets, out or run / "plots" / "epsilon.png", title=f"Privacy spent in {run.name}")
+    typer.echo(str(path))
+
+
+def _fail(exc: CrossLMError) -> NoReturn:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=1)

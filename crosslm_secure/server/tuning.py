@@ -1,0 +1,299 @@
+"""Step 7 of a round: LoRA-tune the server LLM on the clients' aggregate feedback.
+
+The objective per sample i with mean score s_i (DESIGN.md §1 step 7):
+
+* likelihood of ``prompt(label_i) -> text_i`` (completion tokens only), weighted by
+  ``feedback_weights``;
+* if ``tuning.classification_pairs``: likelihood of ``classify(text_i) -> label_i`` for the
+  accepted samples, with the same weight, so the LLM's task accuracy improves;
+* if ``tuning.unlikelihood_weight > 0``: ``-log(1 - p(token))`` on the completion tokens of
+  samples below ``tuning.unlikelihood_threshold``, times that weight.
+
+Prompts come from ``server.generation.sample_prompt`` and ``eval.llm_eval.classification_prompt``,
+the very functions generation and evaluation use.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from crosslm_secure.config import TaskConfig, TuningConfig
+from crosslm_secure.data.records import SyntheticSample
+from crosslm_secure.errors import ModelError
+from crosslm_secure.eval.llm_eval import classification_prompt, label_answers
+from crosslm_secure.models.llm import LoadedLLM, encode_prompt, left_pad, tail_logits
+from crosslm_secure.server.generation import sample_prompt
+
+IGNORE = -100
+ItemKind = Literal["generation", "pair", "unlikelihood"]
+
+
+def feedback_weights(
+    mean_scores: np.ndarray, *, threshold: float, unlikelihood_threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Map aggregate mean scores to likelihood weights and an unlikelihood mask.
+
+    Scores are first clipped to [0, 1] (DP noise can push a mean outside). A sample with
+    score ``s >= threshold`` gets weight ``s / mean(accepted scores)``, so accepted weights
+    average 1 and better-scored samples count more; every other sample gets weight 0.
+    The unlikelihood mask marks samples with ``s < unlikelihood_threshold`` that have
+    weight 0.
+
+    Args:
+        mean_scores: one mean score per synthetic sample, shape ``(n,)``.
+        threshold: acceptance threshold (``feedback.threshold``).
+        unlikelihood_threshold: scores below this are pushed down (``tuning.unlikelihood_threshold``).
+
+    Returns:
+        ``(weights, mask)``: float64 weights ``(n,)`` and a boolean mask ``(n,)``.
+
+    Raises:
+        ValueError: the scores are not a 1-D array of finite numbers.
+    """
+    scores = np.asarray(mean_scores, dtype=np.float64)
+    if scores.ndim != 1 or not np.all(np.isfinite(scores)):
+        raise ValueError("feedback_weights: mean_scores must be a 1-D array of finite numbers")
+    scores = np.clip(scores, 0.0, 1.0)
+    accepted = scores >= threshold
+    weights = np.zeros_like(scores)
+    if accepted.any():
+        weights[accepted] = scores[accepted] / scores[accepted].mean()
+    mask = (scores < unlikelihood_threshold) & ~accepted
+    return weights, mask
+
+
+@dataclass(frozen=True)
+class TuningItem:
+    """One training sequence: tokens, targets (IGNORE on the prompt) and its loss coefficient."""
+
+    input_ids: list[int]
+    labels: list[int]
+    coefficient: float
+    kind: ItemKind = "generation"
+
+    @property
+    def unlikelihood(self) -> bool:
+        """Whether this item's loss is the unlikelihood term."""
+        return self.kind == "unlikelihood"
+
+
+@dataclass
+class TuneReport:
+    """What one tuning call did."""
+
+    steps: int
+    mean_loss: float
+    seconds: float
+    weighted_samples: int
+    """Samples whose generation likelihood had weight > 0."""
+    label_pairs: int
+    """``text -> label`` pairs added."""
+    unlikelihood_samples: int = 0
+
+
+def build_tuning_items(
+    tokenizer: PreTrainedTokenizerBase,
+    samples: Sequence[SyntheticSample],
+    mean_scores: np.ndarray,
+    task: TaskConfig,
+    tuning: TuningConfig,
+    *,
+    threshold: float,
+) -> list[TuningItem]:
+    """All training sequences for one round's feedback (see the module docstring).
+
+    Raises:
+        ValueError: scores and samples differ in number.
+    """
+    if len(samples) != len(np.asarray(mean_scores)):
+        raise ValueError(
+            f"tuning: {len(samples)} samples but {len(np.asarray(mean_scores))} mean scores"
+        )
+    weights, mask = feedback_weights(
+        mean_scores, threshold=threshold, unlikelihood_threshold=tuning.unlikelihood_threshold
+    )
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    answers = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in label_answers(tokenizer, task)]
+    items: list[TuningItem] = []
+    for sample, weight, push_down in zip(samples, weights, mask, strict=True):
+        unlikely = bool(push_down) and tuning.unlikelihood_weight > 0
+        if weight > 0 or unlikely:
+            prompt = encode_prompt(tokenizer, sample_prompt(tokenizer, task, sample))
+            completion = tokenizer(sample.text, add_special_tokens=False)["input_ids"] + eos
+            item = _completion_item(
+                prompt,
+                completion,
+                tuning.max_length,
+                coefficient=float(weight) if weight > 0 else tuning.unlikelihood_weight,
+                kind="generation" if weight > 0 else "unlikelihood",
+            )
+            if item is not None:
+                items.append(item)
+        if weight > 0 and tuning.classification_pairs:
+            answer = answers[sample.intended_label]
+            prompt = classification_prompt(tokenizer, task, sample.text, tuning.max_length - len(answer))
+            pair = _completion_item(prompt, answer, tuning.max_length, coefficient=float(weight), kind="pair")
+            if pair is not None:
+                items.append(pair)
+    return items
+
+
+def sequence_losses(model: torch.nn.Module, items: Sequence[TuningItem], pad_id: int) -> torch.Tensor:
+    """Per-item loss: mean token NLL of the targets, or mean ``-log(1 - p)`` for unlikelihood."""
+    device = next(model.parameters()).device
+    ids, mask, positions = left_pad([i.input_ids for i in items], pad_id, device)
+    targets, _, _ = left_pad([i.labels for i in items], IGNORE, device)
+    # Targets are the tail of each left-padded row: only those positions need logits.
+    keep = min(int((targets != IGNORE).sum(dim=1).max()) + 1, ids.shape[1])
+    logits = tail_logits(model, ids, mask, positions, keep=keep)[:, :-1, :]
+    targets = targets[:, ids.shape[1] - keep + 1 :]
+    valid = targets != IGNORE
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    token_logp = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    unlikely = torch.tensor([i.unlikelihood for i in items], device=device).unsqueeze(1)
+    # -log(1 - p) with p = exp(logp); clamp so a certain token gives a large finite loss.
+    push_down = -torch.log1p(-token_logp.exp().clamp(max=1 - 1e-6))
+    per_token = torch.where(unlikely, push_down, -token_logp) * valid
+    return per_token.sum(dim=1) / valid.sum(dim=1).clamp(min=1)
+
+
+def feedback_loss(
+    llm: LoadedLLM,
+    samples: Sequence[SyntheticSample],
+    mean_scores: np.ndarray,
+    task: TaskConfig,
+    tuning: TuningConfig,
+    *,
+    threshold: float,
+) -> float:
+    """The tuning objective on this feedback, without training (mean over items)."""
+    items = build_tuning_items(llm.tokenizer, samples, mean_scores, task, tuning, threshold=threshold)
+    if not items:
+        return 0.0
+    was_training = llm.model.training
+    llm.model.eval()
+    total = 0.0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(items), tuning.batch_size):
+                batch = items[start : start + tuning.batch_size]
+                losses = sequence_losses(llm.model, batch, llm.tokenizer.pad_token_id)
+                coefficients = torch.tensor([i.coefficient for i in batch], device=losses.device)
+                total += float((losses * coefficients).sum())
+    finally:
+        llm.model.train(was_training)
+    return total / len(items)
+
+
+def tune_llm(
+    llm: LoadedLLM,
+    samples: Sequence[SyntheticSample],
+    mean_scores: np.ndarray,
+    task: TaskConfig,
+    tuning: TuningConfig,
+    *,
+    threshold: float,
+    seed: int,
+    progress: bool = True,
+) -> TuneReport:
+    """LoRA-tune the LLM on one round's aggregate feedback (AdamW on trainable params only).
+
+    Args:
+        llm: the server LLM, already wrapped by ``add_lora``.
+        samples: the round's synthetic samples.
+        mean_scores: aggregate mean score per sample, same order.
+        task: labels, verbalizers, prompts.
+        tuning: epochs, learning rate, batch size, max length, unlikelihood and pair settings.
+        threshold: acceptance threshold (``feedback.threshold``).
+        seed: seeds the item order and LoRA dropout.
+        progress: show a progress bar.
+
+    Returns:
+        Steps taken, mean loss, seconds, and how many items of each kind were trained on.
+        The model is left in eval mode.
+
+    Raises:
+        ModelError: the model has no trainable parameters (``add_lora`` was not called).
+        ValueError: scores and samples differ in number.
+    """
+    started = time.perf_counter()
+    model, tokenizer = llm.model, llm.tokenizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ModelError("the LLM has no trainable parameters; wrap it with add_lora before tune_llm")
+    items = build_tuning_items(tokenizer, samples, mean_scores, task, tuning, threshold=threshold)
+    report = TuneReport(
+        steps=0,
+        mean_loss=math.nan,
+        seconds=0.0,
+        weighted_samples=sum(1 for i in items if i.kind == "generation"),
+        label_pairs=sum(1 for i in items if i.kind == "pair"),
+        unlikelihood_samples=sum(1 for i in items if i.kind == "unlikelihood"),
+    )
+    if not items or tuning.epochs == 0:
+        report.seconds = time.perf_counter() - started
+        return report
+    optimizer = torch.optim.AdamW(params, lr=tuning.learning_rate, weight_decay=0.0)
+    order_rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7475]))
+    batches_per_epoch = math.ceil(len(items) / tuning.batch_size)
+    losses: list[float] = []
+    bar = tqdm(total=tuning.epochs * batches_per_epoch, desc="tune LLM", disable=not progress)
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=_cuda_devices(llm.device)):
+            torch.manual_seed(seed)
+            for _ in range(tuning.epochs):
+                order = order_rng.permutation(len(items))
+                for start in range(0, len(items), tuning.batch_size):
+                    batch = [items[k] for k in order[start : start + tuning.batch_size]]
+                    per_item = sequence_losses(model, batch, tokenizer.pad_token_id)
+                    coefficients = torch.tensor([i.coefficient for i in batch], device=per_item.device)
+                    loss = (per_item * coefficients).sum() / len(batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    optimizer.step()
+                    losses.append(loss.item())
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    finally:
+        bar.close()
+        model.eval()
+        optimizer.zero_grad(set_to_none=True)
+    report.steps = len(losses)
+    report.mean_loss = float(np.mean(losses))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _completion_item(
+    prompt: list[int],
+    completion: list[int],
+    max_length: int,
+    *,
+    coefficient: float,
+    kind: ItemKind,
+) -> TuningItem | None:
+    """Prompt + completion cut to ``max_length``; None when no completion token survives."""
+    ids = (prompt + completion)[:max_length]
+    kept = len(ids) - len(prompt)
+    if kept <= 0:
+        return None
+    labels = [IGNORE] * len(prompt) + ids[len(prompt) :]
+    return TuningItem(ids, labels, coefficient, kind)
+
+
+
+def _cuda_devices(device: torch.device) -> list[int]:
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]

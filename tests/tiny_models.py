@@ -1,0 +1,108 @@
+"""Tiny random-config models and toy data for unit tests (seconds, no downloads).
+
+Import from any test as ``from tests.tiny_models import tiny_bert_dir`` (the repository
+root is on ``sys.path`` under pytest).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+from crosslm_secure.data.records import Example
+
+SENTIMENT_WORDS: dict[int, list[str]] = {
+    0: ["bad", "awful", "terrible", "worse", "pain", "nausea", "horrible", "useless"],
+    1: ["okay", "fine", "average", "mixed", "moderate", "unsure", "normal", "mild"],
+    2: ["good", "great", "excellent", "helped", "better", "relief", "amazing", "love"],
+}
+"""Words that make the toy classes separable; class ``c % 3`` uses ``SENTIMENT_WORDS[c % 3]``."""
+
+FILLER_WORDS = ["the", "drug", "medicine", "was", "it", "i", "my", "took", "for", "and", "this"]
+
+
+def tiny_vocab() -> list[str]:
+    """Special tokens, the toy words, single letters and ``##`` letters (so any text encodes)."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = sorted({w for ws in SENTIMENT_WORDS.values() for w in ws} | set(FILLER_WORDS))
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    digits = [str(d) for d in range(10)]
+    punctuation = list(".,!?'\"-:;()&/#")
+    pieces = [f"##{c}" for c in letters + digits]
+    return specials + words + letters + digits + punctuation + pieces
+
+
+def tiny_bert_dir(
+    tmp_path: Path,
+    num_labels: int = 3,
+    *,
+    hidden_size: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    max_positions: int = 128,
+    seed: int = 0,
+    name: str = "tiny-bert",
+) -> Path:
+    """Save a random-weight BERT sequence classifier and its tokenizer; return the folder.
+
+    Args:
+        tmp_path: parent folder (pytest's ``tmp_path``).
+        num_labels: classes of the saved head.
+        hidden_size: hidden width (a multiple of ``heads``).
+        layers: transformer layers.
+        heads: attention heads.
+        max_positions: longest sequence the model accepts.
+        seed: seeds the random weights.
+        name: sub-folder name (use different names for several models in one test).
+
+    Returns:
+        A folder that ``from_pretrained`` (and ``load_slm`` with ``model=<folder>``) reads.
+    """
+    folder = Path(tmp_path) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(tiny_vocab()) + "\n")
+    tokenizer = BertTokenizer(vocab=str(vocab_file), do_lower_case=True)
+    tokenizer.model_max_length = max_positions
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(tiny_vocab()),
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=max_positions,
+        num_labels=num_labels,
+        pad_token_id=0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(config)
+    model.save_pretrained(folder)
+    return folder
+
+
+def separable_examples(n_per_label: int, num_labels: int = 3, *, seed: int = 0) -> list[Example]:
+    """Toy reviews whose label is given away by their sentiment words (easy to learn).
+
+    Args:
+        n_per_label: examples per class.
+        num_labels: classes (class ``c`` uses the word list ``c % 3``).
+        seed: seeds word choice and order.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    examples = []
+    for label in range(num_labels):
+        words = SENTIMENT_WORDS[label % 3]
+        for i in range(n_per_label):
+            picks = torch.randint(len(words), (2,), generator=generator).tolist()
+            fill = torch.randint(len(FILLER_WORDS), (3,), generator=generator).tolist()
+            text = " ".join(
+                [FILLER_WORDS[fill[0]], words[picks[0]], FILLER_WORDS[fill[1]], words[picks[1]]]
+                + [FILLER_WORDS[fill[2]]]
+            )
+            examples.append(Example(uid=f"toy:{label}:{i}", text=text, label=label))
+    order = torch.randperm(len(examples), generator=generator).tolist()
+    return [examples[i] for i in order]

@@ -1,0 +1,260 @@
+"""DPTrainer: DP-SGD rounds, ledger entries, resume, crash safety, preflight refusals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from opacus.data_loader import DPDataLoader
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+
+from crosslm_secure.client import dp_trainer
+from crosslm_secure.client.dp_trainer import DPTrainer, check_weights_moved, preflight
+from crosslm_secure.config import SLMConfig
+from crosslm_secure.errors import PrivacyError
+from crosslm_secure.models.slm import load_slm
+from crosslm_secure.privacy.ledger import Ledger, ledger_path
+from crosslm_secure.privacy.settings import PrivacyConfig
+from tests.tiny_models import separable_examples, tiny_bert_dir
+
+N_PER_LABEL = 8  # 24 records; batch 8 -> q = 1/3, 3 Poisson draws per epoch
+PRIVACY = PrivacyConfig(target_epsilon=None, noise_multiplier=1.0, accountant="rdp")
+
+
+def fixed_clock() -> str:
+    return "2026-01-01T00:00:00+00:00"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_bert_dir(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def examples():
+    return separable_examples(N_PER_LABEL)
+
+
+def slm_config(model_dir) -> SLMConfig:
+    return SLMConfig(model=str(model_dir), batch_size=8, private_epochs=1, max_length=24, learning_rate=1e-2)
+
+
+def load(model_dir):
+    return load_slm(slm_config(model_dir), 3, torch.device("cpu"), seed=0)
+
+
+def make_trainer(model_dir, root, privacy=PRIVACY, *, num_records=3 * N_PER_LABEL, run_id="run"):
+    ledger = Ledger(ledger_path(root, "client-1"), client_id="client-1", clock=fixed_clock)
+    return DPTrainer(
+        slm_config(model_dir),
+        privacy,
+        ledger=ledger,
+        run_id=run_id,
+        client_id="client-1",
+        planned_rounds=2,
+        num_records=num_records,
+        device="cpu",
+        seed=0,
+        progress=False,
+    )
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def assert_unwrapped(model):
+    assert not model.training
+    assert not any(hasattr(p, "grad_sample") or hasattr(p, "_norm_sample") for p in model.parameters())
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+def test_rounds_train_and_record(model_dir, examples, tmp_path, mode):
+    tokenizer, model = load(model_dir)
+    trainer = make_trainer(model_dir, tmp_path, PRIVACY.model_copy(update={"grad_sample_mode": mode}))
+    before = weights(model)
+    reports = [trainer.train_private(model, tokenizer, examples, round_index=r) for r in (0, 1)]
+    assert [r.steps for r in reports] == [3, 3]
+    entries = trainer.ledger.entries
+    assert [(e.round, e.mechanism, e.steps, e.sample_rate, e.noise_multiplier) for e in entries] == [
+        (0, "dp-sgd", 3, 8 / 24, 1.0),
+        (1, "dp-sgd", 3, 8 / 24, 1.0),
+    ]
+    assert reports[1].epsilon == entries[1].epsilon["rdp"] > reports[0].epsilon > 0
+    assert reports[1].details["epsilon_by_accountant"] == entries[1].epsilon
+    assert all(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert_unwrapped(model)
+
+
+def test_lora_trains_only_adapters_and_head(model_dir, examples, tmp_path):
+    tokenizer, model = load(model_dir)
+    trainer = make_trainer(model_dir, tmp_path, PRIVACY.model_copy(update={"lora_rank": 4}))
+    trainer.prepare_model(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
+    before = weights(model)
+    report = trainer.train_private(model, tokenizer, examples, round_index=0)
+    assert report.steps == 3
+    moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert moved == trainable
+    assert_unwrapped(model)
+
+
+def test_recorded_round_is_not_trained_again(model_dir, examples, tmp_path):
+    tokenizer, model = load(model_dir)
+    trainer = make_trainer(model_dir, tmp_path)
+    first = trainer.train_private(model, tokenizer, examples, round_index=0)
+    after_first = weights(model)
+    again = trainer.train_private(model, tokenizer, examples, round_index=0)
+    assert "already in the ledger" in again.details["skipped"]
+    assert again.steps == 0 and again.epsilon == first.epsilon
+    assert len(trainer.ledger) == 1
+    assert all(torch.equal(after_first[n], p) for n, p in model.named_parameters())
+
+
+def test_crash_before_ledger_write_then_resume_gives_the_same_ledger(model_dir, examples, tmp_path, monkeypatch):
+    tokenizer, model = load(model_dir)
+    uninterrupted = make_trainer(model_dir, tmp_path / "a")
+    for r in (0, 1):
+        uninterrupted.train_private(model, tokenizer, examples, round_index=r)
+
+    tokenizer, model = load(model_dir)
+    crashing = make_trainer(model_dir, tmp_path / "b")
+    crashing.train_private(model, tokenizer, examples, round_index=0)
+
+    def crash(**_):
+        raise KeyboardInterrupt("killed between training and the ledger write")
+
+    monkeypatch.setattr(crashing.ledger, "record_dp_sgd", crash)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.train_private(model, tokenizer, examples, round_index=1)
+    monkeypatch.undo()
+
+    # A new process: reopen the ledger from disk and run the unfinished round again.
+    tokenizer, model = load(model_dir)
+    resumed = make_trainer(model_dir, tmp_path / "b")
+    assert [e.round for e in resumed.ledger.entries] == [0]
+    resumed.train_private(model, tokenizer, examples, round_index=0)  # skipped: recorded
+    resumed.train_private(model, tokenizer, examples, round_index=1)
+    assert resumed.ledger.path.read_bytes() == uninterrupted.ledger.path.read_bytes()
+
+
+def test_failure_midway_restores_weights_and_records_nothing(model_dir, examples, tmp_path, monkeypatch):
+    tokenizer, model = load(model_dir)
+    trainer = make_trainer(model_dir, tmp_path)
+    before = weights(model)
+    calls = {"n": 0}
+    real_forward = dp_trainer.forward_logits
+
+    def flaky_forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("device lost")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(dp_trainer, "forward_logits", flaky_forward)
+    with pytest.raises(RuntimeError, match="device lost"):
+        trainer.train_private(model, tokenizer, examples, round_index=0)
+    assert calls["n"] == 2
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert len(trainer.ledger) == 0
+    assert_unwrapped(model)
+
+
+def test_weights_that_do_not_move_are_refused(model_dir, examples, tmp_path, monkeypatch):
+    tokenizer, model = load(model_dir)
+    trainer = make_trainer(model_dir, tmp_path)
+    monkeypatch.setattr(dp_trainer.torch.optim, "AdamW", lambda params, lr: torch.optim.SGD(params, lr=0.0))
+    with pytest.raises(PrivacyError, match="did not change after the first DP step"):
+        trainer.train_private(model, tokenizer, examples, round_index=0)
+    assert len(trainer.ledger) == 0
+
+
+def test_wrong_record_count_is_refused(model_dir, examples, tmp_path):
+    tokenizer, model = load(model_dir)
+    trainer = make_trainer(model_dir, tmp_path, num_records=30)
+    with pytest.raises(PrivacyError, match="set up for 30 records but got 24"):
+        trainer.train_private(model, tokenizer, examples, round_index=0)
+
+
+def test_delta_at_or_above_one_over_n_is_refused(model_dir, tmp_path):
+    with pytest.raises(PrivacyError, match="must be below 1/n"):
+        make_trainer(model_dir, tmp_path, PRIVACY.model_copy(update={"delta": 0.05}))
+
+
+def test_non_private_is_recorded_as_infinite_epsilon(model_dir, examples, tmp_path):
+    tokenizer, model = load(model_dir)
+    trainer = make_trainer(model_dir, tmp_path, PrivacyConfig(dp=False))
+    report = trainer.train_private(model, tokenizer, examples, round_index=0)
+    assert math.isinf(report.epsilon) and report.details["privacy"] == "non-private: epsilon = inf"
+    (entry,) = trainer.ledger.entries
+    assert entry.mechanism == "non-private" and math.isinf(entry.spent())
+
+
+def test_public_training_costs_nothing(model_dir, examples, tmp_path):
+    tokenizer, model = load(model_dir)
+    trainer = make_trainer(model_dir, tmp_path)
+    report = trainer.train_public(model, tokenizer, examples[:8], round_index=0)
+    assert report.steps == 1 and report.epsilon == 0.0
+    assert len(trainer.ledger) == 0
+
+
+# ---- preflight refusals (one sentence each) -------------------------------------------
+
+
+def tiny_dataset(n: int = 12) -> TensorDataset:
+    return TensorDataset(torch.randn(n, 4), torch.randint(0, 2, (n,)))
+
+
+def linear_model() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(4, 2)).train()
+
+
+def test_preflight_accepts_poisson_at_the_accounted_rate():
+    preflight(linear_model(), DPDataLoader(tiny_dataset(), sample_rate=0.25), sample_rate=0.25)
+
+
+def test_preflight_refuses_weighted_sampling():
+    data = tiny_dataset()
+    loader = DataLoader(data, batch_size=4, sampler=WeightedRandomSampler([1.0] * len(data), len(data)))
+    with pytest.raises(PrivacyError, match="weighted sampling"):
+        preflight(linear_model(), loader, sample_rate=0.25)
+
+
+def test_preflight_refuses_non_poisson_sampling():
+    with pytest.raises(PrivacyError, match="needs Poisson sampling.*BatchSampler"):
+        preflight(linear_model(), DataLoader(tiny_dataset(), batch_size=4, shuffle=True), sample_rate=0.25)
+
+
+def test_preflight_refuses_another_sample_rate():
+    with pytest.raises(PrivacyError, match="samples at rate 0.5 but 0.25 is accounted"):
+        preflight(linear_model(), DPDataLoader(tiny_dataset(), sample_rate=0.5), sample_rate=0.25)
+
+
+def test_preflight_refuses_no_trainable_parameters():
+    model = linear_model().requires_grad_(False)
+    with pytest.raises(PrivacyError, match="no trainable parameters"):
+        preflight(model, DPDataLoader(tiny_dataset(), sample_rate=0.25), sample_rate=0.25)
+
+
+def test_preflight_refuses_eval_mode():
+    with pytest.raises(PrivacyError, match="not in train mode"):
+        preflight(linear_model().eval(), DPDataLoader(tiny_dataset(), sample_rate=0.25), sample_rate=0.25)
+
+
+def test_preflight_refuses_unsupported_layers():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)).train()
+    with pytest.raises(PrivacyError, match="Opacus cannot train this model privately.*BatchNorm"):
+        preflight(model, DPDataLoader(tiny_dataset(), sample_rate=0.25), sample_rate=0.25)
+
+
+def test_check_weights_moved_names_the_frozen_tensor():
+    model = linear_model()
+    trainable = dict(model.named_parameters())
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    with pytest.raises(PrivacyError, match=r"1 trainable tensor\(s\) did not change.*0.bias"):
+        check_weights_moved(before, trainable)

@@ -1,0 +1,73 @@
+"""Scoring: s_i = softmax(logits)[intended_label], in order, clipped, validated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from crosslm_secure.client.scoring import score_samples
+from crosslm_secure.config import SLMConfig
+from crosslm_secure.data.records import SyntheticSample
+from crosslm_secure.errors import DataError
+from crosslm_secure.models.slm import load_slm
+from tests.tiny_models import tiny_bert_dir
+
+CPU = torch.device("cpu")
+TEXTS = ["the drug was great", "awful pain and nausea all day long", "okay", "it helped"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, torch.nn.Module]:
+    folder = tiny_bert_dir(tmp_path_factory.mktemp("scoring"), seed=3)
+    return load_slm(SLMConfig(model=str(folder)), 3, CPU, seed=0)
+
+
+def _softmax_by_hand(tokenizer: object, model: torch.nn.Module, text: str) -> np.ndarray:
+    with torch.no_grad():
+        logits = model(**tokenizer([text], return_tensors="pt")).logits[0]
+    return torch.softmax(logits.double(), dim=-1).numpy()
+
+
+def test_scores_match_softmax_of_the_intended_label(tiny: tuple) -> None:
+    tokenizer, model = tiny
+    labels = [2, 0, 1, 2]
+    samples = [SyntheticSample(f"s{i}", t, y) for i, (t, y) in enumerate(zip(TEXTS, labels, strict=True))]
+    scores = score_samples(tokenizer, model, samples, max_length=32, batch_size=3, device=CPU)
+    assert scores.dtype == np.float64 and scores.shape == (4,)
+    expected = [_softmax_by_hand(tokenizer, model, t)[y] for t, y in zip(TEXTS, labels, strict=True)]
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_scores_respond_to_the_intended_label(tiny: tuple) -> None:
+    tokenizer, model = tiny
+    per_label = np.stack(
+        [
+            score_samples(
+                tokenizer,
+                model,
+                [SyntheticSample(f"s{i}", t, label) for i, t in enumerate(TEXTS)],
+                max_length=32,
+                batch_size=8,
+                device=CPU,
+            )
+            for label in range(3)
+        ],
+        axis=1,
+    )
+    np.testing.assert_allclose(per_label.sum(axis=1), 1.0, atol=1e-6)
+    assert not np.allclose(per_label[:, 0], per_label[:, 1])
+
+
+def test_empty_batch_gives_an_empty_vector(tiny: tuple) -> None:
+    tokenizer, model = tiny
+    scores = score_samples(tokenizer, model, [], max_length=32, batch_size=8, device=CPU)
+    assert scores.dtype == np.float64 and scores.shape == (0,)
+
+
+def test_unknown_intended_label_is_refused(tiny: tuple) -> None:
+    tokenizer, model = tiny
+    samples = [SyntheticSample("ok", "fine", 1), SyntheticSample("bad-7", "fine", 3)]
+    with pytest.raises(DataError, match="bad-7 has intended label 3.*0..2"):
+        score_samples(tokenizer, model, samples, max_length=32, batch_size=8, device=CPU)

@@ -1,0 +1,110 @@
+"""LLM zero-shot task accuracy (label log-likelihood) and perplexity on general text."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from crosslm_secure.config import EvalConfig, LLMConfig, TaskConfig
+from crosslm_secure.data.records import Example
+from crosslm_secure.errors import ConfigError
+from crosslm_secure.eval.llm_eval import (
+    classification_prompt,
+    general_text,
+    label_answers,
+    label_token_ids,
+    llm_perplexity,
+    llm_task_accuracy,
+    perplexity_chunks,
+)
+from crosslm_secure.models.llm import LoadedLLM, encode_prompt, left_pad, load_llm, render_prompt
+from tests.tiny_models import separable_examples
+from tests.unit.models.test_llm import tiny_llm_dir
+
+TASK = TaskConfig()
+EVAL = EvalConfig(llm_batch_size=4, llm_max_length=96, perplexity_chunks=3, perplexity_chunk_tokens=32)
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> LoadedLLM:
+    folder = tiny_llm_dir(tmp_path_factory.mktemp("eval"))
+    return load_llm(LLMConfig(model=str(folder)), torch.device("cpu"))
+
+
+def test_accuracy_is_in_range_and_counts_every_example(tiny_llm: LoadedLLM) -> None:
+    examples = separable_examples(4)[:10]
+    result = llm_task_accuracy(tiny_llm, examples, TASK, EVAL, progress=False)
+    assert set(result) == {"accuracy", "macro_f1", "n"}
+    assert result["n"] == 10
+    assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["macro_f1"] <= 1.0
+    assert not tiny_llm.model.training
+
+
+def test_batched_prediction_equals_one_by_one_with_left_padding(tiny_llm: LoadedLLM) -> None:
+    """Left padding must not change a prediction: compare batched scores with single ones."""
+    texts = ["bad", "the drug was fine and it helped my pain a lot, great relief"]
+    targets = label_token_ids(tiny_llm.tokenizer, TASK)
+    encoded = [classification_prompt(tiny_llm.tokenizer, TASK, t) for t in texts]
+    with torch.no_grad():
+        ids, mask, positions = left_pad(encoded, tiny_llm.tokenizer.pad_token_id, torch.device("cpu"))
+        batched = tiny_llm.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+        for row, single in enumerate(encoded):
+            alone = tiny_llm.model(input_ids=torch.tensor([single])).logits[0, -1]
+            assert torch.allclose(batched[row, targets], alone[targets], atol=1e-4)
+
+
+def test_prompt_is_chat_templated_and_only_the_text_is_truncated(tiny_llm: LoadedLLM) -> None:
+    tokenizer = tiny_llm.tokenizer
+    short = classification_prompt(tokenizer, TASK, "it helped")
+    expected = render_prompt(tokenizer, TASK.classify_template.format(text="it helped"))
+    assert short == encode_prompt(tokenizer, expected)
+    long_text = "great relief and no pain at all " * 60
+    cut = classification_prompt(tokenizer, TASK, long_text, max_tokens=80)
+    assert len(cut) <= 80
+    rendered = tokenizer.decode(cut)
+    assert "Is the sentiment of this review negative, neutral or positive?" in rendered
+    assert rendered.rstrip().endswith("assistant")
+    with pytest.raises(ConfigError, match="needs .* tokens without the text"):
+        classification_prompt(tokenizer, TASK, long_text, max_tokens=8)
+
+
+def test_answers_follow_the_prompt_style(tmp_path) -> None:
+    plain = load_llm(LLMConfig(model=str(tiny_llm_dir(tmp_path, chat=False))), torch.device("cpu"))
+    assert label_answers(plain.tokenizer, TASK) == [" negative", " neutral", " positive"]
+    custom = TaskConfig(verbalizers={"positive": "good"})
+    assert label_answers(plain.tokenizer, custom)[2] == " good"
+
+
+def test_verbalizers_sharing_a_first_token_are_refused(tiny_llm: LoadedLLM) -> None:
+    ids = label_token_ids(tiny_llm.tokenizer, TASK)
+    assert len(set(ids)) == 3
+    clash = TaskConfig(verbalizers={"negative": "not good", "positive": "not bad"})
+    with pytest.raises(ConfigError, match=r"\['negative', 'positive'\] start with the same LLM token"):
+        llm_task_accuracy(tiny_llm, [Example("a", "x", 0)], clash, EVAL, progress=False)
+
+
+def test_general_text_is_deterministic_english() -> None:
+    text = general_text()
+    assert text == general_text() and len(text) > 100_000
+    assert general_text(500) == text[:500]
+    assert sum(text.count(w) for w in (" the ", " and ", " is ")) > 1000
+
+
+def test_perplexity_chunks_are_consecutive_general_text(tiny_llm: LoadedLLM) -> None:
+    tokenizer = tiny_llm.tokenizer
+    chunks = perplexity_chunks(tokenizer, EVAL)
+    assert len(chunks) == 3 and all(len(c) == 32 for c in chunks)
+    start = tokenizer(general_text(2000), add_special_tokens=False)["input_ids"]
+    assert sum(chunks, []) == start[: 3 * 32]
+
+
+def test_perplexity_is_finite_deterministic_and_near_vocab_size_for_random_weights(
+    tiny_llm: LoadedLLM,
+) -> None:
+    first = llm_perplexity(tiny_llm, EVAL, progress=False)
+    assert first == llm_perplexity(tiny_llm, EVAL, progress=False)
+    assert math.isfinite(first) and first > 1.0
+    # A random model is no better than guessing, so its perplexity is of the vocabulary's order.
+    assert first > len(tiny_llm.tokenizer) / 10

@@ -1,0 +1,239 @@
+"""LLM loading, the converted-weights cache, LoRA add/save/load; the embedded SmolLM2 (e2e)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from crosslm_secure.config import EvalConfig, GenerationConfig, LLMConfig, LoraConfig, TaskConfig
+from crosslm_secure.errors import ModelError
+from crosslm_secure.models.llm import (
+    MANIFEST,
+    WEIGHTS,
+    add_lora,
+    cache_is_valid,
+    ensure_model_cache,
+    load_llm,
+    load_lora,
+    save_lora,
+    write_model_cache,
+)
+from tests.tiny_models import FILLER_WORDS, SENTIMENT_WORDS
+
+CPU = torch.device("cpu")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def tiny_llm_dir(tmp_path: Path, *, chat: bool = True, seed: int = 0, name: str = "tiny-llm") -> Path:
+    """Save a random-weight Llama causal LM with a small byte-level BPE tokenizer; return the folder.
+
+    The tokenizer is trained on the default task's prompts and the toy sentiment words, so
+    label words are single tokens; any text still encodes (byte-level).
+
+    Args:
+        tmp_path: parent folder.
+        chat: give the tokenizer a ChatML chat template (as instruct models have).
+        seed: seeds the random weights.
+        name: sub-folder name.
+    """
+    folder = Path(tmp_path) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    task = TaskConfig()
+    words = [w for ws in SENTIMENT_WORDS.values() for w in ws] + FILLER_WORDS
+    corpus = [task.classify_template, *task.generation_instructions, " ".join(words), *task.labels]
+    corpus += [" ".join(task.labels)] * 20
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(
+        corpus * 5,
+        trainers.BpeTrainer(
+            vocab_size=600,
+            special_tokens=["<|im_start|>", "<|im_end|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>"
+    )
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+        # Large enough that a LoRA update can make the output distribution peaked (with the
+        # default 0.02 the logits stay near-uniform and a tuning test could not fail usefully).
+        initializer_range=0.5,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def _logits(model: torch.nn.Module, tokenizer) -> torch.Tensor:
+    encoded = tokenizer(["the drug helped my pain"], return_tensors="pt")
+    with torch.no_grad():
+        return model(**encoded).logits
+
+
+def test_loads_a_local_folder_left_padded_in_eval_mode(tmp_path: Path) -> None:
+    folder = tiny_llm_dir(tmp_path)
+    llm = load_llm(LLMConfig(model=str(folder)), CPU)
+    assert llm.tokenizer.padding_side == "left"
+    assert llm.tokenizer.pad_token is not None
+    assert not llm.model.training
+    assert llm.device == CPU
+    assert llm.source == str(folder)
+    assert len(llm.fingerprint) == 64 and int(llm.fingerprint, 16) >= 0
+    again = load_llm(LLMConfig(model=str(folder)), CPU)
+    other = load_llm(LLMConfig(model=str(tiny_llm_dir(tmp_path, seed=1, name="other"))), CPU)
+    assert again.fingerprint == llm.fingerprint != other.fingerprint
+
+
+def test_missing_folder_and_non_model_folder_are_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"not found; set llm.model"):
+        load_llm(LLMConfig(model=str(tmp_path / "nope")), CPU)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match=r"has no config.json"):
+        load_llm(LLMConfig(model=str(tmp_path / "empty")), CPU)
+    with pytest.raises(ModelError, match=r"GGUF file .* not found"):
+        load_llm(LLMConfig(model=str(tmp_path / "empty"), gguf_file="x.gguf"), CPU)
+
+
+def test_cache_is_written_once_verified_and_rebuilt_when_corrupt(tmp_path: Path) -> None:
+    source_dir = tiny_llm_dir(tmp_path)
+    source = source_dir / "model.safetensors"
+    calls: list[int] = []
+
+    def convert():
+        calls.append(1)
+        llm = load_llm(LLMConfig(model=str(source_dir)), CPU)
+        return llm.model, llm.tokenizer
+
+    cache = tmp_path / "cache" / "tiny"
+    assert ensure_model_cache(cache, source=source, convert=convert) == cache
+    assert cache_is_valid(cache, source=source)
+    manifest = json.loads((cache / MANIFEST).read_text())
+    assert load_llm(LLMConfig(model=str(cache)), CPU).fingerprint == manifest["weights_sha256"]
+    ensure_model_cache(cache, source=source, convert=convert)
+    assert len(calls) == 1, "a valid cache must be reused"
+
+    weights = cache / WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated by a crash or a full disk
+    assert not cache_is_valid(cache, source=source)
+    ensure_model_cache(cache, source=source, convert=convert)
+    assert len(calls) == 2 and cache_is_valid(cache, source=source)
+    reloaded = load_llm(LLMConfig(model=str(cache)), CPU)
+    original = load_llm(LLMConfig(model=str(source_dir)), CPU)
+    assert torch.equal(_logits(reloaded.model, reloaded.tokenizer), _logits(original.model, original.tokenizer))
+    assert not list(cache.parent.glob(".*")), "no temporary folders may be left behind"
+
+
+def test_cache_of_another_source_is_not_reused(tmp_path: Path) -> None:
+    source_dir = tiny_llm_dir(tmp_path)
+    llm = load_llm(LLMConfig(model=str(source_dir)), CPU)
+    cache = tmp_path / "cache"
+    write_model_cache(llm.model, llm.tokenizer, cache, source=source_dir / "model.safetensors")
+    assert not cache_is_valid(cache, source=source_dir / "config.json")
+    (cache / MANIFEST).unlink()
+    assert not cache_is_valid(cache, source=source_dir / "model.safetensors")
+
+
+def test_cache_writer_drops_a_gguf_quantization_config(tmp_path: Path) -> None:
+    llm = load_llm(LLMConfig(model=str(tiny_llm_dir(tmp_path))), CPU)
+    llm.model.config.quantization_config = {"quant_method": "gguf"}
+    write_model_cache(llm.model, llm.tokenizer, tmp_path / "cache", source=tmp_path / "tiny-llm" / "config.json")
+    saved = json.loads((tmp_path / "cache" / "config.json").read_text())
+    assert "quantization_config" not in saved
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "cache") is not None
+
+
+def test_lora_round_trip_restores_the_adapter(tmp_path: Path) -> None:
+    folder = tiny_llm_dir(tmp_path)
+    lora = LoraConfig(r=4, alpha=8, dropout=0.0)
+    llm = load_llm(LLMConfig(model=str(folder)), CPU)
+    tuned = add_lora(llm.model, lora)
+    trainable = [n for n, p in tuned.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with torch.no_grad():
+        for name, param in tuned.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    expected = _logits(tuned, llm.tokenizer)
+    save_lora(tuned, tmp_path / "adapter")
+    save_lora(tuned, tmp_path / "adapter")  # overwriting an existing adapter is atomic too
+
+    fresh = load_llm(LLMConfig(model=str(folder)), CPU)
+    assert not torch.allclose(_logits(fresh.model, fresh.tokenizer), expected)
+    resumed = load_lora(fresh.model, tmp_path / "adapter")
+    assert torch.allclose(_logits(resumed, fresh.tokenizer), expected, atol=1e-6)
+    assert any(p.requires_grad for p in resumed.parameters())
+
+    wrapped = add_lora(load_llm(LLMConfig(model=str(folder)), CPU).model, lora)
+    assert torch.allclose(_logits(load_lora(wrapped, tmp_path / "adapter"), llm.tokenizer), expected, atol=1e-6)
+
+
+def test_missing_or_corrupt_adapter_is_one_sentence(tmp_path: Path) -> None:
+    folder = tiny_llm_dir(tmp_path)
+    model = load_llm(LLMConfig(model=str(folder)), CPU).model
+    with pytest.raises(ModelError, match="missing or incomplete"):
+        load_lora(model, tmp_path / "nope")
+    save_lora(add_lora(model, LoraConfig(r=4)), tmp_path / "adapter")
+    other_rank = add_lora(load_llm(LLMConfig(model=str(folder)), CPU).model, LoraConfig(r=8))
+    with pytest.raises(ModelError, match="does not fit this LLM"):
+        load_lora(other_rank, tmp_path / "adapter")
+    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"garbage")
+    fresh = load_llm(LLMConfig(model=str(folder)), CPU).model
+    with pytest.raises(ModelError, match="corrupt"):
+        load_lora(fresh, tmp_path / "adapter")
+
+
+def test_lora_with_unknown_target_modules_is_refused(tmp_path: Path) -> None:
+    model = load_llm(LLMConfig(model=str(tiny_llm_dir(tmp_path))), CPU).model
+    with pytest.raises(ModelError, match="match no module"):
+        add_lora(model, LoraConfig(target_modules=["no_such_proj"]))
+
+
+@pytest.mark.e2e
+def test_embedded_smollm2_loads_from_cache_and_runs(tmp_path: Path) -> None:
+    from crosslm_secure.eval.llm_eval import llm_perplexity
+    from crosslm_secure.server.generation import generate_synthetic
+
+    llm = load_llm(LLMConfig(), CPU)
+    assert "SmolLM2" in llm.source and len(llm.fingerprint) == 64
+    samples = generate_synthetic(
+        llm,
+        TaskConfig(),
+        GenerationConfig(samples_per_label=1, max_new_tokens=24, min_chars=5),
+        round_index=0,
+        seed=0,
+        progress=False,
+    )
+    assert samples and all(s.text for s in samples)
+    perplexity = llm_perplexity(
+        llm, EvalConfig(perplexity_chunks=2, perplexity_chunk_tokens=64), progress=False
+    )
+    assert 1.0 < perplexity < 200.0

@@ -1,0 +1,117 @@
+"""Whole jobs on tiny models: a local model folder and a CSV dataset need only a config change;
+a crashing client is excluded and the round goes on; an exhausted budget ends the run cleanly."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from crosslm_secure.cli import app
+from crosslm_secure.client.node import ClientNode
+from crosslm_secure.config import load_config
+from crosslm_secure.runner import run_job
+from tests.tiny_models import SENTIMENT_WORDS, tiny_bert_dir
+from tests.unit.models.test_llm import tiny_llm_dir
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+@pytest.fixture(scope="module")
+def job_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("job")
+    data = root / "notes.csv"
+    with data.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["note", "outcome"])
+        for i in range(72):
+            label = i % 3
+            words = SENTIMENT_WORDS[label]
+            writer.writerow([f"the drug was {words[i % len(words)]} and {words[(i + 3) % len(words)]}", LABELS[label]])
+    return {"root": root, "data": data, "slm": tiny_bert_dir(root), "llm": tiny_llm_dir(root)}
+
+
+def write_config(files: dict[str, Path], name: str, **overrides: dict) -> Path:
+    raw = {
+        "run": {"name": name, "rounds": 2, "progress": False, "output_dir": str(files["root"] / "runs")},
+        "data": {"source": "csv", "path": str(files["data"]), "text_column": "note", "label_column": "outcome"},
+        "llm": {"model": str(files["llm"]), "lora": {"r": 2, "alpha": 4}},
+        "slm": {"model": str(files["slm"]), "max_length": 16, "batch_size": 8, "private_epochs": 1},
+        "generation": {"samples_per_label": 2, "max_new_tokens": 12, "min_chars": 2, "batch_size": 6},
+        "tuning": {"max_length": 48, "batch_size": 4},
+        "feedback": {"ckks_preset": "n4096", "threshold": 0.0},
+        "eval": {"llm_examples": 6, "perplexity_chunks": 1, "perplexity_chunk_tokens": 16, "llm_max_length": 64},
+    }
+    for section, values in overrides.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    path = files["root"] / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def only_run(files: dict[str, Path], name: str) -> Path:
+    (run,) = (files["root"] / "runs").glob(f"{name}-s0-*")
+    return run
+
+
+def test_a_local_model_folder_and_a_csv_need_only_a_config(job_files: dict[str, Path]) -> None:
+    result = CliRunner().invoke(app, ["run", str(write_config(job_files, "csvjob"))])
+    assert result.exit_code == 0, result.output
+    run = only_run(job_files, "csvjob")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert all(r["aggregator"] == "ckks" and r["active_clients"] == 3 for r in rows)
+    assert all(0 < r["epsilon/client-1"] < float("inf") for r in rows[1:])
+    assert rows[2]["epsilon/client-1"] > rows[1]["epsilon/client-1"]
+    summary = (run / "summary.md").read_text()
+    assert str(job_files["llm"]) in summary and "csv" in summary and "DP-SGD" in summary
+    shown = CliRunner().invoke(app, ["budget", "show", "--run", str(run), "--json"])
+    assert shown.exit_code == 0, shown.output
+    budgets = json.loads(shown.output)["clients"]
+    assert [b["client_id"] for b in budgets] == ["client-1", "client-2", "client-3"]
+    assert budgets[0]["epsilon_spent"] == pytest.approx(rows[2]["epsilon/client-1"])
+
+
+def test_a_crashing_client_is_excluded_and_the_round_goes_on(
+    job_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    score = ClientNode._score
+
+    def crash_on_client_2(self, envelope, body):
+        if self.client_id == "client-2":
+            raise RuntimeError("site lost power")
+        return score(self, envelope, body)
+
+    monkeypatch.setattr(ClientNode, "_score", crash_on_client_2)
+    config = load_config(write_config(job_files, "dropout", run={"rounds": 1}))
+    result = run_job(config, log=lambda _: None)
+    assert result.outcome.completed_rounds == 1 and result.outcome.stopped_early is None
+    assert "site lost power" in result.outcome.excluded["client-2"]
+    events = [e["event"] for e in result.store.events()]
+    assert "aggregation_restart" in events and "revealed" in events
+    final = result.store.rounds()[-1]
+    assert final["active_clients"] == 2 and "slm_accuracy/client-2" not in final
+
+
+def test_an_exhausted_budget_ends_the_run_with_the_reason(job_files: dict[str, Path]) -> None:
+    config = load_config(
+        write_config(
+            job_files,
+            "budget",
+            run={"rounds": 3},
+            privacy={"target_epsilon": None, "noise_multiplier": 0.6, "epsilon_max": 6.0},
+        )
+    )
+    result = run_job(config, log=lambda _: None)
+    stopped = result.outcome.stopped_early
+    assert stopped is not None and "fewer than run.min_clients=2" in stopped
+    assert "over its budget epsilon_max=6" in stopped
+    assert result.outcome.completed_rounds < 3
+    summary = (result.store.root / "summary.md").read_text()
+    assert "The run ended early" in summary
+    for row in result.store.rounds():
+        assert all(v <= 6.0 for k, v in row.items() if k.startswith("epsilon/"))
