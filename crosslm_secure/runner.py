@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.utils import logging as hf_logging
 
 from crosslm_secure.aggregation.plaintext import PlaintextAggregator
 from crosslm_secure.client.dp_trainer import DPTrainer
@@ -104,7 +106,7 @@ def _execute(
     llm = load_llm(config.llm, device)
     log(f"LLM: {llm.source}")
     if config.run.method == "crosslm":
-        llm.model = add_lora(llm.model, config.llm.lora)
+        llm.model = add_lora(llm.model, config.llm.lora, seed=config.run.seed)
         if state is not None and start_round > 1:
             llm.model = load_lora(llm.model, store.llm_dir(start_round - 1))
 
@@ -142,11 +144,11 @@ def _client_node(
 ) -> ClientNode:
     settings = config.slm_for(client.client_id)
     checkpoint = store.client_dir(client.client_id) / "slm"
+    client_seed = config.run.seed * 1000 + int(client.client_id.rsplit("-", 1)[-1])
+    source = settings
     if resumed is not None and checkpoint.is_dir():
-        settings_for_load = settings.model_copy(update={"model": str(checkpoint)})
-        tokenizer, model = load_slm(settings_for_load, num_labels, device)
-    else:
-        tokenizer, model = load_slm(settings, num_labels, device)
+        source = settings.model_copy(update={"model": str(checkpoint)})
+    tokenizer, model = load_slm(source, num_labels, device, seed=client_seed)
     trainer = DPTrainer(
         settings,
         config.privacy,
@@ -156,7 +158,7 @@ def _client_node(
         planned_rounds=config.run.rounds,
         num_records=len(client.train),
         device=device,
-        seed=config.run.seed * 1000 + int(client.client_id.rsplit("-", 1)[-1]),
+        seed=client_seed,
         progress=config.run.progress,
     )
     trainer.prepare_model(model)
@@ -200,12 +202,23 @@ def _save_slm(slm: SLM, folder: Path) -> None:
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     model = getattr(slm.model, "_module", slm.model)
-    model.save_pretrained(tmp)
+    with _quiet_progress():
+        model.save_pretrained(tmp)
     slm.tokenizer.save_pretrained(tmp)
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """transformers draws a progress bar per checkpoint write; one per client per round is noise."""
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def _slm_sources(config: Config) -> dict[str, str]:

@@ -9,8 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
+from crosslm_secure.config import TaskConfig
 from crosslm_secure.data.records import Example
 
 SENTIMENT_WORDS: dict[int, list[str]] = {
@@ -106,3 +115,63 @@ def separable_examples(n_per_label: int, num_labels: int = 3, *, seed: int = 0) 
             examples.append(Example(uid=f"toy:{label}:{i}", text=text, label=label))
     order = torch.randperm(len(examples), generator=generator).tolist()
     return [examples[i] for i in order]
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def tiny_llm_dir(tmp_path: Path, *, chat: bool = True, seed: int = 0, name: str = "tiny-llm") -> Path:
+    """Save a random-weight Llama causal LM with a small byte-level BPE tokenizer; return the folder.
+
+    The tokenizer is trained on the default task's prompts and the toy sentiment words, so
+    label words are single tokens; any text still encodes (byte-level).
+
+    Args:
+        tmp_path: parent folder.
+        chat: give the tokenizer a ChatML chat template (as instruct models have).
+        seed: seeds the random weights.
+        name: sub-folder name.
+    """
+    folder = Path(tmp_path) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    task = TaskConfig()
+    words = [w for ws in SENTIMENT_WORDS.values() for w in ws] + FILLER_WORDS
+    corpus = [task.classify_template, *task.generation_instructions, " ".join(words), *task.labels]
+    corpus += [" ".join(task.labels)] * 20
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(
+        corpus * 5,
+        trainers.BpeTrainer(
+            vocab_size=600,
+            special_tokens=["<|im_start|>", "<|im_end|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>")
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+        # Large enough that a LoRA update can make the output distribution peaked (with the
+        # default 0.02 the logits stay near-uniform and a tuning test could not fail usefully).
+        initializer_range=0.5,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        LlamaForCausalLM(config).save_pretrained(folder)
+    return folder

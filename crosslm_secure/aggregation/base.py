@@ -21,7 +21,7 @@ class Aggregator(Protocol):
     protected: bool
     """False when the server could read per-client scores (shown as "unprotected")."""
 
-    def protect(self, scores: np.ndarray, *, round_index: int, participants: Sequence[str]) -> bytes:
+    def protect(self, scores: np.ndarray, *, round_index: int, participants: Sequence[str], attempt: int = 0) -> bytes:
         """Client side: turn this client's per-sample scores into a contribution blob."""
         ...
 

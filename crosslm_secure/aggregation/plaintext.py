@@ -17,7 +17,7 @@ class PlaintextAggregator:
     name = "plaintext"
     protected = False
 
-    def protect(self, scores: np.ndarray, *, round_index: int, participants: Sequence[str]) -> bytes:
+    def protect(self, scores: np.ndarray, *, round_index: int, participants: Sequence[str], attempt: int = 0) -> bytes:
         return np.ascontiguousarray(scores, dtype=_DTYPE).tobytes()
 
     def combine(self, contributions: Sequence[bytes]) -> bytes:

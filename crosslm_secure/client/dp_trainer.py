@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from crosslm_secure.client.batches import INPUT_KEYS, encode_examples, forward_logits
-from crosslm_secure.client.plain_trainer import PlainTrainer
+from crosslm_secure.client.plain_trainer import PlainTrainer, loss_weights
 from crosslm_secure.client.trainer import TrainReport
 from crosslm_secure.config import SLMConfig
 from crosslm_secure.data.records import Example
@@ -270,7 +270,7 @@ class DPTrainer:
             private = PrivacyEngine(accountant=self.privacy.accountant).make_private(
                 module=model,
                 optimizer=optimizer,
-                criterion=torch.nn.CrossEntropyLoss(),
+                criterion=torch.nn.CrossEntropyLoss(weight=loss_weights(self.slm, self.device)),
                 data_loader=loader,
                 noise_multiplier=self.noise_multiplier,
                 max_grad_norm=self.privacy.max_grad_norm,
@@ -282,7 +282,7 @@ class DPTrainer:
             dp_model, dp_optimizer, criterion, dp_loader = private
         else:
             dp_model, dp_optimizer, dp_loader = private
-            criterion = torch.nn.CrossEntropyLoss()
+            criterion = torch.nn.CrossEntropyLoss(weight=loss_weights(self.slm, self.device))
         losses: list[float] = []
         draws = seen = empty = 0
         bar = tqdm(

@@ -110,6 +110,7 @@ class PlainTrainer:
             disable=not self.progress,
             leave=False,
         )
+        class_weights = loss_weights(self.cfg, self.device)
         model.train()
         try:
             with torch.random.fork_rng(devices=fork_devices):
@@ -119,7 +120,7 @@ class PlainTrainer:
                     for batch in iterate_batches(examples, self.cfg.batch_size, generator=generator):
                         inputs, labels = encode_examples(tokenizer, batch, self.cfg.max_length)
                         logits = forward_logits(model, inputs, self.device)
-                        loss = F.cross_entropy(logits.float(), labels.to(self.device))
+                        loss = F.cross_entropy(logits.float(), labels.to(self.device), weight=class_weights)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
@@ -142,6 +143,13 @@ class PlainTrainer:
             seconds=time.perf_counter() - started,
             details=details,
         )
+
+
+def loss_weights(cfg: SLMConfig, device: torch.device) -> torch.Tensor | None:
+    """The configured per-label loss weights as a tensor (None = unweighted)."""
+    if cfg.class_weights is None:
+        return None
+    return torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
 
 
 def _call_seed(seed: int, round_index: int, phase: str) -> int:

@@ -13,12 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from crosslm_secure.config import SLMConfig
 from crosslm_secure.errors import ModelError
 from crosslm_secure.models.embedded import SLM_PACKAGE, SLM_SUBDIR, embedded_file
+from crosslm_secure.models.pooling import MeanPoolingClassifier, load_head
 
 
 def resolve_slm_dir(model: str) -> Path:
@@ -65,13 +66,18 @@ def load_slm(
         with _quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             with _seeded(seed):
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    folder,
-                    num_labels=num_labels,
-                    local_files_only=True,
-                    ignore_mismatched_sizes=True,
-                    dtype=torch.float32,
-                )
+                if cfg.pooling == "mean":
+                    encoder = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+                    model = MeanPoolingClassifier(encoder, num_labels)
+                    load_head(model, folder)
+                else:
+                    model = AutoModelForSequenceClassification.from_pretrained(
+                        folder,
+                        num_labels=num_labels,
+                        local_files_only=True,
+                        ignore_mismatched_sizes=True,
+                        dtype=torch.float32,
+                    )
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load an SLM classifier from {folder} ({reason}); check slm.model") from None
@@ -81,9 +87,19 @@ def load_slm(
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.trainable == "head":
+        for parameter in _encoder_of(model).parameters():
+            parameter.requires_grad_(False)
     model.to(device)
     model.eval()
     return tokenizer, model
+
+
+def _encoder_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The pretrained body under the classification head."""
+    if isinstance(model, MeanPoolingClassifier):
+        return model.encoder
+    return model.base_model
 
 
 @contextlib.contextmanager

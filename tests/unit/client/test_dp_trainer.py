@@ -37,7 +37,9 @@ def examples():
 
 
 def slm_config(model_dir) -> SLMConfig:
-    return SLMConfig(model=str(model_dir), batch_size=8, private_epochs=1, max_length=24, learning_rate=1e-2)
+    return SLMConfig(
+        model=str(model_dir), batch_size=8, private_epochs=1, max_length=24, learning_rate=1e-2, trainable="full"
+    )
 
 
 def load(model_dir):

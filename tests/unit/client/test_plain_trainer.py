@@ -27,7 +27,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cfg(folder: Path, **changes: object) -> SLMConfig:
-    base = dict(model=str(folder), max_length=16, batch_size=8, learning_rate=3e-3, private_epochs=10)
+    base = dict(model=str(folder), max_length=16, batch_size=8, learning_rate=3e-3, private_epochs=10, trainable="full")
     return SLMConfig(**{**base, **changes})
 
 

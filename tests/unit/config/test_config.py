@@ -35,6 +35,8 @@ def test_shipped_configs_load(name: str) -> None:
         ("task:\n  classify_template: 'no slot'\n", "task.classify_template must contain {text}"),
         ("slm_overrides:\n  client-9: {}\n", "slm_overrides names unknown clients ['client-9']"),
         ("run:\n  min_clients: 5\n", "run.min_clients (5) cannot exceed partition.clients (3)"),
+        ("slm:\n  class_weights: [1, 2]\n", "slm.class_weights has 2 weights for 3 labels"),
+        ("slm:\n  class_weights: [1, 0, 2]\n", "config: slm.class_weights.1: Input should be greater than 0"),
         ("run: [1, 2\n", "is not valid YAML at line"),
         ("- a\n- b\n", "must hold a mapping"),
     ],

@@ -36,5 +36,11 @@ def federation():
     public = accept_public_context(
         registry, announcement=dealt.announcement, public_context=dealt.public_context, run_id=RUN_ID
     )
-    return {"clients": clients, "server": server, "registry": registry, "contexts": contexts,
-            "public": public, "dealt": dealt}
+    return {
+        "clients": clients,
+        "server": server,
+        "registry": registry,
+        "contexts": contexts,
+        "public": public,
+        "dealt": dealt,
+    }

@@ -63,8 +63,9 @@ def test_wrap_opens_only_for_its_recipient_run_and_sender():
 def test_announcement_from_other_run_or_non_client_is_refused(federation):
     dealt, registry = federation["dealt"], federation["registry"]
     with pytest.raises(CryptoError, match="replayed"):
-        accept_public_context(registry, announcement=dealt.announcement, public_context=dealt.public_context,
-                              run_id="other-run")
+        accept_public_context(
+            registry, announcement=dealt.announcement, public_context=dealt.public_context, run_id="other-run"
+        )
     with pytest.raises(CryptoError, match="enrolled client"):
         deal_context(federation["server"], registry, run_id=RUN_ID, preset="n4096")
 
@@ -72,8 +73,12 @@ def test_announcement_from_other_run_or_non_client_is_refused(federation):
 def test_server_refuses_a_secret_context(federation):
     dealt = federation["dealt"]
     with pytest.raises(CryptoError, match="secret key"):
-        accept_public_context(federation["registry"], announcement=dealt.announcement,
-                              public_context=dealt.secret_context.to_bytes(), run_id=RUN_ID)
+        accept_public_context(
+            federation["registry"],
+            announcement=dealt.announcement,
+            public_context=dealt.secret_context.to_bytes(),
+            run_id=RUN_ID,
+        )
 
 
 def test_substituted_context_is_refused():
@@ -82,8 +87,9 @@ def test_substituted_context_is_refused():
     first = deal_context(a, registry, run_id="r", preset="n4096")
     second = deal_context(a, registry, run_id="r", preset="n4096")
     with pytest.raises(CryptoError, match="foreign"):
-        accept_secret_context(b, registry, announcement=first.announcement, wrapped=second.wrapped["client-2"],
-                              run_id="r")
+        accept_secret_context(
+            b, registry, announcement=first.announcement, wrapped=second.wrapped["client-2"], run_id="r"
+        )
 
 
 def test_secret_context_at_rest(tmp_path, small_context):

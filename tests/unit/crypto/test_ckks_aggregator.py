@@ -17,8 +17,15 @@ RUN = "run-test"
 def _parties(federation, k, *, sigma=0.0, quorum=2):
     clients = federation["clients"][:k]
     aggregators = [
-        CKKSAggregator.for_client(keys, federation["contexts"][keys.site], federation["registry"], run_id=RUN,
-                                  quorum=quorum, noise_sigma=sigma, rng=np.random.default_rng(i))
+        CKKSAggregator.for_client(
+            keys,
+            federation["contexts"][keys.site],
+            federation["registry"],
+            run_id=RUN,
+            quorum=quorum,
+            noise_sigma=sigma,
+            rng=np.random.default_rng(i),
+        )
         for i, keys in enumerate(clients)
     ]
     server = CKKSAggregator.for_server(federation["public"], federation["registry"], run_id=RUN, quorum=quorum)
@@ -26,8 +33,10 @@ def _parties(federation, k, *, sigma=0.0, quorum=2):
 
 
 def _run_round(aggregators, server, sites, scores, round_index=1, attempt=0):
-    blobs = [a.protect(s, round_index=round_index, participants=sites, attempt=attempt)
-             for a, s in zip(aggregators, scores, strict=True)]
+    blobs = [
+        a.protect(s, round_index=round_index, participants=sites, attempt=attempt)
+        for a, s in zip(aggregators, scores, strict=True)
+    ]
     return blobs, server.combine(blobs)
 
 
@@ -73,8 +82,9 @@ def test_single_contribution_decrypts_far_from_the_scores(federation):
     aggregators, server, sites = _parties(federation, 3)
     scores = np.random.default_rng(0).random((3, 500))
     blobs, _ = _run_round(aggregators, server, sites, scores)
-    single = decrypt_aggregate(federation["contexts"]["client-01"],
-                               SignedContribution.from_bytes(blobs[1]).ciphertext, count=500)
+    single = decrypt_aggregate(
+        federation["contexts"]["client-01"], SignedContribution.from_bytes(blobs[1]).ciphertext, count=500
+    )
     assert np.median(np.abs(single - scores[1])) > 100
 
 
@@ -121,10 +131,10 @@ def test_quorum_and_duplicates(federation):
 
 def test_reveal_needs_a_round(federation):
     aggregators, server, sites = _parties(federation, 2)
-    fresh = CKKSAggregator.for_client(federation["clients"][0], federation["contexts"]["client-01"],
-                                      federation["registry"], run_id=RUN)
+    fresh = CKKSAggregator.for_client(
+        federation["clients"][0], federation["contexts"]["client-01"], federation["registry"], run_id=RUN
+    )
     _, bundle = _run_round(aggregators, server, sites, np.zeros((2, 2)))
     with pytest.raises(ProtocolError, match="round_index"):
         fresh.reveal(bundle, contributors=2, count=2)
-    assert np.allclose(fresh.reveal(bundle, contributors=2, count=2, round_index=1, participants=sites), 0,
-                       atol=1e-6)
+    assert np.allclose(fresh.reveal(bundle, contributors=2, count=2, round_index=1, participants=sites), 0, atol=1e-6)

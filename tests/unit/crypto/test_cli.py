@@ -22,11 +22,13 @@ def test_init_fingerprint_enroll(tmp_path, monkeypatch):
     again = runner.invoke(keys_app, ["init", "--site", "client-1", "--out", str(out)])
     assert again.exit_code == 2 and "--force" in again.output
     registry = tmp_path / "registry.json"
-    bad = runner.invoke(keys_app, ["enroll", str(out / "identity.json"), "--registry", str(registry),
-                                   "--expect", "00" * 32])
+    bad = runner.invoke(
+        keys_app, ["enroll", str(out / "identity.json"), "--registry", str(registry), "--expect", "00" * 32]
+    )
     assert bad.exit_code == 2 and not registry.exists()
-    result = runner.invoke(keys_app, ["enroll", str(out / "identity.json"), "--registry", str(registry),
-                                      "--expect", fingerprint])
+    result = runner.invoke(
+        keys_app, ["enroll", str(out / "identity.json"), "--registry", str(registry), "--expect", fingerprint]
+    )
     assert result.exit_code == 0, result.output
     assert [i.site for i in Registry.load(registry)] == ["client-1"]
     assert "client-1" in runner.invoke(keys_app, ["fingerprint", str(registry)]).output

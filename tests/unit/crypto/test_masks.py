@@ -64,8 +64,9 @@ def test_fresh_masks_per_round_attempt_and_participant_set(five):
     }
     assert len(seeds) == 5
     # Order and repetition of the participant list do not matter.
-    assert mask_seed(secret, **base) == mask_seed(secret, **{**base, "participants": ["client-3", "client-2",
-                                                                                       "client-1", "client-1"]})
+    assert mask_seed(secret, **base) == mask_seed(
+        secret, **{**base, "participants": ["client-3", "client-2", "client-1", "client-1"]}
+    )
 
 
 def test_mask_values_are_deterministic_and_bounded():
@@ -76,8 +77,7 @@ def test_mask_values_are_deterministic_and_bounded():
 
 def test_client_outside_the_set_is_refused(five):
     with pytest.raises(CryptoError, match="not in the announced"):
-        client_mask("client-9", {}, run_id="r", round_index=1, attempt=0, participants=["client-1"],
-                    count=1, scale=1.0)
+        client_mask("client-9", {}, run_id="r", round_index=1, attempt=0, participants=["client-1"], count=1, scale=1.0)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -34,11 +34,13 @@ def _ciphertexts(blobs):
 def _verify(federation, round_, blobs, aggregate=None, *, quorum=2, participants=None, **overrides):
     public = federation["public"]
     aggregate = aggregate if aggregate is not None else add(public, _ciphertexts(blobs))
-    kwargs = dict(run_id=RUN, round_index=3, attempt=0, participants=participants or round_["sites"],
-                  quorum=quorum, count=COUNT)
+    kwargs = dict(
+        run_id=RUN, round_index=3, attempt=0, participants=participants or round_["sites"], quorum=quorum, count=COUNT
+    )
     kwargs.update(overrides)
-    return verify_and_decrypt(federation["contexts"]["client-05"], federation["registry"],
-                              AggregateBundle(aggregate, tuple(blobs)), **kwargs)
+    return verify_and_decrypt(
+        federation["contexts"]["client-05"], federation["registry"], AggregateBundle(aggregate, tuple(blobs)), **kwargs
+    )
 
 
 def test_honest_bundle_decrypts_to_the_mean(federation, round_):
@@ -84,8 +86,15 @@ def test_unknown_signer_is_refused(federation, round_):
     stranger = ParticipantKeys.generate("client-99")
     context = federation["contexts"]["client-01"]
     sites = round_["sites"] + ["client-99"]
-    rogue = SignedContribution.create(stranger, context, encrypt_scores(context, np.zeros(COUNT)),
-                                      run_id=RUN, round_index=3, attempt=0, participants=sites)
+    rogue = SignedContribution.create(
+        stranger,
+        context,
+        encrypt_scores(context, np.zeros(COUNT)),
+        run_id=RUN,
+        round_index=3,
+        attempt=0,
+        participants=sites,
+    )
     with pytest.raises(CryptoError, match="unknown signer"):
         _verify(federation, round_, [rogue.to_bytes()] + round_["blobs"], participants=sites)
 
@@ -112,14 +121,29 @@ def test_wrong_round_or_participant_set_is_refused(federation, round_):
 def test_foreign_context_contribution_is_refused(federation, round_):
     foreign = ScoreContext.create("n4096")
     keys = round_["clients"][0]
-    rogue = SignedContribution.create(keys, foreign, encrypt_scores(foreign, np.zeros(COUNT)),
-                                      run_id=RUN, round_index=3, attempt=0, participants=round_["sites"])
+    rogue = SignedContribution.create(
+        keys,
+        foreign,
+        encrypt_scores(foreign, np.zeros(COUNT)),
+        run_id=RUN,
+        round_index=3,
+        attempt=0,
+        participants=round_["sites"],
+    )
     with pytest.raises(CryptoError, match="foreign"):
         _verify(federation, round_, [rogue.to_bytes()] + round_["blobs"][1:])
 
 
 def test_public_context_cannot_verify_and_decrypt(federation, round_):
     with pytest.raises(CryptoError, match="secret context"):
-        verify_and_decrypt(federation["public"], federation["registry"], AggregateBundle(b"", ()),
-                           run_id=RUN, round_index=3, attempt=0, participants=round_["sites"], quorum=2,
-                           count=COUNT)
+        verify_and_decrypt(
+            federation["public"],
+            federation["registry"],
+            AggregateBundle(b"", ()),
+            run_id=RUN,
+            round_index=3,
+            attempt=0,
+            participants=round_["sites"],
+            quorum=2,
+            count=COUNT,
+        )

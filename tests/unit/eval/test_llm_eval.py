@@ -20,8 +20,7 @@ from crosslm_secure.eval.llm_eval import (
     perplexity_chunks,
 )
 from crosslm_secure.models.llm import LoadedLLM, encode_prompt, left_pad, load_llm, render_prompt
-from tests.tiny_models import separable_examples
-from tests.unit.models.test_llm import tiny_llm_dir
+from tests.tiny_models import separable_examples, tiny_llm_dir
 
 TASK = TaskConfig()
 EVAL = EvalConfig(llm_batch_size=4, llm_max_length=96, perplexity_chunks=3, perplexity_chunk_tokens=32)

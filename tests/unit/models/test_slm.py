@@ -18,7 +18,7 @@ CPU = torch.device("cpu")
 
 def test_loads_a_local_folder_in_eval_mode_with_the_asked_head(tmp_path: Path) -> None:
     folder = tiny_bert_dir(tmp_path, num_labels=3)
-    tokenizer, model = load_slm(SLMConfig(model=str(folder)), 5, CPU)
+    tokenizer, model = load_slm(SLMConfig(model=str(folder), pooling="cls", trainable="full"), 5, CPU)
     assert not model.training
     assert model.config.num_labels == 5
     assert next(model.parameters()).dtype == torch.float32
@@ -28,9 +28,9 @@ def test_loads_a_local_folder_in_eval_mode_with_the_asked_head(tmp_path: Path) -
 
 def test_seed_fixes_the_new_head_and_keeps_the_encoder(tmp_path: Path) -> None:
     folder = tiny_bert_dir(tmp_path, num_labels=2)
-    _, first = load_slm(SLMConfig(model=str(folder)), 4, CPU, seed=1)
-    _, again = load_slm(SLMConfig(model=str(folder)), 4, CPU, seed=1)
-    _, other = load_slm(SLMConfig(model=str(folder)), 4, CPU, seed=2)
+    _, first = load_slm(SLMConfig(model=str(folder), pooling="cls", trainable="full"), 4, CPU, seed=1)
+    _, again = load_slm(SLMConfig(model=str(folder), pooling="cls", trainable="full"), 4, CPU, seed=1)
+    _, other = load_slm(SLMConfig(model=str(folder), pooling="cls", trainable="full"), 4, CPU, seed=2)
     assert torch.equal(first.classifier.weight, again.classifier.weight)
     assert not torch.equal(first.classifier.weight, other.classifier.weight)
     encoder = "bert.encoder.layer.0.attention.self.query.weight"

@@ -15,8 +15,7 @@ from crosslm_secure.cli import app
 from crosslm_secure.client.node import ClientNode
 from crosslm_secure.config import load_config
 from crosslm_secure.runner import run_job
-from tests.tiny_models import SENTIMENT_WORDS, tiny_bert_dir
-from tests.unit.models.test_llm import tiny_llm_dir
+from tests.tiny_models import SENTIMENT_WORDS, tiny_bert_dir, tiny_llm_dir
 
 LABELS = ["negative", "neutral", "positive"]
 

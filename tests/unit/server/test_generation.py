@@ -22,7 +22,7 @@ from crosslm_secure.server.generation import (
     sample_id,
     sample_prompt,
 )
-from tests.unit.models.test_llm import tiny_llm_dir
+from tests.tiny_models import tiny_llm_dir
 
 TASK = TaskConfig()
 GEN = GenerationConfig(samples_per_label=3, max_new_tokens=8, batch_size=5, min_chars=1)
@@ -84,8 +84,7 @@ def test_cleaning_strips_quotes_and_whitespace() -> None:
         ("good good good good good good good good good good", "degenerate"),
         ("it is it is it is it is it is it is it is", "degenerate"),
         ("Write a brief positive online review about a prescription drug's effects", "echo"),
-        ("Sure! Write a brief positive online review about a prescription drug's effects and "
-         "side effects.", "echo"),
+        ("Sure! Write a brief positive online review about a prescription drug's effects and side effects.", "echo"),
         ("This medicine cleared my migraines within a week and I had no side effects.", None),
     ],
 )

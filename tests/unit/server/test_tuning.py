@@ -19,7 +19,7 @@ from crosslm_secure.server.tuning import (
     feedback_weights,
     tune_llm,
 )
-from tests.unit.models.test_llm import tiny_llm_dir
+from tests.tiny_models import tiny_llm_dir
 
 TASK = TaskConfig()
 TEXTS = [
@@ -30,9 +30,7 @@ TEXTS = [
     "fine for now, mixed results",
     "excellent relief, I love this drug",
 ]
-SAMPLES = [
-    SyntheticSample(sample_id(1, i % 3, i // 3), text, i % 3) for i, text in enumerate(TEXTS)
-]
+SAMPLES = [SyntheticSample(sample_id(1, i % 3, i // 3), text, i % 3) for i, text in enumerate(TEXTS)]
 
 
 @pytest.fixture()
@@ -118,8 +116,14 @@ def test_unlikelihood_pushes_rejected_text_down(tiny_llm: LoadedLLM) -> None:
     likely = TuningConfig(classification_pairs=False)
     text_nll_before = feedback_loss(tiny_llm, SAMPLES, np.ones(6), TASK, likely, threshold=0.5)
     report = tune_llm(
-        tiny_llm, SAMPLES, scores, TASK, probe.model_copy(update={"epochs": 3, "learning_rate": 1e-2}),
-        threshold=0.5, seed=0, progress=False,
+        tiny_llm,
+        SAMPLES,
+        scores,
+        TASK,
+        probe.model_copy(update={"epochs": 3, "learning_rate": 1e-2}),
+        threshold=0.5,
+        seed=0,
+        progress=False,
     )
     assert report.unlikelihood_samples == 6 and report.weighted_samples == 0
     assert feedback_loss(tiny_llm, SAMPLES, np.ones(6), TASK, likely, threshold=0.5) > text_nll_before
@@ -129,8 +133,9 @@ def test_same_seed_same_adapter(tmp_path) -> None:
     def tuned_weights(seed: int) -> torch.Tensor:
         llm = load_llm(LLMConfig(model=str(tiny_llm_dir(tmp_path))), torch.device("cpu"))
         llm.model = add_lora(llm.model, LoraConfig(r=4, dropout=0.1))
-        tune_llm(llm, SAMPLES, np.ones(6), TASK, TuningConfig(learning_rate=1e-2), threshold=0.5,
-                 seed=seed, progress=False)
+        tune_llm(
+            llm, SAMPLES, np.ones(6), TASK, TuningConfig(learning_rate=1e-2), threshold=0.5, seed=seed, progress=False
+        )
         return torch.cat([p.detach().flatten() for p in llm.model.parameters() if p.requires_grad])
 
     first = tuned_weights(0)
@@ -148,11 +153,11 @@ def test_tuning_without_lora_is_refused(tmp_path) -> None:
 
 def test_zero_epochs_or_nothing_accepted_trains_nothing(tiny_llm: LoadedLLM) -> None:
     before = [p.clone() for p in tiny_llm.model.parameters() if p.requires_grad]
-    report = tune_llm(tiny_llm, SAMPLES, np.zeros(6), TASK, TuningConfig(), threshold=0.5, seed=0,
-                      progress=False)
+    report = tune_llm(tiny_llm, SAMPLES, np.zeros(6), TASK, TuningConfig(), threshold=0.5, seed=0, progress=False)
     assert report.steps == 0 and report.weighted_samples == 0 and report.label_pairs == 0
-    report = tune_llm(tiny_llm, SAMPLES, np.ones(6), TASK, TuningConfig(epochs=0), threshold=0.5,
-                      seed=0, progress=False)
+    report = tune_llm(
+        tiny_llm, SAMPLES, np.ones(6), TASK, TuningConfig(epochs=0), threshold=0.5, seed=0, progress=False
+    )
     assert report.steps == 0 and report.label_pairs == 6
     after = [p for p in tiny_llm.model.parameters() if p.requires_grad]
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
