@@ -38,10 +38,11 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e"
 
 lint: $(STAMP)
-	$(BIN)/ruff check crosslm_secure tests audits experiments benchmarks
+	$(BIN)/ruff check crosslm_secure tests benchmarks protocols
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/he_costs.py
+	$(BIN)/python benchmarks/dp_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

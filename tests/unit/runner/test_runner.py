@@ -114,3 +114,29 @@ def test_an_exhausted_budget_ends_the_run_with_the_reason(job_files: dict[str, P
     assert "The run ended early" in summary
     for row in result.store.rounds():
         assert all(v <= 6.0 for k, v in row.items() if k.startswith("epsilon/"))
+
+
+def test_same_seed_same_metrics_and_another_seed_differs(job_files: dict[str, Path]) -> None:
+    """Reproducible when no privacy noise is drawn (DP noise comes from OS entropy by design)."""
+
+    def metrics(name: str, seed: int) -> list[dict]:
+        path = write_config(
+            job_files,
+            name,
+            run={"rounds": 1, "seed": seed},
+            privacy={"dp": False},
+            feedback={"ckks_preset": "n4096", "threshold": 0.0, "noise_sigma": 0.0},
+        )
+        rows = run_job(load_config(path), log=lambda _: None).store.rounds()
+        return [{k: v for k, v in r.items() if not k.startswith(("seconds_", "peak_"))} for r in rows]
+
+    first, again, other = metrics("seed-a", 3), metrics("seed-b", 3), metrics("seed-c", 4)
+    for a, b in zip(first, again, strict=True):
+        assert a.keys() == b.keys()
+        differ = {k: (a[k], b[k]) for k in a if a[k] != (pytest.approx(b[k], rel=1e-6) if _number(b[k]) else b[k])}
+        assert differ == {}
+    assert first != other
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, float | int) and not isinstance(value, bool)
