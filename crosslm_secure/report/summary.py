@@ -114,7 +114,12 @@ def _protections(config: Config, rows: Sequence[dict[str, Any]]) -> list[str]:
         "| protection | state |",
         "|---|---|",
         f"| feedback aggregation | `{aggregator}`"
-        + ("" if protected else " — **unprotected**: the server sees per-client scores")
+        + (
+            f" ({config.feedback.ckks_preset}, 128-bit): pairwise masks, noise sigma {config.feedback.noise_sigma:g}; "
+            "the server adds blind; a verifying client decrypts only the aggregate"
+            if protected
+            else " — **unprotected**: the server sees per-client scores"
+        )
         + " |",
         f"| client training | {dp_line} |",
         "| messages | Ed25519-signed, bound to run, round and sender; replays refused |",
@@ -135,7 +140,13 @@ def _headline(rows: Sequence[dict[str, Any]]) -> list[str]:
         return ["No round completed."]
     first, last = rows[0], rows[-1]
     out = []
-    for key, name in (("slm_accuracy_mean", "Mean client SLM accuracy"), ("llm_accuracy", "LLM task accuracy")):
+    pairs = (
+        ("slm_accuracy_mean", "Mean client SLM accuracy"),
+        ("slm_macro_f1_mean", "Mean client SLM macro-F1"),
+        ("llm_accuracy", "LLM task accuracy"),
+        ("llm_macro_f1", "LLM task macro-F1"),
+    )
+    for key, name in pairs:
         if key in first and key in last:
             out.append(
                 f"- {name}: {first[key]:.3f} (round 0) -> {last[key]:.3f} (round {last['round']}), "
