@@ -140,3 +140,23 @@ def test_same_seed_same_metrics_and_another_seed_differs(job_files: dict[str, Pa
 
 def _number(value: object) -> bool:
     return isinstance(value, float | int) and not isinstance(value, bool)
+
+
+@pytest.mark.parametrize("method", ["standalone", "data_free_kd", "llm_zero_shot"])
+def test_baselines_run_on_the_same_code_path(job_files: dict[str, Path], method: str) -> None:
+    path = write_config(job_files, f"base-{method}", run={"rounds": 1, "method": method})
+    result = run_job(load_config(path), log=lambda _: None)
+    rows = result.store.rounds()
+    events = [e["event"] for e in result.store.events()]
+    assert all(r["method"] == method for r in rows)
+    if method == "llm_zero_shot":
+        assert [r["round"] for r in rows] == [0]
+        return
+    assert [r["round"] for r in rows] == [0, 1]
+    assert "key_ceremony" not in events and "revealed" not in events  # no feedback is aggregated
+    assert rows[1]["llm_accuracy"] == rows[0]["llm_accuracy"]  # the LLM stays untuned
+    assert not (result.store.root / "llm" / "round-1").exists()
+    if method == "data_free_kd":
+        assert rows[1]["synthetic_accepted"] == rows[1]["synthetic_generated"] > 0  # unfiltered
+    else:
+        assert "synthetic_generated" not in rows[1]
