@@ -11,14 +11,12 @@ from __future__ import annotations
 import os
 import random
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers.utils import logging as hf_logging
 
 from crosslm_secure.aggregation.plaintext import PlaintextAggregator
 from crosslm_secure.client.dp_trainer import DPTrainer
@@ -31,7 +29,7 @@ from crosslm_secure.data.records import ClientData
 from crosslm_secure.errors import RunError
 from crosslm_secure.models.device import resolve_device
 from crosslm_secure.models.llm import add_lora, load_llm, load_lora
-from crosslm_secure.models.slm import load_slm
+from crosslm_secure.models.slm import load_slm, quiet_transformers
 from crosslm_secure.privacy.ledger import Ledger, ledger_path
 from crosslm_secure.protocol.party import Party, in_memory_identities, party_of
 from crosslm_secure.report.summary import write_report
@@ -202,23 +200,13 @@ def _save_slm(slm: SLM, folder: Path) -> None:
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     model = getattr(slm.model, "_module", slm.model)
-    with _quiet_progress():
+    with quiet_transformers():
         model.save_pretrained(tmp)
     slm.tokenizer.save_pretrained(tmp)
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
-
-
-@contextmanager
-def _quiet_progress() -> Iterator[None]:
-    """transformers draws a progress bar per checkpoint write; one per client per round is noise."""
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.enable_progress_bar()
 
 
 def _slm_sources(config: Config) -> dict[str, str]:

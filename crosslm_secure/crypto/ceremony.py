@@ -61,9 +61,7 @@ def wrap_secret(
     """
     ephemeral = ephemeral or X25519PrivateKey.generate()
     nonce = nonce or secrets.token_bytes(12)
-    ephemeral_public = ephemeral.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+    ephemeral_public = ephemeral.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient.exchange_public))
     ad = _associated_data(purpose, run_id, sender.site, recipient.site, ephemeral_public)
     key = _wrap_key(shared, ephemeral_public, recipient.exchange_public, ad)
@@ -239,9 +237,7 @@ def _associated_data(purpose: str, run_id: str, sender: str, recipient: str, eph
 
 
 def _wrap_key(shared: bytes, ephemeral_public: bytes, recipient_public: bytes, ad: bytes) -> bytes:
-    return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=ephemeral_public + recipient_public, info=ad
-    ).derive(shared)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=ephemeral_public + recipient_public, info=ad).derive(shared)
 
 
 def _signed_part(ad: bytes, body: bytes) -> bytes:

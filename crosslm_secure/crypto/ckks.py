@@ -215,13 +215,7 @@ class ScoreContext:
             save_relin_keys=False,
         )
         name = self.preset.name.encode("ascii")
-        return (
-            _CONTEXT_MAGIC
-            + bytes([_VERSION, len(name)])
-            + name
-            + bytes([1 if self.has_secret_key else 0])
-            + body
-        )
+        return _CONTEXT_MAGIC + bytes([_VERSION, len(name)]) + name + bytes([1 if self.has_secret_key else 0]) + body
 
     @property
     def tenseal(self) -> ts.Context:

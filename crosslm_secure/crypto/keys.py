@@ -224,9 +224,7 @@ def save_participant_keys(keys: ParticipantKeys, folder: str | Path, passphrase:
     """Write private keys (0600, encrypted when ``passphrase`` is set) and the public identity."""
     folder = Path(folder)
     encryption = (
-        serialization.BestAvailableEncryption(passphrase.encode())
-        if passphrase
-        else serialization.NoEncryption()
+        serialization.BestAvailableEncryption(passphrase.encode()) if passphrase else serialization.NoEncryption()
     )
     for name, key in ((SIGNING_KEY_FILE, keys.signing_key), (EXCHANGE_KEY_FILE, keys.exchange_key)):
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)

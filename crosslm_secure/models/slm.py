@@ -63,7 +63,7 @@ def load_slm(
         raise ModelError(f"an SLM needs at least 2 labels (got {num_labels})")
     folder = resolve_slm_dir(cfg.model)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             with _seeded(seed):
                 if cfg.pooling == "mean":
@@ -103,8 +103,9 @@ def _encoder_of(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Hide the load report about the new head: a fresh head is what we asked for."""
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports and progress bars (e.g. the new-head report on load,
+    the per-checkpoint write bar), restoring the previous settings afterwards."""
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()

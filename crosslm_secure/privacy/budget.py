@@ -63,13 +63,12 @@ def decline_reason(
             f"{client_id} declines round {round_index}: its ledger records training without DP "
             "(epsilon = inf), so it has no DP budget left"
         )
-    projected = ledger.epsilon(accountant, delta, extra=planned)
-    if projected <= epsilon_max:
+    check = check_round(ledger, planned, epsilon_max=epsilon_max, accountant=accountant, delta=delta)
+    if not check.exceeded:
         return None
-    spent = ledger.epsilon(accountant, delta)
     return (
         f"{client_id} declines round {round_index}: it would raise its epsilon from "
-        f"{spent:.3f} to {projected:.3f} ({accountant}, delta={delta:.1e}), "
+        f"{check.spent:.3f} to {check.projected:.3f} ({accountant}, delta={delta:.1e}), "
         f"over its budget epsilon_max={epsilon_max:g}"
     )
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from crosslm_secure.errors import PrivacyError
 from crosslm_secure.privacy.accounting import ACCOUNTANTS, MechanismBlock, accountant_for
@@ -38,7 +38,6 @@ SCHEMA = "crosslm-ledger/1"
 GENESIS_HASH = "0" * 64
 LEDGER_FILE = "ledger.jsonl"
 
-Mechanism = Literal["dp-sgd", "gaussian-score-release", "non-private"]
 MECHANISMS: tuple[str, ...] = ("dp-sgd", "gaussian-score-release", "non-private")
 _PARAMETER_FIELDS = (
     "unit",

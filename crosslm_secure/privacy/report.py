@@ -144,8 +144,8 @@ def plot_epsilon(budgets: list[ClientBudget], out_path: str | Path, *, title: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    from crosslm_secure.report.plots import save_figure
+
     figure, axes = plt.subplots(figsize=(6, 4))
     budgets_drawn: set[float] = set()
     for b in budgets:
@@ -172,9 +172,7 @@ def plot_epsilon(budgets: list[ClientBudget], out_path: str | Path, *, title: st
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(out_path, dpi=120)
-    plt.close(figure)
-    return out_path
+    return save_figure(figure, Path(out_path))
 
 
 def _json_safe(value: Any) -> Any:

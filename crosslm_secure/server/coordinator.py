@@ -26,7 +26,6 @@ from crosslm_secure.data.records import Example, SyntheticSample
 from crosslm_secure.errors import CrossLMError, CryptoError, ProtocolError
 from crosslm_secure.eval.llm_eval import llm_perplexity, llm_task_accuracy
 from crosslm_secure.models.llm import LoadedLLM, save_lora
-from crosslm_secure.protocol.envelope import parse
 from crosslm_secure.protocol.messages import (
     EnhanceRequest,
     EvaluateReply,
@@ -40,6 +39,7 @@ from crosslm_secure.protocol.messages import (
     TrainReply,
     TrainRequest,
     WireSample,
+    type_name,
 )
 from crosslm_secure.protocol.party import Party
 from crosslm_secure.runstore import RunStore
@@ -292,6 +292,7 @@ class Coordinator:
             request = ScoreRequest(participants=participants, attempt=attempt, samples=wire)
             with phases("score"):
                 signed: list[bytes] = []
+                contributions: list[bytes] = []
                 for name in participants:
                     reply = self._ask(name, request, round_index, "score.reply", keep_raw=True)
                     if reply is not None:
@@ -301,11 +302,11 @@ class Coordinator:
                             self._exclude(name, f"sent {body.count} scores for {len(samples)} samples")
                             continue
                         signed.append(raw)
+                        contributions.append(envelope.blobs[0])
             if len(signed) != len(participants):
                 self.store.event("aggregation_restart", round=round_index, attempt=attempt, left=self.active)
                 continue
             with phases("aggregate"):
-                contributions = [_first_blob(raw) for raw in signed]
                 aggregate = self.aggregator.combine(contributions)
             with phases("reveal"):
                 means = self._reveal(round_index, attempt, participants, aggregate, signed, len(samples))
@@ -372,11 +373,15 @@ class Coordinator:
     ) -> Any:
         """Send one request; on a crash, refusal or bad reply, exclude the client and return None."""
         message = self.party.seal(name, round_index, body, blobs)
-        self._log_message(message, "out", name, round_index)
+        self._log_message(message, "out", name, round_index, type_name(body))
         try:
             raw = self.transport.request(name, message)
-            self._log_message(raw, "in", name, round_index)
-            envelope, reply = self.party.open(raw, expect_round=round_index)
+            try:
+                envelope, reply = self.party.open(raw, expect_round=round_index)
+            except ProtocolError:
+                self._log_message(raw, "in", name, round_index, "refused")
+                raise
+            self._log_message(raw, "in", name, round_index, envelope.type)
             if envelope.sender != name:
                 raise ProtocolError(f"reply to {name} came from {envelope.sender}")
             if envelope.type == "error":
@@ -395,7 +400,7 @@ class Coordinator:
         self.store.event("client_excluded", client=name, reason=reason)
         self.log(f"  {name} excluded: {reason}")
 
-    def _log_message(self, message: bytes, direction: str, peer: str, round_index: int) -> None:
+    def _log_message(self, message: bytes, direction: str, peer: str, round_index: int, kind: str) -> None:
         """Transcript: type, size and hash only; never contents."""
         self.store.transcript(
             direction=direction,
@@ -403,7 +408,7 @@ class Coordinator:
             round=round_index,
             bytes=len(message),
             sha256=hashlib.sha256(message).hexdigest(),
-            type=_peek_type(message),
+            type=kind,
         )
 
     # -- metrics -------------------------------------------------------------------------
@@ -437,18 +442,6 @@ class Coordinator:
         row["seconds_round"] = round(time.perf_counter() - round_start, 3)
         row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         return row
-
-
-def _first_blob(message: bytes) -> bytes:
-    envelope, _, _ = parse(message)
-    return envelope.blobs[0]
-
-
-def _peek_type(message: bytes) -> str:
-    try:
-        return parse(message)[0].type
-    except ProtocolError:
-        return "malformed"
 
 
 def _round_line(row: dict[str, Any]) -> str:

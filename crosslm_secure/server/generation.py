@@ -54,9 +54,7 @@ def instruction_for(task: TaskConfig, label_index: int, number: int) -> str:
     return template.format(label=task.verbalizer(task.labels[label_index]))
 
 
-def generation_prompt(
-    tokenizer: PreTrainedTokenizerBase, task: TaskConfig, label_index: int, number: int
-) -> str:
+def generation_prompt(tokenizer: PreTrainedTokenizerBase, task: TaskConfig, label_index: int, number: int) -> str:
     """The rendered prompt (chat template when the model has one) for one sample."""
     return render_prompt(tokenizer, instruction_for(task, label_index, number))
 
@@ -178,8 +176,7 @@ def generate_synthetic(
     try:
         for batch_index, batch in enumerate(batches):
             encoded = [
-                encode_prompt(tokenizer, generation_prompt(tokenizer, task, s.label_index, s.number))
-                for s in batch
+                encode_prompt(tokenizer, generation_prompt(tokenizer, task, s.label_index, s.number)) for s in batch
             ]
             ids, mask, _ = left_pad(encoded, tokenizer.pad_token_id, llm.device)
             with torch.random.fork_rng(devices=_cuda_devices(llm.device)), torch.no_grad():
@@ -203,8 +200,9 @@ def generate_synthetic(
         model.train(was_training)
     samples, dropped = clean_batch(candidates, task, gen.min_chars)
     if dropped:
-        log.info("round %d: kept %d of %d synthetic samples, dropped %s", round_index,
-                 len(samples), len(slots), dropped)
+        log.info(
+            "round %d: kept %d of %d synthetic samples, dropped %s", round_index, len(samples), len(slots), dropped
+        )
     return samples
 
 

@@ -115,9 +115,7 @@ def build_tuning_items(
         ValueError: scores and samples differ in number.
     """
     if len(samples) != len(np.asarray(mean_scores)):
-        raise ValueError(
-            f"tuning: {len(samples)} samples but {len(np.asarray(mean_scores))} mean scores"
-        )
+        raise ValueError(f"tuning: {len(samples)} samples but {len(np.asarray(mean_scores))} mean scores")
     weights, mask = feedback_weights(
         mean_scores, threshold=threshold, unlikelihood_threshold=tuning.unlikelihood_threshold
     )
@@ -290,7 +288,6 @@ def _completion_item(
         return None
     labels = [IGNORE] * len(prompt) + ids[len(prompt) :]
     return TuningItem(ids, labels, coefficient, kind)
-
 
 
 def _cuda_devices(device: torch.device) -> list[int]:

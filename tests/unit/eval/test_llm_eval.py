@@ -26,12 +26,6 @@ TASK = TaskConfig()
 EVAL = EvalConfig(llm_batch_size=4, llm_max_length=96, perplexity_chunks=3, perplexity_chunk_tokens=32)
 
 
-@pytest.fixture(scope="module")
-def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> LoadedLLM:
-    folder = tiny_llm_dir(tmp_path_factory.mktemp("eval"))
-    return load_llm(LLMConfig(model=str(folder)), torch.device("cpu"))
-
-
 def test_accuracy_is_in_range_and_counts_every_example(tiny_llm: LoadedLLM) -> None:
     examples = separable_examples(4)[:10]
     result = llm_task_accuracy(tiny_llm, examples, TASK, EVAL, progress=False)

@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 from crosslm_secure.cli import app
 from crosslm_secure.client.node import ClientNode
 from crosslm_secure.config import load_config
-from crosslm_secure.runner import run_job
+from crosslm_secure.privacy.ledger import Ledger, ledger_path
+from crosslm_secure.runner import resume_job, run_job
+from crosslm_secure.server.coordinator import Coordinator
 from tests.tiny_models import SENTIMENT_WORDS, tiny_bert_dir, tiny_llm_dir
 
 LABELS = ["negative", "neutral", "positive"]
@@ -160,3 +162,36 @@ def test_baselines_run_on_the_same_code_path(job_files: dict[str, Path], method:
         assert rows[1]["synthetic_accepted"] == rows[1]["synthetic_generated"] > 0  # unfiltered
     else:
         assert "synthetic_generated" not in rows[1]
+
+
+def test_a_crash_mid_run_resumes_from_the_last_completed_round(
+    job_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    round_ = Coordinator._round
+
+    def crash_in_round_2(self, round_index):
+        if round_index == 2:
+            raise KeyboardInterrupt  # the operator stops it, or the machine dies
+        return round_(self, round_index)
+
+    monkeypatch.setattr(Coordinator, "_round", crash_in_round_2)
+    config = load_config(write_config(job_files, "crash"))
+    with pytest.raises(KeyboardInterrupt):
+        run_job(config, log=lambda _: None)
+    run = only_run(job_files, "crash")
+    before = Ledger(ledger_path(run, "client-1"), client_id="client-1")
+    assert [r["round"] for r in json_rows(run)] == [0, 1]
+    monkeypatch.undo()
+
+    result = resume_job(run, log=lambda _: None)
+    assert result.outcome.completed_rounds == 2
+    assert [r["round"] for r in json_rows(run)] == [0, 1, 2]
+    after = Ledger(ledger_path(run, "client-1"), client_id="client-1")
+    assert after.entries[: len(before)] == before.entries  # nothing rewritten
+    keys = [(e.round, e.mechanism, e.details.get("attempt", 0)) for e in after.entries]
+    assert len(keys) == len(set(keys))  # nothing charged twice
+    assert {e.round for e in after.entries if e.mechanism == "dp-sgd"} == {1, 2}
+
+
+def json_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

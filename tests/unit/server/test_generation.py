@@ -28,12 +28,6 @@ TASK = TaskConfig()
 GEN = GenerationConfig(samples_per_label=3, max_new_tokens=8, batch_size=5, min_chars=1)
 
 
-@pytest.fixture(scope="module")
-def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> LoadedLLM:
-    folder = tiny_llm_dir(tmp_path_factory.mktemp("gen"))
-    return load_llm(LLMConfig(model=str(folder)), torch.device("cpu"))
-
-
 def test_instructions_rotate_and_name_the_label() -> None:
     firsts = {instruction_for(TASK, 2, n) for n in range(len(TASK.generation_instructions))}
     assert len(firsts) == len(TASK.generation_instructions)

@@ -1,0 +1,16 @@
+"""Fixtures shared across test folders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crosslm_secure.config import LLMConfig
+from crosslm_secure.models.llm import LoadedLLM, load_llm
+from tests.tiny_models import tiny_llm_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> LoadedLLM:
+    """A tiny random causal LM through the real loader; module-scoped, so tests must not train it."""
+    return load_llm(LLMConfig(model=str(tiny_llm_dir(tmp_path_factory.mktemp("llm")))), torch.device("cpu"))
