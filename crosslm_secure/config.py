@@ -228,6 +228,28 @@ class EvalConfig(_Section):
     perplexity_chunk_tokens: Annotated[int, Field(ge=8)] = Field(128, description="Tokens per chunk.")
 
 
+class AuditConfig(_Section):
+    """Settings ``crosslm audit`` reads from the run's config (override with ``--set audit.x=y``)."""
+
+    reference_models: Annotated[int, Field(ge=1, le=64)] = Field(
+        2, description="RMIA reference models per client, trained the same way on population data."
+    )
+    population_records: Annotated[int, Field(ge=10)] = Field(
+        400, description="Records (disjoint from every client's training data) used as population and non-members."
+    )
+    canaries: Annotated[int, Field(ge=10)] = Field(
+        1000, description="Canaries for the one-run DP audit; each is included with probability 1/2."
+    )
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = Field(
+        0.95, description="Confidence level of the empirical epsilon lower bound."
+    )
+    bootstrap: Annotated[int, Field(ge=10)] = Field(200, description="Bootstrap resamples for metric intervals.")
+    llm_records: Annotated[int, Field(ge=10)] = Field(
+        100, description="Client records (members and non-members) used to attack the server LLM."
+    )
+    seed: int = Field(0, description="Seed for canaries, reference models and bootstrap.")
+
+
 class Config(_Section):
     """The whole job. ``crosslm run CONFIG`` takes one of these as YAML."""
 
@@ -246,6 +268,7 @@ class Config(_Section):
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @model_validator(mode="after")
     def _check(self) -> Config:
