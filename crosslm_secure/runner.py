@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,19 +23,21 @@ from crosslm_secure.aggregation.plaintext import PlaintextAggregator
 from crosslm_secure.client.dp_trainer import DPTrainer
 from crosslm_secure.client.node import SLM, ClientNode, FeedbackKeys
 from crosslm_secure.config import Config, config_from_dict, config_to_dict
+from crosslm_secure.crypto.keys import ParticipantKeys, Registry
 from crosslm_secure.crypto.noise import ScoreRelease
 from crosslm_secure.data.loaders import load_labelled_data
 from crosslm_secure.data.partition import partition_clients
 from crosslm_secure.data.records import ClientData
 from crosslm_secure.errors import RunError
 from crosslm_secure.models.device import resolve_device
-from crosslm_secure.models.llm import add_lora, load_llm, load_lora
+from crosslm_secure.models.llm import LoadedLLM, add_lora, load_llm, load_lora
 from crosslm_secure.models.slm import load_slm, quiet_transformers
 from crosslm_secure.privacy.ledger import Ledger, ledger_path
 from crosslm_secure.protocol.party import Party, in_memory_identities, party_of
 from crosslm_secure.report.summary import write_report
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.server.coordinator import Coordinator, RoundOutcome
+from crosslm_secure.transport.base import Transport
 from crosslm_secure.transport.inprocess import InProcessTransport
 
 SERVER = "server"
@@ -59,12 +62,7 @@ def resume_job(run_dir: Path, *, log: Callable[[str], None] = print) -> RunResul
     Raises:
         RunError: the folder is not a run, or it has nothing to resume from.
     """
-    store = RunStore.open(run_dir)
-    config = config_from_dict(store.config_dict())
-    state = store.load_state()
-    if state is None:
-        raise RunError(f"run: {run_dir} never completed round 0; start it again with `crosslm run`")
-    start = int(state["completed_round"]) + 1
+    store, config, state, start = resume_point(run_dir)
     log(f"resuming {store.root} at round {start}")
     store.event("resumed", round=start)
     return _execute(config, store, start_round=start, log=log, state=state)
@@ -78,50 +76,95 @@ def _execute(
     log: Callable[[str], None],
     state: dict | None = None,
 ) -> RunResult:
-    _seed_everything(config.run.seed, config.run.threads)
-    device = resolve_device(config.run.device)
-    labels = config.task.labels
-    train, test = load_labelled_data(config.data, config.task, seed=config.run.seed)
-    split = partition_clients(train, test, config.partition, config.client_ids(), seed=config.run.seed)
-    store.event(
-        "data",
-        train=len(train),
-        test=len(test),
-        llm_test=len(split.llm_test),
-        clients={c.client_id: {"train": len(c.train), "test": len(c.test)} for c in split.clients},
-    )
-
+    job = prepare_job(config, store)
     keys, registry = in_memory_identities(SERVER, config.client_ids())
-    run_id = store.run_id
     nodes = {}
-    for client in split.clients:
-        own = keys[client.client_id]
-        feedback_keys = FeedbackKeys(own, registry, max(2, config.run.min_clients), config.feedback.noise_sigma)
-        nodes[client.client_id] = _client_node(
-            config, store, client, party_of(own, run_id, registry), feedback_keys, len(labels), device, resumed=state
+    for client in job.split.clients:
+        nodes[client.client_id] = build_client_node(
+            config, store.root, store.run_id, client, keys[client.client_id], registry, job.device, resumed=state
         )
 
-    llm = load_llm(config.llm, device)
+    def transport_for(llm: LoadedLLM) -> InProcessTransport:
+        return InProcessTransport({name: node.handle for name, node in nodes.items()})
+
+    return drive_server(
+        config, store, job, keys[SERVER], registry, transport_for, start_round=start_round, log=log, state=state
+    )
+
+
+@dataclass
+class PreparedJob:
+    """What every side of a job derives from the config and seed: the device and the data split."""
+
+    device: torch.device
+    split: Any
+
+
+def prepare_job(config: Config, store: RunStore | None) -> PreparedJob:
+    """Seed, pick the device, load and split the data (each site takes its own silo of the split)."""
+    _seed_everything(config.run.seed, config.run.threads)
+    device = resolve_device(config.run.device)
+    train, test = load_labelled_data(config.data, config.task, seed=config.run.seed)
+    split = partition_clients(train, test, config.partition, config.client_ids(), seed=config.run.seed)
+    if store is not None:
+        store.event(
+            "data",
+            train=len(train),
+            test=len(test),
+            llm_test=len(split.llm_test),
+            clients={c.client_id: {"train": len(c.train), "test": len(c.test)} for c in split.clients},
+        )
+    return PreparedJob(device, split)
+
+
+def resume_point(run_dir: Path) -> tuple[RunStore, Config, dict, int]:
+    """The store, config, saved state and first round to run of a run to resume.
+
+    Raises:
+        RunError: the folder is not a run, or it has nothing to resume from.
+    """
+    store = RunStore.open(run_dir)
+    config = config_from_dict(store.config_dict())
+    state = store.load_state()
+    if state is None:
+        raise RunError(f"run: {run_dir} never completed round 0; start it again with `crosslm run`")
+    return store, config, state, int(state["completed_round"]) + 1
+
+
+def drive_server(
+    config: Config,
+    store: RunStore,
+    job: PreparedJob,
+    server_keys: ParticipantKeys,
+    registry: Registry,
+    transport_for: Callable[[LoadedLLM], Transport],
+    *,
+    start_round: int,
+    log: Callable[[str], None],
+    state: dict | None = None,
+) -> RunResult:
+    """The server side of a job: load the LLM, run the coordinator over a transport, write the report."""
+    llm = load_llm(config.llm, job.device)
     log(f"LLM: {llm.source}")
     if config.run.method == "crosslm":
         llm.model = add_lora(llm.model, config.llm.lora, seed=config.run.seed)
         if state is not None and start_round > 1:
             llm.model = load_lora(llm.model, store.llm_dir(start_round - 1))
 
-    transport = InProcessTransport({name: node.handle for name, node in nodes.items()})
+    transport = transport_for(llm)
     coordinator = Coordinator(
         config,
-        party_of(keys[SERVER], run_id, registry),
+        party_of(server_keys, store.run_id, registry),
         transport,
         registry,
         llm,
-        split.llm_test,
+        job.split.llm_test,
         store,
         log=log,
     )
     if state is not None:
         coordinator.restore(state["active"], state["excluded"])
-    store.event("run_started", round=start_round, method=config.run.method, device=str(device))
+    store.event("run_started", round=start_round, method=config.run.method, device=str(job.device))
     outcome = coordinator.run(start_round)
     store.event("run_finished", completed_round=outcome.completed_rounds, stopped_early=outcome.stopped_early)
     write_report(store, config, outcome, llm=llm, slm_sources=_slm_sources(config))
@@ -129,29 +172,56 @@ def _execute(
     return RunResult(store, outcome)
 
 
+def build_client_node(
+    config: Config,
+    root: Path,
+    run_id: str,
+    client: ClientData,
+    own: ParticipantKeys,
+    registry: Registry,
+    device: torch.device,
+    *,
+    resumed: dict | bool | None,
+) -> ClientNode:
+    """One site's node: its protocol party, feedback keys and SLM, with state kept under ``root``."""
+    feedback_keys = FeedbackKeys(own, registry, max(2, config.run.min_clients), config.feedback.noise_sigma)
+    return _client_node(
+        config,
+        root,
+        run_id,
+        client,
+        party_of(own, run_id, registry),
+        feedback_keys,
+        len(config.task.labels),
+        device,
+        resumed=resumed,
+    )
+
+
 def _client_node(
     config: Config,
-    store: RunStore,
+    root: Path,
+    run_id: str,
     client: ClientData,
     party: Party,
     feedback_keys: FeedbackKeys,
     num_labels: int,
     device: torch.device,
     *,
-    resumed: dict | None,
+    resumed: dict | bool | None,
 ) -> ClientNode:
     settings = config.slm_for(client.client_id)
-    checkpoint = store.client_dir(client.client_id) / "slm"
+    checkpoint = Path(root) / "clients" / client.client_id / "slm"
     client_seed = config.run.seed * 1000 + int(client.client_id.rsplit("-", 1)[-1])
     source = settings
-    if resumed is not None and checkpoint.is_dir():
+    if resumed is not None and resumed is not False and checkpoint.is_dir():
         source = settings.model_copy(update={"model": str(checkpoint)})
     tokenizer, model = load_slm(source, num_labels, device, seed=client_seed)
     trainer = DPTrainer(
         settings,
         config.privacy,
-        ledger=Ledger(ledger_path(store.root, client.client_id), client_id=client.client_id),
-        run_id=store.run_id,
+        ledger=Ledger(ledger_path(root, client.client_id), client_id=client.client_id),
+        run_id=run_id,
         client_id=client.client_id,
         planned_rounds=config.run.rounds,
         num_records=len(client.train),
@@ -167,7 +237,7 @@ def _client_node(
     def record_release(round_index: int, attempt: int, release: ScoreRelease) -> None:
         # Conservative: the noise left if the decryptor subtracts its own share.
         trainer.ledger.record_score_release(
-            run_id=store.run_id,
+            run_id=run_id,
             round_index=round_index,
             noise_std=release.honest_share_only,
             sensitivity=release.l2_sensitivity,

@@ -1,0 +1,183 @@
+"""``crosslm pki ...`` and ``crosslm deploy ...``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from crosslm_secure.config import Config, config_from_dict, load_config
+from crosslm_secure.errors import CrossLMError
+from crosslm_secure.runstore import RunStore
+
+console = Console(stderr=True)
+pki_app = typer.Typer(help="TLS certificates, SuperNode keys and protocol identities.", no_args_is_help=True)
+deploy_app = typer.Typer(help="Run jobs on Flower: SuperLink, SuperNodes, TLS, node authentication.")
+
+
+def _fail(exc: CrossLMError) -> None:
+    console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _job(config: Path | None, overrides: list[str] | None, resume: Path | None) -> Config:
+    """The job to run: the resumed run's own config, or the YAML with its overrides."""
+    if resume is not None:
+        return config_from_dict(RunStore.open(resume).config_dict())
+    if config is None:
+        raise CrossLMError("deploy: give the job YAML, or --resume runs/<id> after a server crash")
+    return load_config(config, overrides or [])
+
+
+@pki_app.command("init")
+def pki_init(
+    out: Annotated[Path, typer.Option("--out", help="Folder to create (private files get mode 0600).")],
+    clients: Annotated[int, typer.Option("--clients", help="Number of client sites (client-1..N).")] = 3,
+    host: Annotated[
+        list[str] | None, typer.Option("--host", help="SuperLink host name or IP for its certificate (repeat).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing PKI in --out.")] = False,
+) -> None:
+    """Create a CA, the SuperLink certificate, and per-site credentials (auth key + protocol identity)."""
+    from crosslm_secure.deploy.pki import init_pki
+
+    try:
+        pki = init_pki(out, [f"client-{i + 1}" for i in range(clients)], host or ["127.0.0.1"], force=force)
+    except CrossLMError as exc:
+        _fail(exc)
+        return
+    console.print(f"wrote {pki.root}: copy superlink/, server/ and ca/ca.pem to the server, sites/<site>/ to each site")
+    console.print(
+        "then, on the server: `crosslm deploy superlink --pki PKI` and `crosslm deploy register --pki PKI ...`"
+    )
+
+
+@deploy_app.command("local")
+def local(
+    config: Annotated[Path | None, typer.Argument(help="Job YAML, e.g. experiments/configs/quick.yaml")] = None,
+    clients: Annotated[int, typer.Option("--clients", help="SuperNodes (client sites) to start.")] = 3,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: section.field=value")] = None,
+    workdir: Annotated[
+        Path | None, typer.Option("--workdir", help="Deployment folder (PKI, logs); default <output_dir>/deploy-<time>")
+    ] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue runs/<id> from its last round.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds a site may take per request.")] = 1800.0,
+) -> None:
+    """Start a SuperLink and one SuperNode per client on loopback with TLS, run one job, stop them."""
+    from crosslm_secure.deploy.local import deploy_local
+
+    try:
+        job = _job(config, set_, resume)
+        folder = workdir or Path(job.run.output_dir) / f"deploy-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = deploy_local(job, clients, folder, resume=resume, log=console.print, timeout=timeout)
+    except CrossLMError as exc:
+        _fail(exc)
+        return
+    console.print(f"[green]done:[/] {run_dir / 'summary.md'}")
+
+
+@deploy_app.command("register")
+def register(
+    pki: Annotated[Path, typer.Option("--pki", help="The PKI folder from `crosslm pki init`.")],
+    superlink: Annotated[str, typer.Option("--superlink", help="SuperLink address host:port.")],
+    site: Annotated[list[str] | None, typer.Option("--site", help="Site to register (repeat); default all.")] = None,
+) -> None:
+    """Register sites' SuperNode authentication keys with a running SuperLink (the server machine)."""
+    from crosslm_secure.deploy.local import Deployment
+    from crosslm_secure.deploy.pki import PKI
+
+    try:
+        keys = PKI.open(pki.resolve())
+        admin = Deployment(keys.root / "admin", None, log=console.print)
+        admin.attach(keys, superlink)
+        for name in site or keys.sites():
+            admin.register(name)
+            console.print(f"registered {name}")
+    except CrossLMError as exc:
+        _fail(exc)
+
+
+@deploy_app.command("submit")
+def submit(
+    config: Annotated[Path | None, typer.Argument(help="The job YAML every site agreed on.")] = None,
+    pki: Annotated[Path, typer.Option("--pki", help="The PKI folder (its server/ part and ca/ca.pem).")] = Path("pki"),
+    superlink: Annotated[str, typer.Option("--superlink", help="SuperLink address host:port.")] = "127.0.0.1:9093",
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue runs/<id> from its last round.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds a site may take per request.")] = 1800.0,
+) -> None:
+    """Start a job (or resume one) on a running SuperLink and follow it to the end (the server machine)."""
+    from crosslm_secure.deploy.local import Deployment, follow
+    from crosslm_secure.deploy.pki import PKI
+
+    try:
+        job = _job(config, [], resume)
+        keys = PKI.open(pki.resolve())
+        admin = Deployment(keys.root / "admin", job, log=console.print)
+        admin.attach(keys, superlink)
+        run_dir = follow(admin, admin.submit(resume=resume, timeout=timeout), console.print)
+    except CrossLMError as exc:
+        _fail(exc)
+        return
+    console.print(f"[green]done:[/] {run_dir / 'summary.md'}")
+
+
+@deploy_app.command("site")
+def site(
+    site_dir: Annotated[Path, typer.Option("--site-dir", help="This site's folder from `crosslm pki init`.")],
+    config: Annotated[Path, typer.Option("--config", help="The job YAML every site agreed on.")],
+    superlink: Annotated[str, typer.Option("--superlink", help="SuperLink address host:port.")],
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="Where this site keeps checkpoints and ledgers.")],
+    insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no node auth (testing only).")] = False,
+    max_wait: Annotated[float, typer.Option("--max-wait", help="Give up connecting after this many seconds.")] = 60.0,
+) -> None:
+    """Run one client site: its worker (holds the node) and its SuperNode."""
+    from crosslm_secure.config import load_config
+    from crosslm_secure.deploy.pki import SiteFiles
+    from crosslm_secure.deploy.site import run_site
+
+    try:
+        files = SiteFiles(site_dir.resolve())
+        run_site(
+            load_config(config),
+            files,
+            superlink,
+            state_dir=state_dir,
+            insecure=insecure,
+            max_wait=max_wait,
+            log=console.print,
+        )
+    except CrossLMError as exc:
+        _fail(exc)
+
+
+@deploy_app.command("superlink")
+def superlink(
+    pki: Annotated[Path, typer.Option("--pki", help="The PKI folder (its superlink/ part is enough).")],
+    port: Annotated[int, typer.Option("--port", help="Port for the Fleet, Control and Runtime APIs.")] = 9093,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "0.0.0.0",
+) -> None:
+    """Run the SuperLink with TLS and SuperNode authentication on (the server machine)."""
+    folder = pki.resolve() / "superlink"
+    command = [
+        str(Path(sys.executable).parent / "flower-superlink"),
+        "--host", host, "--port", str(port),
+        "--ssl-ca-certfile", str(folder / "ca.pem"),
+        "--ssl-certfile", str(folder / "server.pem"),
+        "--ssl-keyfile", str(folder / "server.key"),
+        "--enable-supernode-auth",
+        "--disable-runtime-dependency-installation",
+    ]  # fmt: skip
+    console.print(" ".join(command))
+    # The SuperLink starts flower-superexec by name: it must find the one next to this Python.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    raise typer.Exit(subprocess.call(command, env={**os.environ, "PATH": path}))
+
+
+if __name__ == "__main__":  # ``python -m crosslm_secure.deploy.cli site ...`` (used by deploy local)
+    deploy_app()

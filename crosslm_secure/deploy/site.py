@@ -1,0 +1,249 @@
+"""One client site in a deployment: a long-lived worker holding the site's ClientNode, and its SuperNode.
+
+``crosslm deploy site`` runs both: the worker answers our protocol bytes on a private Unix
+socket; ``flower-supernode`` (started as a child, TLS and node authentication on) connects
+to the SuperLink and starts a ClientApp process per message that forwards to the worker.
+
+The site's state is kept like an in-process run keeps it, under ``<state_dir>/<run_id>/clients/<site>/``:
+the SLM checkpoint after every evaluated round and the privacy ledger. A new Flower run
+(a fresh job, or the server resuming after a crash) rebuilds the node from that state, as
+``crosslm run --resume`` does; messages of an older Flower run are refused from then on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from crosslm_secure.config import Config
+from crosslm_secure.crypto.keys import load_participant_keys
+from crosslm_secure.deploy import DeployError
+from crosslm_secure.deploy.pki import SiteFiles
+from crosslm_secure.deploy.wire import FAILED, OK, recv_frame, send_frame
+from crosslm_secure.errors import CrossLMError
+
+
+class SiteWorker:
+    """Holds one site's ClientNode between messages (the ClientApp processes are per message)."""
+
+    def __init__(self, config: Config, files: SiteFiles, state_dir: Path, log: Callable[[str], None] = print) -> None:
+        from crosslm_secure.crypto.keys import Registry
+        from crosslm_secure.runner import prepare_job
+
+        self.config = config
+        self.site = files.site
+        if self.site not in config.client_ids():
+            raise DeployError(
+                f"site {self.site!r} is not one of the job's clients {config.client_ids()}; "
+                "use the credentials of a listed site or change partition.clients"
+            )
+        self.keys = load_participant_keys(files.keys)
+        if self.keys.site != self.site:
+            raise DeployError(f"{files.keys} holds the keys of {self.keys.site}, not {self.site}; point at its folder")
+        self.registry = Registry.load(files.registry)
+        self.state_dir = Path(state_dir)
+        self.log = log
+        log(f"{self.site}: loading its data silo")
+        self.job = prepare_job(config, None)
+        (self.client,) = [c for c in self.job.split.clients if c.client_id == self.site]
+        self._node = None
+        self._session: tuple[int, str] | None = None
+        self._retired: set[int] = set()
+        self._lock = threading.Lock()
+
+    def handle(self, flower_run: int, message: bytes) -> bytes:
+        """Answer one request; (re)build the node when a new Flower run starts."""
+        from crosslm_secure.protocol.envelope import verify
+        from crosslm_secure.protocol.party import directory_of
+        from crosslm_secure.runner import build_client_node
+
+        with self._lock:
+            if flower_run in self._retired:
+                raise DeployError(f"{self.site}: a message of the finished Flower run {flower_run} arrived late")
+            envelope = verify(message, directory_of(self.registry))
+            session = (flower_run, envelope.run_id)
+            if self._session != session:
+                if self._session is not None:
+                    self._retired.add(self._session[0])
+                root = self.state_dir / envelope.run_id
+                resumed = (root / "clients" / self.site / "slm").is_dir()
+                self.log(f"{self.site}: {'resuming' if resumed else 'joining'} run {envelope.run_id}")
+                self._node = build_client_node(
+                    self.config,
+                    root,
+                    envelope.run_id,
+                    self.client,
+                    self.keys,
+                    self.registry,
+                    self.job.device,
+                    resumed={} if resumed else None,
+                )
+                self._session = session
+            return self._node.handle(message)
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        worker: SiteWorker = self.server.worker  # type: ignore[attr-defined]
+        try:
+            header, payload = recv_frame(self.request)
+            reply = worker.handle(int(header["flower_run"]), payload)
+        except CrossLMError as exc:
+            send_frame(self.request, {"status": FAILED, "reason": str(exc)}, b"")
+            return
+        except Exception as exc:  # a crash is reported to Flower as an error reply, not hidden
+            worker.log(f"{worker.site}: request failed: {type(exc).__name__}: {exc}")
+            send_frame(self.request, {"status": FAILED, "reason": f"{type(exc).__name__}: {exc}"}, b"")
+            return
+        send_frame(self.request, {"status": OK}, reply)
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+def serve_worker(worker: SiteWorker) -> tuple[str, _Server]:
+    """Listen on a fresh private Unix socket; return its path and the running server."""
+    folder = tempfile.mkdtemp(prefix="crosslm-site-")
+    os.chmod(folder, 0o700)
+    path = os.path.join(folder, "worker.sock")
+    server = _Server(path, _Handler)
+    os.chmod(path, 0o600)
+    server.worker = worker  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, name="site-worker", daemon=True).start()
+    return path, server
+
+
+def supernode_command(
+    files: SiteFiles,
+    superlink: str,
+    socket_path: str,
+    runtime_port: int,
+    *,
+    insecure: bool = False,
+    max_wait: float | None = None,
+) -> list[str]:
+    """The ``flower-supernode`` command line of a site (TLS and node authentication unless ``insecure``)."""
+    command = [
+        _flower_bin("flower-supernode"),
+        "--superlink",
+        superlink,
+        "--node-config",
+        f'site="{files.site}" socket="{socket_path}"',
+        "--port",
+        str(runtime_port),
+    ]
+    if insecure:
+        command.append("--insecure")
+    else:
+        command += ["--root-certificates", str(files.ca), "--auth-supernode-private-key", str(files.auth_key)]
+    if max_wait is not None:
+        command += ["--max-wait-time", str(max_wait)]
+    return command
+
+
+def run_site(
+    config: Config,
+    files: SiteFiles,
+    superlink: str,
+    *,
+    state_dir: Path,
+    insecure: bool = False,
+    max_wait: float | None = 60.0,
+    log: Callable[[str], None] = print,
+) -> int:
+    """Run a site until its SuperNode exits (Ctrl-C or SIGTERM stops both); return 0 on a clean stop.
+
+    Raises:
+        DeployError: the SuperNode could not join (wrong certificate, unregistered key, SuperLink unreachable).
+    """
+    worker = SiteWorker(config, files, state_dir, log)
+    path, server = serve_worker(worker)
+    home = Path(tempfile.mkdtemp(prefix="crosslm-flwr-"))
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    command = supernode_command(files, superlink, path, free_port(), insecure=insecure, max_wait=max_wait)
+    log_path = Path(state_dir) / f"supernode-{files.site}-{os.getpid()}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    stopping = False
+
+    with open(log_path, "ab") as sink:
+        child = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+
+        def stop(signum: int, frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+            child.terminate()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        log(f"{files.site}: SuperNode started (pid {child.pid}), connecting to {superlink}; log {log_path}")
+        code = child.wait()
+    server.shutdown()
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+    shutil.rmtree(home, ignore_errors=True)
+    if stopping:
+        return 0
+    raise supernode_failure(files.site, superlink, log_path.read_text(errors="replace")[-4000:], code)
+
+
+def supernode_failure(site: str, superlink: str, log_tail: str, code: int) -> DeployError:
+    """Turn a SuperNode's exit into one sentence naming the problem and the fix."""
+    text = log_tail.lower()
+    if "certificate verify failed" in text or "ssl" in text and "certificate" in text:
+        return DeployError(
+            f"{site}: the SuperLink's TLS certificate does not verify against this site's ca.pem; "
+            "copy the ca.pem of the PKI that issued the SuperLink certificate into the site folder"
+        )
+    if (
+        "failed to activate supernode" in text
+        or "unregistered" in text
+        or "not registered" in text
+        or "unauthenticated" in text
+        or "permission" in text
+    ):
+        return DeployError(
+            f"{site}: the SuperLink refused this SuperNode's authentication key; register it on the server with "
+            f"`crosslm deploy register --pki <pki> --superlink {superlink} --site {site}`"
+        )
+    if "connection refused" in text or "unavailable" in text or "failed to establish" in text:
+        return DeployError(
+            f"{site}: the SuperLink at {superlink} is unreachable; start it (`crosslm deploy superlink`) "
+            "or check the address and firewall"
+        )
+    return DeployError(f"{site}: the SuperNode exited with code {code}; see the end of its log:\n{log_tail[-800:]}")
+
+
+def free_port() -> int:
+    """A TCP port on loopback that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _flower_bin(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else name
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

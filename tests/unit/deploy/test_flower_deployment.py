@@ -1,0 +1,159 @@
+"""Real Flower processes on loopback with TLS and SuperNode authentication (no mocks).
+
+One module-scoped deployment (SuperLink + three site processes) serves every test here:
+refused SuperNodes, a server killed mid-round and resumed (its metrics must equal an
+in-process run of the same seed), and a SuperNode killed mid-round.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crosslm_secure.config import Config, load_config
+from crosslm_secure.deploy.local import Deployment
+from crosslm_secure.deploy.pki import SiteFiles, init_pki
+from crosslm_secure.deploy.site import wait_until
+from crosslm_secure.runner import run_job
+from crosslm_secure.storage import read_jsonl
+from tests.tiny_models import SENTIMENT_WORDS, tiny_bert_dir, tiny_llm_dir
+
+LABELS = ["negative", "neutral", "positive"]
+SITES = ["client-1", "client-2", "client-3"]
+
+
+def job_config(root: Path, name: str) -> Config:
+    data = root / "notes.csv"
+    if not data.exists():
+        with data.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["note", "outcome"])
+            for i in range(72):
+                words = SENTIMENT_WORDS[i % 3]
+                writer.writerow(
+                    [f"the drug was {words[i % len(words)]} and {words[(i + 3) % len(words)]}", LABELS[i % 3]]
+                )
+        tiny_bert_dir(root)
+        tiny_llm_dir(root)
+    raw = {
+        "run": {"name": name, "rounds": 1, "progress": False, "output_dir": str(root / "runs"), "threads": 1},
+        "data": {"source": "csv", "path": str(data), "text_column": "note", "label_column": "outcome"},
+        "llm": {"model": str(root / "tiny-llm"), "lora": {"r": 2, "alpha": 4}},
+        "slm": {"model": str(root / "tiny-bert"), "max_length": 16, "batch_size": 8, "private_epochs": 1},
+        "generation": {"samples_per_label": 2, "max_new_tokens": 12, "min_chars": 2, "batch_size": 6},
+        "tuning": {"max_length": 48, "batch_size": 4},
+        "privacy": {"dp": False},
+        "feedback": {"ckks_preset": "n4096", "threshold": 0.0, "noise_sigma": 0.0},
+        "eval": {"llm_examples": 6, "perplexity_chunks": 1, "perplexity_chunk_tokens": 16, "llm_max_length": 64},
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    root = tmp_path_factory.mktemp("flower")
+    config = job_config(root, "flower")
+    assert (root / "tiny-llm").is_dir() and (root / "tiny-bert").is_dir()
+    with Deployment(root / "deploy", config, log=lambda _: None) as live:
+        live.init_pki(SITES)
+        live.start_superlink()
+        for site in SITES:
+            live.register(site)
+            live.start_site(site)
+        assert wait_until(lambda: live.connected_nodes() == 3, 120, interval=2.0), "sites did not connect"
+        yield live
+
+
+def _site_failure(process: subprocess.Popen, log: Path) -> str:
+    process.wait(timeout=120)
+    assert process.returncode == 2
+    return log.read_text(errors="replace")
+
+
+def test_wrong_certificate_and_unregistered_key_are_refused(deployment: Deployment, tmp_path: Path) -> None:
+    foreign = init_pki(tmp_path / "foreign", ["client-1", "client-2"], ["127.0.0.1"])
+    # client-1's real (registered) credentials, but trusting another CA: TLS must fail.
+    wrong_ca = tmp_path / "wrong-ca" / "client-1"
+    shutil.copytree(deployment.pki.site("client-1").folder, wrong_ca)
+    shutil.copy(foreign.ca, wrong_ca / "ca.pem")
+    # client-2 with the right CA but an authentication key the SuperLink never registered.
+    unregistered = tmp_path / "unregistered" / "client-2"
+    shutil.copytree(deployment.pki.site("client-2").folder, unregistered)
+    shutil.copy(foreign.site("client-2").auth_key, unregistered / "auth_key")
+    before = deployment.connected_nodes()
+    bad_cert = deployment.start_site("client-1-wrong-ca", SiteFiles(wrong_ca), max_wait=15)
+    bad_key = deployment.start_site("client-2-unregistered", SiteFiles(unregistered), max_wait=15)
+    cert_log = _site_failure(bad_cert, deployment.workdir / "logs" / "site-client-1-wrong-ca.log")
+    key_log = _site_failure(bad_key, deployment.workdir / "logs" / "site-client-2-unregistered.log")
+    assert "does not verify against this site's ca.pem" in " ".join(cert_log.split())
+    assert "refused this SuperNode's authentication key" in " ".join(key_log.split())
+    assert deployment.connected_nodes() == before == 3
+    deployment.sites.pop("client-1-wrong-ca")
+    deployment.sites.pop("client-2-unregistered")
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    return [{k: v for k, v in r.items() if not k.startswith(("seconds_", "peak_"))} for r in rows]
+
+
+def test_server_killed_mid_round_resumes_with_the_in_process_metrics(deployment: Deployment) -> None:
+    run_id = deployment.submit(timeout=120)
+    run_dir = deployment.run_dir()
+    # Kill the ServerApp (the coordinator's process) once round 1 is under way.
+    assert wait_until(lambda: any(e.get("round") == 1 for e in read_jsonl(run_dir / "transcript.jsonl")), 400)
+    (pid,) = deployment.serverapp_pids()
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: deployment.status(run_id).startswith("finished"), 120)
+    assert json.loads((run_dir / "state.json").read_text())["completed_round"] == 0
+    charged = {site: read_jsonl(run_dir / "clients" / site / "ledger.jsonl") for site in SITES}
+
+    again = deployment.submit(resume=run_dir, timeout=120)
+    assert deployment.run_dir() == run_dir
+    assert deployment.wait(again, 600) == "finished:completed"
+    events = [e["event"] for e in read_jsonl(run_dir / "events.jsonl")]
+    assert "resumed" in events and events[-1] == "run_finished"
+    assert [r["round"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [0, 1]
+    for site in SITES:  # nothing charged twice: every ledger key appears once
+        entries = read_jsonl(run_dir / "clients" / site / "ledger.jsonl")
+        keys = [json.dumps({k: e.get(k) for k in ("run_id", "round", "mechanism", "attempt")}) for e in entries]
+        assert len(keys) == len(set(keys)) and len(entries) >= len(charged[site])
+
+    reference = run_job(deployment.config, log=lambda _: None).store.root
+    flower, local = _metrics(run_dir), _metrics(reference)
+    assert [r.keys() for r in flower] == [r.keys() for r in local]
+    for a, b in zip(flower, local, strict=True):
+        for key, value in a.items():
+            if isinstance(value, float):
+                assert value == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+            else:
+                assert value == b[key], key
+
+
+def test_a_supernode_killed_mid_round_is_excluded_and_the_round_goes_on(deployment: Deployment) -> None:
+    run_id = deployment.submit(timeout=45)
+    run_dir = deployment.run_dir()
+    assert wait_until(
+        lambda: any(
+            e.get("round") == 1 and e.get("peer") == "client-3" for e in read_jsonl(run_dir / "transcript.jsonl")
+        ),
+        400,
+    )
+    deployment.kill_site("client-3")
+    assert deployment.wait(run_id, 600) == "finished:completed"
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1]
+    assert rows[-1]["active_clients"] == 2 and "slm_accuracy/client-3" not in rows[-1]
+    excluded = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "client_excluded"]
+    assert [e["client"] for e in excluded] == ["client-3"]
