@@ -31,16 +31,17 @@ def _federation(preset: str, k: int):
     start = time.perf_counter()
     dealt = deal_context(clients[0], registry, run_id=RUN_ID, preset=preset)
     contexts = [dealt.secret_context] + [
-        accept_secret_context(c, registry, announcement=dealt.announcement, wrapped=dealt.wrapped[c.site],
-                              run_id=RUN_ID)
+        accept_secret_context(
+            c, registry, announcement=dealt.announcement, wrapped=dealt.wrapped[c.site], run_id=RUN_ID
+        )
         for c in clients[1:]
     ]
-    public = accept_public_context(registry, announcement=dealt.announcement,
-                                   public_context=dealt.public_context, run_id=RUN_ID)
+    public = accept_public_context(
+        registry, announcement=dealt.announcement, public_context=dealt.public_context, run_id=RUN_ID
+    )
     ceremony_s = time.perf_counter() - start
     parties = [
-        CKKSAggregator.for_client(c, ctx, registry, run_id=RUN_ID)
-        for c, ctx in zip(clients, contexts, strict=True)
+        CKKSAggregator.for_client(c, ctx, registry, run_id=RUN_ID) for c, ctx in zip(clients, contexts, strict=True)
     ]
     server = CKKSAggregator.for_server(public, registry, run_id=RUN_ID)
     sizes = {
@@ -58,8 +59,7 @@ def measure(preset: str, k: int, count: int, repeat: int) -> dict:
     for round_index in range(repeat):
         start = time.perf_counter()
         blobs = [
-            p.protect(s, round_index=round_index, participants=sites)
-            for p, s in zip(parties, scores, strict=True)
+            p.protect(s, round_index=round_index, participants=sites) for p, s in zip(parties, scores, strict=True)
         ]
         protect_s.append((time.perf_counter() - start) / k)
         start = time.perf_counter()
@@ -105,17 +105,25 @@ def main() -> None:
     )
     print(header)
     for r in rows:
-        print(f"{r['preset']:<6} {r['K']:>3} {r['bytes_per_score']:>8.1f} {r['bytes_per_slot']:>7.1f} "
-              f"{r['protect_scores_per_s']:>10.0f} "
-              f"{r['combine_scores_per_s']:>10.0f} {r['reveal_scores_per_s']:>9.0f} "
-              f"{r['bundle_bytes'] / 1e6:>9.2f} {r['max_error']:>9.1e}")
+        print(
+            f"{r['preset']:<6} {r['K']:>3} {r['bytes_per_score']:>8.1f} {r['bytes_per_slot']:>7.1f} "
+            f"{r['protect_scores_per_s']:>10.0f} "
+            f"{r['combine_scores_per_s']:>10.0f} {r['reveal_scores_per_s']:>9.0f} "
+            f"{r['bundle_bytes'] / 1e6:>9.2f} {r['max_error']:>9.1e}"
+        )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "machine": {"python": platform.python_version(), "processor": platform.machine()},
-        "count": args.count,
-        "repeat": args.repeat,
-        "rows": rows,
-    }, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "machine": {"python": platform.python_version(), "processor": platform.machine()},
+                "count": args.count,
+                "repeat": args.repeat,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {RESULTS}")
 
 

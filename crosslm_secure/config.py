@@ -248,6 +248,23 @@ class AuditConfig(_Section):
         100, description="Client records (members and non-members) used to attack the server LLM."
     )
     seed: int = Field(0, description="Seed for canaries, reference models and bootstrap.")
+    mia_max_auc: Annotated[float, Field(gt=0.5, le=1)] = Field(
+        0.6, description="The MIA check fails when an SLM attack's AUC lower confidence bound exceeds this."
+    )
+    rmia_a: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.3, description="RMIA offline parameter a: Pr(x) ~ ((1 + a) * mean_out(x) + 1 - a) / 2 (Zarifzadeh et al.)."
+    )
+    rmia_gamma: Annotated[float, Field(ge=1)] = Field(
+        2.0, description="RMIA threshold gamma on the pairwise likelihood ratio LR(x) / LR(z)."
+    )
+    canary_guess_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.2,
+        description="Share of canaries the one-run DP audit guesses (half top scores as in, half bottom as out), "
+        "fixed before looking at the scores; the rest abstain.",
+    )
+    dp_client: str | None = Field(
+        None, description="Client whose training the one-run DP audit re-runs with canaries (default: the first)."
+    )
 
 
 class Config(_Section):
@@ -319,23 +336,32 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         raise ConfigError(_format_error(exc)) from None
 
 
+def read_yaml_mapping(path: Path, what: str, example: str, error: type[Exception]) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping.
+
+    Raises:
+        error: the file is missing, not YAML, or not a mapping (one sentence naming the fix).
+    """
+    if not path.is_file():
+        raise error(f"{what}: file {path} not found; pass a YAML file such as {example}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise error(f"{what}: {path} is not valid YAML{where}; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise error(f"{what}: {path} must hold a mapping, not {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config and apply ``section.field=value`` overrides.
 
     Raises:
         ConfigError: the file is missing, not YAML, or a field is invalid.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config: file {path} not found; pass a YAML file such as experiments/configs/default.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config: {path} is not valid YAML{where}; fix the syntax") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config: {path} must hold a mapping of sections, not {type(raw).__name__}")
+    raw = read_yaml_mapping(Path(path), "config", "experiments/configs/default.yaml", ConfigError)
     for item in overrides or []:
         apply_override(raw, item)
     return config_from_dict(raw)

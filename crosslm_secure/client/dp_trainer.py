@@ -16,7 +16,7 @@ import math
 import secrets
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -183,14 +183,67 @@ class DPTrainer:
         """
         if not self.private:
             return self._train_non_private(model, tokenizer, examples, round_index)
+
+        def dataset() -> TensorDataset:
+            return _encoded_dataset(tokenizer, examples, self.slm.max_length)
+
+        def forward(dp_model: torch.nn.Module, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+            return forward_logits(dp_model, _trimmed_inputs(tensors), self.device)
+
+        return self._train_dp(model, len(examples), dataset, forward, round_index)
+
+    def train_private_features(
+        self, head: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor, *, round_index: int
+    ) -> TrainReport:
+        """The same round as :meth:`train_private`, for a model whose input is a feature vector.
+
+        With ``slm.trainable: head`` the encoder is frozen, so DP-SGD only ever sees each
+        record through its (frozen) sentence embedding; training ``head`` (features ->
+        logits, e.g. dropout + the linear classifier) on precomputed embeddings runs the
+        identical mechanism (Poisson rate, clipping, noise, steps, optimizer, ledger entry)
+        without re-encoding texts. Audits use it to train reference and canary models.
+
+        Args:
+            head: maps ``features[i]`` to logits; its trainable parameters are trained.
+            features: ``[num_records, dim]`` float tensor, one row per private record.
+            labels: ``[num_records]`` int64 class indices.
+            round_index: the round recorded in the ledger.
+
+        Raises:
+            PrivacyError: as :meth:`train_private`.
+        """
+        if self.privacy.lora_rank > 0:
+            raise PrivacyError(
+                f"{self.client_id}: with privacy.lora_rank > 0 the encoder trains too, so features cannot "
+                "stand in for texts; use train_private"
+            )
+        features = features.detach().float().cpu()
+        labels = labels.detach().long().cpu()
+        if not self.private:
+            report = self._plain.train_features(head, features, labels, round_index=round_index)
+            return self._record_non_private(report, round_index)
+
+        def forward(dp_model: torch.nn.Module, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+            return dp_model(tensors[0].to(self.device))
+
+        return self._train_dp(head, len(features), lambda: TensorDataset(features, labels), forward, round_index)
+
+    def _train_dp(
+        self,
+        model: Any,
+        count: int,
+        dataset: Callable[[], TensorDataset],
+        forward: Callable[[torch.nn.Module, Sequence[torch.Tensor]], torch.Tensor],
+        round_index: int,
+    ) -> TrainReport:
         existing = self.ledger.find(self.run_id, round_index, MECHANISM)
         if existing is not None:
             model.eval()
             return _skipped_report(existing)
-        if len(examples) != self.num_records:
+        if count != self.num_records:
             raise PrivacyError(
                 f"{self.client_id}: DP training was set up for {self.num_records} records but got "
-                f"{len(examples)}; the sample rate would be wrong"
+                f"{count}; the sample rate would be wrong"
             )
         if self.steps_per_round == 0:
             model.eval()
@@ -200,7 +253,7 @@ class DPTrainer:
             raise PrivacyError(reason)
         self.prepare_model(model)
         started = time.perf_counter()
-        stats = self._dp_round(model, tokenizer, examples, round_index)
+        stats = self._dp_round(model, dataset(), forward, round_index)
         entry = self.ledger.record_dp_sgd(
             run_id=self.run_id,
             round_index=round_index,
@@ -236,8 +289,11 @@ class DPTrainer:
         self, model: Any, tokenizer: Any, examples: Sequence[Example], round_index: int
     ) -> TrainReport:
         self.prepare_model(model)
-        existing = self.ledger.find(self.run_id, round_index, "non-private")
         report = self._plain.train_private(model, tokenizer, examples, round_index=round_index)
+        return self._record_non_private(report, round_index)
+
+    def _record_non_private(self, report: TrainReport, round_index: int) -> TrainReport:
+        existing = self.ledger.find(self.run_id, round_index, "non-private")
         if existing is None:
             self.ledger.record_non_private(
                 run_id=self.run_id,
@@ -252,14 +308,18 @@ class DPTrainer:
         return report
 
     def _dp_round(
-        self, model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], round_index: int
+        self,
+        model: torch.nn.Module,
+        dataset: TensorDataset,
+        forward: Callable[[torch.nn.Module, Sequence[torch.Tensor]], torch.Tensor],
+        round_index: int,
     ) -> dict[str, Any]:
         model.to(self.device)
         model.train()
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         start_weights = {n: p.detach().clone() for n, p in trainable.items()}
         loader = DPDataLoader(
-            _encoded_dataset(tokenizer, examples, self.slm.max_length),
+            dataset,
             sample_rate=self.sample_rate,
             generator=_entropy_generator(torch.device("cpu")),
         )
@@ -305,9 +365,8 @@ class DPTrainer:
                             # Counted as a step (the accounting assumes every draw releases).
                             empty += 1
                             continue
-                        inputs = _trimmed_inputs(batch[:-1])
                         dp_optimizer.zero_grad(set_to_none=True)
-                        logits = forward_logits(dp_model, inputs, self.device)
+                        logits = forward(dp_model, batch[:-1])
                         loss = criterion(logits.float(), labels.to(self.device))
                         loss.backward()
                         dp_optimizer.step()

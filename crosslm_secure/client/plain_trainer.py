@@ -70,15 +70,43 @@ class PlainTrainer:
         """Train ``cfg.synthetic_epochs`` epochs on accepted synthetic records."""
         return self._train(model, tokenizer, examples, self.cfg.synthetic_epochs, round_index, "public")
 
+    def train_features(
+        self, head: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor, *, round_index: int
+    ) -> TrainReport:
+        """Train ``cfg.private_epochs`` epochs of ``head`` (features -> logits) on precomputed
+        features of private records: with a frozen encoder (``slm.trainable: head``) the same
+        optimization as :meth:`train_private` without re-encoding texts (audits use it).
+
+        Args:
+            head: maps a ``[batch, dim]`` feature tensor to logits.
+            features: ``[n, dim]`` float tensor.
+            labels: ``[n]`` int64 class indices.
+            round_index: seeds shuffling and dropout, as in :meth:`train_private`.
+        """
+        rows = list(range(len(features)))
+
+        def batch_logits(model: torch.nn.Module, batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            index = torch.tensor(batch, dtype=torch.long)
+            return model(features[index].to(self.device)), labels[index]
+
+        return self._train(head, None, rows, self.cfg.private_epochs, round_index, "private", batch_logits)
+
     def _train(
         self,
         model: torch.nn.Module,
         tokenizer: Any,
-        examples: Sequence[Example],
+        examples: Sequence[Any],
         epochs: int,
         round_index: int,
         phase: str,
+        batch_logits: Callable[[torch.nn.Module, list[Any]], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> TrainReport:
+        if batch_logits is None:
+
+            def batch_logits(model: torch.nn.Module, batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+                inputs, labels = encode_examples(tokenizer, batch, self.cfg.max_length)
+                return forward_logits(model, inputs, self.device), labels
+
         started = time.perf_counter()
         per_epoch = num_batches(len(examples), self.cfg.batch_size)
         total_steps = epochs * per_epoch
@@ -118,8 +146,7 @@ class PlainTrainer:
                 for _ in range(epochs):
                     epoch_start = len(losses)
                     for batch in iterate_batches(examples, self.cfg.batch_size, generator=generator):
-                        inputs, labels = encode_examples(tokenizer, batch, self.cfg.max_length)
-                        logits = forward_logits(model, inputs, self.device)
+                        logits, labels = batch_logits(model, batch)
                         loss = F.cross_entropy(logits.float(), labels.to(self.device), weight=class_weights)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()

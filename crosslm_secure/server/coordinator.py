@@ -26,6 +26,7 @@ from crosslm_secure.data.records import Example, SyntheticSample
 from crosslm_secure.errors import CrossLMError, CryptoError, ProtocolError
 from crosslm_secure.eval.llm_eval import llm_perplexity, llm_task_accuracy
 from crosslm_secure.models.llm import LoadedLLM, save_lora
+from crosslm_secure.protocol.envelope import parse as parse_envelope
 from crosslm_secure.protocol.messages import (
     EnhanceRequest,
     EvaluateReply,
@@ -373,15 +374,15 @@ class Coordinator:
     ) -> Any:
         """Send one request; on a crash, refusal or bad reply, exclude the client and return None."""
         message = self.party.seal(name, round_index, body, blobs)
-        self._log_message(message, "out", name, round_index, type_name(body))
+        self._log_message(message, "out", name, round_index, type_name(body), "sent")
         try:
             raw = self.transport.request(name, message)
             try:
                 envelope, reply = self.party.open(raw, expect_round=round_index)
             except ProtocolError:
-                self._log_message(raw, "in", name, round_index, "refused")
+                self._log_message(raw, "in", name, round_index, "refused", "refused")
                 raise
-            self._log_message(raw, "in", name, round_index, envelope.type)
+            self._log_message(raw, "in", name, round_index, envelope.type, "accepted")
             if envelope.sender != name:
                 raise ProtocolError(f"reply to {name} came from {envelope.sender}")
             if envelope.type == "error":
@@ -400,8 +401,19 @@ class Coordinator:
         self.store.event("client_excluded", client=name, reason=reason)
         self.log(f"  {name} excluded: {reason}")
 
-    def _log_message(self, message: bytes, direction: str, peer: str, round_index: int, kind: str) -> None:
-        """Transcript: type, size and hash only; never contents."""
+    def _log_message(self, message: bytes, direction: str, peer: str, round_index: int, kind: str, status: str) -> None:
+        """Transcript: type, size, hash and envelope routing only; never contents.
+
+        ``status`` is ``sent`` (sealed and signed by the server), ``accepted`` (signature
+        verified and sequence number fresh: ``Inbox.open`` succeeded) or ``refused``;
+        ``sender``/``recipient``/``seq`` come from the envelope header (null when unparseable),
+        so an audit can show every message was signed and accepted once.
+        """
+        try:
+            header, _, _ = parse_envelope(message)
+            sender, recipient, seq = header.sender, header.recipient, header.seq
+        except ProtocolError:
+            sender = recipient = seq = None
         self.store.transcript(
             direction=direction,
             peer=peer,
@@ -409,6 +421,10 @@ class Coordinator:
             bytes=len(message),
             sha256=hashlib.sha256(message).hexdigest(),
             type=kind,
+            status=status,
+            sender=sender,
+            recipient=recipient,
+            seq=seq,
         )
 
     # -- metrics -------------------------------------------------------------------------

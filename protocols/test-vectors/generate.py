@@ -62,9 +62,7 @@ def build() -> dict:
                     "first_mask_values": [float(v).hex() for v in mask_values(mseed, COUNT, SCALE)],
                 }
             )
-    secrets_by_site = {
-        k.site: {p.site: pairwise_secret(k, p.public()) for p in keys if p.site != k.site} for k in keys
-    }
+    secrets_by_site = {k.site: {p.site: pairwise_secret(k, p.public()) for p in keys if p.site != k.site} for k in keys}
     vectors["masks"] = {
         "run_id": RUN_ID,
         "round": ROUND,
@@ -77,8 +75,14 @@ def build() -> dict:
             site: [
                 float(v).hex()
                 for v in client_mask(
-                    site, secrets_by_site[site], run_id=RUN_ID, round_index=ROUND, attempt=ATTEMPT,
-                    participants=SITES, count=COUNT, scale=SCALE,
+                    site,
+                    secrets_by_site[site],
+                    run_id=RUN_ID,
+                    round_index=ROUND,
+                    attempt=ATTEMPT,
+                    participants=SITES,
+                    count=COUNT,
+                    scale=SCALE,
                 )
             ]
             for site in SITES
@@ -87,8 +91,12 @@ def build() -> dict:
     plaintext = b"crosslm test vector secret context"
     ephemeral_seed, nonce = seed("ephemeral"), seed("nonce")[:12]
     wrap = wrap_secret(
-        keys[0], keys[1].public(), plaintext, run_id=RUN_ID,
-        ephemeral=X25519PrivateKey.from_private_bytes(ephemeral_seed), nonce=nonce,
+        keys[0],
+        keys[1].public(),
+        plaintext,
+        run_id=RUN_ID,
+        ephemeral=X25519PrivateKey.from_private_bytes(ephemeral_seed),
+        nonce=nonce,
     )
     vectors["key_wrap"] = {
         "sender": SITES[0],

@@ -1,0 +1,160 @@
+"""``crosslm audit``: run the compliance checks on a finished run and write the report.
+
+``crosslm audit <mia|dp|protocol|ledger> --run DIR [--set audit.x=y]`` runs one check,
+``crosslm audit all --run DIR`` runs every check and writes ``audit/report.md`` and
+``audit/report.html``, ``crosslm audit report --run DIR`` rebuilds the report from saved
+results. The scripts in ``audits/`` call :func:`script_main` and behave the same.
+
+Exit codes (for pipelines): 0 every check passed; 1 a check failed; 2 the audit could not
+run (a check that could not run, or a bad run folder), with one sentence on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crosslm_secure.audit.base import AuditError
+from crosslm_secure.audit.registry import (
+    CHECK_HELP,
+    CHECKS,
+    EXIT_ERROR,
+    RUN_ORDER,
+    CheckOutcome,
+    overall_exit_code,
+    run_check,
+    saved_outcomes,
+)
+from crosslm_secure.audit.report import overall_verdict, remember_command, require_results, write_report
+from crosslm_secure.audit.runinfo import run_config
+from crosslm_secure.errors import CrossLMError
+
+for _variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_variable, "1")  # the attacks load models; never from a hub
+
+audit_app = typer.Typer(
+    help="Compliance audits of a finished run: membership inference, DP, protocol, ledger; one report.",
+    no_args_is_help=True,
+)
+
+RunOption = Annotated[Path, typer.Option("--run", help="The run folder, e.g. runs/<id>.")]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override an audit setting: audit.field=value (repeatable).")
+]
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")]
+
+
+def audit_one(name: str, run_dir: Path, overrides: Sequence[str] = (), *, progress: bool = True) -> int:
+    """Run one check, print its verdict and findings, and return the exit code."""
+    try:
+        run_config(run_dir, overrides)
+    except AuditError as exc:
+        return _error(str(exc))
+    outcome = run_check(name, run_dir, overrides, progress=progress)
+    _print_outcome(outcome)
+    return outcome.exit_code
+
+
+def audit_all(run_dir: Path, overrides: Sequence[str] = (), *, progress: bool = True) -> int:
+    """Run every check, write the report, print the verdicts, and return the exit code."""
+    try:
+        run_config(run_dir, overrides)
+    except AuditError as exc:
+        return _error(str(exc))
+    remember_command(run_dir, _command("all", run_dir, overrides))
+    outcomes = {}
+    for name in RUN_ORDER:
+        outcomes[name] = run_check(name, run_dir, overrides, progress=progress)
+        _print_outcome(outcomes[name])
+    ordered = [outcomes[name] for name in CHECKS]
+    try:
+        md_path, html_path = write_report(run_dir, ordered)
+    except CrossLMError as exc:
+        return _error(str(exc))
+    typer.echo(f"overall: {overall_verdict(ordered)}; report: {md_path} and {html_path}")
+    return overall_exit_code(ordered)
+
+
+def rebuild_report(run_dir: Path) -> int:
+    """Rewrite the report from saved results; the exit code reflects those results."""
+    try:
+        outcomes = saved_outcomes(run_dir)
+        require_results(outcomes, run_dir)
+        md_path, html_path = write_report(run_dir, outcomes)
+    except CrossLMError as exc:
+        return _error(str(exc))
+    missing = [name for name in CHECKS if name not in {o.name for o in outcomes}]
+    typer.echo(f"overall: {overall_verdict(outcomes)}; report: {md_path} and {html_path}")
+    if missing:
+        typer.echo(f"not run yet: {', '.join(missing)}", err=True)
+    return overall_exit_code(outcomes)
+
+
+def _print_outcome(outcome: CheckOutcome) -> None:
+    if outcome.result is None:
+        typer.echo(f"{outcome.name}: ERROR: {outcome.error}", err=True)
+        return
+    result = outcome.result
+    typer.echo(f"{outcome.name}: {result.verdict.upper()}: {result.summary}")
+    for finding in result.findings:
+        typer.echo(f"  - {finding}")
+
+
+def _error(message: str) -> int:
+    typer.echo(f"error: {message}", err=True)
+    return EXIT_ERROR
+
+
+def _command(name: str, run_dir: Path, overrides: Sequence[str]) -> str:
+    words = ["crosslm", "audit", name, "--run", str(run_dir)]
+    for item in overrides:
+        words += ["--set", item]
+    return shlex.join(words)
+
+
+def _register(name: str) -> None:
+    def command(run: RunOption, set_: SetOption = None, progress: ProgressOption = True) -> None:
+        raise typer.Exit(audit_one(name, run, set_ or [], progress=progress))
+
+    command.__doc__ = f"{CHECK_HELP[name]} Writes audit/{name}.json."
+    audit_app.command(name)(command)
+
+
+for _name in CHECKS:
+    _register(_name)
+
+
+@audit_app.command("all")
+def all_command(run: RunOption, set_: SetOption = None, progress: ProgressOption = True) -> None:
+    """Run every check and write audit/report.md and .html (exit 1: a check failed; 2: one could not run)."""
+    raise typer.Exit(audit_all(run, set_ or [], progress=progress))
+
+
+@audit_app.command("report")
+def report_command(run: RunOption) -> None:
+    """Rebuild audit/report.md and audit/report.html from the saved check results."""
+    raise typer.Exit(rebuild_report(run))
+
+
+def script_main(name: str, argv: Sequence[str] | None = None) -> int:
+    """Entry of ``audits/<name>.py``: same options and exit codes as ``crosslm audit <name>``."""
+    parser = argparse.ArgumentParser(
+        prog=f"audits/{name}.py",
+        description=f"{CHECK_HELP.get(name, 'Every audit and the report.')} Same as `crosslm audit {name}`.",
+    )
+    parser.add_argument("--run", required=True, type=Path, help="the run folder, e.g. runs/<id>")
+    if name != "report":
+        parser.add_argument("--set", action="append", default=[], dest="overrides", help="audit.field=value")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if name == "report":
+        return rebuild_report(args.run)
+    if name == "all":
+        return audit_all(args.run, args.overrides, progress=not args.no_progress)
+    return audit_one(name, args.run, args.overrides, progress=not args.no_progress)

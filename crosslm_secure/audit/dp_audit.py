@@ -1,0 +1,250 @@
+"""DP audit in one training run (Steinke, Nasr, Jagielski 2023) of a client's DP-SGD.
+
+The audit re-runs the mechanism the client used (``DPTrainer`` with the ledger's noise
+multiplier, sample rate, delta, clipping, optimizer, epochs and rounds) on the client's
+private records plus ``audit.canaries`` canaries, each included by a fair coin. With
+``slm.trainable: head`` (the default) only the linear head ever sees private data, through
+frozen unit-norm sentence embeddings, so the canaries are random unit vectors in that
+feature space with random labels: they audit exactly the trainable mechanism. With
+``trainable: full`` the canaries are random-letter texts. Each canary's score is how much
+training raised the log-probability of its label (trained minus initial model); the top
+and bottom scores are guessed in / out and the correct guesses give an empirical epsilon
+lower bound at ``audit.confidence`` (:mod:`crosslm_secure.audit.canaries`).
+
+Claimed epsilon: the accountant's epsilon of the audit training's own (noise, rate, steps),
+next to the client's ledger epsilon. Fails when the lower bound exceeds the claimed epsilon.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crosslm_secure.audit.base import AuditError, CheckResult, Table, audit_dir, save_result
+from crosslm_secure.audit.canaries import (
+    epsilon_lower_bound,
+    feature_canaries,
+    guess,
+    inclusion,
+    text_canaries,
+)
+from crosslm_secure.audit.population import (
+    AuditRun,
+    Mechanism,
+    client_mechanism,
+    embed,
+    feature_head,
+    fresh_slm,
+    head_probabilities,
+    load_client_slm,
+    open_run,
+    retrainer,
+    uses_features,
+)
+from crosslm_secure.client.batches import predict_proba
+from crosslm_secure.config import AuditConfig
+from crosslm_secure.data.records import Example
+from crosslm_secure.errors import CrossLMError
+
+NAME = "dp"
+FLOOR = 1e-12
+
+
+def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress: bool = True) -> CheckResult:
+    """Run the one-run DP audit on one client of a finished run; write ``audit/dp.json``.
+
+    Args:
+        run_dir: ``runs/<run-id>``.
+        settings: audit settings; None = the run's own ``config.audit``.
+        progress: show progress bars.
+
+    Raises:
+        AuditError: the run folder lacks its config, the client's checkpoint or ledger.
+    """
+    started = time.perf_counter()
+    run = open_run(Path(run_dir), settings)
+    cfg = run.settings
+    client_id = cfg.dp_client or run.config.client_ids()[0]
+    client = run.client(client_id)
+    mechanism = client_mechanism(run, client_id)
+    included = inclusion(cfg.canaries, cfg.seed)
+    try:
+        scores, claimed, space = _train_with_canaries(run, client_id, client.train, mechanism, included, progress)
+    except CrossLMError as exc:
+        if isinstance(exc, AuditError):
+            raise
+        raise AuditError(
+            f"audit: retraining {client_id} with canaries failed ({exc}); check the run's settings"
+        ) from None
+    guesses = max(1, min(cfg.canaries, round(cfg.canary_guess_fraction * cfg.canaries)))
+    made = guess(scores, guesses)
+    truth = np.where(included, 1, -1)
+    correct = int(((made != 0) & (made == truth)).sum())
+    lower = epsilon_lower_bound(cfg.canaries, guesses, correct, mechanism.delta, cfg.confidence)
+    fail = math.isfinite(claimed) and lower > claimed
+    findings = (
+        [
+            f"{client_id}: empirical epsilon lower bound {lower:.2f} ({cfg.confidence:.0%} confidence) exceeds "
+            f"the claimed epsilon {claimed:.2f}: the training does not give the DP it accounts"
+        ]
+        if fail
+        else []
+    )
+    figure = audit_dir(run.root) / "dp_canary_scores.png"
+    _plot_scores(scores, included, lower, claimed, figure)
+    numbers = {
+        "client": client_id,
+        "empirical_epsilon_lower_bound": lower,
+        "claimed_epsilon": claimed,
+        "ledger_epsilon": mechanism.ledger_epsilon,
+        "canaries": cfg.canaries,
+        "canaries_included": int(included.sum()),
+        "guesses": guesses,
+        "correct": correct,
+        "guess_accuracy": correct / guesses,
+        "confidence": cfg.confidence,
+        "delta": mechanism.delta,
+        "noise_multiplier": mechanism.noise_multiplier,
+        "sample_rate": mechanism.sample_rate,
+        "rounds": mechanism.rounds,
+        "canary_space": space,
+        "seconds": time.perf_counter() - started,
+    }
+    summary = (
+        f"{client_id}: {correct}/{guesses} canary guesses right -> empirical epsilon >= {lower:.2f} "
+        f"({cfg.confidence:.0%} confidence) vs claimed {_eps(claimed)} (ledger {_eps(mechanism.ledger_epsilon)})"
+        + ("; the lower bound exceeds the claim." if fail else "; consistent with the claim.")
+    )
+    table = Table(
+        title="One-run DP audit (Steinke, Nasr, Jagielski 2023)",
+        columns=["client", "canaries (in)", "guesses", "correct", "eps lower bound", "claimed eps", "ledger eps"],
+        rows=[
+            [
+                client_id,
+                f"{cfg.canaries} ({int(included.sum())})",
+                str(guesses),
+                str(correct),
+                f"{lower:.2f}",
+                _eps(claimed),
+                _eps(mechanism.ledger_epsilon),
+            ]
+        ],
+    )
+    result = CheckResult(
+        name=NAME,
+        title="DP audit in one training run",
+        verdict="fail" if fail else "pass",
+        summary=summary,
+        numbers=numbers,
+        tables=[table],
+        figures=[figure.name],
+        findings=findings,
+        details={
+            "canary_space": space,
+            "note": "Each canary is included by a fair coin; the top/bottom "
+            f"{cfg.canary_guess_fraction:.0%} of scores (fixed before scoring) are guessed in/out. "
+            "Scores: trained minus initial log-probability of the canary's label.",
+        },
+    )
+    save_result(run.root, result)
+    return result
+
+
+def _train_with_canaries(
+    run: AuditRun,
+    client_id: str,
+    private: list[Example],
+    mechanism: Mechanism,
+    included: np.ndarray,
+    progress: bool,
+) -> tuple[np.ndarray, float, str]:
+    """Scores of every canary after training, the claimed epsilon, and the canary space."""
+    cfg = run.settings
+    labels_count = len(run.config.task.labels)
+    tokenizer, target_model, settings = load_client_slm(run, client_id)
+    seed = int(np.random.SeedSequence([cfg.seed, 34]).generate_state(1)[0])
+    count = len(private) + int(included.sum())
+    if uses_features(run, settings, target_model):
+        features = embed(tokenizer, target_model, [ex.text for ex in private], settings, progress=progress)
+        vectors, canary_labels = feature_canaries(cfg.canaries, features.numpy(), labels_count, cfg.seed)
+        canary_features = torch.from_numpy(vectors)
+        train_x = torch.cat([features, canary_features[torch.from_numpy(included)]])
+        train_y = torch.cat(
+            [
+                torch.tensor([ex.label for ex in private], dtype=torch.long),
+                torch.from_numpy(canary_labels[included]).long(),
+            ]
+        )
+        head = feature_head(target_model, fresh_seed=seed)
+        before = _log_prob(head_probabilities(head, canary_features), canary_labels)
+        with retrainer(run, client_id, mechanism, count, seed=seed, progress=progress) as trainer:
+            for round_index in range(1, mechanism.rounds + 1):
+                trainer.train_private_features(head, train_x, train_y, round_index=round_index)
+            claimed = _claimed(trainer, mechanism)
+        after = _log_prob(head_probabilities(head, canary_features), canary_labels)
+        return after - before, claimed, "feature"
+    del target_model
+    texts, canary_labels = text_canaries(cfg.canaries, labels_count, cfg.seed)
+    canaries = [
+        Example(uid=f"canary:{i}", text=t, label=int(y))
+        for i, (t, y) in enumerate(zip(texts, canary_labels, strict=True))
+    ]
+    train = private + [c for c, keep in zip(canaries, included, strict=True) if keep]
+    order = np.random.default_rng([cfg.seed, 35]).permutation(len(train))
+    train = [train[i] for i in order]
+    tokenizer, model = fresh_slm(run, settings, seed)
+
+    def log_prob() -> np.ndarray:
+        probabilities = predict_proba(
+            tokenizer,
+            model,
+            texts,
+            max_length=settings.max_length,
+            batch_size=settings.eval_batch_size,
+            device=run.device,
+        )
+        return _log_prob(probabilities, canary_labels)
+
+    with retrainer(run, client_id, mechanism, count, seed=seed, progress=progress) as trainer:
+        trainer.prepare_model(model)
+        before = log_prob()
+        for round_index in range(1, mechanism.rounds + 1):
+            trainer.train_private(model, tokenizer, train, round_index=round_index)
+        claimed = _claimed(trainer, mechanism)
+    return log_prob() - before, claimed, "text"
+
+
+def _claimed(trainer: Any, mechanism: Mechanism) -> float:
+    if not mechanism.private:
+        return math.inf
+    return float(trainer.ledger.epsilon(trainer.privacy.accountant, trainer.delta))
+
+
+def _log_prob(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(probabilities[np.arange(len(labels)), labels], FLOOR))
+
+
+def _plot_scores(scores: np.ndarray, included: np.ndarray, lower: float, claimed: float, out: Path) -> None:
+    from crosslm_secure.report.plots import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    bins = np.histogram_bin_edges(scores, bins=40)
+    ax.hist(scores[included], bins=bins, alpha=0.6, label="included")
+    ax.hist(scores[~included], bins=bins, alpha=0.6, label="left out")
+    ax.set(
+        xlabel="canary score (gain in log P(label))",
+        ylabel="canaries",
+        title=f"One-run DP audit: eps >= {lower:.2f} (claimed {_eps(claimed)})",
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, out)
+
+
+def _eps(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.2f}"

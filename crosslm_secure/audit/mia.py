@@ -1,0 +1,417 @@
+"""Membership inference against each client SLM (LOSS, RMIA) and against the server LLM (LOSS).
+
+Members of client k: its private training records. Non-members: population records (see
+:mod:`crosslm_secure.audit.population`), never trained on by anyone, same distribution; the
+two sides are balanced by a seeded subsample. RMIA's reference models are trained the way
+the client trained (same SLM settings, the ledger's noise multiplier, sample rate, clipping,
+epochs and rounds, through ``DPTrainer``) on random subsets of the reference pool with the
+client's record count (capped by the pool). The LLM is attacked with client records it never
+saw (members) against population records: it should sit at chance.
+
+Verdict: fail when some SLM attack's AUC lower bound exceeds ``audit.mia_max_auc``, or when
+its TPR lower bound at a low FPR exceeds what the run's claimed epsilon allows
+(``TPR <= e^eps * FPR + delta``); the LLM attack is held to the AUC rule too.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from crosslm_secure.audit.attacks import LossAttack, RmiaAttack
+from crosslm_secure.audit.base import AuditError, CheckResult, Table, audit_dir, save_result
+from crosslm_secure.audit.population import (
+    AuditRun,
+    Mechanism,
+    balanced,
+    client_mechanism,
+    embed,
+    feature_head,
+    fresh_slm,
+    head_probabilities,
+    load_client_slm,
+    open_run,
+    retrainer,
+    true_label_probability,
+    uses_features,
+)
+from crosslm_secure.audit.roc import LOW_FPRS, AttackMetrics, attack_metrics, dp_test_point, plot_roc
+from crosslm_secure.client.batches import predict_proba
+from crosslm_secure.config import AuditConfig
+from crosslm_secure.data.records import Example
+from crosslm_secure.errors import CrossLMError
+
+NAME = "mia"
+
+
+def run_mia_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress: bool = True) -> CheckResult:
+    """Attack every client SLM and the server LLM of a finished run; write ``audit/mia.json``
+    and ROC plots; return the result.
+
+    Args:
+        run_dir: ``runs/<run-id>``.
+        settings: audit settings; None = the run's own ``config.audit``.
+        progress: show progress bars.
+
+    Raises:
+        AuditError: the run folder lacks its config, a checkpoint, a ledger or an adapter.
+    """
+    started = time.perf_counter()
+    run = open_run(Path(run_dir), settings)
+    cfg = run.settings
+    attacks = [LossAttack(), RmiaAttack(cfg.rmia_a, cfg.rmia_gamma)]
+    numbers: dict[str, Any] = {}
+    rows: list[list[str]] = []
+    findings: list[str] = []
+    figures: list[str] = []
+    details: dict[str, Any] = {"clients": {}, "population": _population_note(run)}
+    per_attack: dict[str, list[AttackMetrics]] = {a.name: [] for a in attacks}
+    claimed: dict[str, float] = {}
+    for client in tqdm(run.split.clients, desc="audit: MIA clients", disable=not progress):
+        cid = client.client_id
+        mechanism = client_mechanism(run, cid)
+        claimed[cid] = mechanism.ledger_epsilon
+        members, non_members = balanced(client.train, run.non_members, cfg.seed)
+        try:
+            target, refs, target_z, refs_z = _client_probabilities(run, cid, mechanism, members, non_members, progress)
+        except CrossLMError as exc:
+            if isinstance(exc, AuditError):
+                raise
+            raise AuditError(
+                f"audit: retraining reference models for {cid} failed ({exc}); check the run's settings"
+            ) from None
+        n = len(members)
+        curves = {}
+        for attack in attacks:
+            scores = attack.scores(target, refs, target_z, refs_z)
+            metrics = attack_metrics(
+                scores[:n], scores[n:], resamples=cfg.bootstrap, confidence=cfg.confidence, seed=cfg.seed
+            )
+            per_attack[attack.name].append(metrics)
+            curves[attack.name] = (scores[:n], scores[n:])
+            key = attack.name.lower()
+            _put_metrics(numbers, f"{cid}/slm_{key}", metrics)
+            rows.append(_row(f"{cid} SLM", attack.name, metrics, mechanism.ledger_epsilon))
+            findings += _verdict_rules(
+                f"{cid} SLM {attack.name}",
+                metrics,
+                (scores[:n], scores[n:]),
+                mechanism,
+                cfg.mia_max_auc,
+                cfg.confidence,
+            )
+        figure = audit_dir(run.root) / f"mia_roc_{cid}.png"
+        plot_roc(curves, f"MIA on {cid} SLM (eps={_eps_text(mechanism.ledger_epsilon)})", figure)
+        figures.append(figure.name)
+        details["clients"][cid] = {
+            "members": n,
+            "non_members": n,
+            "reference_models": int(refs.shape[0]),
+            "reference_records": _reference_size(run, client.train),
+            "features_path": bool(_feature_mode(run, cid)),
+            "ledger_epsilon": _json_float(mechanism.ledger_epsilon),
+            "noise_multiplier": mechanism.noise_multiplier,
+            "sample_rate": mechanism.sample_rate,
+            "rounds": mechanism.rounds,
+        }
+    for attack in attacks:
+        key = attack.name.lower()
+        done = per_attack[attack.name]
+        numbers[f"slm_{key}_auc_mean"] = float(np.mean([m.auc.value for m in done]))
+        numbers[f"slm_{key}_tpr_at_1pct_fpr_mean"] = float(np.mean([m.tpr_at_fpr[0.01].value for m in done]))
+        numbers[f"slm_{key}_tpr_at_0.1pct_fpr_mean"] = float(np.mean([m.tpr_at_fpr[0.001].value for m in done]))
+    best = max(attacks, key=lambda a: numbers[f"slm_{a.name.lower()}_auc_mean"])
+    numbers["slm_best_attack"] = best.name
+    for suffix in ("auc_mean", "tpr_at_1pct_fpr_mean", "tpr_at_0.1pct_fpr_mean"):
+        numbers[f"slm_{suffix}"] = numbers[f"slm_{best.name.lower()}_{suffix}"]
+    numbers["slm_auc_max"] = max(m.auc.value for ms in per_attack.values() for m in ms)
+
+    llm = _llm_attack(run, progress)
+    if llm is not None:
+        metrics, curve, adapter = llm
+        _put_metrics(numbers, "llm", metrics)
+        rows.append(_row("server LLM", f"LOSS ({adapter})", metrics, math.nan))
+        if metrics.auc.low > cfg.mia_max_auc:
+            findings.append(
+                f"server LLM LOSS: AUC lower bound {metrics.auc.low:.3f} > audit.mia_max_auc {cfg.mia_max_auc} "
+                "although it never saw client records (AUC rule)"
+            )
+        figure = audit_dir(run.root) / "mia_roc_llm.png"
+        plot_roc({"LLM LOSS": curve}, f"MIA on the server LLM ({adapter})", figure)
+        figures.append(figure.name)
+        details["llm"] = {"adapter": adapter, "members": metrics.members, "non_members": metrics.non_members}
+    numbers["seconds"] = time.perf_counter() - started
+    verdict = "fail" if findings else "pass"
+    summary = (
+        f"Best SLM attack {best.name}: mean AUC {numbers['slm_auc_mean']:.3f}, TPR@1%FPR "
+        f"{numbers['slm_tpr_at_1pct_fpr_mean']:.3f}, TPR@0.1%FPR {numbers['slm_tpr_at_0.1pct_fpr_mean']:.3f}"
+        + (f"; server LLM AUC {numbers['llm_auc']:.3f}" if "llm_auc" in numbers else "")
+        + ("; no rule fired." if verdict == "pass" else f"; {len(findings)} rule(s) fired.")
+    )
+    table = Table(
+        title=f"Membership inference ({int(cfg.confidence * 100)}% bootstrap intervals)",
+        columns=["target", "attack", "n (each side)", "AUC", "TPR@1%FPR", "TPR@0.1%FPR", "bal. acc.", "claimed eps"],
+        rows=rows,
+    )
+    result = CheckResult(
+        name=NAME,
+        title="Membership inference (LOSS, RMIA)",
+        verdict=verdict,
+        summary=summary,
+        numbers=numbers,
+        tables=[table],
+        figures=figures,
+        findings=findings,
+        details=details,
+    )
+    save_result(run.root, result)
+    return result
+
+
+# --- SLM --------------------------------------------------------------------------------
+
+
+def _feature_mode(run: AuditRun, client_id: str) -> bool:
+    settings = run.config.slm_for(client_id)
+    return settings.trainable == "head" and run.config.privacy.lora_rank == 0
+
+
+def _reference_size(run: AuditRun, train: Sequence[Example]) -> int:
+    return min(len(train), len(run.reference_pool))
+
+
+def _client_probabilities(
+    run: AuditRun,
+    client_id: str,
+    mechanism: Mechanism,
+    members: list[Example],
+    non_members: list[Example],
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """P(true label) of audited records (members then non-members) and of the z samples,
+    under the target and each reference model."""
+    cfg = run.settings
+    audited = members + non_members
+    population = run.non_members
+    tokenizer, target_model, settings = load_client_slm(run, client_id)
+    size = _reference_size(run, run.client(client_id).train)
+    client_index = int(client_id.rsplit("-", 1)[-1])
+    rng = np.random.default_rng([cfg.seed, 23, client_index])
+    subsets = [
+        [run.reference_pool[i] for i in rng.permutation(len(run.reference_pool))[:size]]
+        for _ in range(cfg.reference_models)
+    ]
+    ref_x, ref_z = [], []
+    if uses_features(run, settings, target_model):
+        texts = [ex.text for ex in audited + population + run.reference_pool]
+        features = embed(tokenizer, target_model, texts, settings, progress=progress)
+        f_audited = features[: len(audited)]
+        f_population = features[len(audited) : len(audited) + len(population)]
+        f_pool = features[len(audited) + len(population) :]
+        position = {ex.uid: i for i, ex in enumerate(run.reference_pool)}
+        target_head = feature_head(target_model)
+        target = true_label_probability(head_probabilities(target_head, f_audited), audited)
+        target_z = true_label_probability(head_probabilities(target_head, f_population), population)
+        for k, subset in enumerate(
+            tqdm(subsets, desc=f"audit: {client_id} references", disable=not progress, leave=False)
+        ):
+            index = torch.tensor([position[ex.uid] for ex in subset], dtype=torch.long)
+            labels = torch.tensor([ex.label for ex in subset], dtype=torch.long)
+            head = feature_head(target_model, fresh_seed=_seed(cfg.seed, client_index, k))
+            with retrainer(
+                run, client_id, mechanism, len(subset), seed=_seed(cfg.seed, client_index, k), progress=progress
+            ) as trainer:
+                for round_index in range(1, mechanism.rounds + 1):
+                    trainer.train_private_features(head, f_pool[index], labels, round_index=round_index)
+            ref_x.append(true_label_probability(head_probabilities(head, f_audited), audited))
+            ref_z.append(true_label_probability(head_probabilities(head, f_population), population))
+    else:
+        target = _text_probabilities(tokenizer, target_model, settings, audited, run)
+        target_z = _text_probabilities(tokenizer, target_model, settings, population, run)
+        del target_model
+        for k, subset in enumerate(
+            tqdm(subsets, desc=f"audit: {client_id} references", disable=not progress, leave=False)
+        ):
+            seed = _seed(cfg.seed, client_index, k)
+            ref_tokenizer, model = fresh_slm(run, settings, seed)
+            with retrainer(run, client_id, mechanism, len(subset), seed=seed, progress=progress) as trainer:
+                trainer.prepare_model(model)
+                for round_index in range(1, mechanism.rounds + 1):
+                    trainer.train_private(model, ref_tokenizer, subset, round_index=round_index)
+            ref_x.append(_text_probabilities(ref_tokenizer, model, settings, audited, run))
+            ref_z.append(_text_probabilities(ref_tokenizer, model, settings, population, run))
+    return target, np.array(ref_x), target_z, np.array(ref_z)
+
+
+def _text_probabilities(
+    tokenizer: Any, model: Any, settings: Any, examples: Sequence[Example], run: AuditRun
+) -> np.ndarray:
+    probabilities = predict_proba(
+        tokenizer,
+        model,
+        [ex.text for ex in examples],
+        max_length=settings.max_length,
+        batch_size=settings.eval_batch_size,
+        device=run.device,
+    )
+    return true_label_probability(probabilities, examples)
+
+
+def _seed(seed: int, client_index: int, k: int) -> int:
+    return int(np.random.SeedSequence([seed, 24, client_index, k]).generate_state(1)[0])
+
+
+# --- LLM --------------------------------------------------------------------------------
+
+
+def _llm_attack(run: AuditRun, progress: bool) -> tuple[AttackMetrics, tuple[np.ndarray, np.ndarray], str] | None:
+    """LOSS on the server LLM (final LoRA adapter when the run tuned it): mean token NLL of
+    each record's text. Members: client training records; non-members: population records."""
+    from crosslm_secure.models.llm import load_llm, load_lora
+
+    cfg = run.settings
+    half = cfg.llm_records // 2
+    private = [ex for client in run.split.clients for ex in client.train]
+    rng = np.random.default_rng([cfg.seed, 25])
+    members = [private[i] for i in rng.permutation(len(private))[:half]]
+    non_members = [run.non_members[i] for i in rng.permutation(len(run.non_members))[:half]]
+    members, non_members = balanced(members, non_members, cfg.seed)
+    adapter = "untuned"
+    try:
+        llm = load_llm(run.config.llm, run.device)
+        folder = _final_adapter(run)
+        if folder is not None:
+            llm.model = load_lora(llm.model, folder)
+            adapter = f"LoRA {folder.name}"
+    except CrossLMError as exc:
+        raise AuditError(f"audit: cannot load the server LLM ({exc}); check llm.model in the run's config") from None
+    texts = [ex.text for ex in members + non_members]
+    scores = -_mean_nll(llm, texts, run.config.eval.llm_max_length, run.config.eval.llm_batch_size, progress)
+    n = len(members)
+    metrics = attack_metrics(scores[:n], scores[n:], resamples=cfg.bootstrap, confidence=cfg.confidence, seed=cfg.seed)
+    return metrics, (scores[:n], scores[n:]), adapter
+
+
+def _final_adapter(run: AuditRun) -> Path | None:
+    if run.config.run.method != "crosslm":
+        return None
+    rounds = sorted(
+        (int(p.name.split("-", 1)[1]), p)
+        for p in (run.root / "llm").glob("round-*")
+        if p.name.split("-", 1)[1].isdigit() and (p / "adapter_config.json").is_file()
+    )
+    if not rounds:
+        completed = [r["round"] for r in run.store.rounds()] if (run.root / "metrics.jsonl").is_file() else []
+        if any(r > 0 for r in completed):
+            raise AuditError(
+                f"audit: no LoRA adapter under {run.root / 'llm'} although the run tuned the LLM; rerun or resume it"
+            )
+        return None
+    return rounds[-1][1]
+
+
+def _mean_nll(llm: Any, texts: Sequence[str], max_length: int, batch_size: int, progress: bool) -> np.ndarray:
+    """Mean next-token NLL of each text (BOS-prefixed, cut to ``max_length`` tokens), batched."""
+    tokenizer, model = llm.tokenizer, llm.model
+    device = llm.device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+        encoded.append(([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids)
+    values = np.full(len(texts), np.nan)
+    model.eval()
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(texts), batch_size), desc="audit: LLM loss", disable=not progress, leave=False):
+            chunk = encoded[start : start + batch_size]
+            width = max(2, max(len(ids) for ids in chunk))
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, seq in enumerate(chunk):
+                ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[row, : len(seq)] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+            nll = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), targets, reduction="none", ignore_index=-100
+            )
+            counts = mask[:, 1:].sum(dim=1)
+            per_text = (nll.sum(dim=1) / counts.clamp(min=1)).cpu().numpy()
+            values[start : start + len(chunk)] = np.where(counts.cpu().numpy() > 0, per_text, np.nan)
+    fill = np.nanmax(values) if np.isfinite(values).any() else 0.0
+    return np.where(np.isnan(values), fill, values)
+
+
+# --- reporting --------------------------------------------------------------------------
+
+
+def _verdict_rules(
+    label: str,
+    metrics: AttackMetrics,
+    scores: tuple[np.ndarray, np.ndarray],
+    mechanism: Mechanism,
+    max_auc: float,
+    confidence: float,
+) -> list[str]:
+    found = []
+    if metrics.auc.low > max_auc:
+        found.append(f"{label}: AUC lower bound {metrics.auc.low:.3f} > audit.mia_max_auc {max_auc} (AUC rule)")
+    eps = mechanism.ledger_epsilon
+    if mechanism.private and math.isfinite(eps):
+        for fpr in LOW_FPRS:
+            tpr_low, fpr_high = dp_test_point(*scores, fpr, confidence)
+            allowed = math.exp(eps) * fpr_high + mechanism.delta
+            if tpr_low > allowed:
+                found.append(
+                    f"{label}: TPR lower bound {tpr_low:.4f} at FPR <= {fpr:g} exceeds e^eps * FPR upper bound "
+                    f"+ delta = {allowed:.4f} for the claimed eps {eps:.2f} (DP rule)"
+                )
+    return found
+
+
+def _put_metrics(numbers: dict[str, Any], prefix: str, metrics: AttackMetrics) -> None:
+    numbers[f"{prefix}_auc"] = metrics.auc.value
+    numbers[f"{prefix}_auc_low"] = metrics.auc.low
+    numbers[f"{prefix}_auc_high"] = metrics.auc.high
+    numbers[f"{prefix}_balanced_accuracy"] = metrics.balanced_accuracy.value
+    for fpr, name in zip(LOW_FPRS, ("1pct", "0.1pct"), strict=True):
+        numbers[f"{prefix}_tpr_at_{name}_fpr"] = metrics.tpr_at_fpr[fpr].value
+        numbers[f"{prefix}_tpr_at_{name}_fpr_low"] = metrics.tpr_at_fpr[fpr].low
+        numbers[f"{prefix}_tpr_at_{name}_fpr_high"] = metrics.tpr_at_fpr[fpr].high
+
+
+def _row(target: str, attack: str, metrics: AttackMetrics, eps: float) -> list[str]:
+    return [
+        target,
+        attack,
+        str(metrics.members),
+        metrics.auc.text(),
+        metrics.tpr_at_fpr[0.01].text(),
+        metrics.tpr_at_fpr[0.001].text(),
+        metrics.balanced_accuracy.text(),
+        "-" if math.isnan(eps) else _eps_text(eps),
+    ]
+
+
+def _eps_text(eps: float) -> str:
+    return "inf" if math.isinf(eps) else f"{eps:.2f}"
+
+
+def _json_float(value: float) -> float | str:
+    return value if math.isfinite(value) else "inf"
+
+
+def _population_note(run: AuditRun) -> str:
+    return (
+        f"{len(run.population)} records no client trained on (test split + records left out by "
+        f"data.max_train_records), shuffled with audit.seed={run.settings.seed}: {len(run.non_members)} non-members "
+        f"(also RMIA's z samples), {len(run.reference_pool)} reference-model training pool"
+    )

@@ -1,0 +1,326 @@
+"""The audit report: ``audit/report.md`` and a self-contained ``audit/report.html``.
+
+Built only from what the checks saved (``audit/<name>.json``, ``audit/errors.json``), so
+``crosslm audit report`` rebuilds it without re-running anything. It holds the overall
+verdict, a verdict row per check (a check that could not run is an error row, one never run
+a "not run" row), each check's summary, numbers, tables, findings and figures (embedded in
+the HTML as base64 PNG), and the provenance a reviewer signs against: the run's config hash,
+model hashes, tool versions, time, and the command that reproduces the report.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import crosslm_secure
+from crosslm_secure.audit.base import AUDIT_DIR, AuditError, audit_dir
+from crosslm_secure.audit.registry import CHECKS, CheckOutcome, saved_outcomes
+from crosslm_secure.audit.runinfo import run_config
+from crosslm_secure.config import config_to_dict
+from crosslm_secure.errors import CrossLMError
+from crosslm_secure.storage import atomic_write_json, atomic_write_text
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+META_FILE = "report_meta.json"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+@dataclass(frozen=True)
+class ModelHash:
+    """One model artefact a reviewer can match: its role, where it came from, its sha256."""
+
+    role: str
+    source: str
+    sha256: str
+
+
+def remember_command(run_dir: Path, command: str) -> None:
+    """Keep the command that produced the results, for ``audit report`` to print later."""
+    atomic_write_json(audit_dir(run_dir) / META_FILE, {"command": command})
+
+
+def reproduce_command(run_dir: Path) -> str:
+    path = Path(run_dir) / AUDIT_DIR / META_FILE
+    try:
+        return str(json.loads(path.read_text())["command"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"crosslm audit all --run {run_dir}"
+
+
+def overall_verdict(outcomes: Sequence[CheckOutcome]) -> str:
+    """``FAIL`` if any check failed, else ``INCOMPLETE`` if any could not run or never ran, else ``PASS``."""
+    by_name = {o.name: o for o in outcomes}
+    if any(o.result is not None and not o.result.passed for o in outcomes):
+        return "FAIL"
+    if any(by_name.get(name) is None or by_name[name].result is None for name in CHECKS):
+        return "INCOMPLETE"
+    return "PASS"
+
+
+def write_report(run_dir: Path, outcomes: Sequence[CheckOutcome] | None = None) -> tuple[Path, Path]:
+    """Write ``audit/report.md`` and ``audit/report.html`` atomically; return both paths.
+
+    Args:
+        run_dir: ``runs/<id>``.
+        outcomes: results of this session; default: what the checks saved under ``audit/``.
+
+    Raises:
+        AuditError: not a run folder.
+    """
+    run_dir = Path(run_dir)
+    config = run_config(run_dir)
+    outcomes = list(outcomes) if outcomes is not None else saved_outcomes(run_dir)
+    provenance = _provenance(run_dir, config_to_dict(config))
+    models = model_hashes(run_dir, config)
+    folder = audit_dir(run_dir)
+    md_path, html_path = folder / REPORT_MD, folder / REPORT_HTML
+    atomic_write_text(md_path, render_markdown(run_dir, outcomes, provenance, models))
+    atomic_write_text(html_path, render_html(run_dir, outcomes, provenance, models))
+    return md_path, html_path
+
+
+# -- provenance ----------------------------------------------------------------------------
+
+
+def _provenance(run_dir: Path, resolved: dict[str, Any]) -> list[tuple[str, str]]:
+    canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":")).encode()
+    return [
+        ("run", run_dir.name),
+        ("run folder", str(run_dir)),
+        ("config sha256 (resolved, canonical JSON)", hashlib.sha256(canonical).hexdigest()),
+        ("config.yaml sha256 (file)", _sha256_file(run_dir / "config.yaml")),
+        ("audit tool", f"crosslm-secure {crosslm_secure.__version__}; {_versions()}"),
+        ("generated", datetime.now(UTC).isoformat(timespec="seconds")),
+        ("reproduce", reproduce_command(run_dir)),
+    ]
+
+
+def _versions() -> str:
+    out = []
+    for package in ("dp-accounting", "tenseal", "opacus", "torch"):
+        try:
+            out.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{package} not installed")
+    return ", ".join(out)
+
+
+def model_hashes(run_dir: Path, config: Any) -> list[ModelHash]:
+    """sha256 of each client's SLM checkpoint weights, the last LLM adapter, and the base models."""
+    hashes = []
+    for folder in sorted((run_dir / "clients").glob("*/slm")):
+        hashes.append(
+            ModelHash(f"SLM checkpoint {folder.parent.name}", str(folder.relative_to(run_dir)), _weights(folder))
+        )
+    adapters = sorted(
+        (run_dir / "llm").glob("round-*"),
+        key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1,
+    )
+    if adapters:
+        last = adapters[-1]
+        hashes.append(ModelHash("LLM LoRA adapter (last round)", str(last.relative_to(run_dir)), _weights(last)))
+    else:
+        hashes.append(ModelHash("LLM LoRA adapter", "none (the LLM was not tuned)", "-"))
+    hashes.append(
+        ModelHash("base LLM", config.llm.model, _base_model_hash("llm", config.llm.model, config.llm.gguf_file))
+    )
+    for source in sorted({config.slm_for(c).model for c in config.client_ids()}):
+        hashes.append(ModelHash("base SLM", source, _base_model_hash("slm", source, None)))
+    return hashes
+
+
+def _base_model_hash(role: str, source: str, gguf_file: str | None) -> str:
+    try:
+        if source == "embedded":
+            from crosslm_secure.models.embedded import LLM_GGUF, LLM_PACKAGE, SLM_PACKAGE, SLM_SUBDIR, embedded_file
+
+            path = embedded_file(LLM_PACKAGE, LLM_GGUF) if role == "llm" else embedded_file(SLM_PACKAGE, SLM_SUBDIR)
+        else:
+            path = Path(source).expanduser()
+            if gguf_file:
+                path = path / gguf_file
+    except CrossLMError:
+        return "not available on this machine"
+    if path.is_file():
+        return _sha256_file(path)
+    if path.is_dir():
+        return _weights(path)
+    return "not available on this machine"
+
+
+def _weights(folder: Path) -> str:
+    """sha256 over (file name, file sha256) of every weight file in a folder, in name order."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    if not files:
+        return "no weight files"
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + bytes.fromhex(_sha256_file(path)))
+    return digest.hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    except OSError:
+        return "missing"
+    return digest.hexdigest()
+
+
+# -- rendering -----------------------------------------------------------------------------
+
+
+def _rows(outcomes: Sequence[CheckOutcome]) -> list[tuple[str, str, str, CheckOutcome | None]]:
+    by_name = {o.name: o for o in outcomes}
+    rows = []
+    for name in CHECKS:
+        outcome = by_name.get(name)
+        if outcome is None:
+            rows.append((name, "not run", f"run `crosslm audit {name} --run <run>`", None))
+        elif outcome.result is None:
+            rows.append((name, "error", outcome.error or "could not run", outcome))
+        else:
+            rows.append((name, outcome.result.verdict, outcome.result.summary, outcome))
+    return rows
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def render_markdown(
+    run_dir: Path, outcomes: Sequence[CheckOutcome], provenance: list[tuple[str, str]], models: list[ModelHash]
+) -> str:
+    verdict = overall_verdict(outcomes)
+    lines = [f"# Audit report: {run_dir.name}", "", f"**Overall verdict: {verdict}**", ""]
+    lines += _md_table(["check", "verdict", "summary"], [(n, v.upper(), s) for n, v, s, _ in _rows(outcomes)])
+    lines += ["## Provenance", ""]
+    lines += _md_table(["item", "value"], [(k, f"`{v}`") for k, v in provenance])
+    lines += ["### Model hashes (sha256)", ""]
+    lines += _md_table(["model", "source", "sha256"], [(m.role, m.source, f"`{m.sha256}`") for m in models])
+    for name, state, summary, outcome in _rows(outcomes):
+        lines += [f"## {name}: {state.upper()}", ""]
+        if outcome is None or outcome.result is None:
+            lines += [f"This check {'was not run' if outcome is None else 'could not run'}: {summary}", ""]
+            continue
+        result = outcome.result
+        lines += [f"### {result.title}", "", result.summary, ""]
+        if result.findings:
+            lines += ["**Findings**", ""] + [f"- {f}" for f in result.findings] + [""]
+        if result.numbers:
+            lines += _md_table(["number", "value"], [(k, _number(v)) for k, v in result.numbers.items()])
+        for table in result.tables:
+            lines += [f"**{table.title}**", ""] + _md_table(table.columns, table.rows)
+        lines += [f"![{figure}]({figure})" for figure in result.figures] + ([""] if result.figures else [])
+        for key, value in result.details.items():
+            if isinstance(value, str):
+                lines += [f"- {key}: {value}"]
+        lines += [""]
+    return "\n".join(lines)
+
+
+def render_html(
+    run_dir: Path, outcomes: Sequence[CheckOutcome], provenance: list[tuple[str, str]], models: list[ModelHash]
+) -> str:
+    verdict = overall_verdict(outcomes)
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>Audit report: {esc(run_dir.name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:0.6em 0}td,th{border:1px solid #bbb;padding:3px 7px;"
+        "font-size:0.9em;text-align:left;vertical-align:top}th{background:#eee}"
+        ".pass{color:#126b12;font-weight:bold}.fail,.error{color:#b00;font-weight:bold}"
+        ".notrun,.incomplete{color:#a60;font-weight:bold}code{font-size:0.85em}</style></head><body>",
+        f"<h1>Audit report: {esc(run_dir.name)}</h1>",
+        f'<p>Overall verdict: <span class="{_css(verdict)}">{esc(verdict)}</span></p>',
+        _html_table(
+            ["check", "verdict", "summary"],
+            [[esc(n), f'<span class="{_css(v)}">{esc(v.upper())}</span>', esc(s)] for n, v, s, _ in _rows(outcomes)],
+        ),
+        "<h2>Provenance</h2>",
+        _html_table(["item", "value"], [[esc(k), f"<code>{esc(v)}</code>"] for k, v in provenance]),
+        "<h3>Model hashes (sha256)</h3>",
+        _html_table(
+            ["model", "source", "sha256"],
+            [[esc(m.role), esc(m.source), f"<code>{esc(m.sha256)}</code>"] for m in models],
+        ),
+    ]
+    for name, state, summary, outcome in _rows(outcomes):
+        parts.append(f'<h2>{esc(name)}: <span class="{_css(state)}">{esc(state.upper())}</span></h2>')
+        if outcome is None or outcome.result is None:
+            parts.append(f"<p>This check {'was not run' if outcome is None else 'could not run'}: {esc(summary)}</p>")
+            continue
+        result = outcome.result
+        parts += [f"<h3>{esc(result.title)}</h3>", f"<p>{esc(result.summary)}</p>"]
+        if result.findings:
+            parts.append(
+                "<p><b>Findings</b></p><ul>" + "".join(f"<li>{esc(f)}</li>" for f in result.findings) + "</ul>"
+            )
+        if result.numbers:
+            parts.append(
+                _html_table(["number", "value"], [[esc(k), esc(_number(v))] for k, v in result.numbers.items()])
+            )
+        for table in result.tables:
+            parts.append(f"<p><b>{esc(table.title)}</b></p>")
+            parts.append(_html_table(table.columns, [[esc(str(c)) for c in row] for row in table.rows]))
+        for figure in result.figures:
+            parts.append(_embedded_figure(run_dir, figure))
+        details = [f"<li>{esc(k)}: {esc(v)}</li>" for k, v in result.details.items() if isinstance(v, str)]
+        if details:
+            parts.append("<ul>" + "".join(details) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _html_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A table from plain column names and already escaped cell HTML."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _embedded_figure(run_dir: Path, figure: str) -> str:
+    path = Path(run_dir) / AUDIT_DIR / figure
+    if not path.is_file():
+        return f"<p><i>figure {html.escape(figure)} is missing from audit/</i></p>"
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<p><img alt="{html.escape(figure)}" style="max-width:100%" src="data:image/png;base64,{data}"></p>'
+
+
+def _css(state: str) -> str:
+    return state.lower().replace(" ", "")
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def require_results(outcomes: Sequence[CheckOutcome], run_dir: Path) -> None:
+    """Raise AuditError when there is nothing to report."""
+    if not outcomes:
+        raise AuditError(
+            f"audit report: {run_dir}/audit holds no saved check results; run `crosslm audit all --run {run_dir}`"
+        )

@@ -1,0 +1,87 @@
+"""The membership-inference audit flags a leaky run and passes a DP one, on whole tiny runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crosslm_secure.audit.attacks import LossAttack, RmiaAttack
+from crosslm_secure.audit.base import AuditError, load_result
+from crosslm_secure.audit.mia import run_mia_audit
+from crosslm_secure.audit.population import open_run
+from crosslm_secure.audit.roc import attack_metrics, auc, dp_test_point, tpr_at_fpr
+
+
+def test_a_leaky_run_is_flagged_with_auc_well_above_chance(leaky_run: Path) -> None:
+    result = run_mia_audit(leaky_run, progress=False)
+    assert result.verdict == "fail"
+    assert result.numbers["slm_loss_auc_mean"] > 0.8
+    assert any("AUC rule" in f and "LOSS" in f for f in result.findings)
+    assert 0.25 < result.numbers["llm_auc"] < 0.75  # the LLM never saw the records
+    saved = load_result(leaky_run, "mia")
+    assert saved is not None and saved.numbers["slm_auc_mean"] == pytest.approx(result.numbers["slm_auc_mean"])
+    for figure in result.figures:
+        assert (leaky_run / "audit" / figure).stat().st_size > 1000
+    assert json.loads((leaky_run / "audit" / "mia.json").read_text())["verdict"] == "fail"
+
+
+def test_a_dp_run_at_low_epsilon_passes(dp_run: Path) -> None:
+    result = run_mia_audit(dp_run, progress=False)
+    assert result.verdict == "pass", result.findings
+    assert result.findings == []
+    for key in ("slm_auc_mean", "slm_tpr_at_1pct_fpr_mean", "slm_tpr_at_0.1pct_fpr_mean", "llm_auc"):
+        assert 0 <= result.numbers[key] <= 1
+    assert result.numbers["slm_rmia_auc_mean"] < 0.7
+    assert result.details["clients"]["client-1"]["features_path"] is True
+    assert result.details["clients"]["client-1"]["ledger_epsilon"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_population_is_disjoint_from_every_client_and_halves_do_not_overlap(dp_run: Path) -> None:
+    run = open_run(dp_run, None)
+    private = {ex.uid for c in run.split.clients for ex in c.train}
+    non_members = {ex.uid for ex in run.non_members}
+    pool = {ex.uid for ex in run.reference_pool}
+    assert not (private & non_members) and not (private & pool) and not (non_members & pool)
+    assert abs(len(non_members) - len(pool)) <= 1
+
+
+def test_metrics_separate_a_perfect_attack_from_a_blind_one() -> None:
+    rng = np.random.default_rng(0)
+    members, others = rng.normal(3, 1, 500), rng.normal(0, 1, 500)
+    assert auc(members, others) > 0.95
+    assert auc(others, members) < 0.05
+    same = rng.normal(0, 1, 500)
+    assert abs(auc(same, others) - 0.5) < 0.06
+    assert tpr_at_fpr(members + 100, others, 0.001) == 1.0
+    metrics = attack_metrics(rng.permutation(others), others, resamples=50, confidence=0.95, seed=0)
+    # The DP rule: with 120 non-members a chance attack cannot beat e^1 * FPR upper bound; a perfect one does.
+    blind_tpr, blind_fpr = dp_test_point(rng.normal(0, 1, 120), rng.normal(0, 1, 120), 0.001, 0.95)
+    assert blind_tpr <= math.e * blind_fpr
+    sharp_tpr, sharp_fpr = dp_test_point(rng.normal(9, 1, 120), rng.normal(0, 1, 120), 0.001, 0.95)
+    assert sharp_tpr > math.e * sharp_fpr + 1e-5
+    assert metrics.auc.low < 0.5 < metrics.auc.high
+
+
+def test_rmia_ranks_by_the_likelihood_ratio_against_reference_models() -> None:
+    target = np.array([0.9, 0.9, 0.5])
+    references = np.array([[0.9, 0.3, 0.5], [0.9, 0.3, 0.5]])  # record 0 is easy for everyone
+    z_target, z_references = np.full(50, 0.4), np.full((2, 50), 0.4)
+    rmia = RmiaAttack(a=0.3, gamma=1.0).scores(target, references, z_target, z_references)
+    loss = LossAttack().scores(target, references, z_target, z_references)
+    assert loss[0] == loss[1] and rmia[1] > rmia[0]  # only RMIA discounts the easy record
+    assert math.isclose(rmia.max(), 1.0, abs_tol=1e-3)
+
+
+def test_a_run_without_its_checkpoint_names_the_file(dp_run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / dp_run.name
+    shutil.copytree(dp_run, copy)
+    shutil.rmtree(copy / "clients" / "client-1" / "slm")
+    with pytest.raises(AuditError, match=r"clients/client-1/slm is missing"):
+        run_mia_audit(copy, progress=False)
+    with pytest.raises(AuditError, match="config.yaml not found"):
+        run_mia_audit(tmp_path / "nothing", progress=False)
