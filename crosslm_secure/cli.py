@@ -10,9 +10,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from crosslm_secure.audit.cli import audit_app
 from crosslm_secure.crypto.cli import keys_app
+from crosslm_secure.deploy.cli import deploy_app, pki_app
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.privacy.cli import budget_app
+from crosslm_secure.sweep.cli import sweep_app
 
 for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_name, "1")
@@ -27,6 +30,12 @@ app = typer.Typer(
 )
 app.add_typer(budget_app, name="budget", help="Privacy budgets of a run: epsilon spent and left per client.")
 app.add_typer(keys_app, name="keys", help="Participant keys: create, fingerprint, enroll.")
+app.add_typer(deploy_app, name="deploy", help="Run jobs on Flower across sites (TLS, node auth).")
+app.add_typer(pki_app, name="pki", help="Deployment PKI: CA, SuperLink certificate, site credentials.")
+app.add_typer(
+    audit_app, name="audit", help="Compliance audits of a finished run and their report (exit 1 on any failure)."
+)
+app.add_typer(sweep_app, name="sweep", help="Grids of runs (epsilon x method x seed) with tables and plots.")
 console = Console(stderr=True)
 
 

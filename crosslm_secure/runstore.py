@@ -14,8 +14,6 @@ Layout::
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from datetime import UTC, datetime
@@ -30,6 +28,7 @@ from crosslm_secure.storage import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    csv_text,
     read_jsonl,
 )
 
@@ -97,7 +96,7 @@ class RunStore:
         rows.sort(key=lambda r: r["round"])
         lines = "".join(_json_line(r) for r in rows)
         atomic_write_text(self.root / "metrics.jsonl", lines)
-        atomic_write_text(self.root / "metrics.csv", _csv(rows))
+        atomic_write_text(self.root / "metrics.csv", csv_text(rows))
 
     def rounds(self) -> list[dict[str, Any]]:
         return read_jsonl(self.root / "metrics.jsonl")
@@ -120,15 +119,3 @@ class RunStore:
 
 def _json_line(row: dict[str, Any]) -> str:
     return json.dumps(row, sort_keys=True, allow_nan=True) + "\n"
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    columns: list[str] = []
-    for row in rows:
-        columns += [key for key in row if key not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(row)
-    return buffer.getvalue()

@@ -5,6 +5,8 @@ A crash leaves either the old file or the new one, never half of either.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -32,6 +34,19 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
 
 def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
     atomic_write_bytes(path, text.encode(), mode=mode)
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """Rows as CSV: the union of their keys as columns (first-seen order); lists and dicts as JSON."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()})
+    return buffer.getvalue()
 
 
 def atomic_write_json(path: Path, value: Any, *, mode: int = 0o644) -> None:

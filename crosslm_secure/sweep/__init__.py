@@ -1,0 +1,1 @@
+"""Sweeps: grids of ordinary runs (one process each), resumable, aggregated into tables and plots."""
