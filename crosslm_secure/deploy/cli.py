@@ -96,7 +96,10 @@ def register(
         keys = PKI.open(pki.resolve())
         admin = Deployment(keys.root / "admin", None, log=console.print)
         admin.attach(keys, superlink)
-        for name in site or keys.sites():
+        names = site or keys.sites()
+        if not names:
+            raise CrossLMError(f"deploy register: {keys.root} has no sites/<site>/auth_key.pub; copy them from the PKI")
+        for name in names:
             admin.register(name)
             console.print(f"registered {name}")
     except CrossLMError as exc:

@@ -98,7 +98,8 @@ class PKI:
         return files
 
     def sites(self) -> list[str]:
-        return sorted(p.name for p in (self.root / "sites").iterdir() if p.is_dir())
+        folder = self.root / "sites"
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
     @classmethod
     def open(cls, root: Path) -> PKI:
