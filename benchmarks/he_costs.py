@@ -63,10 +63,10 @@ def measure(preset: str, k: int, count: int, repeat: int) -> dict:
         ]
         protect_s.append((time.perf_counter() - start) / k)
         start = time.perf_counter()
-        bundle = server.combine(blobs)
+        aggregate = server.combine(blobs)
         combine_s.append(time.perf_counter() - start)
         start = time.perf_counter()
-        mean = parties[-1].reveal(bundle, contributors=k, count=count)
+        mean = parties[-1].reveal(aggregate, blobs, count=count)
         reveal_s.append(time.perf_counter() - start)
         errors.append(float(np.max(np.abs(mean - scores.mean(axis=0)))))
     protect, combine, reveal = (float(np.median(x)) for x in (protect_s, combine_s, reveal_s))
@@ -78,7 +78,7 @@ def measure(preset: str, k: int, count: int, repeat: int) -> dict:
         "contribution_bytes": len(blobs[0]),
         "bytes_per_score": len(blobs[0]) / count,
         "bytes_per_slot": len(blobs[0]) / (ciphertext_count(PRESETS[preset], count) * PRESETS[preset].slots),
-        "bundle_bytes": len(bundle),
+        "aggregate_bytes": len(aggregate),
         "server_in_bytes_per_score": k * len(blobs[0]) / count,
         "protect_s_per_client": protect,
         "protect_scores_per_s": count / protect,
@@ -101,7 +101,7 @@ def main() -> None:
     rows = [measure(preset, k, args.count, args.repeat) for preset in ("n4096", "n8192") for k in args.clients]
     header = (
         f"{'preset':<6} {'K':>3} {'B/score':>8} {'B/slot':>7} {'protect/s':>10} "
-        f"{'combine/s':>10} {'reveal/s':>9} {'bundle MB':>9} {'max err':>9}"
+        f"{'combine/s':>10} {'reveal/s':>9} {'agg MB':>9} {'max err':>9}"
     )
     print(header)
     for r in rows:
@@ -109,7 +109,7 @@ def main() -> None:
             f"{r['preset']:<6} {r['K']:>3} {r['bytes_per_score']:>8.1f} {r['bytes_per_slot']:>7.1f} "
             f"{r['protect_scores_per_s']:>10.0f} "
             f"{r['combine_scores_per_s']:>10.0f} {r['reveal_scores_per_s']:>9.0f} "
-            f"{r['bundle_bytes'] / 1e6:>9.2f} {r['max_error']:>9.1e}"
+            f"{r['aggregate_bytes'] / 1e6:>9.2f} {r['max_error']:>9.1e}"
         )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from crosslm_secure.audit.cli import audit_app
+from crosslm_secure.clitools import console, fail
 from crosslm_secure.crypto.cli import keys_app
 from crosslm_secure.deploy.cli import deploy_app, pki_app
 from crosslm_secure.errors import CrossLMError
@@ -36,12 +36,6 @@ app.add_typer(
     audit_app, name="audit", help="Compliance audits of a finished run and their report (exit 1 on any failure)."
 )
 app.add_typer(sweep_app, name="sweep", help="Grids of runs (epsilon x method x seed) with tables and plots.")
-console = Console(stderr=True)
-
-
-def _fail(exc: CrossLMError) -> None:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -64,8 +58,7 @@ def run(
                 )
             result = run_job(load_config(config, set_ or []), log=console.print)
     except CrossLMError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     if result.outcome.stopped_early:
         console.print(f"[yellow]run ended early:[/] {result.outcome.stopped_early}")
     console.print(f"[green]done:[/] {result.store.root / 'summary.md'}")
@@ -88,8 +81,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="runs/<id>")]) -> None:
         outcome = RoundOutcome(rows[-1]["round"] if rows else -1, stopped, excluded)
         write_report(store, config, outcome, slm_sources={n: config.slm_for(n).model for n in config.client_ids()})
     except CrossLMError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     console.print(f"wrote {store.root / 'summary.md'}")
 
 
@@ -106,8 +98,7 @@ def config_command(
     try:
         load_config(check)
     except CrossLMError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     console.print(f"[green]{check} is valid[/]")
 
 

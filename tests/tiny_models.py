@@ -175,3 +175,17 @@ def tiny_llm_dir(tmp_path: Path, *, chat: bool = True, seed: int = 0, name: str 
         torch.manual_seed(seed)
         LlamaForCausalLM(config).save_pretrained(folder)
     return folder
+
+
+def write_sentiment_csv(path: Path, rows: int) -> Path:
+    """A toy ``note,outcome`` CSV: row ``i`` has label ``i % 3`` and two of its sentiment words."""
+    import csv
+
+    labels = ["negative", "neutral", "positive"]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["note", "outcome"])
+        for i in range(rows):
+            words = SENTIMENT_WORDS[i % 3]
+            writer.writerow([f"the drug was {words[i % len(words)]} and {words[(i + 3) % len(words)]}", labels[i % 3]])
+    return path

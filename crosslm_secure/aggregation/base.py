@@ -2,8 +2,8 @@
 
 One object per party. A client's aggregator can ``protect`` its score vector; the
 server's can only ``combine`` contributions; the round's decryptor (a client) can
-``reveal`` the aggregate. Plaintext and CKKS implement the same three calls, so the
-coordinator never knows which one runs.
+``reveal`` the aggregate after checking it against the contributions. Plaintext and CKKS
+implement the same three calls, so the coordinator never knows which one runs.
 """
 
 from __future__ import annotations
@@ -32,14 +32,15 @@ class Aggregator(Protocol):
     def reveal(
         self,
         aggregate: bytes,
+        contributions: Sequence[bytes],
         *,
-        contributors: int,
         count: int,
         round_index: int | None = None,
         participants: Sequence[str] | None = None,
         attempt: int | None = None,
     ) -> np.ndarray:
-        """Decryptor side: the mean score per sample from a combined aggregate.
+        """Decryptor side: the mean score per sample, once ``aggregate`` is checked to be the
+        sum of ``contributions`` (the blobs of the signed ``score.reply`` messages).
 
         ``round_index``, ``participants`` and ``attempt`` bind the reveal to the aggregation
         it belongs to; aggregators that sign contributions check them.

@@ -4,9 +4,9 @@ One object per party, built with the constructor for its role:
 
 * ``CKKSAggregator.for_client``: holds the secret context, its signing key and its pairwise
   mask secrets. ``protect`` -> signed contribution. The round's decryptor is a client, and
-  its ``reveal`` verifies the server's bundle before decrypting the sum.
+  its ``reveal`` checks the server's sum against the signed contributions before decrypting it.
 * ``CKKSAggregator.for_server``: holds only the public context and the registry.
-  ``combine`` -> aggregate bundle; ``protect`` and ``reveal`` refuse with a sentence.
+  ``combine`` -> the homomorphic sum; ``protect`` and ``reveal`` refuse with a sentence.
 """
 
 from __future__ import annotations
@@ -20,13 +20,7 @@ from crosslm_secure.crypto.ckks import ScoreContext, add, encrypt_scores
 from crosslm_secure.crypto.keys import ParticipantKeys, Registry
 from crosslm_secure.crypto.masks import client_mask, mask_scale, pairwise_secrets
 from crosslm_secure.crypto.noise import ScoreRelease, noise_share, release_parameters
-from crosslm_secure.crypto.verify import (
-    AggregateBundle,
-    SignedContribution,
-    check_contribution,
-    max_bundle_bytes,
-    verify_and_decrypt,
-)
+from crosslm_secure.crypto.verify import SignedContribution, check_contribution, verify_and_decrypt
 from crosslm_secure.errors import CryptoError, ProtocolError
 
 Role = Literal["client", "server"]
@@ -157,6 +151,9 @@ class CKKSAggregator:
     def combine(self, contributions: Sequence[bytes]) -> bytes:
         """Check each signed contribution and add them blind (public context only).
 
+        Returns the sum's score blob; the decryptor gets the contributions themselves from
+        the signed ``score.reply`` messages, so they are not repeated here.
+
         Raises:
             ProtocolError: none given, contributions of different rounds/sets/lengths, or duplicates.
             CryptoError: unknown signer, bad signature, foreign context.
@@ -181,26 +178,27 @@ class CKKSAggregator:
                 raise ProtocolError(f"aggregate: {item.sender} contributed twice this round")
             seen.add(item.sender)
             ciphertexts.append(item.ciphertext)
-        return AggregateBundle(add(self._public, ciphertexts), tuple(bytes(b) for b in contributions)).to_bytes()
+        return add(self._public, ciphertexts)
 
     def reveal(
         self,
         aggregate: bytes,
+        contributions: Sequence[bytes],
         *,
-        contributors: int,
         count: int,
         round_index: int | None = None,
         participants: Sequence[str] | None = None,
         attempt: int | None = None,
     ) -> np.ndarray:
-        """Decryptor: verify the bundle and return the mean score per sample.
+        """Decryptor: check ``aggregate`` is the sum of the signed ``contributions``, then
+        return the mean score per sample.
 
         The round, attempt and participant set default to those of this client's last
         ``protect`` (the decryptor is a participant); pass them to check another round.
 
         Raises:
             CryptoError: called on the server, or verification fails.
-            ProtocolError: the bundle is malformed or ``contributors`` is not the full set.
+            ProtocolError: the contributions are not exactly one per announced participant.
         """
         if self.role != "client":
             raise CryptoError("aggregator: the server cannot reveal; it holds no secret key and never decrypts")
@@ -211,15 +209,11 @@ class CKKSAggregator:
             attempt = last_attempt if attempt is None else attempt
         else:
             members = tuple(sorted(set(participants)))
-        if contributors != len(members):
-            raise ProtocolError(
-                f"aggregator: {contributors} contributors announced but the participant set has {len(members)}"
-            )
-        limit = max_bundle_bytes(self._context, count=count, participants=len(members))
         return verify_and_decrypt(
             self._context,
             self.registry,
-            AggregateBundle.from_bytes(aggregate, max_bytes=limit),
+            aggregate,
+            contributions,
             run_id=self.run_id,
             round_index=round_index,
             attempt=attempt or 0,

@@ -32,19 +32,21 @@ class PlaintextAggregator:
     def reveal(
         self,
         aggregate: bytes,
+        contributions: Sequence[bytes],
         *,
-        contributors: int,
         count: int,
         round_index: int | None = None,
         participants: Sequence[str] | None = None,
         attempt: int | None = None,
     ) -> np.ndarray:
+        if self.combine(contributions) != bytes(aggregate):
+            raise ProtocolError(
+                "aggregate: the aggregate is not the sum of the signed contributions; refusing to reveal"
+            )
         total = _decode(aggregate)
         if total.size != count:
             raise ProtocolError(f"aggregate: holds {total.size} scores, expected {count}")
-        if contributors < 1:
-            raise ProtocolError("aggregate: contributors must be >= 1")
-        return total / contributors
+        return total / len(contributions)
 
 
 def _decode(blob: bytes) -> np.ndarray:

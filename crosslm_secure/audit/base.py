@@ -8,6 +8,7 @@ and sweeps read the flat ``numbers`` of each result.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +70,11 @@ class CheckResult:
     def from_dict(cls, raw: dict[str, Any]) -> CheckResult:
         tables = [Table(**t) for t in raw.get("tables", [])]
         return cls(**{**raw, "tables": tables})
+
+
+def eps_text(eps: float) -> str:
+    """An epsilon as tables and summaries show it: two decimals, or ``inf``."""
+    return "inf" if math.isinf(eps) else f"{eps:.2f}"
 
 
 def audit_dir(run_dir: Path) -> Path:

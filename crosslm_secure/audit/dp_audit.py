@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from crosslm_secure.audit.base import AuditError, CheckResult, Table, audit_dir, save_result
+from crosslm_secure.audit.attacks import FLOOR
+from crosslm_secure.audit.base import AuditError, CheckResult, Table, audit_dir, eps_text, save_result
 from crosslm_secure.audit.canaries import (
     epsilon_lower_bound,
     feature_canaries,
@@ -52,7 +53,6 @@ from crosslm_secure.data.records import Example
 from crosslm_secure.errors import CrossLMError
 
 NAME = "dp"
-FLOOR = 1e-12
 
 
 def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress: bool = True) -> CheckResult:
@@ -117,7 +117,8 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
     }
     summary = (
         f"{client_id}: {correct}/{guesses} canary guesses right -> empirical epsilon >= {lower:.2f} "
-        f"({cfg.confidence:.0%} confidence) vs claimed {_eps(claimed)} (ledger {_eps(mechanism.ledger_epsilon)})"
+        f"({cfg.confidence:.0%} confidence) vs claimed {eps_text(claimed)} "
+        f"(ledger {eps_text(mechanism.ledger_epsilon)})"
         + ("; the lower bound exceeds the claim." if fail else "; consistent with the claim.")
     )
     table = Table(
@@ -130,8 +131,8 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
                 str(guesses),
                 str(correct),
                 f"{lower:.2f}",
-                _eps(claimed),
-                _eps(mechanism.ledger_epsilon),
+                eps_text(claimed),
+                eps_text(mechanism.ledger_epsilon),
             ]
         ],
     )
@@ -239,12 +240,8 @@ def _plot_scores(scores: np.ndarray, included: np.ndarray, lower: float, claimed
     ax.set(
         xlabel="canary score (gain in log P(label))",
         ylabel="canaries",
-        title=f"One-run DP audit: eps >= {lower:.2f} (claimed {_eps(claimed)})",
+        title=f"One-run DP audit: eps >= {lower:.2f} (claimed {eps_text(claimed)})",
     )
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, out)
-
-
-def _eps(value: float) -> str:
-    return "inf" if math.isinf(value) else f"{value:.2f}"

@@ -30,7 +30,7 @@ import dp_accounting
 import numpy as np
 from dp_accounting import pld, rdp
 
-from crosslm_secure.audit.base import AuditError, CheckResult, Table, audit_dir
+from crosslm_secure.audit.base import AuditError, CheckResult, Table, audit_dir, save_result
 from crosslm_secure.audit.progress import progress_bar
 from crosslm_secure.audit.runinfo import run_config
 from crosslm_secure.config import AuditConfig
@@ -187,7 +187,7 @@ def run_ledger_audit(run_dir: Path, settings: AuditConfig | None = None, *, prog
         f"max record-level epsilon {_fmt(spent_max)} of budget {epsilon_max:g}, "
         f"{over} client(s) over budget."
     )
-    return CheckResult(
+    result = CheckResult(
         name="ledger",
         title="Ledger audit: hash chains, independent epsilon, budgets",
         verdict=verdict,
@@ -225,6 +225,8 @@ def run_ledger_audit(run_dir: Path, settings: AuditConfig | None = None, *, prog
             "independent_accountant": f"dp-accounting {getattr(dp_accounting, '__version__', '0.6.0')}",
         },
     )
+    save_result(run_dir, result)
+    return result
 
 
 def _recompute_entry(client_id: str, line: int, entry: LedgerEntry, earlier: list[LedgerEntry]) -> list[Recomputation]:
@@ -318,12 +320,7 @@ def _plot(run_dir: Path, recomputations: list[Recomputation], epsilon_max: float
     points = [r for r in recomputations if r.unit == "record" and math.isfinite(r.recorded)]
     if not points:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    from crosslm_secure.report.plots import save_figure
+    from crosslm_secure.report.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for key in sorted({(r.client_id, r.accountant) for r in points}):

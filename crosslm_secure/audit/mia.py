@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from crosslm_secure.audit.attacks import LossAttack, RmiaAttack
-from crosslm_secure.audit.base import AuditError, CheckResult, Table, audit_dir, save_result
+from crosslm_secure.audit.base import AuditError, CheckResult, Table, audit_dir, eps_text, save_result
 from crosslm_secure.audit.population import (
     AuditRun,
     Mechanism,
@@ -73,14 +73,15 @@ def run_mia_audit(run_dir: Path, settings: AuditConfig | None = None, *, progres
     figures: list[str] = []
     details: dict[str, Any] = {"clients": {}, "population": _population_note(run)}
     per_attack: dict[str, list[AttackMetrics]] = {a.name: [] for a in attacks}
-    claimed: dict[str, float] = {}
+    embedded: dict[tuple[str, int], torch.Tensor] = {}
     for client in tqdm(run.split.clients, desc="audit: MIA clients", disable=not progress):
         cid = client.client_id
         mechanism = client_mechanism(run, cid)
-        claimed[cid] = mechanism.ledger_epsilon
         members, non_members = balanced(client.train, run.non_members, cfg.seed)
         try:
-            target, refs, target_z, refs_z = _client_probabilities(run, cid, mechanism, members, non_members, progress)
+            target, refs, target_z, refs_z, features_path = _client_probabilities(
+                run, cid, mechanism, members, non_members, embedded, progress
+            )
         except CrossLMError as exc:
             if isinstance(exc, AuditError):
                 raise
@@ -108,14 +109,14 @@ def run_mia_audit(run_dir: Path, settings: AuditConfig | None = None, *, progres
                 cfg.confidence,
             )
         figure = audit_dir(run.root) / f"mia_roc_{cid}.png"
-        plot_roc(curves, f"MIA on {cid} SLM (eps={_eps_text(mechanism.ledger_epsilon)})", figure)
+        plot_roc(curves, f"MIA on {cid} SLM (eps={eps_text(mechanism.ledger_epsilon)})", figure)
         figures.append(figure.name)
         details["clients"][cid] = {
             "members": n,
             "non_members": n,
             "reference_models": int(refs.shape[0]),
             "reference_records": _reference_size(run, client.train),
-            "features_path": bool(_feature_mode(run, cid)),
+            "features_path": features_path,
             "ledger_epsilon": _json_float(mechanism.ledger_epsilon),
             "noise_multiplier": mechanism.noise_multiplier,
             "sample_rate": mechanism.sample_rate,
@@ -178,11 +179,6 @@ def run_mia_audit(run_dir: Path, settings: AuditConfig | None = None, *, progres
 # --- SLM --------------------------------------------------------------------------------
 
 
-def _feature_mode(run: AuditRun, client_id: str) -> bool:
-    settings = run.config.slm_for(client_id)
-    return settings.trainable == "head" and run.config.privacy.lora_rank == 0
-
-
 def _reference_size(run: AuditRun, train: Sequence[Example]) -> int:
     return min(len(train), len(run.reference_pool))
 
@@ -193,13 +189,21 @@ def _client_probabilities(
     mechanism: Mechanism,
     members: list[Example],
     non_members: list[Example],
+    embedded: dict[tuple[str, int], torch.Tensor],
     progress: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
     """P(true label) of audited records (members then non-members) and of the z samples,
-    under the target and each reference model."""
+    under the target and each reference model, and whether the frozen-feature path was used.
+
+    Every model scores ``members + population`` once: the audited non-members are a subset of
+    the population (the z samples), so their probabilities are picked out, not recomputed.
+    ``embedded`` keeps the population and reference-pool features across clients.
+    """
     cfg = run.settings
-    audited = members + non_members
     population = run.non_members
+    scored = members + population
+    row = {ex.uid: i for i, ex in enumerate(population)}
+    audited = np.array([*range(len(members)), *(len(members) + row[ex.uid] for ex in non_members)], dtype=np.int64)
     tokenizer, target_model, settings = load_client_slm(run, client_id)
     size = _reference_size(run, run.client(client_id).train)
     client_index = int(client_id.rsplit("-", 1)[-1])
@@ -208,17 +212,19 @@ def _client_probabilities(
         [run.reference_pool[i] for i in rng.permutation(len(run.reference_pool))[:size]]
         for _ in range(cfg.reference_models)
     ]
-    ref_x, ref_z = [], []
-    if uses_features(run, settings, target_model):
-        texts = [ex.text for ex in audited + population + run.reference_pool]
-        features = embed(tokenizer, target_model, texts, settings, progress=progress)
-        f_audited = features[: len(audited)]
-        f_population = features[len(audited) : len(audited) + len(population)]
-        f_pool = features[len(audited) + len(population) :]
+    features_path = uses_features(run, settings, target_model)
+    if features_path:
+        # The encoder is frozen (head-only training, no LoRA), so every client on the same base
+        # SLM embeds a text the same way: population and pool are embedded once per audit.
+        key = (settings.model, settings.max_length)
+        if key not in embedded:
+            texts = [ex.text for ex in population + run.reference_pool]
+            embedded[key] = embed(tokenizer, target_model, texts, settings, progress=progress)
+        f_members = embed(tokenizer, target_model, [ex.text for ex in members], settings, progress=progress)
+        f_scored = torch.cat([f_members, embedded[key][: len(population)]])
+        f_pool = embedded[key][len(population) :]
         position = {ex.uid: i for i, ex in enumerate(run.reference_pool)}
-        target_head = feature_head(target_model)
-        target = true_label_probability(head_probabilities(target_head, f_audited), audited)
-        target_z = true_label_probability(head_probabilities(target_head, f_population), population)
+        probabilities = [true_label_probability(head_probabilities(feature_head(target_model), f_scored), scored)]
         for k, subset in enumerate(
             tqdm(subsets, desc=f"audit: {client_id} references", disable=not progress, leave=False)
         ):
@@ -230,11 +236,9 @@ def _client_probabilities(
             ) as trainer:
                 for round_index in range(1, mechanism.rounds + 1):
                     trainer.train_private_features(head, f_pool[index], labels, round_index=round_index)
-            ref_x.append(true_label_probability(head_probabilities(head, f_audited), audited))
-            ref_z.append(true_label_probability(head_probabilities(head, f_population), population))
+            probabilities.append(true_label_probability(head_probabilities(head, f_scored), scored))
     else:
-        target = _text_probabilities(tokenizer, target_model, settings, audited, run)
-        target_z = _text_probabilities(tokenizer, target_model, settings, population, run)
+        probabilities = [_text_probabilities(tokenizer, target_model, settings, scored, run)]
         del target_model
         for k, subset in enumerate(
             tqdm(subsets, desc=f"audit: {client_id} references", disable=not progress, leave=False)
@@ -245,9 +249,10 @@ def _client_probabilities(
                 trainer.prepare_model(model)
                 for round_index in range(1, mechanism.rounds + 1):
                     trainer.train_private(model, ref_tokenizer, subset, round_index=round_index)
-            ref_x.append(_text_probabilities(ref_tokenizer, model, settings, audited, run))
-            ref_z.append(_text_probabilities(ref_tokenizer, model, settings, population, run))
-    return target, np.array(ref_x), target_z, np.array(ref_z)
+            probabilities.append(_text_probabilities(ref_tokenizer, model, settings, scored, run))
+    table = np.array(probabilities)  # [1 + reference models, len(scored)]
+    z = slice(len(members), None)
+    return table[0, audited], table[1:, audited], table[0, z], table[1:, z], features_path
 
 
 def _text_probabilities(
@@ -397,12 +402,8 @@ def _row(target: str, attack: str, metrics: AttackMetrics, eps: float) -> list[s
         metrics.tpr_at_fpr[0.01].text(),
         metrics.tpr_at_fpr[0.001].text(),
         metrics.balanced_accuracy.text(),
-        "-" if math.isnan(eps) else _eps_text(eps),
+        "-" if math.isnan(eps) else eps_text(eps),
     ]
-
-
-def _eps_text(eps: float) -> str:
-    return "inf" if math.isinf(eps) else f"{eps:.2f}"
 
 
 def _json_float(value: float) -> float | str:

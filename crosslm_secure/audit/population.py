@@ -37,14 +37,14 @@ from crosslm_secure.data.records import ClientData, Example, TaskData
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.models.device import resolve_device
 from crosslm_secure.models.slm import load_slm
-from crosslm_secure.privacy.ledger import Ledger, LedgerEntry, ledger_path, load_entries
+from crosslm_secure.privacy.ledger import Ledger, ledger_path
 from crosslm_secure.runstore import CONFIG_FILE, RunStore
 
 MIN_HALF = 4
+"""Fewest non-members / reference records an attack can work with."""
 
 AUDIT_EPSILON_MAX = 1e9
 """Budget of throw-away audit ledgers: audit retraining must never be declined (it spends no real budget)."""
-"""Fewest non-members / reference records an attack can work with."""
 
 
 @dataclass
@@ -67,8 +67,8 @@ class AuditRun:
                 return client
         raise AuditError(f"audit: the run has no client {client_id!r}; use one of {self.config.client_ids()}")
 
-    def ledger_entries(self, client_id: str) -> list[LedgerEntry]:
-        """This run's entries in the client's ledger (verified).
+    def ledger(self, client_id: str) -> Ledger:
+        """The client's ledger (verified on open).
 
         Raises:
             AuditError: the ledger is missing or does not verify.
@@ -77,10 +77,9 @@ class AuditRun:
         if not path.is_file():
             raise AuditError(f"audit: ledger {path} is missing; audit a run whose clients trained (crosslm run)")
         try:
-            entries = load_entries(path, client_id=client_id)
+            return Ledger(path, client_id=client_id)
         except CrossLMError as exc:
             raise AuditError(f"audit: ledger {path} does not verify ({exc}); run `crosslm audit ledger`") from None
-        return [e for e in entries if e.run_id == self.store.run_id]
 
 
 def open_run(run_dir: Path, settings: AuditConfig | None) -> AuditRun:
@@ -246,7 +245,8 @@ def client_mechanism(run: AuditRun, client_id: str) -> Mechanism:
     Raises:
         AuditError: the ledger is missing, or records no private training.
     """
-    entries = run.ledger_entries(client_id)
+    ledger = run.ledger(client_id)
+    entries = [e for e in ledger.entries if e.run_id == run.store.run_id]
     dp = [e for e in entries if e.mechanism == MECHANISM]
     plain = [e for e in entries if e.mechanism == "non-private"]
     if not dp and not plain:
@@ -254,7 +254,6 @@ def client_mechanism(run: AuditRun, client_id: str) -> Mechanism:
             f"audit: the ledger of {client_id} records no training on private data; "
             "audit a run that completed at least one round"
         )
-    ledger = Ledger(ledger_path(run.root, client_id), client_id=client_id)
     ledger_epsilon = ledger.epsilon(run.config.privacy.accountant)
     n = len(run.client(client_id).train)
     if not dp:

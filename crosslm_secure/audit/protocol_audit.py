@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from crosslm_secure.audit.base import AuditError, CheckResult, Table
+from crosslm_secure.audit.base import AuditError, CheckResult, Table, save_result
 from crosslm_secure.audit.progress import progress_bar
 from crosslm_secure.audit.runinfo import run_config
 from crosslm_secure.audit.secret_scan import scan_bytes
@@ -113,7 +113,7 @@ def run_protocol_audit(run_dir: Path, settings: AuditConfig | None = None, *, pr
         if verdict == "pass"
         else f"{len(findings)} finding(s) in {numbers['subchecks_failed']} of {len(checks)} sub-checks."
     )
-    return CheckResult(
+    result = CheckResult(
         name="protocol",
         title="Protocol audit: server keys, scores, HE parameters, signatures",
         verdict=verdict,
@@ -132,6 +132,8 @@ def run_protocol_audit(run_dir: Path, settings: AuditConfig | None = None, *, pr
         findings=findings,
         details={"server_artefacts": SERVER_DEFINITION, "uses_ckks": uses_ckks},
     )
+    save_result(run_dir, result)
+    return result
 
 
 # -- 1. the public context -----------------------------------------------------------------

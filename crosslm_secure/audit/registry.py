@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from crosslm_secure.audit.base import AUDIT_DIR, AuditError, CheckResult, audit_dir, save_result
+from crosslm_secure.audit.base import AUDIT_DIR, AuditError, CheckResult, audit_dir
 from crosslm_secure.audit.runinfo import audit_settings
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.storage import atomic_write_json
@@ -94,8 +94,7 @@ def run_check(name: str, run_dir: Path, overrides: Sequence[str] = (), *, progre
         message = str(exc)
     except Exception as exc:  # noqa: BLE001 - a crashing check is reported, not fatal to the others
         message = f"audit {name}: crashed with {type(exc).__name__}: {exc}; report this as a bug"
-    else:
-        save_result(run_dir, result)
+    else:  # the check saved its own result (audit/<name>.json)
         _record_error(run_dir, name, None)
         return CheckOutcome(name, result=result)
     if (run_dir / "config.yaml").is_file():

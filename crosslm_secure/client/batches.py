@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from crosslm_secure.data.records import Example
+from crosslm_secure.models.device import eval_mode
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 """Keys of the mapping ``encode_texts`` returns."""
@@ -176,16 +177,11 @@ def predict_proba(
         return np.zeros((0, 0), dtype=np.float64)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     rows: list[np.ndarray] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                chunk = [texts[i] for i in order[start : start + batch_size]]
-                logits = forward_logits(model, encode_texts(tokenizer, chunk, max_length), device)
-                rows.append(torch.softmax(logits.float(), dim=-1).cpu().double().numpy())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = [texts[i] for i in order[start : start + batch_size]]
+            logits = forward_logits(model, encode_texts(tokenizer, chunk, max_length), device)
+            rows.append(torch.softmax(logits.float(), dim=-1).cpu().double().numpy())
     sorted_probs = np.concatenate(rows, axis=0)
     probs = np.empty_like(sorted_probs)
     probs[np.asarray(order)] = sorted_probs

@@ -201,14 +201,9 @@ class ClientNode:
             raise ProtocolError(f"{self.client_id}: reveal.request carries no aggregate")
         aggregate, signed_contributions = envelope.blobs[0], envelope.blobs[1:]
         contributions = self._verified_contributions(envelope, body, signed_contributions)
-        aggregator = self._aggregator()
-        if aggregator.combine(contributions) != aggregate:
-            raise ProtocolError(
-                f"{self.client_id}: the aggregate is not the sum of the signed contributions; refusing to decrypt"
-            )
-        means = aggregator.reveal(
+        means = self._aggregator().reveal(
             aggregate,
-            contributors=len(contributions),
+            contributions,
             count=body.count,
             round_index=envelope.round,
             participants=body.participants,

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from crosslm_secure.clitools import fail
 from crosslm_secure.crypto.keys import (
     IDENTITY_FILE,
     ParticipantKeys,
@@ -18,11 +19,6 @@ from crosslm_secure.crypto.keys import (
 from crosslm_secure.errors import CryptoError
 
 keys_app = typer.Typer(help="Participant keys: init, fingerprint, enroll.", no_args_is_help=True)
-
-
-def _fail(exc: CryptoError) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
 
 
 @keys_app.command("init")
@@ -46,7 +42,7 @@ def init(
         keys = ParticipantKeys.generate(site, role)  # type: ignore[arg-type]
         identity_path = save_participant_keys(keys, out, passphrase)
     except CryptoError as exc:
-        _fail(exc)
+        fail(exc)
     state = "encrypted" if passphrase else "NOT encrypted (no passphrase)"
     typer.echo(f"wrote keys for {site} ({role}) to {out}; private keys {state}, mode 0600")
     typer.echo(f"public identity: {identity_path}")
@@ -65,7 +61,7 @@ def fingerprint(
             return
         identity = load_identity(path)
     except CryptoError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"{identity.site:<20} {identity.role:<7} {identity.fingerprint}")
 
 
@@ -87,7 +83,7 @@ def enroll(
         registry.enroll(identity)
         registry.save(registry_path)
     except CryptoError as exc:
-        _fail(exc)
+        fail(exc)
     typer.echo(f"enrolled {identity.site} ({identity.role}) in {registry_path}")
     typer.echo(f"fingerprint: {identity.fingerprint}  <- confirm with the site out of band")
 

@@ -122,7 +122,7 @@ class ParticipantKeys:
 
     @classmethod
     def generate(cls, site: str, role: Role = "client") -> ParticipantKeys:
-        _check_site(site)
+        check_site_name(site)
         return cls(site, role, Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
 
     @classmethod
@@ -278,6 +278,6 @@ def load_identity(path: str | Path) -> PublicIdentity:
     return PublicIdentity.from_dict(raw)
 
 
-def _check_site(site: str) -> None:
+def check_site_name(site: str) -> None:
     if not site or len(site) > 64 or not all(c.isalnum() or c in "-_." for c in site):
         raise CryptoError(f"keys: site name {site!r} must be 1-64 letters, digits, '-', '_' or '.'")

@@ -2,18 +2,15 @@
 
 Clients send ``SignedContribution`` blobs (a CKKS score blob plus an Ed25519 signature over
 run, round, attempt, sender, participant set, context fingerprint, count and the
-ciphertext's sha256). The server adds them and forwards an ``AggregateBundle`` (its sum
-plus every signed contribution) to the round's decryptor, which calls
-``verify_and_decrypt``: every signature checks, the senders are exactly the announced
-participant set (none omitted, none twice, none unknown), the set meets the quorum, and
-the server's aggregate equals the decryptor's own homomorphic sum of the contributions.
-Only then is the sum decrypted; individual contributions are never decrypted.
+ciphertext's sha256). The server adds them blind and forwards its sum to the round's
+decryptor together with the signed contributions, which calls ``verify_and_decrypt``:
+every signature checks, the senders are exactly the announced participant set (none
+omitted, none twice, none unknown), the set meets the quorum, and the server's aggregate
+equals the decryptor's own homomorphic sum of the contributions. Only then is the sum
+decrypted; individual contributions are never decrypted.
 
-Layouts (big-endian):
-
-* contribution: ``b"CLMK" | u8 version | u32 n | JSON header (n bytes) | u32 m
-  | score blob (m bytes) | 64-byte signature``
-* bundle: ``b"CLMA" | u8 version | u32 m | aggregate score blob | u16 k | k x (u32 len | contribution)``
+Layout (big-endian) of a contribution: ``b"CLMK" | u8 version | u32 n | JSON header (n bytes)
+| u32 m | score blob (m bytes) | 64-byte signature``.
 """
 
 from __future__ import annotations
@@ -30,20 +27,16 @@ from crosslm_secure.crypto.ckks import (
     ScoreContext,
     add,
     blob_count,
-    ciphertext_count,
     decrypt_aggregate,
 )
 from crosslm_secure.crypto.keys import ParticipantKeys, Registry, frame_fields
 from crosslm_secure.errors import CryptoError, ProtocolError
 
 _CONTRIBUTION_MAGIC = b"CLMK"
-_BUNDLE_MAGIC = b"CLMA"
 _VERSION = 1
 _SIGNATURE = 64
 _U32 = struct.Struct(">I")
-_U16 = struct.Struct(">H")
 _MAX_HEADER = 64 * 1024
-MAX_PARTICIPANTS = 1024
 
 
 @dataclass(frozen=True)
@@ -203,68 +196,11 @@ def check_contribution(
     return item
 
 
-@dataclass(frozen=True)
-class AggregateBundle:
-    """What the server sends the decryptor: its sum and every signed contribution."""
-
-    aggregate: bytes
-    contributions: tuple[bytes, ...]
-
-    def to_bytes(self) -> bytes:
-        parts = [_BUNDLE_MAGIC, bytes([_VERSION]), _U32.pack(len(self.aggregate)), self.aggregate]
-        parts.append(_U16.pack(len(self.contributions)))
-        for blob in self.contributions:
-            parts += [_U32.pack(len(blob)), blob]
-        return b"".join(parts)
-
-    @classmethod
-    def from_bytes(cls, blob: bytes, *, max_bytes: int | None = None) -> AggregateBundle:
-        """Parse a bundle.
-
-        Raises:
-            ProtocolError: malformed, truncated, oversize (beyond ``max_bytes``) or with trailing bytes.
-        """
-        blob = bytes(blob)
-        if max_bytes is not None and len(blob) > max_bytes:
-            raise ProtocolError(f"aggregate bundle: {len(blob)} bytes is oversize (limit {max_bytes})")
-        if len(blob) < 11 or blob[:4] != _BUNDLE_MAGIC or blob[4] != _VERSION:
-            raise ProtocolError("aggregate bundle: no CLMA v1 header; it is not a crosslm aggregate")
-        aggregate, offset = _take(blob, 5)
-        if offset + 2 > len(blob):
-            raise ProtocolError("aggregate bundle: truncated")
-        (total,) = _U16.unpack_from(blob, offset)
-        offset += 2
-        if total > MAX_PARTICIPANTS:
-            raise ProtocolError(f"aggregate bundle: {total} contributions exceed {MAX_PARTICIPANTS}")
-        contributions = []
-        for _ in range(total):
-            item, offset = _take(blob, offset)
-            contributions.append(item)
-        if offset != len(blob):
-            raise ProtocolError(f"aggregate bundle: {len(blob) - offset} trailing bytes; it is oversize")
-        return cls(aggregate, tuple(contributions))
-
-
-def _take(blob: bytes, offset: int) -> tuple[bytes, int]:
-    if offset + 4 > len(blob):
-        raise ProtocolError("aggregate bundle: truncated")
-    (size,) = _U32.unpack_from(blob, offset)
-    offset += 4
-    if offset + size > len(blob):
-        raise ProtocolError("aggregate bundle: truncated")
-    return blob[offset : offset + size], offset + size
-
-
-def max_bundle_bytes(context: ScoreContext, *, count: int, participants: int) -> int:
-    """Largest honest bundle for ``participants`` contributions of ``count`` scores."""
-    vector = 64 + ciphertext_count(context.preset, count) * (4 + context.preset.max_ciphertext_bytes)
-    return 16 + vector + participants * (4 + vector + _MAX_HEADER + _SIGNATURE + 16)
-
-
 def verify_and_decrypt(
     context: ScoreContext,
     registry: Registry,
-    bundle: AggregateBundle,
+    aggregate: bytes,
+    contributions: Sequence[bytes],
     *,
     run_id: str,
     round_index: int,
@@ -273,7 +209,8 @@ def verify_and_decrypt(
     quorum: int,
     count: int,
 ) -> np.ndarray:
-    """Decryptor side: check the bundle, then return the mean score per sample.
+    """Decryptor side: check the server's aggregate against the signed contributions, then
+    return the mean score per sample.
 
     Raises:
         ProtocolError: below quorum, omitted/duplicated/unannounced contribution, wrong round.
@@ -287,7 +224,7 @@ def verify_and_decrypt(
         raise ProtocolError(f"verify: {len(members)} participants is below the quorum of {quorum}; refusing to decrypt")
     senders: list[str] = []
     ciphertexts: list[bytes] = []
-    for blob in bundle.contributions:
+    for blob in contributions:
         item = check_contribution(
             context,
             registry,
@@ -307,12 +244,10 @@ def verify_and_decrypt(
         raise ProtocolError(
             f"verify: contributions from {missing} are omitted; the masks only cancel over the full participant set"
         )
-    if blob_count(context, bundle.aggregate) != count:
-        raise ProtocolError(f"verify: the aggregate does not hold {count} scores")
     # Ciphertext addition is exact modular arithmetic, so an honest server's sum is
     # byte-identical to ours. The claimed aggregate is never decrypted: a server that sent
     # one client's contribution as "the sum" must learn nothing from the attempt.
     expected = add(context, ciphertexts)
-    if bundle.aggregate != expected:
+    if bytes(aggregate) != expected:
         raise CryptoError("verify: the aggregate is not the homomorphic sum of the signed contributions")
     return decrypt_aggregate(context, expected, count=count) / len(members)

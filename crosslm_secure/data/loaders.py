@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from crosslm_secure.config import DataConfig, TaskConfig
+from crosslm_secure.data.partition import stratified_mask
 from crosslm_secure.data.records import Example
 from crosslm_secure.errors import DataError
 from crosslm_secure.models.embedded import DATA_ARCHIVE, DATA_PACKAGE, embedded_file
@@ -284,14 +285,11 @@ def _stratified_holdout(
     examples: list[Example], fraction: float, rng: np.random.Generator
 ) -> tuple[list[Example], list[Example]]:
     """Hold out about ``fraction`` of each label; at least one record when possible."""
-    held: set[int] = set()
-    for positions in _by_label(examples).values():
-        count = int(round(fraction * len(positions)))
-        held.update(rng.permutation(positions)[:count].tolist())
-    if not held and len(examples) >= 2:
-        held.add(int(rng.integers(len(examples))))
-    train = [ex for i, ex in enumerate(examples) if i not in held]
-    test = [ex for i, ex in enumerate(examples) if i in held]
+    held = stratified_mask(np.array([ex.label for ex in examples], dtype=np.int64), fraction, rng)
+    if not held.any() and len(examples) >= 2:
+        held[rng.integers(len(examples))] = True
+    train = [ex for ex, h in zip(examples, held, strict=True) if not h]
+    test = [ex for ex, h in zip(examples, held, strict=True) if h]
     return train, test
 
 

@@ -73,7 +73,7 @@ def partition_clients(
     else:
         owner = _dirichlet_owner(train_labels, k, cfg.alpha, np.random.default_rng([seed, 12]))
 
-    held = _stratified_choice(test_labels, cfg.client_test_fraction, np.random.default_rng([seed, 13]))
+    held = stratified_mask(test_labels, cfg.client_test_fraction, np.random.default_rng([seed, 13]))
     counts = np.zeros((num_labels, k), dtype=np.int64)
     np.add.at(counts, (train_labels, owner), 1)
     test_owner = _proportional_owner(test_labels, held, counts, np.random.default_rng([seed, 14]))
@@ -129,7 +129,7 @@ def _top_up(owner: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return owner
 
 
-def _stratified_choice(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+def stratified_mask(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
     """A boolean mask selecting about ``fraction`` of each label's records."""
     mask = np.zeros(len(labels), dtype=bool)
     for label in np.unique(labels):

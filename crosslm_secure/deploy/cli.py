@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
+from crosslm_secure.clitools import console, fail
 from crosslm_secure.config import Config, config_from_dict, load_config
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.runstore import RunStore
 
-console = Console(stderr=True)
+if TYPE_CHECKING:
+    from crosslm_secure.deploy.local import Deployment
+    from crosslm_secure.deploy.pki import PKI
+
+
 pki_app = typer.Typer(help="TLS certificates, SuperNode keys and protocol identities.", no_args_is_help=True)
 deploy_app = typer.Typer(help="Run jobs on Flower: SuperLink, SuperNodes, TLS, node authentication.")
-
-
-def _fail(exc: CrossLMError) -> None:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    raise typer.Exit(2)
 
 
 def _job(config: Path | None, overrides: list[str] | None, resume: Path | None) -> Config:
@@ -33,6 +30,21 @@ def _job(config: Path | None, overrides: list[str] | None, resume: Path | None) 
     if config is None:
         raise CrossLMError("deploy: give the job YAML, or --resume runs/<id> after a server crash")
     return load_config(config, overrides or [])
+
+
+def _pki(folder: Path) -> PKI:
+    from crosslm_secure.deploy.pki import PKI
+
+    return PKI.open(folder.resolve())
+
+
+def _admin(keys: PKI, superlink: str, job: Config | None) -> Deployment:
+    """The server machine's handle on a SuperLink started with ``crosslm deploy superlink``."""
+    from crosslm_secure.deploy.local import Deployment
+
+    admin = Deployment(keys.root / "admin", job, log=console.print)
+    admin.attach(keys, superlink)
+    return admin
 
 
 @pki_app.command("init")
@@ -50,8 +62,7 @@ def pki_init(
     try:
         pki = init_pki(out, [f"client-{i + 1}" for i in range(clients)], host or ["127.0.0.1"], force=force)
     except CrossLMError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     console.print(f"wrote {pki.root}: copy superlink/, server/ and ca/ca.pem to the server, sites/<site>/ to each site")
     console.print(
         "then, on the server: `crosslm deploy superlink --pki PKI` and `crosslm deploy register --pki PKI ...`"
@@ -77,8 +88,7 @@ def local(
         folder = workdir or Path(job.run.output_dir) / f"deploy-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = deploy_local(job, clients, folder, resume=resume, log=console.print, timeout=timeout)
     except CrossLMError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     console.print(f"[green]done:[/] {run_dir / 'summary.md'}")
 
 
@@ -89,13 +99,9 @@ def register(
     site: Annotated[list[str] | None, typer.Option("--site", help="Site to register (repeat); default all.")] = None,
 ) -> None:
     """Register sites' SuperNode authentication keys with a running SuperLink (the server machine)."""
-    from crosslm_secure.deploy.local import Deployment
-    from crosslm_secure.deploy.pki import PKI
-
     try:
-        keys = PKI.open(pki.resolve())
-        admin = Deployment(keys.root / "admin", None, log=console.print)
-        admin.attach(keys, superlink)
+        keys = _pki(pki)
+        admin = _admin(keys, superlink, None)
         names = site or keys.sites()
         if not names:
             raise CrossLMError(f"deploy register: {keys.root} has no sites/<site>/auth_key.pub; copy them from the PKI")
@@ -103,7 +109,7 @@ def register(
             admin.register(name)
             console.print(f"registered {name}")
     except CrossLMError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @deploy_app.command("submit")
@@ -115,18 +121,13 @@ def submit(
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds a site may take per request.")] = 1800.0,
 ) -> None:
     """Start a job (or resume one) on a running SuperLink and follow it to the end (the server machine)."""
-    from crosslm_secure.deploy.local import Deployment, follow
-    from crosslm_secure.deploy.pki import PKI
+    from crosslm_secure.deploy.local import follow
 
     try:
-        job = _job(config, [], resume)
-        keys = PKI.open(pki.resolve())
-        admin = Deployment(keys.root / "admin", job, log=console.print)
-        admin.attach(keys, superlink)
+        admin = _admin(_pki(pki), superlink, _job(config, [], resume))
         run_dir = follow(admin, admin.submit(resume=resume, timeout=timeout), console.print)
     except CrossLMError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     console.print(f"[green]done:[/] {run_dir / 'summary.md'}")
 
 
@@ -136,7 +137,6 @@ def site(
     config: Annotated[Path, typer.Option("--config", help="The job YAML every site agreed on.")],
     superlink: Annotated[str, typer.Option("--superlink", help="SuperLink address host:port.")],
     state_dir: Annotated[Path, typer.Option("--state-dir", help="Where this site keeps checkpoints and ledgers.")],
-    insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no node auth (testing only).")] = False,
     max_wait: Annotated[float, typer.Option("--max-wait", help="Give up connecting after this many seconds.")] = 60.0,
 ) -> None:
     """Run one client site: its worker (holds the node) and its SuperNode."""
@@ -151,12 +151,11 @@ def site(
             files,
             superlink,
             state_dir=state_dir,
-            insecure=insecure,
             max_wait=max_wait,
             log=console.print,
         )
     except CrossLMError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @deploy_app.command("superlink")
@@ -166,20 +165,13 @@ def superlink(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "0.0.0.0",
 ) -> None:
     """Run the SuperLink with TLS and SuperNode authentication on (the server machine)."""
-    folder = pki.resolve() / "superlink"
-    command = [
-        str(Path(sys.executable).parent / "flower-superlink"),
-        "--host", host, "--port", str(port),
-        "--ssl-ca-certfile", str(folder / "ca.pem"),
-        "--ssl-certfile", str(folder / "server.pem"),
-        "--ssl-keyfile", str(folder / "server.key"),
-        "--enable-supernode-auth",
-        "--disable-runtime-dependency-installation",
-    ]  # fmt: skip
+    from crosslm_secure.deploy.local import superlink_command
+    from crosslm_secure.deploy.pki import PKI
+    from crosslm_secure.deploy.site import flower_env
+
+    command = superlink_command(PKI(pki.resolve()), port, host)
     console.print(" ".join(command))
-    # The SuperLink starts flower-superexec by name: it must find the one next to this Python.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    raise typer.Exit(subprocess.call(command, env={**os.environ, "PATH": path}))
+    raise typer.Exit(subprocess.call(command, env=flower_env()))
 
 
 if __name__ == "__main__":  # ``python -m crosslm_secure.deploy.cli site ...`` (used by deploy local)

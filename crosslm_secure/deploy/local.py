@@ -2,8 +2,7 @@
 
 :class:`Deployment` is what ``crosslm deploy local`` and the deployment tests drive: every
 process is a separate OS process (own session, so a whole site can be killed at once), TLS
-and SuperNode authentication are on unless ``insecure`` is set, and everything is stopped
-on exit, even after a failure.
+and SuperNode authentication are on, and everything is stopped on exit, even after a failure.
 """
 
 from __future__ import annotations
@@ -25,7 +24,8 @@ import yaml
 from crosslm_secure.config import Config, config_to_dict
 from crosslm_secure.deploy import DeployError
 from crosslm_secure.deploy.pki import PKI, SiteFiles, init_pki
-from crosslm_secure.deploy.site import _flower_bin, free_port, wait_until
+from crosslm_secure.deploy.site import flower_bin, flower_env, free_port, wait_until
+from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_text
 
 CONNECTION = "crosslm"
@@ -67,13 +67,25 @@ def write_app(folder: Path) -> Path:
     return Path(folder)
 
 
+def superlink_command(pki: PKI, port: int, host: str = "127.0.0.1") -> list[str]:
+    """The ``flower-superlink`` command line: TLS from ``pki``'s superlink/ part, SuperNode auth on."""
+    return [
+        flower_bin("flower-superlink"),
+        "--host", host, "--port", str(port),
+        "--ssl-ca-certfile", str(pki.root / "superlink" / "ca.pem"),
+        "--ssl-certfile", str(pki.superlink_cert),
+        "--ssl-keyfile", str(pki.superlink_key),
+        "--enable-supernode-auth",
+        "--disable-runtime-dependency-installation",
+    ]  # fmt: skip
+
+
 @dataclass
 class Deployment:
     """A loopback deployment under ``workdir`` (PKI, Flower home, logs, app project)."""
 
     workdir: Path
     config: Config | None
-    insecure: bool = False
     log: Callable[[str], None] = print
     port: int = 0
     host: str = "127.0.0.1"
@@ -106,13 +118,7 @@ class Deployment:
         self._write_flwr_config()
 
     def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "FLWR_HOME": str(self.home),
-            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
-            "PYTHONUNBUFFERED": "1",
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
+        return flower_env(FLWR_HOME=str(self.home), FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.1", PYTHONUNBUFFERED="1")
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -120,35 +126,17 @@ class Deployment:
         self.pki = init_pki(self.workdir / "pki", sites, ["127.0.0.1", "localhost"], force=True)
         return self.pki
 
-    def start_superlink(self, port: int | None = None) -> None:
-        """Start ``flower-superlink`` (TLS, SuperNode auth) and wait until it accepts connections.
+    def start_superlink(self) -> None:
+        """Start ``flower-superlink`` (TLS, SuperNode auth) on a free port and wait until it accepts connections.
 
         Raises:
             DeployError: the port is taken or the SuperLink exited.
         """
         assert self.pki is not None
-        self.port = port or free_port()
-        command = [
-            _flower_bin("flower-superlink"),
-            "--port",
-            str(self.port),
-            "--disable-runtime-dependency-installation",
-        ]
-        if self.insecure:
-            command.append("--insecure")
-        else:
-            command += [
-                "--ssl-ca-certfile",
-                str(self.pki.root / "superlink" / "ca.pem"),
-                "--ssl-certfile",
-                str(self.pki.superlink_cert),
-                "--ssl-keyfile",
-                str(self.pki.superlink_key),
-                "--enable-supernode-auth",
-            ]
+        self.port = free_port()
         if _port_open(self.port):
             raise DeployError(f"port {self.port} is already in use; stop what listens there or pick another --port")
-        self.superlink = self._spawn(command, "superlink")
+        self.superlink = self._spawn(superlink_command(self.pki, self.port, self.host), "superlink")
         self._write_flwr_config()
         if not wait_until(lambda: _port_open(self.port) or self.superlink.poll() is not None, 60):
             raise DeployError(f"the SuperLink did not open port {self.port} within 60 s; see {self._log('superlink')}")
@@ -157,12 +145,12 @@ class Deployment:
             if "address already in use" in tail.lower():
                 raise DeployError(f"port {self.port} is already in use; stop what listens there or pick another --port")
             raise DeployError(f"the SuperLink exited at start; see {self._log('superlink')}:\n{tail}")
-        self.log(f"SuperLink on {self.address} ({'insecure' if self.insecure else 'TLS, SuperNode auth on'})")
+        self.log(f"SuperLink on {self.address} (TLS, SuperNode auth on)")
 
-    def register(self, site: str, public_key: Path | None = None) -> None:
+    def register(self, site: str) -> None:
         """Register a site's SuperNode authentication key with the SuperLink (``flwr supernode register``)."""
         assert self.pki is not None
-        key = public_key or self.pki.site(site).auth_pub
+        key = self.pki.site(site).auth_pub
         done = self.flwr(["supernode", "register", str(key), CONNECTION, "--name", site])
         if done.returncode != 0:
             raise DeployError(f"registering {site}'s SuperNode key failed; flwr said: {done.stdout[-600:]}")
@@ -187,8 +175,6 @@ class Deployment:
             "--max-wait",
             str(max_wait),
         ]
-        if self.insecure:
-            command.append("--insecure")
         process = self._spawn(command, f"site-{site}")
         self.sites[site] = process
         return process
@@ -250,19 +236,17 @@ class Deployment:
             DeployError: it did not finish in ``timeout`` seconds.
         """
         run_dir = self.run_dir()
+        store = RunStore(run_dir)
         seen = 0
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            rows = _rounds(run_dir)
+            state = self.status(run_id)  # before reading the rounds, so a finished run's last round is seen
+            rows = store.rounds()
             for row in rows[seen:]:
                 if on_round is not None:
                     on_round(row)
             seen = max(seen, len(rows))
-            state = self.status(run_id)
             if state.startswith("finished"):
-                for row in _rounds(run_dir)[seen:]:
-                    if on_round is not None:
-                        on_round(row)
                 return state
             time.sleep(2.0)
         raise DeployError(f"run {run_id} did not finish within {timeout:.0f}s; see {run_dir} and {self.workdir}")
@@ -309,7 +293,7 @@ class Deployment:
 
     def flwr(self, args: list[str]) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [_flower_bin("flwr"), *args],
+            [flower_bin("flwr"), *args],
             capture_output=True,
             text=True,
             env={**self.env(), "COLUMNS": "200"},
@@ -318,11 +302,7 @@ class Deployment:
 
     def _write_flwr_config(self) -> None:
         assert self.pki is not None
-        connection: dict[str, object] = {"address": self.address}
-        if self.insecure:
-            connection["insecure"] = True
-        else:
-            connection["root-certificates"] = str(self.pki.ca)
+        connection = {"address": self.address, "root-certificates": str(self.pki.ca)}
         config = {"superlink": {"default": CONNECTION, CONNECTION: connection}}
         atomic_write_text(self.home / "config.toml", tomli_w.dumps(config))
 
@@ -346,7 +326,6 @@ def deploy_local(
     resume: Path | None = None,
     log: Callable[[str], None] = print,
     timeout: float = 600.0,
-    run_timeout: float = 24 * 3600.0,
 ) -> Path:
     """``crosslm deploy local``: PKI, SuperLink, one SuperNode per client, one job, then stop everything.
 
@@ -361,7 +340,7 @@ def deploy_local(
             deployment.register(site)
             deployment.start_site(site)
         run_id = deployment.submit(resume=resume, timeout=timeout)
-        return follow(deployment, run_id, log, run_timeout)
+        return follow(deployment, run_id, log)
 
 
 def follow(deployment: Deployment, run_id: str, log: Callable[[str], None], timeout: float = 24 * 3600.0) -> Path:
@@ -387,13 +366,6 @@ def follow(deployment: Deployment, run_id: str, log: Callable[[str], None], time
             f"the Flower run ended as {status}; see `flwr log {run_id}` and the logs in {deployment.workdir}/logs"
         )
     return run_dir
-
-
-def _rounds(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _port_open(port: int) -> bool:

@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from crosslm_secure.crypto.keys import ParticipantKeys, Registry, _check_site, save_participant_keys
+from crosslm_secure.crypto.keys import ParticipantKeys, Registry, check_site_name, save_participant_keys
+from crosslm_secure.crypto.storage import write_secret_file
 from crosslm_secure.errors import CryptoError
 from crosslm_secure.storage import atomic_write_bytes
 
@@ -121,7 +122,7 @@ def init_pki(out: Path, sites: list[str], hosts: list[str], *, force: bool = Fal
     if not sites:
         raise CryptoError("pki: name at least one site (e.g. --clients 3)")
     for name in sites:
-        _check_site(name)
+        check_site_name(name)
         if name == SERVER:
             raise CryptoError("pki: 'server' is the coordinator's name; pick other site names")
     ca_key = ec.generate_private_key(ec.SECP384R1())
@@ -212,7 +213,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 def _write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.parent.chmod(0o700)
-    atomic_write_bytes(path, data, mode=0o600)
+    write_secret_file(path, data)
 
 
 def _write_public(path: Path, data: bytes) -> None:

@@ -19,15 +19,16 @@ from crosslm_secure.transport.flower import FlowerTransport, discover_sites
 def serve(grid, run_config: dict[str, Any], log: Callable[[str], None] = print) -> RunResult:
     """Run (or resume) one job over the grid.
 
-    ``run_config`` (Flower run config, from ``flwr run --run-config``): ``job`` the job config as
-    JSON, ``resume`` a run folder to continue (or ""), ``server_dir`` the server's PKI folder
-    (keys/ and registry.json), ``timeout`` seconds per request, ``join_wait`` seconds to wait for
-    SuperNodes, ``announce`` a file to write the run folder path into (or "").
+    ``run_config`` (Flower run config: the app pyproject's defaults, overridden by ``flwr run
+    --run-config``): ``job`` the job config as JSON, ``resume`` a run folder to continue (or ""),
+    ``server_dir`` the server's PKI folder (keys/ and registry.json), ``timeout`` seconds per
+    request, ``join_wait`` seconds to wait for SuperNodes, ``announce`` a file to write the run
+    folder path into (or "").
     """
     server_dir = Path(str(run_config["server_dir"]))
     keys = load_participant_keys(server_dir / "keys")
     registry = Registry.load(server_dir / "registry.json")
-    resume = str(run_config.get("resume", ""))
+    resume = str(run_config["resume"])
     if resume:
         store, config, state, start = resume_point(Path(resume))
         store.event("resumed", round=start, transport="flower")
@@ -35,16 +36,16 @@ def serve(grid, run_config: dict[str, Any], log: Callable[[str], None] = print) 
         config = config_from_dict(json.loads(str(run_config["job"])))
         store = RunStore.create(config.run.output_dir, config.run.name, config.run.seed, config_to_dict(config))
         state, start = None, 0
-    announce = str(run_config.get("announce", ""))
+    announce = str(run_config["announce"])
     if announce:
         atomic_write_json(Path(announce), {"run_dir": str(store.root), "start_round": start})
     log(f"run folder: {store.root}")
     job = prepare_job(config, store)
-    timeout = float(run_config.get("timeout", 600.0))
+    timeout = float(run_config["timeout"])
     expected = config.client_ids()
 
     def transport_for(llm: object) -> FlowerTransport:
-        names = discover_sites(grid, len(expected), float(run_config.get("join_wait", 120.0)), log)
+        names = discover_sites(grid, len(expected), float(run_config["join_wait"]), log)
         strangers = sorted(set(names) - set(expected))
         for name in strangers:
             log(f"ignoring SuperNode that claims {name!r}: not a client of this job")

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from crosslm_secure.config import Config
-from crosslm_secure.crypto.keys import load_participant_keys
+from crosslm_secure.crypto.keys import Registry, load_participant_keys
 from crosslm_secure.deploy import DeployError
 from crosslm_secure.deploy.pki import SiteFiles
 from crosslm_secure.deploy.wire import FAILED, OK, recv_frame, send_frame
@@ -37,7 +37,6 @@ class SiteWorker:
     """Holds one site's ClientNode between messages (the ClientApp processes are per message)."""
 
     def __init__(self, config: Config, files: SiteFiles, state_dir: Path, log: Callable[[str], None] = print) -> None:
-        from crosslm_secure.crypto.keys import Registry
         from crosslm_secure.runner import prepare_job
 
         self.config = config
@@ -125,28 +124,22 @@ def serve_worker(worker: SiteWorker) -> tuple[str, _Server]:
 
 
 def supernode_command(
-    files: SiteFiles,
-    superlink: str,
-    socket_path: str,
-    runtime_port: int,
-    *,
-    insecure: bool = False,
-    max_wait: float | None = None,
+    files: SiteFiles, superlink: str, socket_path: str, runtime_port: int, *, max_wait: float | None = None
 ) -> list[str]:
-    """The ``flower-supernode`` command line of a site (TLS and node authentication unless ``insecure``)."""
+    """The ``flower-supernode`` command line of a site (TLS and node authentication on)."""
     command = [
-        _flower_bin("flower-supernode"),
+        flower_bin("flower-supernode"),
         "--superlink",
         superlink,
         "--node-config",
         f'site="{files.site}" socket="{socket_path}"',
         "--port",
         str(runtime_port),
+        "--root-certificates",
+        str(files.ca),
+        "--auth-supernode-private-key",
+        str(files.auth_key),
     ]
-    if insecure:
-        command.append("--insecure")
-    else:
-        command += ["--root-certificates", str(files.ca), "--auth-supernode-private-key", str(files.auth_key)]
     if max_wait is not None:
         command += ["--max-wait-time", str(max_wait)]
     return command
@@ -158,7 +151,6 @@ def run_site(
     superlink: str,
     *,
     state_dir: Path,
-    insecure: bool = False,
     max_wait: float | None = 60.0,
     log: Callable[[str], None] = print,
 ) -> int:
@@ -170,13 +162,8 @@ def run_site(
     worker = SiteWorker(config, files, state_dir, log)
     path, server = serve_worker(worker)
     home = Path(tempfile.mkdtemp(prefix="crosslm-flwr-"))
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    command = supernode_command(files, superlink, path, free_port(), insecure=insecure, max_wait=max_wait)
+    env = flower_env(FLWR_HOME=str(home), FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.1")
+    command = supernode_command(files, superlink, path, free_port(), max_wait=max_wait)
     log_path = Path(state_dir) / f"supernode-{files.site}-{os.getpid()}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     stopping = False
@@ -235,9 +222,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _flower_bin(name: str) -> str:
+def flower_bin(name: str) -> str:
+    """The Flower executable ``name`` next to this Python, else ``name`` (found on PATH)."""
     here = Path(sys.executable).parent / name
     return str(here) if here.exists() else name
+
+
+def flower_env(**extra: str) -> dict[str, str]:
+    """This process's environment plus ``extra``, with this Python's bin folder first on PATH.
+
+    The SuperLink and SuperNode start their helpers (flower-superexec, flwr-serverapp,
+    flwr-clientapp) by name: they must find the ones installed next to this Python.
+    """
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:

@@ -27,14 +27,13 @@ def recv_frame(sock: socket.socket) -> tuple[dict, bytes]:
     return header, _recv_exactly(sock, payload_len)
 
 
-def ask_worker(path: str, flower_run: int, message: bytes, timeout: float | None = None) -> bytes:
+def ask_worker(path: str, flower_run: int, message: bytes) -> bytes:
     """Hand one request to the site worker and return its reply bytes.
 
     Raises:
         RuntimeError: the worker is not running or refused the request (Flower turns this into an error reply).
     """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
         try:
             sock.connect(path)
         except OSError as exc:

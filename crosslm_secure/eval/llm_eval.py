@@ -7,8 +7,7 @@ text -> label pairs of tuning and this evaluation always agree.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pydoc_data.topics import topics
 
 import torch
@@ -19,6 +18,7 @@ from crosslm_secure.config import EvalConfig, TaskConfig
 from crosslm_secure.data.records import Example
 from crosslm_secure.errors import ConfigError
 from crosslm_secure.eval.metrics import accuracy, macro_f1
+from crosslm_secure.models.device import eval_mode
 from crosslm_secure.models.llm import LoadedLLM, encode_prompt, left_pad, render_prompt, tail_logits
 
 
@@ -107,7 +107,7 @@ def llm_task_accuracy(
     tokenizer = llm.tokenizer
     targets = torch.tensor(label_token_ids(tokenizer, task), device=llm.device)
     predictions: list[int] = []
-    with _eval_mode(llm.model), torch.no_grad():
+    with eval_mode(llm.model), torch.no_grad():
         for start in tqdm(range(0, len(examples), cfg.llm_batch_size), desc="LLM accuracy", disable=not progress):
             batch = examples[start : start + cfg.llm_batch_size]
             encoded = [classification_prompt(tokenizer, task, e.text, cfg.llm_max_length) for e in batch]
@@ -171,7 +171,7 @@ def llm_perplexity(llm: LoadedLLM, cfg: EvalConfig, *, progress: bool = True) ->
     """
     chunks = perplexity_chunks(llm.tokenizer, cfg)
     total_nll, total_tokens = 0.0, 0
-    with _eval_mode(llm.model), torch.no_grad():
+    with eval_mode(llm.model), torch.no_grad():
         for start in tqdm(range(0, len(chunks), cfg.llm_batch_size), desc="LLM perplexity", disable=not progress):
             ids = torch.tensor(chunks[start : start + cfg.llm_batch_size], device=llm.device)
             logits = llm.model(input_ids=ids).logits[:, :-1, :].float()
@@ -181,13 +181,3 @@ def llm_perplexity(llm: LoadedLLM, cfg: EvalConfig, *, progress: bool = True) ->
             total_nll += nll.item()
             total_tokens += ids[:, 1:].numel()
     return math.exp(total_nll / total_tokens)
-
-
-@contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from crosslm_secure.clitools import fail
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.privacy.report import budget_table, budgets_json, plot_epsilon, run_budgets
 
@@ -33,7 +34,7 @@ def show(
     try:
         budgets = run_budgets(run)
     except CrossLMError as exc:
-        _fail(exc)
+        fail(exc, code=1)
     if as_json:
         typer.echo(json.dumps({"run": str(run), "clients": budgets_json(budgets)}, indent=2))
         return
@@ -52,11 +53,6 @@ def plot(
     try:
         budgets = run_budgets(run)
     except CrossLMError as exc:
-        _fail(exc)
+        fail(exc, code=1)
     path = plot_epsilon(budgets, out or run / "plots" / "epsilon.png", title=f"Privacy spent in {run.name}")
     typer.echo(str(path))
-
-
-def _fail(exc: CrossLMError) -> NoReturn:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(code=1)

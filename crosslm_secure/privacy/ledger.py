@@ -11,9 +11,10 @@ old one, then the head is replaced the same way. A crash between the two renames
 ledger one entry ahead of its head, whose chain still verifies; that state is accepted
 and the head is rewritten on the next append.
 
-Entries are idempotent per ``(run_id, round, mechanism)``: recording the same release
-again returns the stored entry and writes nothing; recording different parameters under
-the same key is refused.
+Entries are idempotent per ``(run_id, round, mechanism, attempt)`` (``attempt`` only for
+score releases of a re-aggregated round; 0 otherwise): recording the same release again
+returns the stored entry and writes nothing; recording different parameters under the
+same key is refused, and so is a file that repeats a key.
 
 The hash chain detects accidental corruption and naive edits; it is not a MAC, so someone
 who can rewrite the whole file and its head can forge a consistent history.
@@ -143,11 +144,8 @@ class Ledger:
         ``attempt`` separates score releases of one round that was re-aggregated after a
         dropout (each attempt released a fresh noised vector); DP-SGD has attempt 0.
         """
-        for entry in self._entries:
-            key = (entry.run_id, entry.round, entry.mechanism, entry.details.get("attempt", 0))
-            if key == (run_id, round_index, mechanism, attempt):
-                return entry
-        return None
+        key = (run_id, round_index, mechanism, attempt)
+        return next((entry for entry in self._entries if _release_key(entry) == key), None)
 
     def history(self, unit: str = "record") -> list[MechanismBlock]:
         """Every private release of one privacy unit so far, as accounting blocks, in ledger order.
@@ -370,7 +368,7 @@ def load_entries(path: str | Path, *, client_id: str | None = None) -> list[Ledg
     if text and not text.endswith("\n"):
         raise LedgerError(f"ledger {path} is truncated (its last line is incomplete); restore it")
     entries: list[LedgerEntry] = []
-    seen: set[tuple[str, int, str]] = set()
+    seen: set[tuple[str, int, str, int]] = set()
     prev_hash = GENESIS_HASH
     for number, line in enumerate(text.splitlines(), start=1):
         entry = _parse_line(path, number, line)
@@ -384,7 +382,7 @@ def load_entries(path: str | Path, *, client_id: str | None = None) -> list[Ledg
             )
         if client_id is not None and entry.client_id != client_id:
             raise LedgerError(f"ledger {path} line {number} belongs to {entry.client_id}, not {client_id}")
-        key = (entry.run_id, entry.round, entry.mechanism)
+        key = _release_key(entry)
         if key in seen:
             raise LedgerError(f"ledger {path} line {number} repeats {key}; a round is recorded once")
         seen.add(key)
@@ -419,6 +417,11 @@ def _check_head(path: Path, head_path: Path, entries: list[LedgerEntry]) -> None
 _FIELDS = tuple(LedgerEntry.__dataclass_fields__)
 
 
+def _release_key(entry: LedgerEntry) -> tuple[str, int, str, int]:
+    """What makes a release unique: a retried aggregation is another release of its round."""
+    return (entry.run_id, entry.round, entry.mechanism, entry.details.get("attempt", 0))
+
+
 def _parse_line(path: Path, number: int, line: str) -> LedgerEntry:
     try:
         raw = json.loads(line, parse_constant=_reject_constant)
@@ -450,25 +453,18 @@ def _number_out(value: float) -> float | str:
     return "inf" if math.isinf(value) else value
 
 
-def _entry_dict(entry: LedgerEntry) -> dict[str, Any]:
-    raw = asdict(entry)
-    raw["epsilon"] = {k: _number_out(v) for k, v in raw["epsilon"].items()}
-    return raw
-
-
 def _canonical(raw: dict[str, Any]) -> str:
     # Strict JSON: inf is stored as the string "inf", so every line parses anywhere.
-    return json.dumps(raw, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    strict = dict(raw, epsilon={k: _number_out(v) for k, v in raw["epsilon"].items()})
+    return json.dumps(strict, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def _entry_hash(body: dict[str, Any]) -> str:
-    raw = dict(body)
-    raw["epsilon"] = {k: _number_out(v) for k, v in raw["epsilon"].items()}
-    return hashlib.sha256(_canonical(raw).encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical(body).encode("utf-8")).hexdigest()
 
 
 def _entry_line(entry: LedgerEntry) -> str:
-    return _canonical(_entry_dict(entry)) + "\n"
+    return _canonical(asdict(entry)) + "\n"
 
 
 def _epsilon_or_inf(accountant: str, history: list[MechanismBlock], delta: float, unit: str) -> float:

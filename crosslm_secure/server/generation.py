@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from crosslm_secure.config import GenerationConfig, TaskConfig
 from crosslm_secure.data.records import SyntheticSample
+from crosslm_secure.models.device import eval_mode
 from crosslm_secure.models.llm import LoadedLLM, encode_prompt, left_pad, render_prompt
 
 log = logging.getLogger(__name__)
@@ -170,10 +171,8 @@ def generate_synthetic(
     batches = [slots[i : i + gen.batch_size] for i in range(0, len(slots), gen.batch_size)]
     candidates: list[tuple[PromptSlot, str]] = []
     eos = _stop_token_ids(tokenizer)
-    was_training = model.training
-    model.eval()
     bar = tqdm(total=len(slots), desc=f"generate r{round_index}", unit="sample", disable=not progress)
-    try:
+    with eval_mode(model), bar:
         for batch_index, batch in enumerate(batches):
             encoded = [
                 encode_prompt(tokenizer, generation_prompt(tokenizer, task, s.label_index, s.number)) for s in batch
@@ -195,9 +194,6 @@ def generate_synthetic(
             texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
             candidates.extend(zip(batch, texts, strict=True))
             bar.update(len(batch))
-    finally:
-        bar.close()
-        model.train(was_training)
     samples, dropped = clean_batch(candidates, task, gen.min_chars)
     if dropped:
         log.info(

@@ -30,6 +30,7 @@ from crosslm_secure.config import TaskConfig, TuningConfig
 from crosslm_secure.data.records import SyntheticSample
 from crosslm_secure.errors import ModelError
 from crosslm_secure.eval.llm_eval import classification_prompt, label_answers
+from crosslm_secure.models.device import eval_mode
 from crosslm_secure.models.llm import LoadedLLM, encode_prompt, left_pad, tail_logits
 from crosslm_secure.server.generation import sample_prompt
 
@@ -177,18 +178,13 @@ def feedback_loss(
     items = build_tuning_items(llm.tokenizer, samples, mean_scores, task, tuning, threshold=threshold)
     if not items:
         return 0.0
-    was_training = llm.model.training
-    llm.model.eval()
     total = 0.0
-    try:
-        with torch.no_grad():
-            for start in range(0, len(items), tuning.batch_size):
-                batch = items[start : start + tuning.batch_size]
-                losses = sequence_losses(llm.model, batch, llm.tokenizer.pad_token_id)
-                coefficients = torch.tensor([i.coefficient for i in batch], device=losses.device)
-                total += float((losses * coefficients).sum())
-    finally:
-        llm.model.train(was_training)
+    with eval_mode(llm.model), torch.no_grad():
+        for start in range(0, len(items), tuning.batch_size):
+            batch = items[start : start + tuning.batch_size]
+            losses = sequence_losses(llm.model, batch, llm.tokenizer.pad_token_id)
+            coefficients = torch.tensor([i.coefficient for i in batch], device=losses.device)
+            total += float((losses * coefficients).sum())
     return total / len(items)
 
 

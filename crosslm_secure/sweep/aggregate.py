@@ -19,8 +19,9 @@ import numpy as np
 
 from crosslm_secure.audit.base import load_result
 from crosslm_secure.errors import CrossLMError
-from crosslm_secure.storage import atomic_write_json, atomic_write_text, csv_text, read_jsonl
-from crosslm_secure.sweep.execute import CELL_FILE, cell_busy, cell_run_dir, run_state
+from crosslm_secure.runstore import RunStore
+from crosslm_secure.storage import atomic_write_json, atomic_write_text, csv_text
+from crosslm_secure.sweep.execute import cell_busy, cell_run_dir, read_cell_record, run_state
 from crosslm_secure.sweep.spec import EPSILON_FIELD, METHOD_FIELD, SEED_FIELD, SweepError
 
 MANIFEST = "cells.json"
@@ -102,7 +103,7 @@ def collect(output_dir: Path) -> SweepResults:
 
 def cell_row(folder: Path, values: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One results row for a cell folder, and its per-round metrics."""
-    record = json.loads((folder / CELL_FILE).read_text()) if (folder / CELL_FILE).is_file() else {}
+    record = read_cell_record(folder)
     run_dir = cell_run_dir(folder)
     state = run_state(run_dir)
     row: dict[str, Any] = {"cell": folder.name, **values}
@@ -115,18 +116,17 @@ def cell_row(folder: Path, values: dict[str, Any]) -> tuple[dict[str, Any], list
     row["seconds"] = record.get("seconds", math.nan)
     if run_dir is None:
         return row, []
-    history = read_jsonl(run_dir / "metrics.jsonl")
+    store = RunStore(run_dir)
+    history = store.rounds()
     row["run"] = str(run_dir)
-    from crosslm_secure.runstore import RunStore
-
-    config = RunStore.open(run_dir).config_dict()
+    config = store.config_dict()
     privacy = config.get("privacy", {})
     row["method"] = config["run"]["method"]
     row["seed"] = config["run"]["seed"]
     row["epsilon"] = float(privacy.get("target_epsilon") or math.inf) if privacy.get("dp", True) else math.inf
     row["clients"] = config["partition"]["clients"]
     row["rounds_completed"] = history[-1]["round"] if history else -1
-    stopped = [e.get("stopped_early") for e in read_jsonl(run_dir / "events.jsonl") if e.get("event") == "run_finished"]
+    stopped = [e.get("stopped_early") for e in store.events() if e.get("event") == "run_finished"]
     row["stopped_early"] = stopped[-1] if stopped and stopped[-1] else ""
     if history:
         for key in ROUND0_METRICS:

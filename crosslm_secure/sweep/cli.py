@@ -7,12 +7,10 @@ from typing import Annotated
 
 import click
 import typer
-from rich.console import Console
 from typer.core import TyperGroup
 
+from crosslm_secure.clitools import console, fail
 from crosslm_secure.errors import CrossLMError
-
-console = Console(stderr=True)
 
 
 class _RunByDefault(TyperGroup):
@@ -29,11 +27,6 @@ sweep_app = typer.Typer(
     no_args_is_help=True,
     help="Grids of runs: `crosslm sweep experiments/sweeps/paper.yaml`; re-run the same command to continue.",
 )
-
-
-def _fail(exc: CrossLMError) -> None:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    raise typer.Exit(2)
 
 
 @sweep_app.command("run")
@@ -60,8 +53,7 @@ def run_command(
         outcomes = run_sweep(sweep, max_parallel=max_parallel, progress=progress, log=console.print)
         _report(sweep.output_dir)
     except CrossLMError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         console.print(
@@ -87,7 +79,7 @@ def report_command(
             target = sweep.output_dir
         _report(target)
     except CrossLMError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @sweep_app.command("list")
@@ -102,8 +94,7 @@ def list_command(
     try:
         sweep = load_sweep(spec, extra_set=set_ or [])
     except CrossLMError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     for cell in sweep.cells():
         folder = cell_folder(sweep, cell)
         typer.echo(f"{run_state(cell_run_dir(folder)):9} {folder}")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from crosslm_secure.audit.base import load_result
+from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_json, read_jsonl
 from crosslm_secure.sweep.spec import Cell, Sweep, job_dict, same_job
 
@@ -60,15 +61,9 @@ def cell_folder(sweep: Sweep, cell: Cell) -> Path:
         return exact[0]
     for folder in sorted(p for p in sweep.cells_dir.iterdir() if p.is_dir()):
         run_dir = cell_run_dir(folder)
-        if run_dir is not None and cell.job and same_job(cell.job, job_dict(_run_config(run_dir))):
+        if run_dir is not None and cell.job and same_job(cell.job, job_dict(RunStore(run_dir).config_dict() or {})):
             return folder
     return sweep.cells_dir / cell.cell_id
-
-
-def _run_config(run_dir: Path) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
 
 
 def cell_run_dir(folder: Path) -> Path | None:
@@ -187,7 +182,7 @@ def run_cell(sweep: Sweep, cell: Cell, processes: _Processes) -> CellOutcome:
 
 
 def _run_locked_cell(sweep: Sweep, cell: Cell, folder: Path, processes: _Processes) -> CellOutcome:
-    record = _read_record(folder) | {
+    record = read_cell_record(folder) | {
         "cell": folder.name,
         "sweep": sweep.spec.name,
         "values": cell.values,
@@ -328,7 +323,8 @@ def _last_error(log: Path) -> str:
     return lines[-1][:400] if lines else "no output"
 
 
-def _read_record(folder: Path) -> dict[str, Any]:
+def read_cell_record(folder: Path) -> dict[str, Any]:
+    """The cell's ``cell.json`` ({} when it is missing or unreadable)."""
     path = folder / CELL_FILE
     if not path.is_file():
         return {}

@@ -19,6 +19,8 @@ RECORD = "crosslm"
 FIELD = "message"
 HELLO = "query.hello"
 PROTOCOL = "query"
+HELLO_TIMEOUT = 120.0
+"""Seconds connected SuperNodes have to answer the site-name query."""
 
 
 def wrap(message: bytes) -> RecordDict:
@@ -48,21 +50,13 @@ class FlowerTransport:
         grid: the ServerApp's grid.
         nodes: site name -> Flower node id (from :func:`discover_sites`).
         timeout: seconds a site may take to answer one request (any phase) before it counts as down.
-        on_message: called with (site, seconds) after every answered request (overhead accounting).
     """
 
-    def __init__(
-        self,
-        grid,  # flwr.serverapp.Grid
-        nodes: Mapping[str, int],
-        timeout: float,
-        on_message: Callable[[str, float], None] | None = None,
-    ) -> None:
+    def __init__(self, grid, nodes: Mapping[str, int], timeout: float) -> None:  # grid: flwr.serverapp.Grid
         self._grid = grid
         self._nodes = dict(nodes)
         self._timeout = timeout
         self._down: dict[str, str] = {}
-        self._on_message = on_message
 
     def node_ids(self) -> list[str]:
         return sorted(self._nodes)
@@ -76,7 +70,6 @@ class FlowerTransport:
         if target is None:
             raise NodeUnavailable(f"node {node_id} is not connected to this SuperLink")
         limit = self._timeout if timeout is None else timeout
-        start = time.perf_counter()
         out = Message(wrap(message), dst_node_id=target, message_type=PROTOCOL, ttl=limit + 60.0)
         replies = _send_and_receive(self._grid, [out], limit)
         if not replies:
@@ -86,15 +79,10 @@ class FlowerTransport:
         if reply.has_error():
             self._down[node_id] = f"Flower error {reply.error.code}: {reply.error.reason}"
             raise NodeUnavailable(f"node {node_id} failed: {reply.error.reason}")
-        raw = unwrap(reply.content)
-        if self._on_message is not None:
-            self._on_message(node_id, time.perf_counter() - start)
-        return raw
+        return unwrap(reply.content)
 
 
-def discover_sites(
-    grid, expected: int, wait: float, log: Callable[[str], None] = print, hello_timeout: float = 120.0
-) -> dict[str, int]:
+def discover_sites(grid, expected: int, wait: float, log: Callable[[str], None] = print) -> dict[str, int]:
     """Wait for ``expected`` SuperNodes, ask each for its site name, and map names to node ids.
 
     The name a node claims is only a routing hint: every reply is signed with the site's
@@ -108,9 +96,9 @@ def discover_sites(
             break
         time.sleep(1.0)
     log(f"{len(nodes)} SuperNode(s) connected; asking their site names")
-    hello = [Message(RecordDict(), dst_node_id=n, message_type=HELLO, ttl=hello_timeout + 60.0) for n in nodes]
+    hello = [Message(RecordDict(), dst_node_id=n, message_type=HELLO, ttl=HELLO_TIMEOUT + 60.0) for n in nodes]
     names: dict[str, int] = {}
-    for reply in _send_and_receive(grid, hello, hello_timeout):
+    for reply in _send_and_receive(grid, hello, HELLO_TIMEOUT):
         if reply.has_error():
             continue
         site = str(reply.content.config_records[RECORD]["site"])

@@ -11,7 +11,7 @@ import yaml
 
 from crosslm_secure.config import load_config
 from crosslm_secure.runner import run_job
-from tests.tiny_models import FILLER_WORDS, SENTIMENT_WORDS, tiny_bert_dir, tiny_llm_dir
+from tests.tiny_models import FILLER_WORDS, SENTIMENT_WORDS, tiny_bert_dir, tiny_llm_dir, write_sentiment_csv
 
 LABELS = ["negative", "neutral", "positive"]
 WORDS = sorted({w for ws in SENTIMENT_WORDS.values() for w in ws} | set(FILLER_WORDS))
@@ -82,13 +82,7 @@ def finished_run(files: dict[str, Path], name: str, *, data: str = "data", **sec
 def crosslm_run_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished tiny CrossLM run (CKKS feedback, DP-SGD, 2 clients, 1 round); never modify it, copy it."""
     root = tmp_path_factory.mktemp("crosslm-run")
-    data = root / "notes.csv"
-    with data.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["note", "outcome"])
-        for i in range(60):
-            words = SENTIMENT_WORDS[i % 3]
-            writer.writerow([f"the drug was {words[i % len(words)]} and {words[(i + 3) % len(words)]}", LABELS[i % 3]])
+    data = write_sentiment_csv(root / "notes.csv", 60)
     raw = {
         "run": {"name": "audited", "rounds": 1, "progress": False, "output_dir": str(root / "runs")},
         "data": {"source": "csv", "path": str(data), "text_column": "note", "label_column": "outcome"},

@@ -18,8 +18,9 @@ import yaml
 from typer.testing import CliRunner
 
 from crosslm_secure.audit import registry
-from crosslm_secure.audit.base import AuditError, CheckResult, Table
+from crosslm_secure.audit.base import AuditError, CheckResult, Table, save_result
 from crosslm_secure.audit.cli import script_main
+from crosslm_secure.audit.runinfo import audit_settings
 from crosslm_secure.cli import app
 from crosslm_secure.config import config_from_dict, config_to_dict
 from crosslm_secure.crypto.ckks import ScoreContext
@@ -28,23 +29,35 @@ REPO = Path(__file__).resolve().parents[3]
 HERE = "tests.unit.audit.test_audit_report"
 
 
+def _saved(run_dir: Path, result: CheckResult) -> CheckResult:
+    """Like every real check, a stand-in saves its own result."""
+    save_result(run_dir, result)
+    return result
+
+
 def passing_mia(run_dir: Path, settings=None, *, progress: bool = True) -> CheckResult:
-    return CheckResult(
-        "mia",
-        "Membership inference (stand-in)",
-        "pass",
-        "AUC 0.51 at chance.",
-        {"slm_auc_mean": 0.51},
-        [Table("attacks", ["target", "AUC"], [["client-1", "0.51"]])],
+    return _saved(
+        run_dir,
+        CheckResult(
+            "mia",
+            "Membership inference (stand-in)",
+            "pass",
+            "AUC 0.51 at chance.",
+            {"slm_auc_mean": 0.51},
+            [Table("attacks", ["target", "AUC"], [["client-1", "0.51"]])],
+        ),
     )
 
 
 def failing_dp(run_dir: Path, settings=None, *, progress: bool = True) -> CheckResult:
-    return CheckResult("dp", "One-run DP (stand-in)", "fail", "Empirical epsilon 9.1 > 8.", findings=["eps_lb 9.1 > 8"])
+    result = CheckResult(
+        "dp", "One-run DP (stand-in)", "fail", "Empirical epsilon 9.1 > 8.", findings=["eps_lb 9.1 > 8"]
+    )
+    return _saved(run_dir, result)
 
 
 def passing_dp(run_dir: Path, settings=None, *, progress: bool = True) -> CheckResult:
-    return CheckResult("dp", "One-run DP (stand-in)", "pass", "Empirical epsilon 0.4 <= 8.")
+    return _saved(run_dir, CheckResult("dp", "One-run DP (stand-in)", "pass", "Empirical epsilon 0.4 <= 8."))
 
 
 def unrunnable_mia(run_dir: Path, settings=None, *, progress: bool = True) -> CheckResult:
@@ -85,6 +98,7 @@ def test_audit_all_passes_and_writes_a_self_contained_report(crosslm_run: Path, 
     assert f"| SLM checkpoint client-1 | clients/client-1/slm | `{expected}` |" in md
     assert "LLM LoRA adapter (last round) | llm/round-1" in md
     assert f"crosslm audit all --run {crosslm_run}" in md and "Server artefacts: every file" in md
+    assert "dp-accounting " in md and "tenseal " in md  # tool versions
     assert "![ledger_epsilon.png](ledger_epsilon.png)" in md
     assert page.count("data:image/png;base64,") == 1
     assert "http://" not in page and "https://" not in page and "<link" not in page and "<script" not in page
@@ -128,6 +142,7 @@ def test_single_checks_settings_and_bad_input_exit_codes(crosslm_run: Path, tmp_
     assert "| mia | NOT RUN |" in (crosslm_run / "audit" / "report.md").read_text()
     outside = audit("protocol", "--run", str(crosslm_run), "--set", "privacy.epsilon_max=100")
     assert outside.exit_code == 2 and "only audit.<field>=<value> is allowed" in outside.output
+    assert audit_settings(crosslm_run, ["audit.reference_models=4"]).reference_models == 4
     bad_value = audit("protocol", "--run", str(crosslm_run), "--set", "audit.confidence=2")
     assert bad_value.exit_code == 2 and "audit.confidence" in bad_value.output
     missing = audit("all", "--run", str(tmp_path / "nope"))

@@ -11,8 +11,7 @@ from opacus import PrivacyEngine
 import crosslm_secure.client.dp_trainer as dp_trainer
 from crosslm_secure.audit.canaries import epsilon_lower_bound, p_value
 from crosslm_secure.audit.dp_audit import run_dp_audit
-from crosslm_secure.config import AuditConfig, config_from_dict
-from crosslm_secure.runstore import RunStore
+from crosslm_secure.audit.runinfo import audit_settings
 
 
 class NoiselessPrivacyEngine(PrivacyEngine):
@@ -46,16 +45,12 @@ def test_dp_sgd_without_noise_is_caught(dp_run: Path, monkeypatch: pytest.Monkey
 
 def test_a_non_private_run_passes_with_its_bound_reported(leaky_run: Path) -> None:
     """Full fine-tuning (text canaries) without DP: eps = inf cannot be contradicted; the bound is shown."""
-    settings = _audit_settings(leaky_run).model_copy(update={"canaries": 40})
+    settings = audit_settings(leaky_run).model_copy(update={"canaries": 40})
     result = run_dp_audit(leaky_run, settings, progress=False)
     assert result.verdict == "pass"
     assert result.numbers["canary_space"] == "text"
     assert math.isinf(result.numbers["claimed_epsilon"]) and math.isinf(result.numbers["ledger_epsilon"])
     assert result.numbers["empirical_epsilon_lower_bound"] >= 0
-
-
-def _audit_settings(run: Path) -> AuditConfig:
-    return config_from_dict(RunStore(run).config_dict()).audit
 
 
 def test_the_one_run_bound_matches_its_theorem() -> None:

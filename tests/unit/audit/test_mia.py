@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,8 @@ import pytest
 
 from crosslm_secure.audit.attacks import LossAttack, RmiaAttack
 from crosslm_secure.audit.base import AuditError, load_result
-from crosslm_secure.audit.mia import run_mia_audit
-from crosslm_secure.audit.population import open_run
+from crosslm_secure.audit.mia import _verdict_rules, run_mia_audit
+from crosslm_secure.audit.population import Mechanism, open_run
 from crosslm_secure.audit.roc import attack_metrics, auc, dp_test_point, tpr_at_fpr
 
 
@@ -65,6 +66,19 @@ def test_metrics_separate_a_perfect_attack_from_a_blind_one() -> None:
     sharp_tpr, sharp_fpr = dp_test_point(rng.normal(9, 1, 120), rng.normal(0, 1, 120), 0.001, 0.95)
     assert sharp_tpr > math.e * sharp_fpr + 1e-5
     assert metrics.auc.low < 0.5 < metrics.auc.high
+
+
+def test_the_dp_rule_fires_when_tpr_beats_what_the_claimed_epsilon_allows() -> None:
+    rng = np.random.default_rng(1)
+    sharp = (rng.normal(9, 1, 120), rng.normal(0, 1, 120))
+    metrics = attack_metrics(*sharp, resamples=20, confidence=0.95, seed=0)
+    claimed = Mechanism(True, 1.0, 0.1, 1e-5, rounds=1, steps=10, ledger_epsilon=1.0)
+    found = _verdict_rules("client-1 SLM LOSS", metrics, sharp, claimed, max_auc=1.0, confidence=0.95)
+    assert len(found) == 2 and all(
+        f.startswith("client-1 SLM LOSS: TPR lower bound") and "(DP rule)" in f for f in found
+    )
+    no_dp = replace(claimed, private=False, ledger_epsilon=math.inf)  # eps = inf allows any attack
+    assert _verdict_rules("client-1 SLM LOSS", metrics, sharp, no_dp, max_auc=1.0, confidence=0.95) == []
 
 
 def test_rmia_ranks_by_the_likelihood_ratio_against_reference_models() -> None:

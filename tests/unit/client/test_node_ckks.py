@@ -77,7 +77,7 @@ def test_server_holds_only_a_public_context(ckks_network: dict) -> None:
     context = ckks_network["context"]
     assert context.is_public and not context.has_secret_key and not context.has_galois_keys
     with pytest.raises(CryptoError):
-        ckks_network["server_side"].reveal(b"", contributors=3, count=1)
+        ckks_network["server_side"].reveal(b"", [], count=1)
 
 
 def test_revealed_mean_matches_the_plaintext_mean(ckks_network: dict) -> None:

@@ -51,8 +51,8 @@ def test_it_is_an_aggregator(federation):
 def test_mean_matches_plaintext_with_noise_off(federation, k, count):
     aggregators, server, sites = _parties(federation, k)
     scores = np.random.default_rng(k).random((k, count))
-    _, bundle = _run_round(aggregators, server, sites, scores)
-    mean = aggregators[-1].reveal(bundle, contributors=k, count=count)
+    blobs, aggregate = _run_round(aggregators, server, sites, scores)
+    mean = aggregators[-1].reveal(aggregate, blobs, count=count)
     assert np.max(np.abs(mean - scores.mean(axis=0))) <= 1e-6
 
 
@@ -61,8 +61,8 @@ def test_mean_matches_plaintext_with_noise_off(federation, k, count):
 def test_mean_matches_plaintext_property(federation, k, count, seed):
     aggregators, server, sites = _parties(federation, k)
     scores = np.random.default_rng(seed).random((k, count))
-    _, bundle = _run_round(aggregators, server, sites, scores, round_index=seed)
-    mean = aggregators[0].reveal(bundle, contributors=k, count=count)
+    blobs, aggregate = _run_round(aggregators, server, sites, scores, round_index=seed)
+    mean = aggregators[0].reveal(aggregate, blobs, count=count)
     assert np.max(np.abs(mean - scores.mean(axis=0))) <= 1e-6
 
 
@@ -71,9 +71,9 @@ def test_server_side_is_public_and_cannot_protect_or_reveal(federation):
     assert server.context.is_public and not server.context.has_secret_key
     with pytest.raises(CryptoError, match="server cannot protect"):
         server.protect(np.zeros(3), round_index=1, participants=sites)
-    _, bundle = _run_round(aggregators, server, sites, np.zeros((3, 3)))
+    blobs, aggregate = _run_round(aggregators, server, sites, np.zeros((3, 3)))
     with pytest.raises(CryptoError, match="server cannot reveal"):
-        server.reveal(bundle, contributors=3, count=3)
+        server.reveal(aggregate, blobs, count=3)
     with pytest.raises(CryptoError, match="secret key"):
         CKKSAggregator.for_server(federation["contexts"]["client-01"], federation["registry"], run_id=RUN)
 
@@ -91,8 +91,8 @@ def test_single_contribution_decrypts_far_from_the_scores(federation):
 def test_noise_share_and_release_parameters(federation):
     aggregators, server, sites = _parties(federation, 4, sigma=0.5)
     scores = np.full((4, 4000), 0.5)
-    _, bundle = _run_round(aggregators, server, sites, scores)
-    mean = aggregators[0].reveal(bundle, contributors=4, count=4000)
+    blobs, aggregate = _run_round(aggregators, server, sites, scores)
+    mean = aggregators[0].reveal(aggregate, blobs, count=4000)
     # Sum carries N(0, 0.5^2); the mean N(0, (0.5/4)^2).
     assert abs(np.std(mean - 0.5) - 0.125) < 0.01
     release = aggregators[0].last_release
@@ -103,20 +103,20 @@ def test_noise_share_and_release_parameters(federation):
 def test_scores_are_clipped_before_release(federation):
     aggregators, server, sites = _parties(federation, 2)
     scores = np.array([[1.7, -0.3], [0.5, 0.5]])
-    _, bundle = _run_round(aggregators, server, sites, scores)
-    assert np.allclose(aggregators[0].reveal(bundle, contributors=2, count=2), [0.75, 0.25], atol=1e-6)
+    blobs, aggregate = _run_round(aggregators, server, sites, scores)
+    assert np.allclose(aggregators[0].reveal(aggregate, blobs, count=2), [0.75, 0.25], atol=1e-6)
 
 
 def test_dropout_then_retry_with_new_attempt(federation):
     aggregators, server, sites = _parties(federation, 4)
     scores = np.random.default_rng(3).random((4, 20))
     blobs = [a.protect(s, round_index=2, participants=sites) for a, s in zip(aggregators, scores, strict=True)]
-    bundle = server.combine(blobs[:3])  # client-04 dropped out after masking
+    aggregate = server.combine(blobs[:3])  # client-04 dropped out after masking
     with pytest.raises(ProtocolError, match="omitted"):
-        aggregators[0].reveal(bundle, contributors=4, count=20)
+        aggregators[0].reveal(aggregate, blobs[:3], count=20)
     survivors = sites[:3]
-    _, bundle = _run_round(aggregators[:3], server, survivors, scores[:3], round_index=2, attempt=1)
-    mean = aggregators[0].reveal(bundle, contributors=3, count=20)
+    blobs, aggregate = _run_round(aggregators[:3], server, survivors, scores[:3], round_index=2, attempt=1)
+    mean = aggregators[0].reveal(aggregate, blobs, count=20)
     assert np.max(np.abs(mean - scores[:3].mean(axis=0))) <= 1e-6
 
 
@@ -134,7 +134,7 @@ def test_reveal_needs_a_round(federation):
     fresh = CKKSAggregator.for_client(
         federation["clients"][0], federation["contexts"]["client-01"], federation["registry"], run_id=RUN
     )
-    _, bundle = _run_round(aggregators, server, sites, np.zeros((2, 2)))
+    blobs, aggregate = _run_round(aggregators, server, sites, np.zeros((2, 2)))
     with pytest.raises(ProtocolError, match="round_index"):
-        fresh.reveal(bundle, contributors=2, count=2)
-    assert np.allclose(fresh.reveal(bundle, contributors=2, count=2, round_index=1, participants=sites), 0, atol=1e-6)
+        fresh.reveal(aggregate, blobs, count=2)
+    assert np.allclose(fresh.reveal(aggregate, blobs, count=2, round_index=1, participants=sites), 0, atol=1e-6)

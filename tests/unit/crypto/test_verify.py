@@ -5,7 +5,7 @@ import pytest
 
 from crosslm_secure.crypto.ckks import ScoreContext, add, encrypt_scores
 from crosslm_secure.crypto.keys import ParticipantKeys
-from crosslm_secure.crypto.verify import AggregateBundle, SignedContribution, verify_and_decrypt
+from crosslm_secure.crypto.verify import SignedContribution, verify_and_decrypt
 from crosslm_secure.errors import CryptoError, ProtocolError
 
 RUN = "run-test"
@@ -38,25 +38,12 @@ def _verify(federation, round_, blobs, aggregate=None, *, quorum=2, participants
         run_id=RUN, round_index=3, attempt=0, participants=participants or round_["sites"], quorum=quorum, count=COUNT
     )
     kwargs.update(overrides)
-    return verify_and_decrypt(
-        federation["contexts"]["client-05"], federation["registry"], AggregateBundle(aggregate, tuple(blobs)), **kwargs
-    )
+    return verify_and_decrypt(federation["contexts"]["client-05"], federation["registry"], aggregate, blobs, **kwargs)
 
 
-def test_honest_bundle_decrypts_to_the_mean(federation, round_):
+def test_honest_aggregate_decrypts_to_the_mean(federation, round_):
     mean = _verify(federation, round_, round_["blobs"])
     assert np.max(np.abs(mean - round_["scores"].mean(axis=0))) <= 1e-6
-
-
-def test_bundle_round_trip(round_):
-    bundle = AggregateBundle(b"agg", tuple(round_["blobs"]))
-    assert AggregateBundle.from_bytes(bundle.to_bytes()) == bundle
-    with pytest.raises(ProtocolError, match="truncated"):
-        AggregateBundle.from_bytes(bundle.to_bytes()[:-1])
-    with pytest.raises(ProtocolError, match="trailing"):
-        AggregateBundle.from_bytes(bundle.to_bytes() + b"x")
-    with pytest.raises(ProtocolError, match="oversize"):
-        AggregateBundle.from_bytes(bundle.to_bytes(), max_bytes=10)
 
 
 def test_omitted_contribution_is_refused(federation, round_):
@@ -139,7 +126,8 @@ def test_public_context_cannot_verify_and_decrypt(federation, round_):
         verify_and_decrypt(
             federation["public"],
             federation["registry"],
-            AggregateBundle(b"", ()),
+            b"",
+            (),
             run_id=RUN,
             round_index=3,
             attempt=0,

@@ -233,3 +233,13 @@ def test_a_retried_aggregation_is_a_second_release(three_rounds):
     assert again == first and retry != first
     assert retry.epsilon["rdp"] > first.epsilon["rdp"]
     assert len([e for e in three_rounds.entries if e.unit == "client"]) == 2
+    # both releases survive a reopen: the file's key includes the attempt, as find's does
+    assert Ledger(three_rounds.path, client_id=CLIENT).entries == three_rounds.entries
+
+
+def test_a_file_that_repeats_a_release_is_refused(three_rounds, monkeypatch):
+    monkeypatch.setattr(three_rounds, "find", lambda *key: None)  # a writer that skipped the check
+    record_round(three_rounds, 1, steps=21)
+    monkeypatch.undo()
+    with pytest.raises(LedgerError, match=r"line 4 repeats \('run-a', 1, 'dp-sgd', 0\)"):
+        load_entries(three_rounds.path)

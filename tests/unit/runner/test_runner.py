@@ -3,7 +3,6 @@ a crashing client is excluded and the round goes on; an exhausted budget ends th
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from crosslm_secure.config import load_config
 from crosslm_secure.privacy.ledger import Ledger, ledger_path
 from crosslm_secure.runner import resume_job, run_job
 from crosslm_secure.server.coordinator import Coordinator
-from tests.tiny_models import SENTIMENT_WORDS, tiny_bert_dir, tiny_llm_dir
+from tests.tiny_models import tiny_bert_dir, tiny_llm_dir, write_sentiment_csv
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -25,14 +24,7 @@ LABELS = ["negative", "neutral", "positive"]
 @pytest.fixture(scope="module")
 def job_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("job")
-    data = root / "notes.csv"
-    with data.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["note", "outcome"])
-        for i in range(72):
-            label = i % 3
-            words = SENTIMENT_WORDS[label]
-            writer.writerow([f"the drug was {words[i % len(words)]} and {words[(i + 3) % len(words)]}", LABELS[label]])
+    data = write_sentiment_csv(root / "notes.csv", 72)
     return {"root": root, "data": data, "slm": tiny_bert_dir(root), "llm": tiny_llm_dir(root)}
 
 
