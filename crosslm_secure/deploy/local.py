@@ -251,23 +251,14 @@ class Deployment:
             time.sleep(2.0)
         raise DeployError(f"run {run_id} did not finish within {timeout:.0f}s; see {run_dir} and {self.workdir}")
 
-    def serverapp_pids(self) -> list[int]:
-        """The ServerApp processes (descendants of our SuperLink) running now."""
-        if self.superlink is None:
-            return []
-        table = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
-        rows = []
-        for line in table.splitlines():
-            pid, ppid, args = (line.split(None, 2) + [""])[:3]
-            rows.append((int(pid), int(ppid), args))
-        family, grew = {self.superlink.pid}, True
-        while grew:
-            grew = False
-            for pid, ppid, _ in rows:
-                if ppid in family and pid not in family:
-                    family.add(pid)
-                    grew = True
-        return [pid for pid, _, args in rows if pid in family and "flwr-serverapp" in args]
+    def serverapp_pid(self) -> int:
+        """The process id of the ServerApp running the last submitted job (it announces it at start).
+
+        Read from the announce file rather than the process table: the ServerApp is a grandchild
+        of the SuperLink, and a process listing is not available on every machine.
+        """
+        self.run_dir()
+        return int(json.loads(self.announce.read_text())["pid"])
 
     # -- teardown -------------------------------------------------------------------------
 

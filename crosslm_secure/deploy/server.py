@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ def serve(grid, run_config: dict[str, Any], log: Callable[[str], None] = print) 
     --run-config``): ``job`` the job config as JSON, ``resume`` a run folder to continue (or ""),
     ``server_dir`` the server's PKI folder (keys/ and registry.json), ``timeout`` seconds per
     request, ``join_wait`` seconds to wait for SuperNodes, ``announce`` a file to write the run
-    folder path into (or "").
+    folder path and this process's id into (or "").
     """
     server_dir = Path(str(run_config["server_dir"]))
     keys = load_participant_keys(server_dir / "keys")
@@ -38,7 +39,7 @@ def serve(grid, run_config: dict[str, Any], log: Callable[[str], None] = print) 
         state, start = None, 0
     announce = str(run_config["announce"])
     if announce:
-        atomic_write_json(Path(announce), {"run_dir": str(store.root), "start_round": start})
+        atomic_write_json(Path(announce), {"run_dir": str(store.root), "start_round": start, "pid": os.getpid()})
     log(f"run folder: {store.root}")
     job = prepare_job(config, store)
     timeout = float(run_config["timeout"])

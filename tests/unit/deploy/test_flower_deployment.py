@@ -113,8 +113,7 @@ def test_server_killed_mid_round_resumes_with_the_in_process_metrics(deployment:
     run_dir = deployment.run_dir()
     # Kill the ServerApp (the coordinator's process) once round 1 is under way.
     assert wait_until(lambda: any(e.get("round") == 1 for e in read_jsonl(run_dir / "transcript.jsonl")), 400)
-    (pid,) = deployment.serverapp_pids()
-    os.kill(pid, signal.SIGKILL)
+    os.kill(deployment.serverapp_pid(), signal.SIGKILL)
     assert wait_until(lambda: deployment.status(run_id).startswith("finished"), 120)
     assert json.loads((run_dir / "state.json").read_text())["completed_round"] == 0
     charged = {site: read_jsonl(run_dir / "clients" / site / "ledger.jsonl") for site in SITES}
