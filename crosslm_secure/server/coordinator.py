@@ -168,14 +168,14 @@ class Coordinator:
             )
             self.store.write_public_context(context.to_bytes(), announcement)
             wrapped = dict(zip(body.recipients, wraps, strict=True))
+            installs = {}
             for name in [n for n in self.active if n != dealer]:
                 if name not in wrapped:
                     self._exclude(name, f"dealer {dealer} made no key wrap for it")
                     continue
-                installed = self._ask(
-                    name, KeysInstallRequest(), round_index, "keys.installed", blobs=[announcement, wrapped[name]]
-                )
-                if installed is not None and installed[1].fingerprint != context.fingerprint:
+                installs[name] = (KeysInstallRequest(), [announcement, wrapped[name]])
+            for name, (_, installed) in self._ask_all(installs, round_index, "keys.installed").items():
+                if installed.fingerprint != context.fingerprint:
                     self._exclude(name, "installed a context other than the announced one")
             self.store.event("key_ceremony", dealer=dealer, fingerprint=context.fingerprint, clients=self.active)
             return self._quorum_reason(round_index)
@@ -220,11 +220,8 @@ class Coordinator:
         )
 
     def _train_private(self, round_index: int) -> None:
-        for name in list(self.active):
-            reply = self._ask(name, TrainRequest(), round_index, "train.reply")
-            if reply is None:
-                continue
-            _, body = reply
+        replies = self._ask_all({name: (TrainRequest(), ()) for name in self.active}, round_index, "train.reply")
+        for name, (_, body) in replies.items():
             assert isinstance(body, TrainReply)
             if body.status == "declined":
                 self._exclude(name, f"declined round {round_index}: {body.reason}")
@@ -272,9 +269,8 @@ class Coordinator:
                 "llm_tune_loss": report.mean_loss,
             }
         with phases("enhance"):
-            wire = [WireSample.of(s) for s in accepted]
-            for name in list(self.active):
-                self._ask(name, EnhanceRequest(samples=wire), round_index, "enhance.reply")
+            request = EnhanceRequest(samples=[WireSample.of(s) for s in accepted])
+            self._ask_all({name: (request, ()) for name in self.active}, round_index, "enhance.reply")
         return result
 
     def _aggregate_scores(
@@ -294,16 +290,16 @@ class Coordinator:
             with phases("score"):
                 signed: list[bytes] = []
                 contributions: list[bytes] = []
-                for name in participants:
-                    reply = self._ask(name, request, round_index, "score.reply", keep_raw=True)
-                    if reply is not None:
-                        envelope, body, raw = reply
-                        assert isinstance(body, ScoreReply)
-                        if body.count != len(samples) or not envelope.blobs:
-                            self._exclude(name, f"sent {body.count} scores for {len(samples)} samples")
-                            continue
-                        signed.append(raw)
-                        contributions.append(envelope.blobs[0])
+                replies = self._ask_all(
+                    {name: (request, ()) for name in participants}, round_index, "score.reply", keep_raw=True
+                )
+                for name, (envelope, body, raw) in replies.items():
+                    assert isinstance(body, ScoreReply)
+                    if body.count != len(samples) or not envelope.blobs:
+                        self._exclude(name, f"sent {body.count} scores for {len(samples)} samples")
+                        continue
+                    signed.append(raw)
+                    contributions.append(envelope.blobs[0])
             if len(signed) != len(participants):
                 self.store.event("aggregation_restart", round=round_index, attempt=attempt, left=self.active)
                 continue
@@ -351,13 +347,11 @@ class Coordinator:
 
     def _evaluate_clients(self, round_index: int) -> dict[str, EvaluateReply]:
         results = {}
-        for name in list(self.active):
-            reply = self._ask(name, EvaluateRequest(), round_index, "evaluate.reply")
-            if reply is not None:
-                body = reply[1]
-                assert isinstance(body, EvaluateReply)
-                results[name] = body
-                self._epsilon[name] = body.epsilon
+        replies = self._ask_all({name: (EvaluateRequest(), ()) for name in self.active}, round_index, "evaluate.reply")
+        for name, (_, body) in replies.items():
+            assert isinstance(body, EvaluateReply)
+            results[name] = body
+            self._epsilon[name] = body.epsilon
         return results
 
     # -- messaging -----------------------------------------------------------------------
@@ -373,26 +367,50 @@ class Coordinator:
         keep_raw: bool = False,
     ) -> Any:
         """Send one request; on a crash, refusal or bad reply, exclude the client and return None."""
-        message = self.party.seal(name, round_index, body, blobs)
-        self._log_message(message, "out", name, round_index, type_name(body), "sent")
-        try:
-            raw = self.transport.request(name, message)
+        return self._ask_all({name: (body, blobs)}, round_index, expect, keep_raw=keep_raw).get(name)
+
+    def _ask_all(
+        self,
+        requests: dict[str, tuple[Any, Sequence[bytes]]],
+        round_index: int,
+        expect: str,
+        *,
+        keep_raw: bool = False,
+    ) -> dict[str, Any]:
+        """Send each client its request at once (sites work in parallel) and check every reply.
+
+        ``requests`` maps a client to its message body and blobs. Returns the clients that
+        answered well, each with ``(envelope, body)`` (plus the raw bytes with ``keep_raw``);
+        a client that crashed, refused or answered badly is excluded and left out. Replies are
+        checked in the order of ``requests``, so the run folder does not depend on who was faster.
+        """
+        sealed = {}
+        for name, (body, blobs) in requests.items():
+            sealed[name] = self.party.seal(name, round_index, body, blobs)
+            self._log_message(sealed[name], "out", name, round_index, type_name(body), "sent")
+        answers = self.transport.request_many(sealed)
+        accepted: dict[str, Any] = {}
+        for name, raw in answers.items():
             try:
-                envelope, reply = self.party.open(raw, expect_round=round_index)
-            except ProtocolError:
-                self._log_message(raw, "in", name, round_index, "refused", "refused")
-                raise
-            self._log_message(raw, "in", name, round_index, envelope.type, "accepted")
-            if envelope.sender != name:
-                raise ProtocolError(f"reply to {name} came from {envelope.sender}")
-            if envelope.type == "error":
-                raise ClientRefused(reply.reason)
-            if envelope.type != expect:
-                raise ProtocolError(f"{name} answered {envelope.type}, expected {expect}")
-        except (NodeUnavailable, ProtocolError, ClientRefused) as exc:
-            self._exclude(name, str(exc))
-            return None
-        return (envelope, reply, raw) if keep_raw else (envelope, reply)
+                if isinstance(raw, NodeUnavailable):
+                    raise raw
+                try:
+                    envelope, reply = self.party.open(raw, expect_round=round_index)
+                except ProtocolError:
+                    self._log_message(raw, "in", name, round_index, "refused", "refused")
+                    raise
+                self._log_message(raw, "in", name, round_index, envelope.type, "accepted")
+                if envelope.sender != name:
+                    raise ProtocolError(f"reply to {name} came from {envelope.sender}")
+                if envelope.type == "error":
+                    raise ClientRefused(reply.reason)
+                if envelope.type != expect:
+                    raise ProtocolError(f"{name} answered {envelope.type}, expected {expect}")
+            except (NodeUnavailable, ProtocolError, ClientRefused) as exc:
+                self._exclude(name, str(exc))
+                continue
+            accepted[name] = (envelope, reply, raw) if keep_raw else (envelope, reply)
+        return accepted
 
     def _exclude(self, name: str, reason: str) -> None:
         if name in self.active:

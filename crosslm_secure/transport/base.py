@@ -6,6 +6,7 @@ and over Flower (deployment). Transports carry bytes only; no Python objects cro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from crosslm_secure.errors import CrossLMError
@@ -27,3 +28,24 @@ class Transport(Protocol):
             NodeUnavailable: the node crashed, is unknown, or did not answer in time.
         """
         ...
+
+    def request_many(
+        self, messages: Mapping[str, bytes], *, timeout: float | None = None
+    ) -> dict[str, bytes | NodeUnavailable]:
+        """Deliver one message to each node at once and collect every reply.
+
+        Sites work in parallel, so a phase costs its slowest site, not the sum. A node that
+        fails gets its ``NodeUnavailable`` in the result instead of a reply; nothing raises.
+        """
+        ...
+
+
+def request_each(transport: Transport, messages: Mapping[str, bytes]) -> dict[str, bytes | NodeUnavailable]:
+    """``request_many`` for transports whose nodes answer one at a time anyway (in-process)."""
+    replies: dict[str, bytes | NodeUnavailable] = {}
+    for node_id, message in messages.items():
+        try:
+            replies[node_id] = transport.request(node_id, message)
+        except NodeUnavailable as exc:
+            replies[node_id] = exc
+    return replies

@@ -62,24 +62,49 @@ class FlowerTransport:
         return sorted(self._nodes)
 
     def request(self, node_id: str, message: bytes, *, timeout: float | None = None) -> bytes:
-        if not isinstance(message, bytes):
-            raise TypeError("transport carries bytes only")
-        if node_id in self._down:
-            raise NodeUnavailable(f"node {node_id} is down ({self._down[node_id]})")
-        target = self._nodes.get(node_id)
-        if target is None:
-            raise NodeUnavailable(f"node {node_id} is not connected to this SuperLink")
+        reply = self.request_many({node_id: message}, timeout=timeout)[node_id]
+        if isinstance(reply, NodeUnavailable):
+            raise reply
+        return reply
+
+    def request_many(
+        self, messages: Mapping[str, bytes], *, timeout: float | None = None
+    ) -> dict[str, bytes | NodeUnavailable]:
+        """Push every message in one go and pull replies until all are in or ``timeout`` passes."""
         limit = self._timeout if timeout is None else timeout
-        out = Message(wrap(message), dst_node_id=target, message_type=PROTOCOL, ttl=limit + 60.0)
-        replies = _send_and_receive(self._grid, [out], limit)
-        if not replies:
-            self._down[node_id] = f"no answer within {limit:.0f}s"
-            raise NodeUnavailable(f"node {node_id} did not answer within {limit:.0f}s (stalled or disconnected)")
-        reply = replies[0]
-        if reply.has_error():
-            self._down[node_id] = f"Flower error {reply.error.code}: {reply.error.reason}"
-            raise NodeUnavailable(f"node {node_id} failed: {reply.error.reason}")
-        return unwrap(reply.content)
+        results: dict[str, bytes | NodeUnavailable] = {}
+        outgoing: dict[str, Message] = {}
+        for node_id, message in messages.items():
+            if not isinstance(message, bytes):
+                raise TypeError("transport carries bytes only")
+            if node_id in self._down:
+                results[node_id] = NodeUnavailable(f"node {node_id} is down ({self._down[node_id]})")
+            elif node_id not in self._nodes:
+                results[node_id] = NodeUnavailable(f"node {node_id} is not connected to this SuperLink")
+            else:
+                outgoing[node_id] = Message(
+                    wrap(message), dst_node_id=self._nodes[node_id], message_type=PROTOCOL, ttl=limit + 60.0
+                )
+        by_node = {self._nodes[node_id]: node_id for node_id in outgoing}
+        for reply in _send_and_receive(self._grid, list(outgoing.values()), limit):
+            node_id = by_node.get(reply.metadata.src_node_id)
+            if node_id is None or node_id in results:
+                continue
+            if reply.has_error():
+                self._down[node_id] = f"Flower error {reply.error.code}: {reply.error.reason}"
+                results[node_id] = NodeUnavailable(f"node {node_id} failed: {reply.error.reason}")
+                continue
+            try:
+                results[node_id] = unwrap(reply.content)
+            except NodeUnavailable as exc:
+                results[node_id] = exc
+        for node_id in outgoing:
+            if node_id not in results:
+                self._down[node_id] = f"no answer within {limit:.0f}s"
+                results[node_id] = NodeUnavailable(
+                    f"node {node_id} did not answer within {limit:.0f}s (stalled or disconnected)"
+                )
+        return {node_id: results[node_id] for node_id in messages}
 
 
 def discover_sites(grid, expected: int, wait: float, log: Callable[[str], None] = print) -> dict[str, int]:

@@ -7,7 +7,6 @@ in-process run of the same seed), and a SuperNode killed mid-round.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -25,23 +24,15 @@ from crosslm_secure.deploy.pki import SiteFiles, init_pki
 from crosslm_secure.deploy.site import wait_until
 from crosslm_secure.runner import run_job
 from crosslm_secure.storage import read_jsonl
-from tests.tiny_models import SENTIMENT_WORDS, tiny_bert_dir, tiny_llm_dir
+from tests.tiny_models import tiny_bert_dir, tiny_llm_dir, write_sentiment_csv
 
-LABELS = ["negative", "neutral", "positive"]
 SITES = ["client-1", "client-2", "client-3"]
 
 
 def job_config(root: Path, name: str) -> Config:
     data = root / "notes.csv"
     if not data.exists():
-        with data.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["note", "outcome"])
-            for i in range(72):
-                words = SENTIMENT_WORDS[i % 3]
-                writer.writerow(
-                    [f"the drug was {words[i % len(words)]} and {words[(i + 3) % len(words)]}", LABELS[i % 3]]
-                )
+        write_sentiment_csv(data, 72)
         tiny_bert_dir(root)
         tiny_llm_dir(root)
     raw = {
@@ -124,6 +115,9 @@ def test_server_killed_mid_round_resumes_with_the_in_process_metrics(deployment:
     events = [e["event"] for e in read_jsonl(run_dir / "events.jsonl")]
     assert "resumed" in events and events[-1] == "run_finished"
     assert [r["round"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [0, 1]
+    # Sites are asked together, not in turn: every evaluate request is out before the first reply.
+    last = [(row["type"], row["status"]) for row in read_jsonl(run_dir / "transcript.jsonl")[-6:]]
+    assert last == [("evaluate.request", "sent")] * 3 + [("evaluate.reply", "accepted")] * 3
     for site in SITES:  # nothing charged twice: every ledger key appears once
         entries = read_jsonl(run_dir / "clients" / site / "ledger.jsonl")
         keys = [json.dumps({k: e.get(k) for k in ("run_id", "round", "mechanism", "attempt")}) for e in entries]

@@ -18,22 +18,15 @@ from crosslm_secure.storage import atomic_write_text, read_jsonl
 from crosslm_secure.sweep.aggregate import collect, gains_table, mean_std, summary_table
 from crosslm_secure.sweep.execute import cell_command, cell_run_dir, run_state
 from crosslm_secure.sweep.spec import load_sweep
-from tests.tiny_models import SENTIMENT_WORDS, tiny_bert_dir, tiny_llm_dir
+from tests.tiny_models import tiny_bert_dir, tiny_llm_dir, write_sentiment_csv
 
 REPO = Path(__file__).resolve().parents[3]
 SMOKE = REPO / "experiments" / "sweeps" / "smoke.yaml"
-LABELS = ["negative", "neutral", "positive"]
 
 
 def tiny_job(root: Path) -> list[str]:
     """--set items that put a sweep on tiny random models and a toy CSV (seconds per cell)."""
-    data = root / "notes.csv"
-    with data.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["note", "outcome"])
-        for i in range(72):
-            words = SENTIMENT_WORDS[i % 3]
-            writer.writerow([f"the drug was {words[i % len(words)]} and {words[(i + 3) % len(words)]}", LABELS[i % 3]])
+    data = write_sentiment_csv(root / "notes.csv", 72)
     return [
         "data.source=csv",
         f"data.path={data}",
