@@ -39,6 +39,11 @@ class RunConfig(_Section):
         description="Fewest clients a round may run with; also the quorum for decrypting an aggregate. "
         "Below it the run ends cleanly with the reason in the summary.",
     )
+    rejoin: bool = Field(
+        True,
+        description="Take a client that dropped out (crashed, disconnected, timed out) back at the start of a "
+        "later round once it answers again; the key ceremony is redone for it. false: dropped stays out.",
+    )
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
     threads: Annotated[int, Field(ge=0)] = Field(0, description="torch CPU threads; 0 = all cores.")
     progress: bool = Field(True, description="Show progress bars.")

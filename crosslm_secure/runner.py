@@ -84,8 +84,17 @@ def _execute(
             config, store.root, store.run_id, client, keys[client.client_id], registry, job.device, resumed=state
         )
 
+    clients = {client.client_id: client for client in job.split.clients}
+
+    def restart(name: str) -> Callable[[bytes], bytes]:
+        """A crashed site started again: its node rebuilt from its last checkpoint and ledger."""
+        nodes[name] = build_client_node(
+            config, store.root, store.run_id, clients[name], keys[name], registry, job.device, resumed={}
+        )
+        return nodes[name].handle
+
     def transport_for(llm: LoadedLLM) -> InProcessTransport:
-        return InProcessTransport({name: node.handle for name, node in nodes.items()})
+        return InProcessTransport({name: node.handle for name, node in nodes.items()}, restart=restart)
 
     return drive_server(
         config, store, job, keys[SERVER], registry, transport_for, start_round=start_round, log=log, state=state
@@ -163,7 +172,7 @@ def drive_server(
         log=log,
     )
     if state is not None:
-        coordinator.restore(state["active"], state["excluded"])
+        coordinator.restore(state["active"], state["excluded"], state.get("dropped", []))
     store.event("run_started", round=start_round, method=config.run.method, device=str(job.device))
     outcome = coordinator.run(start_round)
     store.event("run_finished", completed_round=outcome.completed_rounds, stopped_early=outcome.stopped_early)

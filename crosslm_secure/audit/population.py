@@ -34,6 +34,7 @@ from crosslm_secure.config import AuditConfig, Config, SLMConfig, config_from_di
 from crosslm_secure.data.loaders import load_labelled_data
 from crosslm_secure.data.partition import partition_clients
 from crosslm_secure.data.records import ClientData, Example, TaskData
+from crosslm_secure.data.site import own_data_marker
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.models.device import resolve_device
 from crosslm_secure.models.slm import load_slm
@@ -92,6 +93,13 @@ def open_run(run_dir: Path, settings: AuditConfig | None) -> AuditRun:
     if not (root / CONFIG_FILE).is_file():
         raise AuditError(f"audit: {root / CONFIG_FILE} not found; pass a finished run folder such as runs/<run-id>")
     store = RunStore(root)
+    for folder in sorted((root / "clients").glob("*")):
+        own = own_data_marker(folder)
+        if own is not None:
+            raise AuditError(
+                f"audit: {folder.name} trained on its own file {own['file']} (crosslm deploy site --data), not on "
+                "its silo of the job's data, so its members cannot be rebuilt here; audit that site where its file is"
+            )
     try:
         config = config_from_dict(store.config_dict())
         train, test = load_labelled_data(config.data, config.task, seed=config.run.seed)

@@ -39,6 +39,14 @@ EMBEDDED_TEST = "drugsComTest.tsv"
 EMBEDDED_CREDIT = "UCI Drug Review dataset (Grässer, Kallumadi, Malberg, Zaunseder 2018), CC BY 4.0"
 
 
+class TooFewRecordsError(DataError):
+    """The source has too few records to hold out a test split (``records`` says how many it has)."""
+
+    def __init__(self, message: str, records: int) -> None:
+        super().__init__(message)
+        self.records = records
+
+
 @dataclass
 class _Table:
     """Raw rows of one input (file or split), with its column names and a display name."""
@@ -74,9 +82,10 @@ def load_labelled_data(data: DataConfig, task: TaskConfig, *, seed: int) -> tupl
     if test_table is None:
         train, test = _stratified_holdout(train, data.test_fraction, np.random.default_rng([seed, 1]))
         if not test or not train:
-            raise DataError(
+            raise TooFewRecordsError(
                 f"data: {train_table.name} has too few records ({len(train) + len(test)}) "
-                "to hold out a test split; add records or give data.test_path"
+                "to hold out a test split; add records or give data.test_path",
+                len(train) + len(test),
             )
     else:
         test = _to_examples(test_table, data, task, f"{data.source}:test")

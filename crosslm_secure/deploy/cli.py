@@ -137,7 +137,21 @@ def site(
     config: Annotated[Path, typer.Option("--config", help="The job YAML every site agreed on.")],
     superlink: Annotated[str, typer.Option("--superlink", help="SuperLink address host:port.")],
     state_dir: Annotated[Path, typer.Option("--state-dir", help="Where this site keeps checkpoints and ledgers.")],
-    max_wait: Annotated[float, typer.Option("--max-wait", help="Give up connecting after this many seconds.")] = 60.0,
+    max_wait: Annotated[
+        float,
+        typer.Option(
+            "--max-wait",
+            help="Give up connecting after this many seconds (a site restarted after a crash may need a minute).",
+        ),
+    ] = 120.0,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="The site's own labelled records (.csv, .jsonl or a datasets folder), read with the job's "
+            "columns and labels; default: its silo of the job's data.",
+        ),
+    ] = None,
 ) -> None:
     """Run one client site: its worker (holds the node) and its SuperNode."""
     from crosslm_secure.config import load_config
@@ -153,6 +167,7 @@ def site(
             state_dir=state_dir,
             max_wait=max_wait,
             log=console.print,
+            data=data,
         )
     except CrossLMError as exc:
         fail(exc)

@@ -155,8 +155,10 @@ class Deployment:
         if done.returncode != 0:
             raise DeployError(f"registering {site}'s SuperNode key failed; flwr said: {done.stdout[-600:]}")
 
-    def start_site(self, site: str, files: SiteFiles | None = None, *, max_wait: float = 60.0) -> subprocess.Popen:
-        """Start ``crosslm deploy site`` for one site as its own process group."""
+    def start_site(
+        self, site: str, files: SiteFiles | None = None, *, max_wait: float = 120.0, data: Path | None = None
+    ) -> subprocess.Popen:
+        """Start ``crosslm deploy site`` for one site as its own process group (``data``: its ``--data`` file)."""
         assert self.pki is not None
         files = files or self.pki.site(site)
         command = [
@@ -175,6 +177,8 @@ class Deployment:
             "--max-wait",
             str(max_wait),
         ]
+        if data is not None:
+            command += ["--data", str(Path(data).resolve())]
         process = self._spawn(command, f"site-{site}")
         self.sites[site] = process
         return process
@@ -190,13 +194,20 @@ class Deployment:
 
     # -- runs -----------------------------------------------------------------------------
 
-    def submit(self, *, resume: Path | None = None, timeout: float = 600.0, join_wait: float = 120.0) -> str:
-        """``flwr run`` the job (or its resumption); return the Flower run id."""
+    def submit(
+        self,
+        *,
+        resume: Path | None = None,
+        timeout: float = 600.0,
+        join_wait: float = 120.0,
+        config: Config | None = None,
+    ) -> str:
+        """``flwr run`` the job (or its resumption, or ``config`` instead); return the Flower run id."""
         assert self.pki is not None and self.config is not None
         app = write_app(self.workdir / "app")
         announce = self.workdir / f"announce-{time.time_ns()}.json"
         overrides = {
-            "job": json.dumps(config_to_dict(self.config), default=str),
+            "job": json.dumps(config_to_dict(config or self.config), default=str),
             "resume": str(resume or ""),
             "server_dir": str(self.pki.server.folder),
             "announce": str(announce),

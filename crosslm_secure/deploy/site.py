@@ -4,6 +4,9 @@
 socket; ``flower-supernode`` (started as a child, TLS and node authentication on) connects
 to the SuperLink and starts a ClientApp process per message that forwards to the worker.
 
+The site trains on its silo of the job's data, or with ``--data FILE`` on its own records
+(``crosslm_secure.data.site``): then the job's data file need not exist on the site machine.
+
 The site's state is kept like an in-process run keeps it, under ``<state_dir>/<run_id>/clients/<site>/``:
 the SLM checkpoint after every evaluated round and the privacy ledger. A new Flower run
 (a fresh job, or the server resuming after a crash) rebuilds the node from that state, as
@@ -36,9 +39,25 @@ from crosslm_secure.errors import CrossLMError
 class SiteWorker:
     """Holds one site's ClientNode between messages (the ClientApp processes are per message)."""
 
-    def __init__(self, config: Config, files: SiteFiles, state_dir: Path, log: Callable[[str], None] = print) -> None:
-        from crosslm_secure.runner import prepare_job
+    def __init__(
+        self,
+        config: Config,
+        files: SiteFiles,
+        state_dir: Path,
+        log: Callable[[str], None] = print,
+        data: Path | None = None,
+    ) -> None:
+        """Check the site's keys and load its records.
 
+        Args:
+            config: the job every site agreed on.
+            files: this site's credentials folder.
+            state_dir: where the site keeps checkpoints and ledgers.
+            log: where progress lines go.
+            data: the site's own labelled records (``.csv``, ``.jsonl`` or a datasets folder),
+                read with the job's columns and labels; the job's data file is then not read.
+                Default: the site's silo of the job's data.
+        """
         self.config = config
         self.site = files.site
         if self.site not in config.client_ids():
@@ -52,9 +71,28 @@ class SiteWorker:
         self.registry = Registry.load(files.registry)
         self.state_dir = Path(state_dir)
         self.log = log
-        log(f"{self.site}: loading its data silo")
-        self.job = prepare_job(config, None)
-        (self.client,) = [c for c in self.job.split.clients if c.client_id == self.site]
+        if data is None:
+            from crosslm_secure.runner import prepare_job
+
+            log(f"{self.site}: loading its data silo")
+            job = prepare_job(config, None)
+            (self.client,) = [c for c in job.split.clients if c.client_id == self.site]
+            self.device = job.device
+        else:
+            from crosslm_secure.data.site import load_site_data
+            from crosslm_secure.models.device import resolve_device
+            from crosslm_secure.runner import _seed_everything
+
+            _seed_everything(config.run.seed, config.run.threads)
+            self.device = resolve_device(config.run.device)
+            self.client = load_site_data(
+                Path(data), config.data, config.task, seed=config.run.seed, client_id=self.site
+            )
+            log(
+                f"{self.site}: using its own data {data}: "
+                f"{len(self.client.train)} train / {len(self.client.test)} test records"
+            )
+        self.data = None if data is None else Path(data)
         self._node = None
         self._session: tuple[int, str] | None = None
         self._retired: set[int] = set()
@@ -84,9 +122,13 @@ class SiteWorker:
                     self.client,
                     self.keys,
                     self.registry,
-                    self.job.device,
+                    self.device,
                     resumed={} if resumed else None,
                 )
+                if self.data is not None:
+                    from crosslm_secure.data.site import mark_own_data
+
+                    mark_own_data(root / "clients" / self.site, self.data, self.client)
                 self._session = session
             return self._node.handle(message)
 
@@ -145,47 +187,71 @@ def supernode_command(
     return command
 
 
+ACTIVATION_RETRY = 10.0
+"""Seconds between tries to activate a SuperNode the SuperLink still lists online (within ``max_wait``)."""
+
+
 def run_site(
     config: Config,
     files: SiteFiles,
     superlink: str,
     *,
     state_dir: Path,
-    max_wait: float | None = 60.0,
+    max_wait: float | None = 120.0,
     log: Callable[[str], None] = print,
+    data: Path | None = None,
 ) -> int:
     """Run a site until its SuperNode exits (Ctrl-C or SIGTERM stops both); return 0 on a clean stop.
 
+    ``data`` is the site's own labelled records (see ``SiteWorker``); default its silo of the job's data.
+
     Raises:
         DeployError: the SuperNode could not join (wrong certificate, unregistered key, SuperLink unreachable).
+            A SuperNode the SuperLink refuses to activate is tried again every ``ACTIVATION_RETRY``
+            seconds until ``max_wait`` passes: after a crash, the site's earlier SuperNode counts as
+            online for about a minute.
     """
-    worker = SiteWorker(config, files, state_dir, log)
+    worker = SiteWorker(config, files, state_dir, log, data)
     path, server = serve_worker(worker)
     home = Path(tempfile.mkdtemp(prefix="crosslm-flwr-"))
     env = flower_env(FLWR_HOME=str(home), FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.1")
     command = supernode_command(files, superlink, path, free_port(), max_wait=max_wait)
     log_path = Path(state_dir) / f"supernode-{files.site}-{os.getpid()}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = None if max_wait is None else time.monotonic() + max_wait
     stopping = False
+    child: subprocess.Popen | None = None
 
-    with open(log_path, "ab") as sink:
-        child = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-
-        def stop(signum: int, frame: object) -> None:
-            nonlocal stopping
-            stopping = True
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None:
             child.terminate()
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        log(f"{files.site}: SuperNode started (pid {child.pid}), connecting to {superlink}; log {log_path}")
-        code = child.wait()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while True:
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as sink:
+            child = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+            log(f"{files.site}: SuperNode started (pid {child.pid}), connecting to {superlink}; log {log_path}")
+            code = child.wait()
+        tail = log_path.read_bytes()[offset:].decode(errors="replace")
+        retry = deadline is None or time.monotonic() + ACTIVATION_RETRY < deadline
+        if stopping or code == 0 or "failed to activate supernode" not in tail.lower() or not retry:
+            break
+        # After a crash the SuperLink lists the site's earlier SuperNode as online until two
+        # heartbeats (about a minute) pass, and refuses to activate the same key again until then.
+        log(f"{files.site}: the SuperLink did not activate this SuperNode yet; retrying in {ACTIVATION_RETRY:.0f}s")
+        time.sleep(ACTIVATION_RETRY)
+        if stopping:
+            break
     server.shutdown()
     shutil.rmtree(os.path.dirname(path), ignore_errors=True)
     shutil.rmtree(home, ignore_errors=True)
     if stopping:
         return 0
-    raise supernode_failure(files.site, superlink, log_path.read_text(errors="replace")[-4000:], code)
+    raise supernode_failure(files.site, superlink, tail[-4000:], code)
 
 
 def supernode_failure(site: str, superlink: str, log_tail: str, code: int) -> DeployError:
@@ -205,7 +271,8 @@ def supernode_failure(site: str, superlink: str, log_tail: str, code: int) -> De
     ):
         return DeployError(
             f"{site}: the SuperLink refused this SuperNode's authentication key; register it on the server with "
-            f"`crosslm deploy register --pki <pki> --superlink {superlink} --site {site}`"
+            f"`crosslm deploy register --pki <pki> --superlink {superlink} --site {site}` (if it is registered, "
+            "an earlier instance of this site still counts as online: start it again with a longer --max-wait)"
         )
     if "connection refused" in text or "unavailable" in text or "failed to establish" in text:
         return DeployError(

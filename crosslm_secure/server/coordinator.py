@@ -113,6 +113,8 @@ class Coordinator:
         self.method = config.run.method
         self.active: list[str] = list(transport.node_ids())
         self.excluded: dict[str, str] = {}
+        self.dropped: list[str] = []
+        """Excluded because they stopped answering (not because they refused or misbehaved): may rejoin."""
         self._llm_metrics: dict[str, float] = {}
         self._epsilon: dict[str, float | None] = {}
 
@@ -120,29 +122,69 @@ class Coordinator:
     def tunes_llm(self) -> bool:
         return self.method == "crosslm"
 
+    @property
+    def deals_keys(self) -> bool:
+        return self.method == "crosslm" and self.config.feedback.aggregator == "ckks"
+
     def run(self, start_round: int = 0) -> RoundOutcome:
         """Run from ``start_round`` (0 for a fresh run) to ``config.run.rounds``."""
         last = self.config.run.rounds if self.method != "llm_zero_shot" else 0
         completed = start_round - 1
-        if self.method == "crosslm" and self.config.feedback.aggregator == "ckks":
+        if start_round > 0:
+            self._readmit(start_round)
+        if self.deals_keys:
             stop = self._key_ceremony(start_round)
             if stop is not None:
                 self.store.event("run_stopped", round=start_round, reason=stop)
                 return RoundOutcome(completed, stop, dict(self.excluded))
         for round_index in range(start_round, last + 1):
-            self.log(f"round {round_index}/{last}: {len(self.active)} clients active")
-            stop = self._round(round_index)
+            stop = None
+            if round_index > start_round and self._readmit(round_index) and self.deals_keys:
+                stop = self._key_ceremony(round_index)  # the rejoined sites need the feedback keys
+            if stop is None:
+                self.log(f"round {round_index}/{last}: {len(self.active)} clients active")
+                stop = self._round(round_index)
             if stop is not None:
                 self.store.event("run_stopped", round=round_index, reason=stop)
                 return RoundOutcome(completed, stop, dict(self.excluded))
             completed = round_index
-            self.store.save_state({"completed_round": round_index, "active": self.active, "excluded": self.excluded})
+            self.store.save_state(
+                {
+                    "completed_round": round_index,
+                    "active": self.active,
+                    "excluded": self.excluded,
+                    "dropped": self.dropped,
+                }
+            )
         return RoundOutcome(completed, None, dict(self.excluded))
 
-    def restore(self, active: Sequence[str], excluded: dict[str, str]) -> None:
-        """Take back the participant state of a resumed run."""
-        self.active = [name for name in active if name in self.transport.node_ids()]
+    def restore(self, active: Sequence[str], excluded: dict[str, str], dropped: Sequence[str] = ()) -> None:
+        """Take back the participant state of a resumed run.
+
+        A client that was active but is not reachable now counts as dropped, so it can rejoin later.
+        """
+        reachable = set(self.transport.node_ids())
+        self.active = [name for name in active if name in reachable]
         self.excluded = dict(excluded)
+        self.dropped = [name for name in dropped if name in self.excluded]
+        for name in active:
+            if name not in reachable:
+                self._exclude(name, "not connected when the run resumed", dropped=True)
+
+    def _readmit(self, round_index: int) -> bool:
+        """Take back dropped clients that answer again (``run.rejoin``); True if any came back."""
+        if not self.config.run.rejoin or not self.dropped:
+            return False
+        back = self.transport.rejoined(list(self.dropped))
+        for name in back:
+            self.dropped.remove(name)
+            reason = self.excluded.pop(name, "")
+            self.store.event("client_rejoined", client=name, round=round_index, was=reason)
+            self.log(f"  {name} rejoined at round {round_index}")
+        if back:
+            wanted = set(self.active) | set(back)
+            self.active = [name for name in self.transport.node_ids() if name in wanted]
+        return bool(back)
 
     # -- key ceremony --------------------------------------------------------------------
 
@@ -407,15 +449,20 @@ class Coordinator:
                 if envelope.type != expect:
                     raise ProtocolError(f"{name} answered {envelope.type}, expected {expect}")
             except (NodeUnavailable, ProtocolError, ClientRefused) as exc:
-                self._exclude(name, str(exc))
+                self._exclude(name, str(exc), dropped=isinstance(exc, NodeUnavailable))
                 continue
             accepted[name] = (envelope, reply, raw) if keep_raw else (envelope, reply)
         return accepted
 
-    def _exclude(self, name: str, reason: str) -> None:
+    def _exclude(self, name: str, reason: str, *, dropped: bool = False) -> None:
+        """Take ``name`` out of the run; ``dropped`` (it stopped answering) lets it rejoin later."""
         if name in self.active:
             self.active.remove(name)
         self.excluded[name] = reason
+        if dropped and name not in self.dropped:
+            self.dropped.append(name)
+        elif not dropped and name in self.dropped:
+            self.dropped.remove(name)
         self.store.event("client_excluded", client=name, reason=reason)
         self.log(f"  {name} excluded: {reason}")
 

@@ -6,7 +6,7 @@ and over Flower (deployment). Transports carry bytes only; no Python objects cro
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from crosslm_secure.errors import CrossLMError
@@ -36,6 +36,14 @@ class Transport(Protocol):
 
         Sites work in parallel, so a phase costs its slowest site, not the sum. A node that
         fails gets its ``NodeUnavailable`` in the result instead of a reply; nothing raises.
+        """
+        ...
+
+    def rejoined(self, node_ids: Sequence[str]) -> list[str]:
+        """Of these nodes, the ones that answer again (a restarted or reconnected site).
+
+        Called between rounds with the nodes the coordinator dropped; a node returned here
+        is no longer treated as down.
         """
         ...
 

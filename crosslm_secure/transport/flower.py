@@ -9,7 +9,7 @@ protection and encryption stay in the protocol layer, TLS and node authenticatio
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
@@ -21,6 +21,8 @@ HELLO = "query.hello"
 PROTOCOL = "query"
 HELLO_TIMEOUT = 120.0
 """Seconds connected SuperNodes have to answer the site-name query."""
+REJOIN_PROBE = 30.0
+"""Seconds a reconnected SuperNode has to answer the site-name query between rounds."""
 
 
 def wrap(message: bytes) -> RecordDict:
@@ -106,6 +108,22 @@ class FlowerTransport:
                 )
         return {node_id: results[node_id] for node_id in messages}
 
+    def rejoined(self, node_ids: Sequence[str]) -> list[str]:
+        """Sites among ``node_ids`` that answer again: connected and not down, or found by asking
+        every SuperNode the SuperLink lists online that no live site holds (a restarted site)."""
+        back = [name for name in node_ids if name in self._nodes and name not in self._down]
+        missing = [name for name in node_ids if name not in back]
+        live = {self._nodes[name] for name in self._nodes if name not in self._down}
+        candidates = sorted(set(self._grid.get_node_ids()) - live) if missing else []
+        if candidates:
+            names = _ask_names(self._grid, candidates, REJOIN_PROBE)
+            for name in missing:
+                if name in names:
+                    self._nodes[name] = names[name]
+                    self._down.pop(name, None)
+                    back.append(name)
+        return [name for name in node_ids if name in back]
+
 
 def discover_sites(grid, expected: int, wait: float, log: Callable[[str], None] = print) -> dict[str, int]:
     """Wait for ``expected`` SuperNodes, ask each for its site name, and map names to node ids.
@@ -121,9 +139,14 @@ def discover_sites(grid, expected: int, wait: float, log: Callable[[str], None] 
             break
         time.sleep(1.0)
     log(f"{len(nodes)} SuperNode(s) connected; asking their site names")
-    hello = [Message(RecordDict(), dst_node_id=n, message_type=HELLO, ttl=HELLO_TIMEOUT + 60.0) for n in nodes]
+    return _ask_names(grid, nodes, HELLO_TIMEOUT, log)
+
+
+def _ask_names(grid, nodes: list[int], timeout: float, log: Callable[[str], None] = print) -> dict[str, int]:
+    """Site name -> node id, from the nodes that answer the ``query.hello`` in ``timeout`` seconds."""
+    hello = [Message(RecordDict(), dst_node_id=n, message_type=HELLO, ttl=timeout + 60.0) for n in nodes]
     names: dict[str, int] = {}
-    for reply in _send_and_receive(grid, hello, HELLO_TIMEOUT):
+    for reply in _send_and_receive(grid, hello, timeout):
         if reply.has_error():
             continue
         site = str(reply.content.config_records[RECORD]["site"])

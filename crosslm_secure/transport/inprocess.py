@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from crosslm_secure.transport.base import NodeUnavailable, request_each
 
@@ -13,11 +13,14 @@ class InProcessTransport:
     """Calls each node's ``handle(bytes) -> bytes`` directly.
 
     Handlers answer refusals with an ``error`` message; a handler that raises is
-    treated like a crashed site: the caller sees ``NodeUnavailable`` and the node is not called again.
+    treated like a crashed site: the caller sees ``NodeUnavailable`` and the node is not called
+    again until ``rejoined`` restarts it with ``restart(node_id)`` (a fresh handler, as a site
+    restarted from its last checkpoint would be).
     """
 
-    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+    def __init__(self, handlers: Mapping[str, Handler], restart: Callable[[str], Handler] | None = None) -> None:
         self._handlers = dict(handlers)
+        self._restart = restart
         self._down: dict[str, str] = {}
 
     def node_ids(self) -> list[str]:
@@ -45,3 +48,16 @@ class InProcessTransport:
     ) -> dict[str, bytes | NodeUnavailable]:
         # One process, one CPU budget: running the handlers side by side would only interleave them.
         return request_each(self, messages)
+
+    def rejoined(self, node_ids: Sequence[str]) -> list[str]:
+        back = []
+        for node_id in node_ids:
+            if node_id not in self._handlers:
+                continue
+            if node_id in self._down:
+                if self._restart is None:
+                    continue
+                self._handlers[node_id] = self._restart(node_id)
+                del self._down[node_id]
+            back.append(node_id)
+        return back

@@ -2,7 +2,7 @@
 
 One module-scoped deployment (SuperLink + three site processes) serves every test here:
 refused SuperNodes, a server killed mid-round and resumed (its metrics must equal an
-in-process run of the same seed), and a SuperNode killed mid-round.
+in-process run of the same seed), and a site killed mid-round that rejoins once restarted.
 """
 
 from __future__ import annotations
@@ -134,8 +134,9 @@ def test_server_killed_mid_round_resumes_with_the_in_process_metrics(deployment:
                 assert value == b[key], key
 
 
-def test_a_supernode_killed_mid_round_is_excluded_and_the_round_goes_on(deployment: Deployment) -> None:
-    run_id = deployment.submit(timeout=45)
+def test_a_supernode_killed_mid_round_is_excluded_and_rejoins_once_restarted(deployment: Deployment) -> None:
+    run = deployment.config.run.model_copy(update={"name": "rejoin", "rounds": 4})
+    run_id = deployment.submit(timeout=45, config=deployment.config.model_copy(update={"run": run}))
     run_dir = deployment.run_dir()
     assert wait_until(
         lambda: any(
@@ -144,9 +145,21 @@ def test_a_supernode_killed_mid_round_is_excluded_and_the_round_goes_on(deployme
         400,
     )
     deployment.kill_site("client-3")
-    assert deployment.wait(run_id, 600) == "finished:completed"
+    events = lambda: read_jsonl(run_dir / "events.jsonl")  # noqa: E731
+    assert wait_until(lambda: any(e["event"] == "client_excluded" for e in events()), 300)
+    # The site comes back: a new worker and SuperNode with the same credentials. The SuperLink lists
+    # the killed SuperNode as online for up to a minute, so the site retries its activation meanwhile.
+    deployment.start_site("client-3", max_wait=150)
+    assert deployment.wait(run_id, 900) == "finished:completed"
     rows = read_jsonl(run_dir / "metrics.jsonl")
-    assert [r["round"] for r in rows] == [0, 1]
-    assert rows[-1]["active_clients"] == 2 and "slm_accuracy/client-3" not in rows[-1]
-    excluded = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "client_excluded"]
-    assert [e["client"] for e in excluded] == ["client-3"]
+    assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
+    assert rows[1]["active_clients"] == 2 and "slm_accuracy/client-3" not in rows[1]
+    assert [e["client"] for e in events() if e["event"] == "client_excluded"] == ["client-3"]
+    (back,) = [e for e in events() if e["event"] == "client_rejoined"]
+    # It is taken back at the first round that starts after its SuperNode reconnected.
+    assert back["client"] == "client-3" and back["round"] in (2, 3, 4)
+    for row in rows[back["round"] :]:
+        assert row["active_clients"] == 3 and "slm_accuracy/client-3" in row
+    ledger = read_jsonl(run_dir / "clients" / "client-3" / "ledger.jsonl")
+    keys = [json.dumps({k: e.get(k) for k in ("run_id", "round", "mechanism", "attempt")}) for e in ledger]
+    assert len(keys) == len(set(keys))

@@ -90,6 +90,40 @@ def test_a_crashing_client_is_excluded_and_the_round_goes_on(
     assert final["active_clients"] == 2 and "slm_accuracy/client-2" not in final
 
 
+@pytest.mark.parametrize("rejoin", [True, False])
+def test_a_crashed_client_rejoins_at_the_next_round_unless_told_not_to(
+    job_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, rejoin: bool
+) -> None:
+    score = ClientNode._score
+
+    def crash_in_round_1(self, envelope, body):
+        if self.client_id == "client-2" and envelope.round == 1:
+            raise RuntimeError("site lost power")
+        return score(self, envelope, body)
+
+    monkeypatch.setattr(ClientNode, "_score", crash_in_round_1)
+    config = load_config(write_config(job_files, f"rejoin-{rejoin}", run={"rounds": 2, "rejoin": rejoin}))
+    result = run_job(config, log=lambda _: None)
+    rows = result.store.rounds()
+    assert [r["active_clients"] for r in rows] == [3, 2, 3 if rejoin else 2]
+    events = result.store.events()
+    rejoined = [e for e in events if e["event"] == "client_rejoined"]
+    ceremonies = [e for e in events if e["event"] == "key_ceremony"]
+    state = json.loads((result.store.root / "state.json").read_text())
+    if not rejoin:
+        assert rejoined == [] and len(ceremonies) == 1
+        assert "slm_accuracy/client-2" not in rows[2] and state["dropped"] == ["client-2"]
+        return
+    assert [(e["client"], e["round"]) for e in rejoined] == [("client-2", 2)]
+    assert "site lost power" in rejoined[0]["was"]
+    assert len(ceremonies) == 2 and ceremonies[1]["clients"] == ["client-1", "client-2", "client-3"]
+    assert "slm_accuracy/client-2" in rows[2] and "client-2" not in result.outcome.excluded
+    assert state["dropped"] == [] and state["active"] == ["client-1", "client-2", "client-3"]
+    # It trained in round 1 before it crashed, and again after it came back; nothing twice.
+    ledger = Ledger(ledger_path(result.store.root, "client-2"), client_id="client-2")
+    assert sorted(e.round for e in ledger.entries if e.mechanism == "dp-sgd") == [1, 2]
+
+
 def test_an_exhausted_budget_ends_the_run_with_the_reason(job_files: dict[str, Path]) -> None:
     config = load_config(
         write_config(
