@@ -66,11 +66,16 @@ def render_summary(
     lines += _phases(rows)
     stopped = getattr(outcome, "stopped_early", None)
     excluded = getattr(outcome, "excluded", {}) or {}
-    if stopped or excluded:
+    rejoined = [e for e in store.events() if e.get("event") == "client_rejoined"]
+    if stopped or excluded or rejoined:
         lines += ["## Exclusions", ""]
         if stopped:
             lines += [f"**The run ended early:** {stopped}", ""]
-        lines += [f"- `{name}`: {why}" for name, why in excluded.items()] + [""]
+        lines += [f"- `{name}`: {why}" for name, why in excluded.items()]
+        lines += [
+            f"- `{e['client']}` rejoined at round {e['round']} (it had dropped out: {e['was']})" for e in rejoined
+        ]
+        lines += [""]
     lines += ["## Set-up", ""]
     lines += [
         f"- method: `{config.run.method}`, rounds: {config.run.rounds}, seed: {config.run.seed}",

@@ -116,6 +116,7 @@ def test_a_crashed_client_rejoins_at_the_next_round_unless_told_not_to(
         return
     assert [(e["client"], e["round"]) for e in rejoined] == [("client-2", 2)]
     assert "site lost power" in rejoined[0]["was"]
+    assert "`client-2` rejoined at round 2 (it had dropped out:" in (result.store.root / "summary.md").read_text()
     assert len(ceremonies) == 2 and ceremonies[1]["clients"] == ["client-1", "client-2", "client-3"]
     assert "slm_accuracy/client-2" in rows[2] and "client-2" not in result.outcome.excluded
     assert state["dropped"] == [] and state["active"] == ["client-1", "client-2", "client-3"]
