@@ -2,7 +2,8 @@
 
 One module-scoped deployment (SuperLink + three site processes) serves every test here:
 refused SuperNodes, a server killed mid-round and resumed (its metrics must equal an
-in-process run of the same seed), and a site killed mid-round that rejoins once restarted.
+in-process run of the same seed), a site that stalls past the timeout and then rejoins, and
+a site killed mid-round that rejoins once restarted.
 """
 
 from __future__ import annotations
@@ -132,6 +133,35 @@ def test_server_killed_mid_round_resumes_with_the_in_process_metrics(deployment:
                 assert value == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
             else:
                 assert value == b[key], key
+
+
+def test_a_stalled_site_is_excluded_and_rejoins_when_it_answers_again(deployment: Deployment) -> None:
+    run = deployment.config.run.model_copy(update={"name": "stall", "rounds": 3})
+    run_id = deployment.submit(timeout=30, config=deployment.config.model_copy(update={"run": run}))
+    run_dir = deployment.run_dir()
+    events = lambda: read_jsonl(run_dir / "events.jsonl")  # noqa: E731
+    assert wait_until(
+        lambda: any(
+            e.get("round") == 1 and e.get("peer") == "client-2" for e in read_jsonl(run_dir / "transcript.jsonl")
+        ),
+        400,
+    )
+    worker = deployment.sites["client-2"].pid  # the site worker; its SuperNode keeps running
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: any(e["event"] == "client_excluded" for e in events()), 300)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    assert deployment.wait(run_id, 600) == "finished:completed"
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    (excluded,) = [e for e in events() if e["event"] == "client_excluded"]
+    assert excluded["client"] == "client-2" and "did not answer within 30s" in excluded["reason"]
+    assert rows[1]["active_clients"] == 2 and "slm_accuracy/client-2" not in rows[1]
+    (back,) = [e for e in events() if e["event"] == "client_rejoined"]
+    assert back["client"] == "client-2" and back["round"] in (2, 3)
+    for row in rows[back["round"] :]:
+        assert row["active_clients"] == 3 and "slm_accuracy/client-2" in row
 
 
 def test_a_supernode_killed_mid_round_is_excluded_and_rejoins_once_restarted(deployment: Deployment) -> None:
