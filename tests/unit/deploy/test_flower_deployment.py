@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from crosslm_secure.cli import app
 from crosslm_secure.config import Config, load_config
 from crosslm_secure.deploy.local import Deployment
 from crosslm_secure.deploy.pki import SiteFiles, init_pki
@@ -110,9 +112,13 @@ def test_server_killed_mid_round_resumes_with_the_in_process_metrics(deployment:
     assert json.loads((run_dir / "state.json").read_text())["completed_round"] == 0
     charged = {site: read_jsonl(run_dir / "clients" / site / "ledger.jsonl") for site in SITES}
 
-    again = deployment.submit(resume=run_dir, timeout=120)
-    assert deployment.run_dir() == run_dir
-    assert deployment.wait(again, 600) == "finished:completed"
+    # Resume through the server machine's command, as an operator would after the crash.
+    assert deployment.pki is not None
+    command = ["deploy", "submit", "--resume", str(run_dir), "--pki", str(deployment.pki.root)]
+    resumed = CliRunner().invoke(app, command + ["--superlink", deployment.address, "--timeout", "120"])
+    assert resumed.exit_code == 0, resumed.output
+    shown = " ".join(resumed.output.split())
+    assert "round 1 done in" in shown and "3 clients active" in shown
     events = [e["event"] for e in read_jsonl(run_dir / "events.jsonl")]
     assert "resumed" in events and events[-1] == "run_finished"
     assert [r["round"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [0, 1]
