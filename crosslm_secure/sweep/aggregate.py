@@ -157,7 +157,8 @@ def _audit_numbers(run_dir: Path, name: str) -> dict[str, Any]:
         return {}
     if result is None:
         return {}
-    return {k: v for k, v in result.numbers.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    numbers = {k: v for k, v in result.numbers.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return numbers | {"verdict": result.verdict}
 
 
 # -- tables ------------------------------------------------------------------------------

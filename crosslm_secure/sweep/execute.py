@@ -230,13 +230,17 @@ def _run_locked_cell(sweep: Sweep, cell: Cell, folder: Path, processes: _Process
 
 
 def _run_audits(sweep: Sweep, folder: Path, processes: _Processes, log: Path) -> str | None:
-    """Run each configured audit the cell's run lacks; the first failure as one line, else None."""
+    """Run each configured audit the cell's run lacks; the first that could not run, as one line, else None.
+
+    An audit that ran and failed its verdict (exit code 1, e.g. a no-DP cell's MIA) is a result,
+    kept in ``audit/<name>.json`` and in ``results.csv``, not an error.
+    """
     run_dir = cell_run_dir(folder)
     for name in sweep.spec.audits:
         if run_dir is None or load_result(run_dir, name) is not None:
             continue
         code, _ = processes.run([sys.executable, "-c", CLI, "audit", name, "--run", str(run_dir)], log, None)
-        if code != 0:
+        if code not in (0, 1) or load_result(run_dir, name) is None:
             return f"audit {name} exit code {code}: {_last_error(log)}"
     return None
 

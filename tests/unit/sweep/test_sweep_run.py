@@ -198,6 +198,27 @@ def test_report_re_aggregates_a_sweep_folder_and_refuses_other_folders(smoke: di
     assert refused.exit_code == 2 and "holds no cells.json" in refused.output
 
 
+def test_audits_in_a_sweep_add_attack_numbers_verdicts_and_the_mia_plot(smoke: dict, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    shutil.copytree(smoke["out"], out)  # the finished cells are reused; only the audits run
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["base_config"] = str((SMOKE.parent / raw["base_config"]).resolve())
+    raw["audits"] = ["mia"]
+    spec = tmp_path / "smoke-mia.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, sweep_args(spec, out, smoke["tiny"]))
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
+    for row in rows:
+        assert 0 <= float(row["mia_slm_auc_mean"]) <= 1 and row["mia_verdict"] in {"pass", "fail"}
+    for cell in (out / "cells").iterdir():
+        record = json.loads((cell / "cell.json").read_text())
+        assert record["audit_error"] is None
+        assert (cell_run_dir(cell) / "audit" / "mia.json").is_file()
+    assert (out / "plots" / "epsilon_vs_mia_slm_auc_mean.png").stat().st_size > 1000
+
+
 def test_a_cell_another_sweep_is_running_is_left_alone(smoke: dict) -> None:
     import fcntl
 
