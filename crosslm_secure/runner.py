@@ -111,7 +111,7 @@ class PreparedJob:
 
 def prepare_job(config: Config, store: RunStore | None) -> PreparedJob:
     """Seed, pick the device, load and split the data (each site takes its own silo of the split)."""
-    _seed_everything(config.run.seed, config.run.threads)
+    seed_everything(config.run.seed, config.run.threads)
     device = resolve_device(config.run.device)
     train, test = load_labelled_data(config.data, config.task, seed=config.run.seed)
     split = partition_clients(train, test, config.partition, config.client_ids(), seed=config.run.seed)
@@ -292,7 +292,7 @@ def _slm_sources(config: Config) -> dict[str, str]:
     return {name: config.slm_for(name).model for name in config.client_ids()}
 
 
-def _seed_everything(seed: int, threads: int) -> None:
+def seed_everything(seed: int, threads: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
