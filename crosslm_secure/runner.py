@@ -293,6 +293,7 @@ def _slm_sources(config: Config) -> dict[str, str]:
 
 
 def seed_everything(seed: int, threads: int) -> None:
+    """Seed Python, NumPy and torch; ``threads`` > 0 also caps torch's CPU threads."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
