@@ -101,9 +101,15 @@ class RunStore:
     def rounds(self) -> list[dict[str, Any]]:
         return read_jsonl(self.root / "metrics.jsonl")
 
-    def write_public_context(self, public_context: bytes, announcement: bytes) -> None:
+    def write_public_context(self, public_context: bytes, announcement: bytes, fingerprint: str) -> None:
         """Keep what the server holds of the CKKS keys: the public context and the dealer's
-        signed announcement (audits check it has no secret key)."""
+        signed announcement (audits check it has no secret key).
+
+        ``server/ckks_public_context.bin`` is the current context; every context of the run (a
+        resume or a rejoin redoes the key ceremony) is also kept as
+        ``server/ckks_contexts/<fingerprint>.bin`` so each ``key_ceremony`` event can be checked.
+        """
+        atomic_write_bytes(self.root / "server" / "ckks_contexts" / f"{fingerprint}.bin", public_context)
         atomic_write_bytes(self.root / "server" / "ckks_public_context.bin", public_context)
         atomic_write_bytes(self.root / "server" / "ckks_announcement.json", announcement)
 

@@ -6,7 +6,9 @@ Five sub-checks, each finding one line naming the file:
 
 1. *public context*: ``server/ckks_public_context.bin`` loads as a TenSEAL CKKS context with
    no secret key and no Galois keys, and its fingerprint is the one in the dealer's signed
-   announcement and in the ``key_ceremony`` event.
+   announcement and in the last ``key_ceremony`` event. A resume or a rejoin redoes the
+   ceremony: every earlier context is kept in ``server/ckks_contexts/<fingerprint>.bin`` and
+   checked the same way against its event.
 2. *no secrets*: no server file is, or carries inside it (also base64/hex-encoded in text),
    a secret TenSEAL context (crosslm ``CLMC`` framing or a bare TenSEAL context), a PEM or
    PKCS#8 DER private key, a passphrase-sealed secret file (``CLMP``), a key file of ours
@@ -48,6 +50,7 @@ from crosslm_secure.crypto.ckks import SEAL_128_BIT_MAX_MODULUS, ScoreContext
 from crosslm_secure.errors import CryptoError
 
 PUBLIC_CONTEXT = "server/ckks_public_context.bin"
+CONTEXTS_DIR = "server/ckks_contexts"
 ANNOUNCEMENT = "server/ckks_announcement.json"
 AGGREGATE_LOGS = ("events.jsonl", "metrics.jsonl", "metrics.csv", "state.json")
 SERVER_DEFINITION = (
@@ -169,12 +172,13 @@ def _check_public_context(run_dir: Path, config: Config, uses_ckks: bool) -> tup
             f"{ANNOUNCEMENT}: announces context {announced[:16]}..., the server kept {fingerprint[:16]}..."
         )
     ceremonies = [e for e in read_jsonl_rows(run_dir / "events.jsonl") if e.get("event") == "key_ceremony"]
-    for event in ceremonies:
-        if event.get("fingerprint") != fingerprint:
-            check.findings.append(
-                f"events.jsonl: key_ceremony fingerprint {str(event.get('fingerprint'))[:16]}... differs from "
-                f"{PUBLIC_CONTEXT} ({fingerprint[:16]}...)"
-            )
+    if ceremonies and ceremonies[-1].get("fingerprint") != fingerprint:
+        check.findings.append(
+            f"events.jsonl: the last key_ceremony dealt {str(ceremonies[-1].get('fingerprint'))[:16]}..., "
+            f"but {PUBLIC_CONTEXT} holds {fingerprint[:16]}..."
+        )
+    for event in ceremonies:  # a resume or a rejoin redoes the ceremony: each context is kept and checked
+        _check_earlier_context(run_dir, str(event.get("fingerprint")), fingerprint, check)
     check.evidence = (
         f"{PUBLIC_CONTEXT}: TenSEAL CKKS, secret key: {'yes' if context.has_secret_key else 'no'}, "
         f"Galois keys: {'yes' if context.has_galois_keys else 'no'}, fingerprint {fingerprint[:16]}... "
@@ -182,6 +186,31 @@ def _check_public_context(run_dir: Path, config: Config, uses_ckks: bool) -> tup
         f"{len(ceremonies)} key_ceremony event(s))"
     )
     return check, context
+
+
+def _check_earlier_context(run_dir: Path, dealt: str, current: str, check: SubCheck) -> None:
+    """The context a key_ceremony event dealt must be kept in ``server/ckks_contexts/`` and be public."""
+    path = run_dir / CONTEXTS_DIR / f"{dealt}.bin"
+    if not path.is_file():
+        if dealt != current:  # runs made before contexts were kept have only the current one
+            check.findings.append(
+                f"events.jsonl: key_ceremony dealt {dealt[:16]}..., kept neither in {PUBLIC_CONTEXT} "
+                f"nor in {CONTEXTS_DIR}/"
+            )
+        return
+    try:
+        kept = ScoreContext.from_bytes(path.read_bytes())
+    except CryptoError as exc:
+        check.findings.append(f"{CONTEXTS_DIR}/{path.name}: does not load as a crosslm CKKS context ({exc})")
+        return
+    if kept.fingerprint != dealt:
+        check.findings.append(
+            f"{CONTEXTS_DIR}/{path.name}: holds context {kept.fingerprint[:16]}..., not {dealt[:16]}..."
+        )
+    if kept.has_secret_key:
+        check.findings.append(f"{CONTEXTS_DIR}/{path.name}: holds a CKKS SECRET key; the server could decrypt")
+    if kept.has_galois_keys:
+        check.findings.append(f"{CONTEXTS_DIR}/{path.name}: carries Galois keys; aggregation contexts must not")
 
 
 def _announced_fingerprint(run_dir: Path, check: SubCheck) -> str | None:

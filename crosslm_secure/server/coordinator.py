@@ -208,7 +208,7 @@ class Coordinator:
             self.aggregator = CKKSAggregator.for_server(
                 context, self.registry, run_id=self.store.run_id, quorum=max(2, self.config.run.min_clients)
             )
-            self.store.write_public_context(context.to_bytes(), announcement)
+            self.store.write_public_context(context.to_bytes(), announcement, context.fingerprint)
             wrapped = dict(zip(body.recipients, wraps, strict=True))
             installs = {}
             for name in [n for n in self.active if n != dealer]:

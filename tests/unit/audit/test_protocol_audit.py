@@ -52,6 +52,20 @@ def test_a_secret_key_swapped_into_the_public_context_file_fails_the_context_che
     assert any("announces context" in f for f in result.findings)  # and it is not the announced context
 
 
+def test_a_key_ceremony_whose_context_was_not_kept_fails_the_context_check(crosslm_run: Path) -> None:
+    kept = sorted((crosslm_run / "server" / "ckks_contexts").glob("*.bin"))
+    assert len(kept) == 1 and kept[0].stem == ScoreContext.from_bytes(kept[0].read_bytes()).fingerprint
+    assert run_protocol_audit(crosslm_run, progress=False).verdict == "pass"
+    ceremony = {"event": "key_ceremony", "dealer": "client-1", "fingerprint": "ab" * 32, "clients": ["client-1"]}
+    with (crosslm_run / "events.jsonl").open("a") as events:
+        events.write(json.dumps(ceremony) + "\n")
+    result = run_protocol_audit(crosslm_run, progress=False)
+    assert result.verdict == "fail"
+    joined = "\n".join(result.findings)
+    assert "key_ceremony dealt abababababababab..., kept neither" in joined
+    assert "the last key_ceremony dealt abababababababab..." in joined
+
+
 def test_planted_private_keys_are_caught(crosslm_run: Path) -> None:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())

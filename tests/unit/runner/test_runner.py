@@ -10,6 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from crosslm_secure.audit.protocol_audit import run_protocol_audit
 from crosslm_secure.cli import app
 from crosslm_secure.client.node import ClientNode
 from crosslm_secure.config import load_config
@@ -117,6 +118,11 @@ def test_a_crashed_client_rejoins_at_the_next_round_unless_told_not_to(
     assert [(e["client"], e["round"]) for e in rejoined] == [("client-2", 2)]
     assert "site lost power" in rejoined[0]["was"]
     assert "`client-2` rejoined at round 2 (it had dropped out:" in (result.store.root / "summary.md").read_text()
+    # The ceremony was redone: both contexts are kept, and the protocol audit still passes.
+    kept = {p.stem for p in (result.store.root / "server" / "ckks_contexts").glob("*.bin")}
+    assert kept == {e["fingerprint"] for e in ceremonies} and len(kept) == 2
+    audit = run_protocol_audit(result.store.root, progress=False)
+    assert audit.verdict == "pass", audit.findings
     assert len(ceremonies) == 2 and ceremonies[1]["clients"] == ["client-1", "client-2", "client-3"]
     assert "slm_accuracy/client-2" in rows[2] and "client-2" not in result.outcome.excluded
     assert state["dropped"] == [] and state["active"] == ["client-1", "client-2", "client-3"]
