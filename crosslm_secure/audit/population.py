@@ -98,7 +98,8 @@ def open_run(run_dir: Path, settings: AuditConfig | None) -> AuditRun:
         if own is not None:
             raise AuditError(
                 f"audit: {folder.name} trained on its own file {own['file']} (crosslm deploy site --data), not on "
-                "its silo of the job's data, so its members cannot be rebuilt here; audit that site where its file is"
+                "its silo of the job's data, so its members cannot be rebuilt from data.path; this audit does not "
+                "cover sites that trained on their own files"
             )
     try:
         config = config_from_dict(store.config_dict())

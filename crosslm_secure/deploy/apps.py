@@ -11,7 +11,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from crosslm_secure.deploy.wire import ask_worker
+from crosslm_secure.deploy.wire import ask_worker, ping_worker
 from crosslm_secure.transport.flower import RECORD, unwrap, wrap
 
 client_app = ClientApp()
@@ -20,7 +20,12 @@ server_app = ServerApp()
 
 @client_app.query("hello")
 def hello(message: Message, context: Context) -> Message:
-    """Tell the server which site this SuperNode serves (a routing hint; replies are signed anyway)."""
+    """Tell the server which site this SuperNode serves (a routing hint; replies are signed anyway).
+
+    Only once the site worker answers: a SuperNode whose worker died or is stopped does not
+    claim its site, so the server does not take a dead site back between rounds.
+    """
+    ping_worker(str(context.node_config["socket"]))
     return Message(RecordDict({RECORD: ConfigRecord({"site": str(context.node_config["site"])})}), reply_to=message)
 
 

@@ -138,6 +138,9 @@ class _Handler(socketserver.BaseRequestHandler):
         worker: SiteWorker = self.server.worker  # type: ignore[attr-defined]
         try:
             header, payload = recv_frame(self.request)
+            if header.get("ping"):  # alive and serving; takes no lock, touches no state
+                send_frame(self.request, {"status": OK}, b"")
+                return
             reply = worker.handle(int(header["flower_run"]), payload)
         except CrossLMError as exc:
             send_frame(self.request, {"status": FAILED, "reason": str(exc)}, b"")
@@ -219,37 +222,37 @@ def run_site(
     log_path = Path(state_dir) / f"supernode-{files.site}-{os.getpid()}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     deadline = None if max_wait is None else time.monotonic() + max_wait
-    stopping = False
+    stopping = threading.Event()
     child: subprocess.Popen | None = None
 
     def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+        stopping.set()
         if child is not None:
             child.terminate()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    while True:
+    code, tail = 0, ""
+    while not stopping.is_set():
         offset = log_path.stat().st_size if log_path.exists() else 0
         with open(log_path, "ab") as sink:
             child = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+            if stopping.is_set():  # a stop that came while it was starting
+                child.terminate()
             log(f"{files.site}: SuperNode started (pid {child.pid}), connecting to {superlink}; log {log_path}")
             code = child.wait()
         tail = log_path.read_bytes()[offset:].decode(errors="replace")
         retry = deadline is None or time.monotonic() + ACTIVATION_RETRY < deadline
-        if stopping or code == 0 or "failed to activate supernode" not in tail.lower() or not retry:
+        if stopping.is_set() or code == 0 or "failed to activate supernode" not in tail.lower() or not retry:
             break
         # After a crash the SuperLink lists the site's earlier SuperNode as online until two
         # heartbeats (about a minute) pass, and refuses to activate the same key again until then.
         log(f"{files.site}: the SuperLink did not activate this SuperNode yet; retrying in {ACTIVATION_RETRY:.0f}s")
-        time.sleep(ACTIVATION_RETRY)
-        if stopping:
-            break
+        stopping.wait(ACTIVATION_RETRY)
     server.shutdown()
     shutil.rmtree(os.path.dirname(path), ignore_errors=True)
     shutil.rmtree(home, ignore_errors=True)
-    if stopping:
+    if stopping.is_set():
         return 0
     raise supernode_failure(files.site, superlink, tail[-4000:], code)
 

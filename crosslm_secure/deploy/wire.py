@@ -33,12 +33,25 @@ def ask_worker(path: str, flower_run: int, message: bytes) -> bytes:
     Raises:
         RuntimeError: the worker is not running or refused the request (Flower turns this into an error reply).
     """
+    return _exchange(path, {"flower_run": flower_run}, message)
+
+
+def ping_worker(path: str) -> None:
+    """Check the site worker is running and serving (the site-name query asks it before answering).
+
+    Raises:
+        RuntimeError: it is not running, or does not answer.
+    """
+    _exchange(path, {"ping": True}, b"")
+
+
+def _exchange(path: str, request: dict, message: bytes) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         try:
             sock.connect(path)
         except OSError as exc:
             raise RuntimeError(f"site worker at {path} is not running ({exc}); restart `crosslm deploy site`") from None
-        send_frame(sock, {"flower_run": flower_run}, message)
+        send_frame(sock, request, message)
         header, payload = recv_frame(sock)
     if header.get("status") != OK:
         raise RuntimeError(header.get("reason", "site worker failed"))

@@ -148,14 +148,7 @@ class Coordinator:
                 self.store.event("run_stopped", round=round_index, reason=stop)
                 return RoundOutcome(completed, stop, dict(self.excluded))
             completed = round_index
-            self.store.save_state(
-                {
-                    "completed_round": round_index,
-                    "active": self.active,
-                    "excluded": self.excluded,
-                    "dropped": self.dropped,
-                }
-            )
+            self.store.save_state({"completed_round": round_index} | self._participants())
         return RoundOutcome(completed, None, dict(self.excluded))
 
     def restore(self, active: Sequence[str], excluded: dict[str, str], dropped: Sequence[str] = ()) -> None:
@@ -170,6 +163,9 @@ class Coordinator:
         for name in active:
             if name not in reachable:
                 self._exclude(name, "not connected when the run resumed", dropped=True)
+
+    def _participants(self) -> dict[str, Any]:
+        return {"active": list(self.active), "excluded": dict(self.excluded), "dropped": list(self.dropped)}
 
     def _readmit(self, round_index: int) -> bool:
         """Take back dropped clients that answer again (``run.rejoin``); True if any came back."""
@@ -464,6 +460,9 @@ class Coordinator:
         elif not dropped and name in self.dropped:
             self.dropped.remove(name)
         self.store.event("client_excluded", client=name, reason=reason)
+        saved = self.store.load_state()
+        if saved is not None:  # a crash before the round ends must not forget why a client is out
+            self.store.save_state(saved | self._participants())
         self.log(f"  {name} excluded: {reason}")
 
     def _log_message(self, message: bytes, direction: str, peer: str, round_index: int, kind: str, status: str) -> None:

@@ -122,9 +122,6 @@ def test_server_killed_mid_round_resumes_with_the_in_process_metrics(deployment:
     events = [e["event"] for e in read_jsonl(run_dir / "events.jsonl")]
     assert "resumed" in events and events[-1] == "run_finished"
     assert [r["round"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [0, 1]
-    # Sites are asked together, not in turn: every evaluate request is out before the first reply.
-    last = [(row["type"], row["status"]) for row in read_jsonl(run_dir / "transcript.jsonl")[-6:]]
-    assert last == [("evaluate.request", "sent")] * 3 + [("evaluate.reply", "accepted")] * 3
     for site in SITES:  # nothing charged twice: every ledger key appears once
         entries = read_jsonl(run_dir / "clients" / site / "ledger.jsonl")
         keys = [json.dumps({k: e.get(k) for k in ("run_id", "round", "mechanism", "attempt")}) for e in entries]

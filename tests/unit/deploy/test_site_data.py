@@ -18,7 +18,8 @@ from crosslm_secure.config import Config, DataConfig, TaskConfig, config_to_dict
 from crosslm_secure.crypto.keys import load_participant_keys
 from crosslm_secure.data.site import OWN_DATA_FILE, load_site_data
 from crosslm_secure.deploy.pki import PKI, SiteFiles, init_pki
-from crosslm_secure.deploy.site import SiteWorker
+from crosslm_secure.deploy.site import SiteWorker, serve_worker
+from crosslm_secure.deploy.wire import ask_worker, ping_worker
 from crosslm_secure.errors import DataError
 from crosslm_secure.protocol.messages import EvaluateRequest
 from crosslm_secure.protocol.party import party_of
@@ -152,7 +153,16 @@ def test_site_worker_trains_on_its_own_file_without_the_jobs_data(tmp_path: Path
     # A real sealed request from the server: the site builds its node on its own records and answers.
     store = RunStore.create(tmp_path / "state", "own", config.run.seed, config_to_dict(config))
     server = party_of(load_participant_keys(pki.server.keys), store.run_id, worker.registry)
-    reply = worker.handle(1, server.seal("client-2", 0, EvaluateRequest(), ()))
+    # Through the private socket, as the per-message ClientApp reaches it.
+    path, listening = serve_worker(worker)
+    try:
+        ping_worker(path)  # what the site-name query checks before it claims the site
+        reply = ask_worker(path, 1, server.seal("client-2", 0, EvaluateRequest(), ()))
+    finally:
+        listening.shutdown()
+        listening.server_close()
+    with pytest.raises(RuntimeError, match="is not running"):
+        ping_worker(path)
     envelope, body = server.open(reply, expect_round=0)
     assert envelope.type == "evaluate.reply" and body.n == 10
     assert worker._node.trainer.num_records == 30 and worker._node.trainer.private

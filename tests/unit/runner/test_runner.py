@@ -204,6 +204,7 @@ def test_a_crash_mid_run_resumes_from_the_last_completed_round(
 
     def crash_in_round_2(self, round_index):
         if round_index == 2:
+            self._exclude("client-3", "answered with a bad signature")  # misbehaved: must never rejoin
             raise KeyboardInterrupt  # the operator stops it, or the machine dies
         return round_(self, round_index)
 
@@ -216,9 +217,14 @@ def test_a_crash_mid_run_resumes_from_the_last_completed_round(
     assert [r["round"] for r in json_rows(run)] == [0, 1]
     monkeypatch.undo()
 
+    saved = json.loads((run / "state.json").read_text())
+    assert saved["completed_round"] == 1 and "client-3" in saved["excluded"] and saved["dropped"] == []
+
     result = resume_job(run, log=lambda _: None)
     assert result.outcome.completed_rounds == 2
     assert [r["round"] for r in json_rows(run)] == [0, 1, 2]
+    assert json_rows(run)[2]["active_clients"] == 2 and "bad signature" in result.outcome.excluded["client-3"]
+    assert not any(e["event"] == "client_rejoined" for e in result.store.events())
     after = Ledger(ledger_path(run, "client-1"), client_id="client-1")
     assert after.entries[: len(before)] == before.entries  # nothing rewritten
     keys = [(e.round, e.mechanism, e.details.get("attempt", 0)) for e in after.entries]
