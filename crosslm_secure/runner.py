@@ -109,10 +109,15 @@ class PreparedJob:
     split: Any
 
 
+def start_job(config: Config) -> torch.device:
+    """What every process of a job does first: seed everything and pick the device."""
+    _seed_everything(config.run.seed, config.run.threads)
+    return resolve_device(config.run.device)
+
+
 def prepare_job(config: Config, store: RunStore | None) -> PreparedJob:
     """Seed, pick the device, load and split the data (each site takes its own silo of the split)."""
-    seed_everything(config.run.seed, config.run.threads)
-    device = resolve_device(config.run.device)
+    device = start_job(config)
     train, test = load_labelled_data(config.data, config.task, seed=config.run.seed)
     split = partition_clients(train, test, config.partition, config.client_ids(), seed=config.run.seed)
     if store is not None:
@@ -292,7 +297,7 @@ def _slm_sources(config: Config) -> dict[str, str]:
     return {name: config.slm_for(name).model for name in config.client_ids()}
 
 
-def seed_everything(seed: int, threads: int) -> None:
+def _seed_everything(seed: int, threads: int) -> None:
     """Seed Python, NumPy and torch; ``threads`` > 0 also caps torch's CPU threads."""
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -31,7 +31,7 @@ from crosslm_secure.audit.base import AuditError
 from crosslm_secure.client.batches import encode_texts, forward_logits
 from crosslm_secure.client.dp_trainer import MECHANISM, DPTrainer
 from crosslm_secure.config import AuditConfig, Config, SLMConfig, config_from_dict
-from crosslm_secure.data.loaders import load_labelled_data
+from crosslm_secure.data.loaders import cap_train, load_labelled_data
 from crosslm_secure.data.partition import partition_clients
 from crosslm_secure.data.records import ClientData, Example, TaskData
 from crosslm_secure.data.site import own_data_marker
@@ -103,14 +103,12 @@ def open_run(run_dir: Path, settings: AuditConfig | None) -> AuditRun:
             )
     try:
         config = config_from_dict(store.config_dict())
-        train, test = load_labelled_data(config.data, config.task, seed=config.run.seed)
+        uncapped = config.data.model_copy(update={"max_train_records": None})
+        full_train, test = load_labelled_data(uncapped, config.task, seed=config.run.seed)
+        train = cap_train(full_train, config.data, seed=config.run.seed)
         split = partition_clients(train, test, config.partition, config.client_ids(), seed=config.run.seed)
-        left_out: list[Example] = []
-        if config.data.max_train_records is not None:
-            uncapped = config.data.model_copy(update={"max_train_records": None})
-            full_train, _ = load_labelled_data(uncapped, config.task, seed=config.run.seed)
-            used = {ex.uid for ex in train}
-            left_out = [ex for ex in full_train if ex.uid not in used]
+        used = {ex.uid for ex in train}
+        left_out = [ex for ex in full_train if ex.uid not in used]  # records the cap dropped
     except CrossLMError as exc:
         raise AuditError(f"audit: cannot rebuild the data split of {root} ({exc})") from None
     settings = settings or config.audit

@@ -91,9 +91,18 @@ def load_labelled_data(data: DataConfig, task: TaskConfig, *, seed: int) -> tupl
         test = _to_examples(test_table, data, task, f"{data.source}:test")
         if not test:
             raise DataError(f"data: test data {test_table.name} has no records with text; check data.test_path")
-    if data.max_train_records is not None and len(train) > data.max_train_records:
-        train = _stratified_subsample(train, data.max_train_records, np.random.default_rng([seed, 2]))
-    return train, test
+    return cap_train(train, data, seed=seed), test
+
+
+def cap_train(train: list[Example], data: DataConfig, *, seed: int) -> list[Example]:
+    """``data.max_train_records`` of ``train`` (stratified, seeded), as :func:`load_labelled_data` keeps them.
+
+    Given the uncapped train split, this returns exactly the records a capped load trains on,
+    so a caller that also needs the dropped ones reads the data once.
+    """
+    if data.max_train_records is None or len(train) <= data.max_train_records:
+        return train
+    return _stratified_subsample(train, data.max_train_records, np.random.default_rng([seed, 2]))
 
 
 # --- reading -------------------------------------------------------------------------

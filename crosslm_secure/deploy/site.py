@@ -80,11 +80,9 @@ class SiteWorker:
             self.device = job.device
         else:
             from crosslm_secure.data.site import load_site_data
-            from crosslm_secure.models.device import resolve_device
-            from crosslm_secure.runner import seed_everything
+            from crosslm_secure.runner import start_job
 
-            seed_everything(config.run.seed, config.run.threads)
-            self.device = resolve_device(config.run.device)
+            self.device = start_job(config)
             self.client = load_site_data(
                 Path(data), config.data, config.task, seed=config.run.seed, client_id=self.site
             )

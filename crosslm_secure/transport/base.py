@@ -46,14 +46,3 @@ class Transport(Protocol):
         is no longer treated as down.
         """
         ...
-
-
-def request_each(transport: Transport, messages: Mapping[str, bytes]) -> dict[str, bytes | NodeUnavailable]:
-    """``request_many`` for transports whose nodes answer one at a time anyway (in-process)."""
-    replies: dict[str, bytes | NodeUnavailable] = {}
-    for node_id, message in messages.items():
-        try:
-            replies[node_id] = transport.request(node_id, message)
-        except NodeUnavailable as exc:
-            replies[node_id] = exc
-    return replies

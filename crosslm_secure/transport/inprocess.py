@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from crosslm_secure.transport.base import NodeUnavailable, request_each
+from crosslm_secure.transport.base import NodeUnavailable
 
 Handler = Callable[[bytes], bytes]
 
@@ -47,7 +47,13 @@ class InProcessTransport:
         self, messages: Mapping[str, bytes], *, timeout: float | None = None
     ) -> dict[str, bytes | NodeUnavailable]:
         # One process, one CPU budget: running the handlers side by side would only interleave them.
-        return request_each(self, messages)
+        replies: dict[str, bytes | NodeUnavailable] = {}
+        for node_id, message in messages.items():
+            try:
+                replies[node_id] = self.request(node_id, message)
+            except NodeUnavailable as exc:
+                replies[node_id] = exc
+        return replies
 
     def rejoined(self, node_ids: Sequence[str]) -> list[str]:
         back = []

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from crosslm_secure.config import DataConfig, TaskConfig
-from crosslm_secure.data.loaders import load_labelled_data
+from crosslm_secure.data.loaders import cap_train, load_labelled_data
 from crosslm_secure.errors import DataError
 
 TASK = TaskConfig()
@@ -129,6 +129,10 @@ def test_max_train_records_keeps_label_shares(tmp_path: Path) -> None:
     train, _ = load_labelled_data(cfg, TASK, seed=1)
     assert Counter(ex.label for ex in train) == {2: 15, 0: 5}
     assert train == sorted(train, key=lambda ex: int(ex.uid.split(":")[-1]))
+    # The audit reads the data once, uncapped, and caps it itself: it must get the same records.
+    full, _ = load_labelled_data(cfg.model_copy(update={"max_train_records": None}), TASK, seed=1)
+    assert len(full) == 80 and cap_train(full, cfg, seed=1) == train
+    assert cap_train(full, cfg, seed=2) != train
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
