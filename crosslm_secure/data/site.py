@@ -58,7 +58,7 @@ def load_site_data(path: Path, data: DataConfig, task: TaskConfig, *, seed: int,
         client_id: the site the records belong to.
 
     Returns:
-        The site's ``ClientData``; every record is used (no ``max_train_records`` cap).
+        The site's ``ClientData``; every record is used (no ``max_train_records`` or ``max_test_records`` cap).
 
     Raises:
         DataError: the path is missing or of an unknown type, a column is missing, a label
@@ -66,7 +66,13 @@ def load_site_data(path: Path, data: DataConfig, task: TaskConfig, *, seed: int,
     """
     path = Path(path)
     own = data.model_copy(
-        update={"source": site_source(path), "path": path, "test_path": None, "max_train_records": None}
+        update={
+            "source": site_source(path),
+            "path": path,
+            "test_path": None,
+            "max_train_records": None,
+            "max_test_records": None,
+        }
     )
     try:
         train, test = load_labelled_data(own, task, seed=seed)

