@@ -9,7 +9,9 @@ from rich.console import Console
 
 from crosslm_secure.errors import CrossLMError
 
-console = Console(stderr=True)
+# soft_wrap: never insert line breaks. An error is one sentence (tests and scripts grep for it, and a
+# path must survive copy and paste) and tables.md is Markdown; the terminal wraps long lines itself.
+console = Console(stderr=True, soft_wrap=True)
 
 
 def fail(exc: CrossLMError, code: int = 2) -> NoReturn:

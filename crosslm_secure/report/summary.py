@@ -17,16 +17,20 @@ from crosslm_secure.storage import atomic_write_text
 _ROUND_COLUMNS = (
     ("round", "round", "{}"),
     ("active_clients", "clients", "{}"),
+    ("slm_macro_f1_mean", "SLM macro-F1 (mean)", "{:.3f}"),
     ("slm_accuracy_mean", "SLM acc (mean)", "{:.3f}"),
-    ("slm_macro_f1_mean", "SLM macro-F1", "{:.3f}"),
-    ("llm_accuracy", "LLM acc", "{:.3f}"),
     ("llm_macro_f1", "LLM macro-F1", "{:.3f}"),
+    ("llm_accuracy", "LLM acc", "{:.3f}"),
     ("llm_perplexity", "LLM ppl", "{:.2f}"),
     ("synthetic_accepted", "synthetic kept", "{}"),
     ("synthetic_generated", "generated", "{}"),
+    ("synthetic_accept_threshold", "threshold", "{:.3f}"),
     ("synthetic_mean_score", "mean score", "{:.3f}"),
+    ("synthetic_judge_agreement_accepted", "judge agrees (kept)", "{:.3f}"),
+    ("synthetic_judge_agreement_rejected", "judge agrees (dropped)", "{:.3f}"),
     ("seconds_round", "seconds", "{:.0f}"),
 )
+"""Metrics-row key, column title, format: macro-F1 before accuracy (a constant answer scores high accuracy)."""
 
 
 def write_report(
@@ -142,10 +146,10 @@ def _headline(rows: Sequence[dict[str, Any]]) -> list[str]:
     first, last = rows[0], rows[-1]
     out = []
     pairs = (
-        ("slm_accuracy_mean", "Mean client SLM accuracy"),
         ("slm_macro_f1_mean", "Mean client SLM macro-F1"),
-        ("llm_accuracy", "LLM task accuracy"),
         ("llm_macro_f1", "LLM task macro-F1"),
+        ("slm_accuracy_mean", "Mean client SLM accuracy"),
+        ("llm_accuracy", "LLM task accuracy"),
     )
     for key, name in pairs:
         if key in first and key in last:
@@ -169,30 +173,37 @@ def _table(rows: Sequence[dict[str, Any]]) -> list[str]:
     columns = [(key, title, fmt) for key, title, fmt in _ROUND_COLUMNS if any(key in r for r in rows)]
     lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [fmt.format(row[key]) if key in row else "" for key, _, fmt in columns]
+        cells = [_cell(row.get(key), fmt) for key, _, fmt in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _cell(value: Any, fmt: str) -> str:
+    """A table cell: empty when the round has no value (or NaN: e.g. no sample was dropped to judge)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return fmt.format(value)
 
 
 def _clients(rows: Sequence[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     last = rows[-1]
-    names = sorted({k.split("/", 1)[1] for k in last if k.startswith("slm_accuracy/")})
+    names = sorted({k.split("/", 1)[1] for k in last if k.startswith(("slm_macro_f1/", "slm_accuracy/"))})
     if not names:
         return []
     lines = [
         f"## Clients after round {last['round']}",
         "",
-        "| client | accuracy | macro-F1 | epsilon |",
+        "| client | macro-F1 | accuracy | epsilon |",
         "|---|---|---|---|",
     ]
     for name in names:
         epsilon = last.get(f"epsilon/{name}")
         eps_text = "n/a" if epsilon is None else ("inf" if math.isinf(epsilon) else f"{epsilon:.3f}")
-        lines.append(
-            f"| {name} | {last[f'slm_accuracy/{name}']:.3f} | {last[f'slm_macro_f1/{name}']:.3f} | {eps_text} |"
-        )
+        f1 = _cell(last.get(f"slm_macro_f1/{name}"), "{:.3f}")
+        accuracy = _cell(last.get(f"slm_accuracy/{name}"), "{:.3f}")
+        lines.append(f"| {name} | {f1} | {accuracy} | {eps_text} |")
     return lines + [""]
 
 

@@ -1,8 +1,10 @@
-"""Collect a sweep's cells into ``results.csv``, mean ± std tables and CrossLM's paired gains.
+"""Collect a sweep's cells into ``results.csv``, per-setting tables and paired gains.
 
 Reads only what each cell's run folder holds: ``config.yaml``, ``metrics.jsonl`` (the last
 round is the cell's result, round 0 its starting point), the client ledgers (epsilon
 spent, verified) and, when an audit ran, ``audit/<name>.json``.
+
+Macro-F1 leads every table: with a dominant class, accuracy rewards a constant answer.
 """
 
 from __future__ import annotations
@@ -22,28 +24,31 @@ from crosslm_secure.errors import CrossLMError
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_json, atomic_write_text, csv_text
 from crosslm_secure.sweep.execute import cell_busy, cell_run_dir, read_cell_record, run_state
+from crosslm_secure.sweep.intervals import Interval, format_interval, mean_interval, paired_differences
 from crosslm_secure.sweep.spec import EPSILON_FIELD, METHOD_FIELD, SEED_FIELD, SweepError
 
 MANIFEST = "cells.json"
 RESULTS_CSV = "results.csv"
+GAINS_CSV = "gains.csv"
 TABLES_MD = "tables.md"
-ROUND0_METRICS = ("slm_accuracy_mean", "slm_macro_f1_mean", "llm_accuracy", "llm_macro_f1", "llm_perplexity")
-TABLE_METRICS = {
-    "slm_accuracy_mean": "SLM acc",
+ROUND0_METRICS = ("slm_macro_f1_mean", "slm_accuracy_mean", "llm_macro_f1", "llm_accuracy", "llm_perplexity")
+GAIN_METRICS = {
     "slm_macro_f1_mean": "SLM macro-F1",
-    "llm_accuracy": "LLM acc",
     "llm_macro_f1": "LLM macro-F1",
+    "slm_accuracy_mean": "SLM acc",
+    "llm_accuracy": "LLM acc",
+}
+"""The task metrics: paired gains are reported for these, and the summary table adds their 95% CIs."""
+TABLE_METRICS = {
+    **GAIN_METRICS,
     "llm_perplexity": "LLM perplexity",
+    "synthetic_judge_agreement_accepted": "judge agrees (kept)",
+    "synthetic_judge_agreement_rejected": "judge agrees (dropped)",
+    "synthetic_accepted": "synthetic accepted (last round)",
+    "synthetic_accept_threshold": "accept threshold",
     "epsilon_spent_max": "eps spent (max client)",
     "mia_slm_auc_mean": "MIA AUC (SLM)",
-    "synthetic_accepted": "synthetic accepted (last round)",
     "seconds": "cell s",
-}
-GAIN_METRICS = {
-    "slm_accuracy_mean": "SLM acc",
-    "slm_macro_f1_mean": "SLM macro-F1",
-    "llm_accuracy": "LLM acc",
-    "llm_macro_f1": "LLM macro-F1",
 }
 CROSSLM = "crosslm"
 
@@ -166,13 +171,8 @@ def _audit_numbers(run_dir: Path, name: str) -> dict[str, Any]:
 
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
     """Mean, sample standard deviation (NaN for one value) and count of the finite values."""
-    finite = [float(v) for v in values if v is not None and _is_number(v) and not math.isnan(float(v))]
-    if not finite:
-        return math.nan, math.nan, 0
-    if any(math.isinf(v) for v in finite):
-        return float(np.mean(finite)), math.nan, len(finite)
-    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
-    return float(np.mean(finite)), std, len(finite)
+    interval = mean_interval(values)
+    return interval.mean, interval.std, interval.n
 
 
 def group_rows(rows: list[dict[str, Any]], keys: list[str]) -> dict[tuple, list[dict[str, Any]]]:
@@ -184,7 +184,11 @@ def group_rows(rows: list[dict[str, Any]], keys: list[str]) -> dict[tuple, list[
 
 
 def summary_table(results: SweepResults) -> str:
-    """Markdown: one line per setting (grid values but the seed), mean ± std of each metric over seeds."""
+    """Markdown: one line per setting (grid values but the seed), each metric over seeds.
+
+    Task metrics (``GAIN_METRICS``) show ``mean ± std [95% t-interval of the mean]``, the others
+    ``mean ± std``.
+    """
     keys = results.setting_keys
     finished = results.finished()
     metrics = [m for m in TABLE_METRICS if any(_is_number(r.get(m)) for r in finished)]
@@ -193,70 +197,149 @@ def summary_table(results: SweepResults) -> str:
     for group, rows in _sorted_groups(group_rows(finished, keys), keys):
         cells = [_show(v) for v in group] + [str(len(rows))]
         for metric in metrics:
+            interval = mean_interval(r.get(metric) for r in rows)
             decimals = {"seconds": 0, "synthetic_accepted": 1, "llm_perplexity": 2}.get(metric, 3)
-            cells.append(format_mean_std(*mean_std(r.get(metric) for r in rows), decimals=decimals))
+            if metric in GAIN_METRICS:
+                cells.append(format_interval(interval, decimals=decimals, std=True))
+            else:
+                cells.append(format_mean_std(interval.mean, interval.std, interval.n, decimals=decimals))
         lines.append(_md_row(cells))
     return "\n".join(lines) + "\n"
 
 
-def gains_table(results: SweepResults) -> str:
-    """Markdown: CrossLM minus each baseline, paired by seed within a setting, in points (x100)."""
+@dataclass(frozen=True)
+class PairedGain:
+    """``method`` minus ``baseline`` on one metric within one setting, paired by seed, in points (x100)."""
+
+    setting: dict[str, Any]
+    method: str
+    baseline: str
+    metric: str
+    gain: Interval
+
+    @property
+    def comparison(self) -> str:
+        return f"{self.method} - {self.baseline}"
+
+
+def comparisons(baselines: list[str]) -> list[tuple[str, str]]:
+    """Which methods are compared: CrossLM against each baseline, then each baseline against each
+    earlier one (the default ``[standalone, data_free_kd]`` adds data_free_kd - standalone)."""
+    pairs = [(CROSSLM, b) for b in baselines if b != CROSSLM]
+    pairs += [(later, earlier) for i, later in enumerate(baselines) for earlier in baselines[:i] if later != earlier]
+    return pairs
+
+
+def paired_gains(results: SweepResults) -> list[PairedGain]:
+    """Every comparison present in the sweep, per setting and metric: mean per-seed difference and 95% CI."""
     if METHOD_FIELD not in results.grid_keys:
+        return []
+    keys = [k for k in results.setting_keys if k != METHOD_FIELD]
+    gains = []
+    for group, rows in _sorted_groups(group_rows(results.finished(), keys), keys):
+        setting = dict(zip(keys, group, strict=True))
+        for method, baseline in comparisons(results.baselines):
+            ours = {r["seed"]: r for r in rows if r.get("method") == method}
+            theirs = {r["seed"]: r for r in rows if r.get("method") == baseline}
+            if not set(ours) & set(theirs):
+                continue
+            for metric in GAIN_METRICS:
+                diffs = paired_differences(
+                    {s: r.get(metric) for s, r in ours.items()},
+                    {s: r.get(metric) for s, r in theirs.items()},
+                    scale=100.0,
+                )
+                gains.append(PairedGain(setting, method, baseline, metric, mean_interval(diffs)))
+    return gains
+
+
+def gains_table(results: SweepResults) -> str:
+    """Markdown: each comparison's mean paired gain per task metric, in points, with its 95% t-interval."""
+    gains = paired_gains(results)
+    if not gains:
         return ""
     keys = [k for k in results.setting_keys if k != METHOD_FIELD]
-    by_setting = group_rows(results.finished(), keys)
-    header = [_short(k) for k in keys] + ["comparison", "pairs"] + [f"{v} gain (points)" for v in GAIN_METRICS.values()]
+    header = [_short(k) for k in keys] + ["comparison", "pairs"] + [f"{v} gain" for v in GAIN_METRICS.values()]
     lines = [_md_row(header), _md_row(["---"] * len(header))]
-    any_pair = False
-    for group, rows in _sorted_groups(by_setting, keys):
-        crosslm = {r["seed"]: r for r in rows if r.get("method") == CROSSLM}
-        for baseline in results.baselines:
-            other = {r["seed"]: r for r in rows if r.get("method") == baseline}
-            seeds = sorted(set(crosslm) & set(other))
-            if not seeds:
-                continue
-            any_pair = True
-            cells = [_show(v) for v in group] + [f"CrossLM - {baseline}", str(len(seeds))]
-            for metric in GAIN_METRICS:
-                diffs = [
-                    100 * (crosslm[s][metric] - other[s][metric])
-                    for s in seeds
-                    if _is_number(crosslm[s].get(metric)) and _is_number(other[s].get(metric))
-                ]
-                cells.append(format_mean_std(*mean_std(diffs), decimals=1, signed=True))
-            lines.append(_md_row(cells))
-    return "\n".join(lines) + "\n" if any_pair else ""
+    rows: dict[tuple, dict[str, Interval]] = {}
+    for g in gains:
+        rows.setdefault((tuple(_hashable(g.setting[k]) for k in keys), g.comparison), {})[g.metric] = g.gain
+    for (group, comparison), by_metric in rows.items():
+        pairs = max(i.n for i in by_metric.values())
+        cells = [_show(v) for v in group] + [comparison, str(pairs)]
+        for metric in GAIN_METRICS:
+            interval = by_metric[metric]
+            text = format_interval(interval, decimals=1, signed=True)
+            cells.append(text if interval.n in (0, pairs) else f"{text} (n={interval.n})")
+        lines.append(_md_row(cells))
+    return "\n".join(lines) + "\n"
 
 
-def format_mean_std(mean: float, std: float, n: int, *, decimals: int = 3, signed: bool = False) -> str:
+def gains_rows(results: SweepResults) -> list[dict[str, Any]]:
+    """``paired_gains`` as flat CSV rows, in points (x100); std and CI bounds empty below two pairs."""
+    rows = []
+    for g in paired_gains(results):
+        interval = g.gain
+        has_ci = not math.isnan(interval.half_width)
+        has_std = not math.isnan(interval.std)
+        rows.append(
+            {
+                **g.setting,
+                "method": g.method,
+                "baseline": g.baseline,
+                "metric": g.metric,
+                "pairs": interval.n,
+                "gain_points": interval.mean,
+                "std_points": interval.std if has_std else "",
+                "ci95_low_points": interval.low if has_ci else "",
+                "ci95_high_points": interval.high if has_ci else "",
+            }
+        )
+    return rows
+
+
+def format_mean_std(mean: float, std: float, n: int, *, decimals: int = 3) -> str:
     """``0.654 ± 0.012``; ``0.654`` for one value; ``-`` for none; inf as ``inf``."""
     if n == 0:
         return "-"
     if math.isinf(mean):
         return "inf"
-    sign = "+" if signed else ""
-    text = f"{mean:{sign}.{decimals}f}"
+    text = f"{mean:.{decimals}f}"
     return text if math.isnan(std) else f"{text} ± {std:.{decimals}f}"
 
 
 def write_results(output_dir: Path, results: SweepResults) -> dict[str, Path]:
-    """Write ``results.csv`` and ``tables.md`` atomically; return their paths."""
+    """Write ``results.csv``, ``gains.csv`` (when any comparison pairs up) and ``tables.md``
+    atomically; return their paths."""
     output_dir = Path(output_dir)
-    csv_path = output_dir / RESULTS_CSV
-    atomic_write_text(csv_path, csv_text(results.rows))
+    paths = {"csv": output_dir / RESULTS_CSV, "tables": output_dir / TABLES_MD}
+    atomic_write_text(paths["csv"], csv_text(results.rows))
     failed = [r for r in results.rows if r["status"] != "done"]
-    parts = [f"# Sweep {results.name}\n", "Mean ± sample std over seeds; n = finished cells.\n", summary_table(results)]
+    parts = [
+        f"# Sweep {results.name}\n",
+        "Mean ± sample std over seeds, and for the task metrics [the 95% t-interval of the mean]; "
+        "n = finished cells.\n",
+        summary_table(results),
+    ]
     gains = gains_table(results)
+    gains_path = output_dir / GAINS_CSV
     if gains:
-        parts += ["\n## CrossLM's gains, paired by seed\n", gains]
+        parts += [
+            "\n## Paired gains (method - baseline, same seed and setting)\n",
+            "Points (x100): mean of the per-seed differences [95% t-interval]; pairs = seeds both methods finished.\n",
+            gains,
+        ]
+        atomic_write_text(gains_path, csv_text(gains_rows(results)))
+        paths["gains"] = gains_path
+    elif gains_path.exists():
+        gains_path.unlink()  # no comparison pairs up any more: an old file would contradict tables.md
     if failed:
         parts.append("\n## Cells not finished\n")
         parts.append(
             "".join(f"- `{r['cell']}`: {r['status']}{': ' + r['error'] if r.get('error') else ''}\n" for r in failed)
         )
-    tables_path = output_dir / TABLES_MD
-    atomic_write_text(tables_path, "\n".join(parts))
-    return {"csv": csv_path, "tables": tables_path}
+    atomic_write_text(paths["tables"], "\n".join(parts))
+    return paths
 
 
 def _is_number(value: Any) -> bool:

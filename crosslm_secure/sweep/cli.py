@@ -122,4 +122,5 @@ def _report(directory: Path) -> None:
     paths = write_results(directory, results)
     plots = write_plots(directory, results)
     console.print(paths["tables"].read_text(), highlight=False, markup=False)
-    console.print(f"wrote {paths['csv']}, {paths['tables']} and {len(plots)} plots in {Path(directory) / 'plots'}")
+    files = ", ".join(str(paths[k]) for k in ("csv", "gains", "tables") if k in paths)
+    console.print(f"wrote {files} and {len(plots)} plots in {Path(directory) / 'plots'}")

@@ -2,6 +2,8 @@
 
 Every point is the mean over seeds with a ±1 sample-std error bar. On an epsilon axis the
 non-private cells (epsilon = inf) are drawn at the right end, labelled "inf (no DP)".
+Macro-F1 comes first: the per-round figure is macro-F1 (``rounds_vs_macro_f1.png``), with
+accuracy drawn separately (``rounds_vs_accuracy.png``).
 """
 
 from __future__ import annotations
@@ -17,12 +19,18 @@ from crosslm_secure.sweep.aggregate import SweepResults, _is_number, _short, _sh
 from crosslm_secure.sweep.spec import EPSILON_FIELD
 
 TRADEOFF_METRICS = {
-    "slm_accuracy_mean": "mean client SLM accuracy",
     "slm_macro_f1_mean": "mean client SLM macro-F1",
+    "llm_macro_f1": "LLM task macro-F1",
+    "slm_accuracy_mean": "mean client SLM accuracy",
     "llm_accuracy": "LLM task accuracy",
     "llm_perplexity": "LLM perplexity (general text)",
     "mia_slm_auc_mean": "membership-inference AUC (SLM)",
 }
+ROUND_FIGURES = {
+    "macro_f1": (("slm_macro_f1_mean", "llm_macro_f1"), "macro-F1"),
+    "accuracy": (("slm_accuracy_mean", "llm_accuracy"), "accuracy"),
+}
+"""``plots/rounds_vs_<name>.png``: the SLM and LLM metric drawn per round, and what they measure."""
 
 
 def write_plots(output_dir: Path, results: SweepResults) -> list[Path]:
@@ -39,7 +47,8 @@ def write_plots(output_dir: Path, results: SweepResults) -> list[Path]:
             if any(_is_number(r.get(metric)) for r in finished):
                 written.append(plot_tradeoff(results, metric, label, folder / f"{name}_vs_{metric}.png"))
     if any(results.histories.get(r["cell"]) for r in finished):
-        written.append(plot_rounds(results, folder / "rounds_vs_accuracy.png"))
+        for name, (metrics, quantity) in ROUND_FIGURES.items():
+            written.append(plot_rounds(results, folder / f"rounds_vs_{name}.png", metrics=metrics, quantity=quantity))
     return written
 
 
@@ -71,15 +80,19 @@ def plot_tradeoff(results: SweepResults, metric: str, label: str, out: Path) -> 
     return save_figure(fig, out)
 
 
-def plot_rounds(results: SweepResults, out: Path) -> Path:
-    """Mean SLM accuracy and LLM task accuracy per round, one line per setting (mean ± std over seeds)."""
+def plot_rounds(
+    results: SweepResults,
+    out: Path,
+    *,
+    metrics: tuple[str, str] = ROUND_FIGURES["macro_f1"][0],
+    quantity: str = ROUND_FIGURES["macro_f1"][1],
+) -> Path:
+    """Mean SLM and LLM ``quantity`` (macro-F1 by default) per round, one line per setting
+    (mean ± std over seeds)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for ax, metric, title in (
-        (axes[0], "slm_accuracy_mean", "mean client SLM accuracy"),
-        (axes[1], "llm_accuracy", "LLM task accuracy"),
-    ):
+    for ax, metric in zip(axes, metrics, strict=True):
         for series, rows in group_rows(results.finished(), results.setting_keys).items():
             per_round: dict[int, list[float]] = {}
             for row in rows:
@@ -98,11 +111,11 @@ def plot_rounds(results: SweepResults, out: Path) -> Path:
                 capsize=3,
                 label=_label(results.setting_keys, series),
             )
-        ax.set(title=title, xlabel="round", ylabel="accuracy")
+        ax.set(title=TRADEOFF_METRICS[metric], xlabel="round", ylabel=quantity)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Accuracy per round ({results.name})")
+    fig.suptitle(f"{quantity[:1].upper()}{quantity[1:]} per round ({results.name})")
     fig.tight_layout()
     return save_figure(fig, out)
 

@@ -46,7 +46,8 @@ class ReportSpec(BaseModel):
     x: str = Field(EPSILON_FIELD, description="Grid field on the x axis of the trade-off plots.")
     baseline_method: list[str] = Field(
         ["standalone", "data_free_kd"],
-        description="Methods CrossLM's gains are measured against, paired by seed and setting.",
+        description="Methods CrossLM's gains are measured against, paired by seed and setting; each is "
+        "also compared with the ones listed before it (data_free_kd - standalone).",
     )
 
 

@@ -114,24 +114,37 @@ def test_results_csv_has_a_row_per_cell_with_every_metric(smoke: dict) -> None:
 def test_tables_and_plots_come_from_the_real_run_folders(smoke: dict) -> None:
     out = smoke["out"]
     tables = (out / "tables.md").read_text()
-    assert "| method | epsilon | n | SLM acc | SLM macro-F1 | LLM acc | LLM macro-F1 | LLM perplexity" in tables
-    assert "| crosslm | inf (no DP) | 1 |" in tables and "CrossLM - standalone" in tables
-    for name in ("epsilon_vs_slm_accuracy_mean", "epsilon_vs_llm_accuracy", "rounds_vs_accuracy"):
+    assert "| method | epsilon | n | SLM macro-F1 | LLM macro-F1 | SLM acc | LLM acc | LLM perplexity" in tables
+    assert "| crosslm | inf (no DP) | 1 |" in tables and "crosslm - standalone" in tables
+    for name in (
+        "epsilon_vs_slm_macro_f1_mean",
+        "epsilon_vs_llm_macro_f1",
+        "epsilon_vs_slm_accuracy_mean",
+        "epsilon_vs_llm_accuracy",
+        "rounds_vs_macro_f1",
+        "rounds_vs_accuracy",
+    ):
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
     assert not (out / "plots" / "epsilon_vs_mia_slm_auc_mean.png").exists()  # no audit ran
+    gains = list(csv.DictReader((out / "gains.csv").open()))
+    assert {(g["method"], g["baseline"]) for g in gains} == {("crosslm", "standalone")}  # no data_free_kd cells
     results = collect(out)
     crosslm = next(r for r in results.rows if r["method"] == "crosslm" and r["epsilon"] == 8.0)
     standalone = next(r for r in results.rows if r["method"] == "standalone" and r["epsilon"] == 8.0)
-    gain = 100 * (crosslm["slm_accuracy_mean"] - standalone["slm_accuracy_mean"])
-    assert f"| 8 | CrossLM - standalone | 1 | {gain:+.1f} |" in gains_table(results)
-    # A second seed of each setting turns the table's cells into mean ± std over the seeds.
+    gain = 100 * (crosslm["slm_macro_f1_mean"] - standalone["slm_macro_f1_mean"])
+    shown = f"{gain:+.1f}".replace("-0.0", "+0.0")
+    assert f"| 8 | crosslm - standalone | 1 | {shown} |" in gains_table(results)  # one pair: no interval
+    # A second seed of each setting turns the table's cells into mean ± std [95% CI] over the seeds.
     twin = [
-        dict(r, seed=1, cell=r["cell"] + "-twin", slm_accuracy_mean=r["slm_accuracy_mean"] + 0.1) for r in results.rows
+        dict(r, seed=1, cell=r["cell"] + "-twin", slm_macro_f1_mean=r["slm_macro_f1_mean"] + 0.1) for r in results.rows
     ]
     results.rows += twin
-    mean, std, n = mean_std([crosslm["slm_accuracy_mean"], crosslm["slm_accuracy_mean"] + 0.1])
+    mean, std, n = mean_std([crosslm["slm_macro_f1_mean"], crosslm["slm_macro_f1_mean"] + 0.1])
     assert n == 2 and std == pytest.approx(0.0707, abs=1e-4)
-    assert f"| crosslm | 8 | 2 | {mean:.3f} ± {std:.3f} |" in summary_table(results)
+    half = 12.7062 * std / math.sqrt(2)  # t_{0.975, 1}
+    cell = f"{mean:.3f} ± {std:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
+    assert f"| crosslm | 8 | 2 | {cell} |" in summary_table(results)
+    assert "| 8 | crosslm - standalone | 2 |" in gains_table(results)
 
 
 def test_rerunning_skips_finished_cells(smoke: dict) -> None:

@@ -1,0 +1,101 @@
+"""summary.md of a run: macro-F1 leads the headline and every table, accuracy stands beside it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from crosslm_secure.config import config_from_dict
+from crosslm_secure.report.summary import write_report
+from crosslm_secure.runstore import RunStore
+
+ROUND0 = {
+    "round": 0,
+    "active_clients": 2,
+    "slm_macro_f1_mean": 0.25,
+    "slm_accuracy_mean": 0.64,
+    "llm_macro_f1": 0.30,
+    "llm_accuracy": 0.50,
+    "slm_macro_f1/client-1": 0.24,
+    "slm_macro_f1/client-2": 0.26,
+    "slm_accuracy/client-1": 0.63,
+    "slm_accuracy/client-2": 0.65,
+    "seconds_round": 10.0,
+}
+ROUND1 = {
+    **ROUND0,
+    "round": 1,
+    "slm_macro_f1_mean": 0.40,
+    "slm_accuracy_mean": 0.62,
+    "llm_macro_f1": 0.45,
+    "llm_accuracy": 0.55,
+    "slm_macro_f1/client-1": 0.38,
+    "slm_accuracy/client-1": 0.61,
+    "synthetic_generated": 36,
+    "synthetic_accepted": 12,
+    "synthetic_mean_score": 0.41,
+    "seconds_round": 30.0,
+}
+
+
+def summary(tmp_path: Path, rows: list[dict]) -> str:
+    store = RunStore.create(tmp_path, "t", 0, {})
+    for row in rows:
+        store.record_round(row)
+    write_report(store, config_from_dict({}), None)
+    return (store.root / "summary.md").read_text()
+
+
+def section(text: str, title: str) -> list[str]:
+    """The lines of one ``## title`` section."""
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start : None if end < 0 else end].splitlines()
+
+
+def test_the_headline_gives_macro_f1_changes_before_accuracy(tmp_path: Path) -> None:
+    headline = [line for line in section(summary(tmp_path, [ROUND0, ROUND1]), "Headline") if line.startswith("- ")]
+    assert headline[:4] == [
+        "- Mean client SLM macro-F1: 0.250 (round 0) -> 0.400 (round 1), +15.0 points",
+        "- LLM task macro-F1: 0.300 (round 0) -> 0.450 (round 1), +15.0 points",
+        "- Mean client SLM accuracy: 0.640 (round 0) -> 0.620 (round 1), -2.0 points",
+        "- LLM task accuracy: 0.500 (round 0) -> 0.550 (round 1), +5.0 points",
+    ]
+
+
+def test_the_round_table_puts_macro_f1_before_accuracy(tmp_path: Path) -> None:
+    table = [line for line in section(summary(tmp_path, [ROUND0, ROUND1]), "Metrics per round") if line.startswith("|")]
+    assert table[0] == (
+        "| round | clients | SLM macro-F1 (mean) | SLM acc (mean) | LLM macro-F1 | LLM acc | synthetic kept "
+        "| generated | mean score | seconds |"
+    )
+    assert table[2] == "| 0 | 2 | 0.250 | 0.640 | 0.300 | 0.500 |  |  |  | 10 |"
+    assert table[3] == "| 1 | 2 | 0.400 | 0.620 | 0.450 | 0.550 | 12 | 36 | 0.410 | 30 |"
+    assert not any("judge" in line for line in table)  # the rounds carry no judge numbers
+
+
+def test_judge_agreement_and_the_threshold_are_shown_when_the_rounds_carry_them(tmp_path: Path) -> None:
+    judged = {
+        **ROUND1,
+        "synthetic_accept_threshold": 0.4,
+        "synthetic_judge_agreement_accepted": 0.75,
+        "synthetic_judge_agreement_rejected": math.nan,  # nothing was dropped
+    }
+    table = [line for line in section(summary(tmp_path, [ROUND0, judged]), "Metrics per round") if line.startswith("|")]
+    assert table[0].endswith(
+        "| synthetic kept | generated | threshold | mean score | judge agrees (kept) | judge agrees (dropped) "
+        "| seconds |"
+    )
+    assert table[3].endswith("| 12 | 36 | 0.400 | 0.410 | 0.750 |  | 30 |")
+
+
+def test_the_client_table_puts_macro_f1_first(tmp_path: Path) -> None:
+    clients = section(summary(tmp_path, [ROUND0, ROUND1]), "Clients after round 1")
+    assert clients[2] == "| client | macro-F1 | accuracy | epsilon |"
+    assert clients[4:6] == ["| client-1 | 0.380 | 0.610 | n/a |", "| client-2 | 0.260 | 0.650 | n/a |"]
+
+
+def test_no_round_means_no_headline_numbers(tmp_path: Path) -> None:
+    text = summary(tmp_path, [])
+    assert section(text, "Headline")[2] == "No round completed."
+    assert "## Clients after" not in text and "| round |" not in text
