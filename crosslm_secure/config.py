@@ -202,7 +202,41 @@ class SLMConfig(_Section):
     learning_rate: Annotated[float, Field(gt=0)] = Field(
         1e-2, description="SLM learning rate (1e-2 suits a linear probe; use ~5e-5 with trainable: full)."
     )
-    private_epochs: Annotated[int, Field(ge=0)] = Field(2, description="Epochs on private data per round.")
+    private_epochs: Annotated[int, Field(ge=0)] = Field(
+        2, description="Epochs on private data per round when private_steps is unset (trainable: full)."
+    )
+    private_steps: Annotated[int, Field(ge=0)] | None = Field(
+        None,
+        description="Steps of private training per round. None: trainable head -> 100 steps at "
+        "private_sample_rate; full -> private_epochs epochs of batch_size.",
+    )
+    private_sample_rate: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        None,
+        description="Poisson sample rate of private (DP-SGD) training. None: trainable head -> 1.0 (full batch: "
+        "the noise on the summed gradient stays fixed while the signal grows with the batch); full -> "
+        "batch_size / n.",
+    )
+    private_optimizer: Literal["sgd", "adamw"] | None = Field(
+        None, description="Optimizer of private training. None: trainable head -> sgd; full -> adamw."
+    )
+    private_learning_rate: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="Learning rate of private training. None: trainable head -> 2.0; full -> learning_rate."
+    )
+    feature_centring: Literal["public", "none"] = Field(
+        "public",
+        description="trainable head: subtract the mean sentence embedding of public text (Python's pydoc topics, "
+        "shipped with Python) from every embedding; never a mean of private records.",
+    )
+    synthetic_weight: Annotated[float, Field(ge=0)] = Field(
+        0.5,
+        description="trainable head: accepted synthetic samples join private training as a public gradient "
+        "step after every DP step, with this weight (0 = after the DP steps, as with trainable: full).",
+    )
+    calibration: Literal["temperature", "none"] = Field(
+        "temperature",
+        description="temperature: before scoring, fit one softmax temperature on the broadcast synthetic batch "
+        "(public) by likelihood of the intended labels, so scores are probabilities worth thresholding.",
+    )
     synthetic_epochs: Annotated[int, Field(ge=0)] = Field(1, description="Epochs on accepted synthetic data per round.")
     eval_batch_size: Annotated[int, Field(ge=1)] = Field(64, description="Batch size for scoring and evaluation.")
     class_weights: list[Annotated[float, Field(gt=0)]] | None = Field(
@@ -230,8 +264,21 @@ class FeedbackConfig(_Section):
         description="Std of the Gaussian noise in each per-sample score sum (each client adds sigma/sqrt(K)); "
         "floods CKKS decryption noise and is recorded in each client's ledger as a release.",
     )
-    threshold: Annotated[float, Field(ge=0, le=1)] = Field(
-        0.5, description="Mean score at or above which a synthetic sample is accepted."
+    threshold: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None,
+        description="Fixed mean score at or above which a synthetic sample is accepted; None = adaptive: "
+        "per label, scores above chance + accept_margin and in that label's top accept_fraction.",
+    )
+    accept_margin: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0,
+        description="Adaptive acceptance: a sample's mean score must exceed chance (1/labels) by more than this. "
+        "Calibrated scores of a weak SLM stay near chance, so the default only asks for better than chance.",
+    )
+    accept_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.5, description="Adaptive acceptance: keep at most this top share of each label's samples."
+    )
+    balance: bool = Field(
+        True, description="Keep the same number of accepted samples per label (the best-scored of each)."
     )
 
 

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from crosslm_secure.audit.base import AuditError
 from crosslm_secure.client.batches import encode_texts, forward_logits
 from crosslm_secure.client.dp_trainer import MECHANISM, DPTrainer
+from crosslm_secure.client.features import FeatureHead
 from crosslm_secure.config import AuditConfig, Config, SLMConfig, config_from_dict
 from crosslm_secure.data.loaders import cap_train, load_labelled_data
 from crosslm_secure.data.partition import partition_clients
@@ -176,18 +177,6 @@ def uses_features(run: AuditRun, settings: SLMConfig, model: nn.Module) -> bool:
     )
 
 
-class FeatureHead(nn.Module):
-    """The trainable part of a head-only SLM: dropout + linear classifier on its input features."""
-
-    def __init__(self, classifier: nn.Linear, dropout: float) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = classifier
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(features))
-
-
 def feature_head(model: nn.Module, *, fresh_seed: int | None = None) -> FeatureHead:
     """A copy of ``model``'s head; with ``fresh_seed`` re-initialized (a new, untrained head)."""
     classifier = nn.Linear(model.classifier.in_features, model.classifier.out_features)
@@ -296,7 +285,13 @@ def retrainer(
     """
     settings = run.config.slm_for(client_id)
     batch = max(1, round(mechanism.sample_rate * num_records))
-    slm = settings.model_copy(update={"batch_size": batch})
+    slm = settings.model_copy(
+        update={
+            "batch_size": batch,
+            "private_sample_rate": mechanism.sample_rate,
+            "private_steps": mechanism.steps // max(1, mechanism.rounds) if mechanism.private else None,
+        }
+    )
     update: dict[str, Any] = {"epsilon_max": AUDIT_EPSILON_MAX}
     if mechanism.private:
         update |= {"target_epsilon": None, "noise_multiplier": mechanism.noise_multiplier, "delta": mechanism.delta}

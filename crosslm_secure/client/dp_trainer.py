@@ -1,8 +1,15 @@
 """DP-SGD training of a client's SLM on its private records (Opacus), with a ledger.
 
-Each round: Poisson sampling at ``q = batch_size / n``, per-record clipping at
-``max_grad_norm`` (ghost clipping by default), Gaussian noise with a noise multiplier
-fixed for the whole run, a fresh optimizer made private for the round. The round is
+Each round: ``steps`` Poisson draws at rate ``q`` (``client/schedule.py``: full batches and
+plain gradient descent for a head-only SLM, minibatch epochs for full fine-tuning), per-record
+clipping at ``max_grad_norm`` (ghost clipping by default), Gaussian noise with a noise
+multiplier fixed for the whole run, a fresh optimizer made private for the round.
+
+A head-only SLM (frozen encoder) trains on cached sentence embeddings centred on public
+text. Accepted synthetic samples (public) join its private training: after every DP step
+a plain gradient step on them, weighted by ``slm.synthetic_weight``. That is post-processing
+of the DP step's output, so it costs no budget, and the private DP steps and the public steps
+shape the same model instead of the synthetic data overwriting it last. The round is
 recorded in the client's ledger only after training finished; a round that fails midway
 restores the weights it started from, so nothing unrecorded ever leaves the trainer.
 
@@ -21,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
@@ -29,12 +37,14 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from crosslm_secure.client.batches import INPUT_KEYS, encode_examples, forward_logits
+from crosslm_secure.client.features import FeatureCache, own_head, set_public_centre, trains_on_features
 from crosslm_secure.client.plain_trainer import PlainTrainer, loss_weights
+from crosslm_secure.client.schedule import private_schedule
 from crosslm_secure.client.trainer import TrainReport
 from crosslm_secure.config import SLMConfig
 from crosslm_secure.data.records import Example
 from crosslm_secure.errors import PrivacyError
-from crosslm_secure.privacy.accounting import MechanismBlock, noise_multiplier_for, steps_per_epoch
+from crosslm_secure.privacy.accounting import MechanismBlock, noise_multiplier_for
 from crosslm_secure.privacy.budget import decline_reason as budget_decline_reason
 from crosslm_secure.privacy.ledger import Ledger, LedgerEntry
 from crosslm_secure.privacy.settings import PrivacyConfig
@@ -95,10 +105,15 @@ class DPTrainer:
         self.progress = progress
         self.private = privacy.dp
         self.delta = privacy.delta_for(num_records)
-        self.sample_rate = min(1.0, slm.batch_size / num_records)
-        self.steps_per_round = slm.private_epochs * steps_per_epoch(self.sample_rate)
+        self.schedule = private_schedule(slm, num_records)
+        self.sample_rate = self.schedule.sample_rate
+        self.steps_per_round = self.schedule.steps
+        self.seed = seed
         self._plain = PlainTrainer(slm, self.device, seed=seed, progress=progress)
         self._noise_multiplier: float | None = None
+        self._features = FeatureCache()
+        self.synthetic: list[Example] = []
+        """Accepted synthetic (public) samples kept for joint training with a head-only SLM."""
 
     @property
     def noise_multiplier(self) -> float:
@@ -181,6 +196,8 @@ class DPTrainer:
             PrivacyError: over budget, a preflight refusal, weights that did not move,
                 or ``examples`` not the ``num_records`` records the sample rate was set for.
         """
+        if trains_on_features(model, self.slm.trainable, self.privacy.lora_rank):
+            return self._train_head(model, tokenizer, examples, round_index)
         if not self.private:
             return self._train_non_private(model, tokenizer, examples, round_index)
 
@@ -192,8 +209,37 @@ class DPTrainer:
 
         return self._train_dp(model, len(examples), dataset, forward, round_index)
 
+    def _train_head(self, model: Any, tokenizer: Any, examples: Sequence[Example], round_index: int) -> TrainReport:
+        """A head-only SLM: cached, publicly centred embeddings; synthetic samples as public steps."""
+        encode = {"max_length": self.slm.max_length, "batch_size": self.slm.eval_batch_size}
+        if self.slm.feature_centring == "public" and not bool(model.feature_mean.any()):
+            set_public_centre(tokenizer, model, **encode)
+        centre = model.feature_mean.detach().float().cpu()
+        features = self._features.features(
+            tokenizer, model, [ex.uid for ex in examples], [ex.text for ex in examples], **encode
+        )
+        labels = torch.tensor([ex.label for ex in examples], dtype=torch.long)
+        public = None
+        if self.synthetic and self.slm.synthetic_weight > 0:
+            public_x = self._features.features(
+                tokenizer, model, [ex.uid for ex in self.synthetic], [ex.text for ex in self.synthetic], **encode
+            )
+            public = (public_x - centre, torch.tensor([ex.label for ex in self.synthetic], dtype=torch.long))
+        report = self.train_private_features(
+            own_head(model), features - centre, labels, round_index=round_index, public=public
+        )
+        model.eval()
+        report.details["synthetic_in_training"] = 0 if public is None else len(public[1])
+        return report
+
     def train_private_features(
-        self, head: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor, *, round_index: int
+        self,
+        head: torch.nn.Module,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        round_index: int,
+        public: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> TrainReport:
         """The same round as :meth:`train_private`, for a model whose input is a feature vector.
 
@@ -208,6 +254,8 @@ class DPTrainer:
             features: ``[num_records, dim]`` float tensor, one row per private record.
             labels: ``[num_records]`` int64 class indices.
             round_index: the round recorded in the ledger.
+            public: public ``(features, labels)`` (accepted synthetic samples): a plain gradient
+                step on them, weighted by ``slm.synthetic_weight``, follows every private step.
 
         Raises:
             PrivacyError: as :meth:`train_private`.
@@ -219,14 +267,17 @@ class DPTrainer:
             )
         features = features.detach().float().cpu()
         labels = labels.detach().long().cpu()
-        if not self.private:
-            report = self._plain.train_features(head, features, labels, round_index=round_index)
-            return self._record_non_private(report, round_index)
 
         def forward(dp_model: torch.nn.Module, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
             return dp_model(tensors[0].to(self.device))
 
-        return self._train_dp(head, len(features), lambda: TensorDataset(features, labels), forward, round_index)
+        dataset = TensorDataset(features, labels)
+        if not self.private:
+            started = time.perf_counter()
+            stats = self._steps(head, dataset, forward, round_index, public=public)
+            report = TrainReport(stats["draws"], stats["seen"], stats["mean_loss"], time.perf_counter() - started)
+            return self._record_non_private(report, round_index)
+        return self._train_dp(head, len(features), lambda: dataset, forward, round_index, public=public)
 
     def _train_dp(
         self,
@@ -235,6 +286,8 @@ class DPTrainer:
         dataset: Callable[[], TensorDataset],
         forward: Callable[[torch.nn.Module, Sequence[torch.Tensor]], torch.Tensor],
         round_index: int,
+        *,
+        public: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> TrainReport:
         existing = self.ledger.find(self.run_id, round_index, MECHANISM)
         if existing is not None:
@@ -253,7 +306,7 @@ class DPTrainer:
             raise PrivacyError(reason)
         self.prepare_model(model)
         started = time.perf_counter()
-        stats = self._dp_round(model, dataset(), forward, round_index)
+        stats = self._steps(model, dataset(), forward, round_index, public=public)
         entry = self.ledger.record_dp_sgd(
             run_id=self.run_id,
             round_index=round_index,
@@ -266,7 +319,8 @@ class DPTrainer:
             epsilon_max=self.privacy.epsilon_max,
             details={
                 "grad_sample_mode": self.privacy.grad_sample_mode,
-                "epochs": self.slm.private_epochs,
+                "optimizer": self.schedule.optimizer,
+                "learning_rate": self.schedule.learning_rate,
                 "lora_rank": self.privacy.lora_rank,
             },
         )
@@ -280,8 +334,17 @@ class DPTrainer:
         )
 
     def train_public(self, model: Any, tokenizer: Any, examples: Sequence[Example], *, round_index: int) -> TrainReport:
-        """Train on public synthetic records: post-processing, no ledger entry."""
-        report = self._plain.train_public(model, tokenizer, examples, round_index=round_index)
+        """Train on public synthetic records: post-processing, no ledger entry.
+
+        A head-only SLM with ``slm.synthetic_weight > 0`` keeps them for joint training in its
+        next private round instead (see the module docstring); other SLMs train on them now.
+        """
+        if trains_on_features(model, self.slm.trainable, self.privacy.lora_rank) and self.slm.synthetic_weight > 0:
+            known = {ex.uid for ex in self.synthetic}
+            self.synthetic.extend(ex for ex in examples if ex.uid not in known)
+            report = TrainReport(0, 0, math.nan, 0.0, details={"phase": "public", "kept": len(self.synthetic)})
+        else:
+            report = self._plain.train_public(model, tokenizer, examples, round_index=round_index)
         report.epsilon = self.ledger.epsilon(self.privacy.accountant, self.delta) if self.private else math.inf
         return report
 
@@ -301,84 +364,105 @@ class DPTrainer:
                 steps=report.steps,
                 accountant=self.privacy.accountant,
                 epsilon_max=self.privacy.epsilon_max,
-                details={"epochs": self.slm.private_epochs},
+                details={"steps": report.steps},
             )
         report.epsilon = math.inf
         report.details["privacy"] = "non-private: epsilon = inf"
         return report
 
-    def _dp_round(
+    def _steps(
         self,
         model: torch.nn.Module,
         dataset: TensorDataset,
         forward: Callable[[torch.nn.Module, Sequence[torch.Tensor]], torch.Tensor],
         round_index: int,
+        *,
+        public: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, Any]:
+        """``steps_per_round`` Poisson draws; DP-SGD through Opacus when ``private``, else plain steps.
+
+        Non-private training runs the same schedule without clipping and noise, so the
+        epsilon = inf baseline differs from the private run only by the mechanism.
+        """
         model.to(self.device)
         model.train()
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         start_weights = {n: p.detach().clone() for n, p in trainable.items()}
-        loader = DPDataLoader(
-            dataset,
-            sample_rate=self.sample_rate,
-            generator=_entropy_generator(torch.device("cpu")),
+        generator = (
+            _entropy_generator(torch.device("cpu"))
+            if self.private
+            else torch.Generator().manual_seed(self.seed * 1_000_003 + round_index)
         )
-        preflight(model, loader, sample_rate=self.sample_rate)
-        optimizer = torch.optim.AdamW(list(trainable.values()), lr=self.slm.learning_rate)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "secure RNG off": we seed from OS entropy
-            private = PrivacyEngine(accountant=self.privacy.accountant).make_private(
-                module=model,
-                optimizer=optimizer,
-                criterion=torch.nn.CrossEntropyLoss(weight=loss_weights(self.slm, self.device)),
-                data_loader=loader,
-                noise_multiplier=self.noise_multiplier,
-                max_grad_norm=self.privacy.max_grad_norm,
-                poisson_sampling=False,  # the loader already samples Poisson at our rate
-                grad_sample_mode=self.privacy.grad_sample_mode,
-                noise_generator=_entropy_generator(self.device),
-            )
-        if self.privacy.grad_sample_mode == "ghost":
-            dp_model, dp_optimizer, criterion, dp_loader = private
-        else:
-            dp_model, dp_optimizer, dp_loader = private
-            criterion = torch.nn.CrossEntropyLoss(weight=loss_weights(self.slm, self.device))
+        loader = DPDataLoader(dataset, sample_rate=self.sample_rate, generator=generator)
+        optimizer = _optimizer(self.schedule.optimizer, list(trainable.values()), self.schedule.learning_rate)
+        criterion: Any = torch.nn.CrossEntropyLoss(weight=loss_weights(self.slm, self.device))
+        step_model, step_optimizer, step_loader = model, optimizer, loader
+        if self.private:
+            preflight(model, loader, sample_rate=self.sample_rate)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "secure RNG off": we seed from OS entropy
+                private = PrivacyEngine(accountant=self.privacy.accountant).make_private(
+                    module=model,
+                    optimizer=optimizer,
+                    criterion=criterion,
+                    data_loader=loader,
+                    noise_multiplier=self.noise_multiplier,
+                    max_grad_norm=self.privacy.max_grad_norm,
+                    poisson_sampling=False,  # the loader already samples Poisson at our rate
+                    grad_sample_mode=self.privacy.grad_sample_mode,
+                    noise_generator=_entropy_generator(self.device),
+                )
+            if self.privacy.grad_sample_mode == "ghost":
+                step_model, step_optimizer, criterion, step_loader = private
+            else:
+                step_model, step_optimizer, step_loader = private
+        public_step = _public_stepper(
+            step_model, trainable, public, self.schedule.learning_rate * self.slm.synthetic_weight, self.device
+        )
         losses: list[float] = []
         draws = seen = empty = 0
         bar = tqdm(
             total=self.steps_per_round,
-            desc=f"SLM DP r{round_index}",
+            desc=f"SLM {'DP' if self.private else 'private'} r{round_index}",
             disable=not self.progress,
             leave=False,
         )
         finished = False
+        fork_devices = [self.device] if self.device.type == "cuda" else []
         try:
-            with warnings.catch_warnings():
+            with torch.random.fork_rng(devices=fork_devices), warnings.catch_warnings():
+                if not self.private:  # reproducible dropout; DP randomness stays OS entropy
+                    torch.manual_seed(self.seed * 1_000_003 + round_index)
                 # Opacus's hooks fire on outputs when inputs need no grad (token ids): expected.
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                for _ in range(self.slm.private_epochs):
-                    for batch in dp_loader:
+                while draws < self.steps_per_round:
+                    for batch in step_loader:
                         draws += 1
                         bar.update(1)
                         labels = batch[-1]
                         if len(labels) == 0:
                             # Counted as a step (the accounting assumes every draw releases).
                             empty += 1
-                            continue
-                        dp_optimizer.zero_grad(set_to_none=True)
-                        logits = forward(dp_model, batch[:-1])
-                        loss = criterion(logits.float(), labels.to(self.device))
-                        loss.backward()
-                        dp_optimizer.step()
-                        if seen == 0:
-                            check_weights_moved(start_weights, trainable)
-                        seen += len(labels)
-                        losses.append(float(loss.detach()))
+                        else:
+                            step_optimizer.zero_grad(set_to_none=True)
+                            logits = forward(step_model, batch[:-1])
+                            loss = criterion(logits.float(), labels.to(self.device))
+                            loss.backward()
+                            step_optimizer.step()
+                            if seen == 0 and self.private:
+                                check_weights_moved(start_weights, trainable)
+                            seen += len(labels)
+                            losses.append(float(loss.detach()))
+                        if public_step is not None:
+                            public_step()
+                        if draws >= self.steps_per_round:
+                            break
             finished = True
         finally:
             bar.close()
-            dp_optimizer.zero_grad(set_to_none=True)
-            dp_model.to_standard_module()  # removes hooks and per-sample attributes
+            step_optimizer.zero_grad(set_to_none=True)
+            if self.private:
+                step_model.to_standard_module()  # removes hooks and per-sample attributes
             if not finished:
                 with torch.no_grad():
                     for name, param in trainable.items():
@@ -390,6 +474,46 @@ class DPTrainer:
             "empty": empty,
             "mean_loss": float(np.mean(losses)) if losses else math.nan,
         }
+
+
+def _optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    return torch.optim.AdamW(params, lr=lr)
+
+
+def _public_stepper(
+    step_model: torch.nn.Module,
+    trainable: dict[str, torch.nn.Parameter],
+    public: tuple[torch.Tensor, torch.Tensor] | None,
+    lr: float,
+    device: torch.device,
+) -> Callable[[], None] | None:
+    """A plain gradient step on public ``(features, labels)``, or None when there is nothing to step on.
+
+    It runs with Opacus's hooks off, so the public samples never enter per-sample gradients,
+    clipping or the accounting: only the model's current (already private) weights are used.
+    """
+    if public is None or len(public[1]) == 0 or lr <= 0:
+        return None
+    x, y = public[0].to(device), public[1].to(device)
+    params = list(trainable.values())
+
+    def step() -> None:
+        toggles = hasattr(step_model, "disable_hooks")
+        if toggles:
+            step_model.disable_hooks()
+        try:
+            loss = F.cross_entropy(step_model(x).float(), y)
+            grads = torch.autograd.grad(loss, params)
+        finally:
+            if toggles:
+                step_model.enable_hooks()
+        with torch.no_grad():
+            for param, grad in zip(params, grads, strict=True):
+                param.add_(grad, alpha=-lr)
+
+    return step
 
 
 def preflight(model: torch.nn.Module, data_loader: DataLoader, *, sample_rate: float) -> None:

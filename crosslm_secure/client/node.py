@@ -186,6 +186,7 @@ class ClientNode:
             max_length=self.settings.max_length,
             batch_size=self.settings.eval_batch_size,
             device=self.device,
+            calibrate=self.settings.calibration == "temperature",
         )
         aggregator = self._aggregator()
         contribution = aggregator.protect(

@@ -25,8 +25,13 @@ def score_samples(
     max_length: int,
     batch_size: int,
     device: torch.device | str,
+    calibrate: bool = False,
 ) -> np.ndarray:
     """Score each synthetic sample by the SLM's probability of its intended label.
+
+    With ``calibrate`` the SLM's probabilities are first temperature-scaled (one temperature
+    fitted on this very batch by likelihood of the intended labels, see :func:`fit_temperature`).
+    The batch is public, so this costs no privacy; the fitted temperature stays on the client.
 
     Args:
         tokenizer: the client's SLM tokenizer.
@@ -35,6 +40,7 @@ def score_samples(
         max_length: tokens per text.
         batch_size: texts per forward pass.
         device: where the model lives.
+        calibrate: temperature-scale the probabilities first.
 
     Returns:
         ``float64`` array of ``len(samples)`` scores in ``[0, 1]``, in sample order.
@@ -61,5 +67,37 @@ def score_samples(
             f"synthetic sample {first.sample_id} has intended label {first.intended_label}, "
             f"but the SLM has labels 0..{num_labels - 1}"
         )
+    if calibrate:
+        probs = tempered(probs, fit_temperature(probs, labels))
     scores = probs[np.arange(len(samples)), labels]
     return np.clip(scores, 0.0, 1.0).astype(np.float64, copy=False)
+
+
+TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(8.0), 61))
+"""Candidate temperatures, log-spaced from 1/4 to 8."""
+
+
+def tempered(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log(probs) / temperature)`` row-wise: temperature scaling of the logits."""
+    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    scaled = np.exp(logits)
+    return scaled / scaled.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature (from :data:`TEMPERATURES`) that maximizes the likelihood of ``labels``.
+
+    Fitted on the synthetic batch, whose labels are the LLM's intentions: a sample the LLM got
+    wrong pulls the temperature up, so the scores read as "how likely the intended label is
+    right", flatter where the SLM disagrees with the LLM often. Rankings never change.
+
+    Args:
+        probs: ``[n, labels]`` probabilities.
+        labels: ``[n]`` label indices.
+    """
+    if len(labels) == 0:
+        return 1.0
+    rows = np.arange(len(labels))
+    losses = [-np.log(np.clip(tempered(probs, t)[rows, labels], 1e-12, 1.0)).mean() for t in TEMPERATURES]
+    return float(TEMPERATURES[int(np.argmin(losses))])

@@ -7,6 +7,7 @@ client models, or (with a protecting aggregator) per-client scores.
 from __future__ import annotations
 
 import hashlib
+import math
 import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,7 @@ from crosslm_secure.crypto.ceremony import accept_public_context
 from crosslm_secure.crypto.keys import Registry
 from crosslm_secure.data.records import Example, SyntheticSample
 from crosslm_secure.errors import CrossLMError, CryptoError, ProtocolError
+from crosslm_secure.eval.judge import Judge
 from crosslm_secure.eval.llm_eval import llm_perplexity, llm_task_accuracy
 from crosslm_secure.models.llm import LoadedLLM, save_lora
 from crosslm_secure.protocol.envelope import parse as parse_envelope
@@ -44,6 +46,7 @@ from crosslm_secure.protocol.messages import (
 )
 from crosslm_secure.protocol.party import Party
 from crosslm_secure.runstore import RunStore
+from crosslm_secure.server.acceptance import accept_samples
 from crosslm_secure.server.generation import generate_synthetic
 from crosslm_secure.server.tuning import tune_llm
 from crosslm_secure.transport.base import NodeUnavailable, Transport
@@ -117,6 +120,7 @@ class Coordinator:
         """Excluded because they stopped answering (not because they refused or misbehaved): may rejoin."""
         self._llm_metrics: dict[str, float] = {}
         self._epsilon: dict[str, float | None] = {}
+        self._judge: Judge | None = None
 
     @property
     def tunes_llm(self) -> bool:
@@ -281,10 +285,14 @@ class Coordinator:
         if self.method == "data_free_kd" or not samples:
             accepted = samples
             result: dict[str, Any] = {"synthetic_generated": len(samples), "synthetic_accepted": len(samples)}
+            result |= self._judge_agreement(samples, np.ones(len(samples), dtype=bool))
         else:
             means = self._aggregate_scores(round_index, samples, phases)
             if means is None:
                 return {"synthetic_generated": len(samples)}
+            keep = accept_samples(
+                means, np.array([s.intended_label for s in samples]), len(cfg.task.labels), cfg.feedback
+            )
             with phases("tune_llm"):
                 report = tune_llm(
                     self.llm,
@@ -292,12 +300,12 @@ class Coordinator:
                     means,
                     cfg.task,
                     cfg.tuning,
-                    threshold=cfg.feedback.threshold,
+                    accepted=keep,
                     seed=cfg.run.seed + round_index,
                     progress=cfg.run.progress,
                 )
             save_lora(self.llm.model, self.store.llm_dir(round_index))
-            accepted = [s for s, m in zip(samples, means, strict=True) if m >= cfg.feedback.threshold]
+            accepted = [s for s, kept in zip(samples, keep, strict=True) if kept]
             result = {
                 "synthetic_generated": len(samples),
                 "synthetic_accepted": len(accepted),
@@ -306,6 +314,10 @@ class Coordinator:
                 "llm_tune_steps": report.steps,
                 "llm_tune_loss": report.mean_loss,
             }
+            if keep.any():
+                result["synthetic_accept_threshold"] = float(np.min(np.clip(means, 0, 1)[keep]))
+            with phases("judge"):
+                result |= self._judge_agreement(samples, keep)
         with phases("enhance"):
             request = EnhanceRequest(samples=[WireSample.of(s) for s in accepted])
             self._ask_all({name: (request, ()) for name in self.active}, round_index, "enhance.reply")
@@ -373,6 +385,20 @@ class Coordinator:
             return None
         self.store.event("revealed", round=round_index, decryptor=decryptor, contributors=body.contributors)
         return np.frombuffer(envelope.blobs[0], dtype="<f8").copy()
+
+    def _judge_agreement(self, samples: Sequence[SyntheticSample], keep: np.ndarray) -> dict[str, float]:
+        """How often an independent judge (trained on the evaluator's split) agrees with the intended
+        labels of the accepted and of the rejected samples."""
+        if not self.llm_test or not samples:
+            return {}
+        if self._judge is None:
+            device = next(self.llm.model.parameters()).device
+            self._judge = Judge(self.llm_test, len(self.config.task.labels), device, seed=self.config.run.seed)
+        agrees = self._judge.predict([s.text for s in samples]) == np.array([s.intended_label for s in samples])
+        result = {"synthetic_judge_agreement_accepted": float(np.mean(agrees[keep])) if keep.any() else math.nan}
+        if (~keep).any():
+            result["synthetic_judge_agreement_rejected"] = float(np.mean(agrees[~keep]))
+        return result
 
     def _evaluate_llm(self) -> None:
         cfg = self.config
@@ -526,10 +552,12 @@ class Coordinator:
 
 def _round_line(row: dict[str, Any]) -> str:
     parts = [f"round {row['round']} done in {row['seconds_round']:.0f}s"]
-    if "slm_accuracy_mean" in row:
-        parts.append(f"SLM acc {row['slm_accuracy_mean']:.3f}")
-    if "llm_accuracy" in row:
-        parts.append(f"LLM acc {row['llm_accuracy']:.3f} ppl {row['llm_perplexity']:.2f}")
+    if "slm_macro_f1_mean" in row:
+        parts.append(f"SLM macro-F1 {row['slm_macro_f1_mean']:.3f} (acc {row['slm_accuracy_mean']:.3f})")
+    if "llm_macro_f1" in row:
+        parts.append(
+            f"LLM macro-F1 {row['llm_macro_f1']:.3f} (acc {row['llm_accuracy']:.3f}) ppl {row['llm_perplexity']:.2f}"
+        )
     if "synthetic_accepted" in row:
         parts.append(f"synthetic {row['synthetic_accepted']}/{row['synthetic_generated']} accepted")
     return "  " + ", ".join(parts)

@@ -39,35 +39,37 @@ ItemKind = Literal["generation", "pair", "unlikelihood"]
 
 
 def feedback_weights(
-    mean_scores: np.ndarray, *, threshold: float, unlikelihood_threshold: float
+    mean_scores: np.ndarray, *, accepted: np.ndarray, unlikelihood_threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Map aggregate mean scores to likelihood weights and an unlikelihood mask.
 
-    Scores are first clipped to [0, 1] (DP noise can push a mean outside). A sample with
-    score ``s >= threshold`` gets weight ``s / mean(accepted scores)``, so accepted weights
-    average 1 and better-scored samples count more; every other sample gets weight 0.
-    The unlikelihood mask marks samples with ``s < unlikelihood_threshold`` that have
-    weight 0.
+    Scores are first clipped to [0, 1] (DP noise can push a mean outside). An accepted sample
+    (``server.acceptance.accept_samples``) with score ``s`` gets weight ``s / mean(accepted
+    scores)``, so accepted weights average 1 and better-scored samples count more; every other
+    sample gets weight 0. The unlikelihood mask marks samples with ``s < unlikelihood_threshold``
+    that were not accepted.
 
     Args:
         mean_scores: one mean score per synthetic sample, shape ``(n,)``.
-        threshold: acceptance threshold (``feedback.threshold``).
+        accepted: boolean mask ``(n,)`` of accepted samples.
         unlikelihood_threshold: scores below this are pushed down (``tuning.unlikelihood_threshold``).
 
     Returns:
         ``(weights, mask)``: float64 weights ``(n,)`` and a boolean mask ``(n,)``.
 
     Raises:
-        ValueError: the scores are not a 1-D array of finite numbers.
+        ValueError: the scores are not a 1-D array of finite numbers, or the mask differs in shape.
     """
     scores = np.asarray(mean_scores, dtype=np.float64)
     if scores.ndim != 1 or not np.all(np.isfinite(scores)):
         raise ValueError("feedback_weights: mean_scores must be a 1-D array of finite numbers")
+    accepted = np.asarray(accepted, dtype=bool)
+    if accepted.shape != scores.shape:
+        raise ValueError(f"feedback_weights: {accepted.shape} accepted flags for {scores.shape} scores")
     scores = np.clip(scores, 0.0, 1.0)
-    accepted = scores >= threshold
     weights = np.zeros_like(scores)
     if accepted.any():
-        weights[accepted] = scores[accepted] / scores[accepted].mean()
+        weights[accepted] = scores[accepted] / max(scores[accepted].mean(), 1e-12)
     mask = (scores < unlikelihood_threshold) & ~accepted
     return weights, mask
 
@@ -108,7 +110,7 @@ def build_tuning_items(
     task: TaskConfig,
     tuning: TuningConfig,
     *,
-    threshold: float,
+    accepted: np.ndarray,
 ) -> list[TuningItem]:
     """All training sequences for one round's feedback (see the module docstring).
 
@@ -118,7 +120,7 @@ def build_tuning_items(
     if len(samples) != len(np.asarray(mean_scores)):
         raise ValueError(f"tuning: {len(samples)} samples but {len(np.asarray(mean_scores))} mean scores")
     weights, mask = feedback_weights(
-        mean_scores, threshold=threshold, unlikelihood_threshold=tuning.unlikelihood_threshold
+        mean_scores, accepted=accepted, unlikelihood_threshold=tuning.unlikelihood_threshold
     )
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     answers = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in label_answers(tokenizer, task)]
@@ -172,10 +174,10 @@ def feedback_loss(
     task: TaskConfig,
     tuning: TuningConfig,
     *,
-    threshold: float,
+    accepted: np.ndarray,
 ) -> float:
     """The tuning objective on this feedback, without training (mean over items)."""
-    items = build_tuning_items(llm.tokenizer, samples, mean_scores, task, tuning, threshold=threshold)
+    items = build_tuning_items(llm.tokenizer, samples, mean_scores, task, tuning, accepted=accepted)
     if not items:
         return 0.0
     total = 0.0
@@ -195,7 +197,7 @@ def tune_llm(
     task: TaskConfig,
     tuning: TuningConfig,
     *,
-    threshold: float,
+    accepted: np.ndarray,
     seed: int,
     progress: bool = True,
 ) -> TuneReport:
@@ -207,7 +209,7 @@ def tune_llm(
         mean_scores: aggregate mean score per sample, same order.
         task: labels, verbalizers, prompts.
         tuning: epochs, learning rate, batch size, max length, unlikelihood and pair settings.
-        threshold: acceptance threshold (``feedback.threshold``).
+        accepted: boolean mask of accepted samples (``server.acceptance``).
         seed: seeds the item order and LoRA dropout.
         progress: show a progress bar.
 
@@ -224,7 +226,7 @@ def tune_llm(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ModelError("the LLM has no trainable parameters; wrap it with add_lora before tune_llm")
-    items = build_tuning_items(tokenizer, samples, mean_scores, task, tuning, threshold=threshold)
+    items = build_tuning_items(tokenizer, samples, mean_scores, task, tuning, accepted=accepted)
     report = TuneReport(
         steps=0,
         mean_loss=math.nan,

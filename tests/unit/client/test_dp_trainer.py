@@ -11,7 +11,9 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from crosslm_secure.client import dp_trainer
 from crosslm_secure.client.dp_trainer import DPTrainer, check_weights_moved, preflight
+from crosslm_secure.client.features import public_texts, sentence_embeddings
 from crosslm_secure.config import SLMConfig
+from crosslm_secure.data.records import Example
 from crosslm_secure.errors import PrivacyError
 from crosslm_secure.models.slm import load_slm
 from crosslm_secure.privacy.ledger import Ledger, ledger_path
@@ -260,3 +262,76 @@ def test_check_weights_moved_names_the_frozen_tensor():
         model[0].weight.add_(1.0)
     with pytest.raises(PrivacyError, match=r"1 trainable tensor\(s\) did not change.*0.bias"):
         check_weights_moved(before, trainable)
+
+
+# --- head-only SLM: cached features, public centre, synthetic samples as public steps ---------
+
+
+HEAD_PRIVACY = PrivacyConfig(target_epsilon=None, noise_multiplier=20.0, accountant="rdp")
+
+
+def head_trainer(model_dir, root, privacy=HEAD_PRIVACY, **slm):
+    cfg = SLMConfig(model=str(model_dir), max_length=24, trainable="head", private_steps=30, **slm)
+    ledger = Ledger(ledger_path(root, "client-1"), client_id="client-1", clock=fixed_clock)
+    trainer = DPTrainer(
+        cfg,
+        privacy,
+        ledger=ledger,
+        run_id="run",
+        client_id="client-1",
+        planned_rounds=2,
+        num_records=3 * N_PER_LABEL,
+        device="cpu",
+        seed=0,
+        progress=False,
+    )
+    tokenizer, model = load_slm(cfg, 3, torch.device("cpu"), seed=0)
+    return trainer, tokenizer, model
+
+
+def test_a_head_trains_at_full_batch_on_features_centred_on_public_text(model_dir, examples, tmp_path):
+    trainer, tokenizer, model = head_trainer(model_dir, tmp_path)
+    encoder_before = {n: p.detach().clone() for n, p in model.encoder.named_parameters()}
+    head_before = model.classifier.weight.detach().clone()
+    report = trainer.train_private(model, tokenizer, examples, round_index=1)
+    entry = trainer.ledger.find("run", 1, "dp-sgd")
+    assert (entry.sample_rate, entry.steps, report.steps) == (1.0, 30, 30)
+    assert not torch.equal(model.classifier.weight, head_before)
+    assert all(torch.equal(p, encoder_before[n]) for n, p in model.encoder.named_parameters())
+    encode = {"max_length": 24, "batch_size": 64}
+    public = sentence_embeddings(tokenizer, model, public_texts(), **encode).mean(dim=0)
+    private = sentence_embeddings(tokenizer, model, [ex.text for ex in examples], **encode).mean(dim=0)
+    torch.testing.assert_close(model.feature_mean, public)
+    assert not torch.allclose(model.feature_mean, private, atol=1e-3), "the centre must not be a private mean"
+    assert_unwrapped(model)
+
+
+def test_synthetic_samples_join_the_next_private_round_without_changing_its_accounting(model_dir, examples, tmp_path):
+    synthetic = [Example(uid=f"syn:{i}", text=ex.text, label=ex.label) for i, ex in enumerate(examples[::3])]
+    trainer, tokenizer, model = head_trainer(model_dir, tmp_path / "a")
+    stored = trainer.train_public(model, tokenizer, synthetic, round_index=1)
+    assert stored.steps == 0 and len(trainer.synthetic) == len(synthetic)
+    trainer.train_public(model, tokenizer, synthetic, round_index=1)
+    assert len(trainer.synthetic) == len(synthetic), "a sample sent twice is kept once"
+    report = trainer.train_private(model, tokenizer, examples, round_index=2)
+    assert report.details["synthetic_in_training"] == len(synthetic)
+    alone, tokenizer_b, model_b = head_trainer(model_dir, tmp_path / "b")
+    alone.train_private(model_b, tokenizer_b, examples, round_index=2)
+    entries = [t.ledger.find("run", 2, "dp-sgd") for t in (trainer, alone)]
+    assert [(e.sample_rate, e.steps, e.noise_multiplier) for e in entries[:1]] == [
+        (e.sample_rate, e.steps, e.noise_multiplier) for e in entries[1:]
+    ]
+
+
+def test_non_private_head_runs_the_same_schedule_and_synthetic_steps_move_it(model_dir, examples, tmp_path):
+    plain = PrivacyConfig(dp=False)
+    with_synthetic, tokenizer, model = head_trainer(model_dir, tmp_path / "a", plain)
+    with_synthetic.train_public(model, tokenizer, [Example("syn:0", "good good good", 2)], round_index=1)
+    report = with_synthetic.train_private(model, tokenizer, examples, round_index=2)
+    assert report.steps == 30 and math.isinf(report.epsilon)
+    alone, tokenizer_b, model_b = head_trainer(model_dir, tmp_path / "b", plain)
+    alone.train_private(model_b, tokenizer_b, examples, round_index=2)
+    assert not torch.equal(model.classifier.weight, model_b.classifier.weight)
+    again, tokenizer_c, model_c = head_trainer(model_dir, tmp_path / "c", plain)
+    again.train_private(model_c, tokenizer_c, examples, round_index=2)
+    torch.testing.assert_close(model_b.classifier.weight, model_c.classifier.weight)

@@ -91,7 +91,9 @@ def test_revealed_mean_matches_the_plaintext_mean(ckks_network: dict) -> None:
     means = np.frombuffer(envelope.blobs[0], dtype="<f8")
     plain = np.mean(
         [
-            score_samples(n.slm.tokenizer, n.slm.model, SAMPLES, max_length=16, batch_size=8, device=CPU)
+            score_samples(
+                n.slm.tokenizer, n.slm.model, SAMPLES, max_length=16, batch_size=8, device=CPU, calibrate=True
+            )
             for n in nodes.values()
         ],
         axis=0,

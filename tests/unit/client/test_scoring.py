@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from crosslm_secure.client.scoring import score_samples
+from crosslm_secure.client.scoring import fit_temperature, score_samples, tempered
 from crosslm_secure.config import SLMConfig
 from crosslm_secure.data.records import SyntheticSample
 from crosslm_secure.errors import DataError
@@ -71,3 +71,22 @@ def test_unknown_intended_label_is_refused(tiny: tuple) -> None:
     samples = [SyntheticSample("ok", "fine", 1), SyntheticSample("bad-7", "fine", 3)]
     with pytest.raises(DataError, match="bad-7 has intended label 3.*0..2"):
         score_samples(tokenizer, model, samples, max_length=32, batch_size=8, device=CPU)
+
+
+def test_fit_temperature_recovers_the_temperature_that_made_the_labels() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 3)) * 3
+    true_probs = np.exp(logits / 2.0)
+    true_probs /= true_probs.sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(3, p=p) for p in true_probs])
+    overconfident = np.exp(logits)
+    overconfident /= overconfident.sum(axis=1, keepdims=True)
+    assert fit_temperature(overconfident, labels) == pytest.approx(2.0, rel=0.1)
+
+
+def test_tempering_keeps_the_ranking_and_sums_to_one() -> None:
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    flat = tempered(probs, 4.0)
+    np.testing.assert_allclose(flat.sum(axis=1), 1.0)
+    assert (np.argsort(flat, axis=1) == np.argsort(probs, axis=1)).all()
+    assert flat[0, 0] < probs[0, 0]

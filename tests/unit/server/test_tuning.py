@@ -42,7 +42,7 @@ def tiny_llm(tmp_path) -> LoadedLLM:
 
 def test_weights_are_zero_below_threshold_and_average_one_above() -> None:
     scores = np.array([0.1, 0.49, 0.5, 0.9, 1.3, -0.2])
-    weights, mask = feedback_weights(scores, threshold=0.5, unlikelihood_threshold=0.2)
+    weights, mask = feedback_weights(scores, accepted=np.asarray(scores) >= 0.5, unlikelihood_threshold=0.2)
     assert weights[[0, 1, 5]].tolist() == [0.0, 0.0, 0.0]
     accepted = weights[[2, 3, 4]]
     assert accepted.mean() == pytest.approx(1.0)
@@ -52,22 +52,24 @@ def test_weights_are_zero_below_threshold_and_average_one_above() -> None:
 
 
 def test_no_accepted_sample_gives_all_zero_weights() -> None:
-    weights, mask = feedback_weights(np.array([0.1, 0.3]), threshold=0.5, unlikelihood_threshold=0.2)
+    weights, mask = feedback_weights(
+        np.array([0.1, 0.3]), accepted=np.array([False, False]), unlikelihood_threshold=0.2
+    )
     assert not weights.any() and mask.tolist() == [True, False]
 
 
 def test_bad_scores_are_refused() -> None:
     with pytest.raises(ValueError, match="finite"):
-        feedback_weights(np.array([0.5, np.nan]), threshold=0.5, unlikelihood_threshold=0.2)
+        feedback_weights(np.array([0.5, np.nan]), accepted=np.array([True, False]), unlikelihood_threshold=0.2)
     with pytest.raises(ValueError, match="1-D"):
-        feedback_weights(np.ones((2, 2)), threshold=0.5, unlikelihood_threshold=0.2)
+        feedback_weights(np.ones((2, 2)), accepted=np.ones((2, 2), dtype=bool), unlikelihood_threshold=0.2)
 
 
 def test_items_mask_the_prompt_and_reuse_generation_and_eval_prompts(tiny_llm: LoadedLLM) -> None:
     tokenizer = tiny_llm.tokenizer
     scores = np.array([0.9, 0.1, 0.6, 0.4, 0.8, 0.05])
     tuning = TuningConfig(unlikelihood_weight=0.5, max_length=256)
-    items = build_tuning_items(tokenizer, SAMPLES, scores, TASK, tuning, threshold=0.5)
+    items = build_tuning_items(tokenizer, SAMPLES, scores, TASK, tuning, accepted=np.asarray(scores) >= 0.5)
     kinds = [i.kind for i in items]
     assert kinds.count("generation") == 3 and kinds.count("pair") == 3
     assert kinds.count("unlikelihood") == 2, "scores 0.1 and 0.05 are below 0.2; 0.4 is neither"
@@ -87,20 +89,20 @@ def test_items_mask_the_prompt_and_reuse_generation_and_eval_prompts(tiny_llm: L
 
 def test_items_respect_max_length_and_pairs_can_be_off(tiny_llm: LoadedLLM) -> None:
     tuning = TuningConfig(max_length=40, classification_pairs=False)
-    items = build_tuning_items(tiny_llm.tokenizer, SAMPLES, np.ones(6), TASK, tuning, threshold=0.5)
+    items = build_tuning_items(tiny_llm.tokenizer, SAMPLES, np.ones(6), TASK, tuning, accepted=np.ones(6, dtype=bool))
     assert items and all(i.kind == "generation" for i in items)
     assert all(len(i.input_ids) <= 40 for i in items)
     with pytest.raises(ValueError, match="6 samples but 2 mean scores"):
-        build_tuning_items(tiny_llm.tokenizer, SAMPLES, np.ones(2), TASK, tuning, threshold=0.5)
+        build_tuning_items(tiny_llm.tokenizer, SAMPLES, np.ones(2), TASK, tuning, accepted=np.ones(2, dtype=bool))
 
 
 def test_tuning_lowers_the_weighted_loss_and_leaves_eval_mode(tiny_llm: LoadedLLM) -> None:
     scores = np.array([0.9, 0.8, 0.7, 0.2, 0.95, 0.6])
     tuning = TuningConfig(epochs=4, learning_rate=3e-2, batch_size=4)
-    before = feedback_loss(tiny_llm, SAMPLES, scores, TASK, tuning, threshold=0.5)
+    before = feedback_loss(tiny_llm, SAMPLES, scores, TASK, tuning, accepted=scores >= 0.5)
     frozen = {n: p.clone() for n, p in tiny_llm.model.named_parameters() if not p.requires_grad}
-    report = tune_llm(tiny_llm, SAMPLES, scores, TASK, tuning, threshold=0.5, seed=0, progress=False)
-    after = feedback_loss(tiny_llm, SAMPLES, scores, TASK, tuning, threshold=0.5)
+    report = tune_llm(tiny_llm, SAMPLES, scores, TASK, tuning, accepted=scores >= 0.5, seed=0, progress=False)
+    after = feedback_loss(tiny_llm, SAMPLES, scores, TASK, tuning, accepted=scores >= 0.5)
     assert after < 0.8 * before
     assert report.steps == 4 * 3 and report.weighted_samples == 5 and report.label_pairs == 5
     assert np.isfinite(report.mean_loss) and report.seconds > 0
@@ -114,19 +116,19 @@ def test_unlikelihood_pushes_rejected_text_down(tiny_llm: LoadedLLM) -> None:
     scores = np.zeros(len(SAMPLES))
     probe = TuningConfig(unlikelihood_threshold=0.5, unlikelihood_weight=1.0, classification_pairs=False)
     likely = TuningConfig(classification_pairs=False)
-    text_nll_before = feedback_loss(tiny_llm, SAMPLES, np.ones(6), TASK, likely, threshold=0.5)
+    text_nll_before = feedback_loss(tiny_llm, SAMPLES, np.ones(6), TASK, likely, accepted=np.ones(6, dtype=bool))
     report = tune_llm(
         tiny_llm,
         SAMPLES,
         scores,
         TASK,
         probe.model_copy(update={"epochs": 3, "learning_rate": 1e-2}),
-        threshold=0.5,
+        accepted=scores >= 0.5,
         seed=0,
         progress=False,
     )
     assert report.unlikelihood_samples == 6 and report.weighted_samples == 0
-    assert feedback_loss(tiny_llm, SAMPLES, np.ones(6), TASK, likely, threshold=0.5) > text_nll_before
+    assert feedback_loss(tiny_llm, SAMPLES, np.ones(6), TASK, likely, accepted=np.ones(6, dtype=bool)) > text_nll_before
 
 
 def test_same_seed_same_adapter(tmp_path) -> None:
@@ -134,7 +136,14 @@ def test_same_seed_same_adapter(tmp_path) -> None:
         llm = load_llm(LLMConfig(model=str(tiny_llm_dir(tmp_path))), torch.device("cpu"))
         llm.model = add_lora(llm.model, LoraConfig(r=4, dropout=0.1))
         tune_llm(
-            llm, SAMPLES, np.ones(6), TASK, TuningConfig(learning_rate=1e-2), threshold=0.5, seed=seed, progress=False
+            llm,
+            SAMPLES,
+            np.ones(6),
+            TASK,
+            TuningConfig(learning_rate=1e-2),
+            accepted=np.ones(6, dtype=bool),
+            seed=seed,
+            progress=False,
         )
         return torch.cat([p.detach().flatten() for p in llm.model.parameters() if p.requires_grad])
 
@@ -148,15 +157,26 @@ def test_tuning_without_lora_is_refused(tmp_path) -> None:
     for param in llm.model.parameters():
         param.requires_grad_(False)
     with pytest.raises(ModelError, match="add_lora"):
-        tune_llm(llm, SAMPLES, np.ones(6), TASK, TuningConfig(), threshold=0.5, seed=0, progress=False)
+        tune_llm(
+            llm, SAMPLES, np.ones(6), TASK, TuningConfig(), accepted=np.ones(6, dtype=bool), seed=0, progress=False
+        )
 
 
 def test_zero_epochs_or_nothing_accepted_trains_nothing(tiny_llm: LoadedLLM) -> None:
     before = [p.clone() for p in tiny_llm.model.parameters() if p.requires_grad]
-    report = tune_llm(tiny_llm, SAMPLES, np.zeros(6), TASK, TuningConfig(), threshold=0.5, seed=0, progress=False)
+    report = tune_llm(
+        tiny_llm, SAMPLES, np.zeros(6), TASK, TuningConfig(), accepted=np.zeros(6, dtype=bool), seed=0, progress=False
+    )
     assert report.steps == 0 and report.weighted_samples == 0 and report.label_pairs == 0
     report = tune_llm(
-        tiny_llm, SAMPLES, np.ones(6), TASK, TuningConfig(epochs=0), threshold=0.5, seed=0, progress=False
+        tiny_llm,
+        SAMPLES,
+        np.ones(6),
+        TASK,
+        TuningConfig(epochs=0),
+        accepted=np.ones(6, dtype=bool),
+        seed=0,
+        progress=False,
     )
     assert report.steps == 0 and report.label_pairs == 6
     after = [p for p in tiny_llm.model.parameters() if p.requires_grad]
