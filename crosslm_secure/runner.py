@@ -22,6 +22,7 @@ import torch
 from crosslm_secure.aggregation.plaintext import PlaintextAggregator
 from crosslm_secure.client.dp_trainer import DPTrainer
 from crosslm_secure.client.node import SLM, ClientNode, FeedbackKeys
+from crosslm_secure.client.synthetic_store import SyntheticStore
 from crosslm_secure.config import Config, config_from_dict, config_to_dict
 from crosslm_secure.crypto.keys import ParticipantKeys, Registry
 from crosslm_secure.crypto.noise import ScoreRelease
@@ -41,6 +42,8 @@ from crosslm_secure.transport.base import Transport
 from crosslm_secure.transport.inprocess import InProcessTransport
 
 SERVER = "server"
+SYNTHETIC_FILE = "synthetic.json"
+"""Accepted synthetic samples a client keeps for joint training, in its folder."""
 
 
 @dataclass
@@ -242,6 +245,7 @@ def _client_node(
         device=device,
         seed=client_seed,
         progress=config.run.progress,
+        synthetic_store=SyntheticStore(checkpoint.parent / SYNTHETIC_FILE),
     )
     trainer.prepare_model(model)
 

@@ -31,15 +31,15 @@ import torch
 import torch.nn.functional as F
 from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-from opacus.validators import ModuleValidator
-from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from crosslm_secure.client.batches import INPUT_KEYS, encode_examples, forward_logits
+from crosslm_secure.client.dp_preflight import check_weights_moved, preflight
 from crosslm_secure.client.features import FeatureCache, own_head, set_public_centre, trains_on_features
 from crosslm_secure.client.plain_trainer import PlainTrainer, loss_weights
 from crosslm_secure.client.schedule import private_schedule
+from crosslm_secure.client.synthetic_store import SyntheticStore
 from crosslm_secure.client.trainer import TrainReport
 from crosslm_secure.config import SLMConfig
 from crosslm_secure.data.records import Example
@@ -75,6 +75,7 @@ class DPTrainer:
         device: where the model trains.
         seed: run seed (non-DP randomness of public training only).
         progress: show a progress bar per call.
+        synthetic_store: where accepted synthetic samples are kept (default: in memory).
 
     Raises:
         PrivacyError: delta >= 1/n, or no records.
@@ -93,6 +94,7 @@ class DPTrainer:
         device: torch.device | str,
         seed: int,
         progress: bool = True,
+        synthetic_store: SyntheticStore | None = None,
     ) -> None:
         self.slm = slm
         self.privacy = privacy
@@ -112,7 +114,7 @@ class DPTrainer:
         self._plain = PlainTrainer(slm, self.device, seed=seed, progress=progress)
         self._noise_multiplier: float | None = None
         self._features = FeatureCache()
-        self.synthetic: list[Example] = []
+        self.synthetic = synthetic_store if synthetic_store is not None else SyntheticStore()
         """Accepted synthetic (public) samples kept for joint training with a head-only SLM."""
 
     @property
@@ -220,11 +222,12 @@ class DPTrainer:
         )
         labels = torch.tensor([ex.label for ex in examples], dtype=torch.long)
         public = None
-        if self.synthetic and self.slm.synthetic_weight > 0:
+        synthetic = self.synthetic.before(round_index)
+        if synthetic and self.slm.synthetic_weight > 0:
             public_x = self._features.features(
-                tokenizer, model, [ex.uid for ex in self.synthetic], [ex.text for ex in self.synthetic], **encode
+                tokenizer, model, [ex.uid for ex in synthetic], [ex.text for ex in synthetic], **encode
             )
-            public = (public_x - centre, torch.tensor([ex.label for ex in self.synthetic], dtype=torch.long))
+            public = (public_x - centre, torch.tensor([ex.label for ex in synthetic], dtype=torch.long))
         report = self.train_private_features(
             own_head(model), features - centre, labels, round_index=round_index, public=public
         )
@@ -340,9 +343,9 @@ class DPTrainer:
         next private round instead (see the module docstring); other SLMs train on them now.
         """
         if trains_on_features(model, self.slm.trainable, self.privacy.lora_rank) and self.slm.synthetic_weight > 0:
-            known = {ex.uid for ex in self.synthetic}
-            self.synthetic.extend(ex for ex in examples if ex.uid not in known)
-            report = TrainReport(0, 0, math.nan, 0.0, details={"phase": "public", "kept": len(self.synthetic)})
+            self.synthetic.keep(round_index, examples)
+            kept = len(self.synthetic.before(round_index + 1))
+            report = TrainReport(0, 0, math.nan, 0.0, details={"phase": "public", "kept": kept})
         else:
             report = self._plain.train_public(model, tokenizer, examples, round_index=round_index)
         report.epsilon = self.ledger.epsilon(self.privacy.accountant, self.delta) if self.private else math.inf
@@ -514,61 +517,6 @@ def _public_stepper(
                 param.add_(grad, alpha=-lr)
 
     return step
-
-
-def preflight(model: torch.nn.Module, data_loader: DataLoader, *, sample_rate: float) -> None:
-    """Refuse what silently breaks DP-SGD, one sentence per problem.
-
-    Raises:
-        PrivacyError: weighted sampling; a sampler other than Poisson or at another rate;
-            no trainable parameters; the model (or a part of it) not in train mode;
-            layers Opacus cannot train privately.
-    """
-    sampler = getattr(data_loader, "batch_sampler", None)
-    inner = getattr(sampler, "sampler", None)
-    if isinstance(getattr(data_loader, "sampler", None), WeightedRandomSampler) or isinstance(
-        inner, WeightedRandomSampler
-    ):
-        raise PrivacyError(
-            "DP preflight: weighted sampling changes each record's sampling probability, so "
-            "the accounted sample rate would be wrong; remove the WeightedRandomSampler"
-        )
-    if not isinstance(sampler, UniformWithReplacementSampler):
-        raise PrivacyError(
-            f"DP preflight: DP-SGD needs Poisson sampling (opacus DPDataLoader), but the loader "
-            f"uses {type(sampler or getattr(data_loader, 'sampler', None)).__name__}"
-        )
-    if not math.isclose(sampler.sample_rate, sample_rate, rel_tol=1e-12):
-        raise PrivacyError(
-            f"DP preflight: the loader samples at rate {sampler.sample_rate:.6g} but "
-            f"{sample_rate:.6g} is accounted; build the loader with the accounted rate"
-        )
-    if not any(p.requires_grad for p in model.parameters()):
-        raise PrivacyError("DP preflight: the model has no trainable parameters; unfreeze some")
-    frozen = [name or "<root>" for name, m in model.named_modules() if not m.training]
-    if frozen:
-        raise PrivacyError(f"DP preflight: the model is not in train mode ({frozen[0]} is in eval); call model.train()")
-    errors = ModuleValidator.validate(model, strict=False)
-    if errors:
-        raise PrivacyError(
-            f"DP preflight: Opacus cannot train this model privately ({errors[0]}); "
-            "replace the layer (e.g. ModuleValidator.fix turns BatchNorm into GroupNorm)"
-        )
-
-
-def check_weights_moved(before: dict[str, torch.Tensor], trainable: dict[str, torch.nn.Parameter]) -> None:
-    """After a DP step every trainable tensor must have changed (noise alone moves it).
-
-    Raises:
-        PrivacyError: names the tensors that did not move (e.g. corrupted LoRA weights).
-    """
-    still = [n for n, p in trainable.items() if torch.equal(p.detach(), before[n])]
-    if still:
-        raise PrivacyError(
-            f"DP check: {len(still)} trainable tensor(s) did not change after the first DP step "
-            f"(first: {still[0]}); the optimizer is not updating them (for LoRA, move the model "
-            "to its device before adding adapters)"
-        )
 
 
 def _encoded_dataset(tokenizer: Any, examples: Sequence[Example], max_length: int) -> TensorDataset:

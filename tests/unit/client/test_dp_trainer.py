@@ -10,7 +10,8 @@ from opacus.data_loader import DPDataLoader
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from crosslm_secure.client import dp_trainer
-from crosslm_secure.client.dp_trainer import DPTrainer, check_weights_moved, preflight
+from crosslm_secure.client.dp_preflight import check_weights_moved, preflight
+from crosslm_secure.client.dp_trainer import DPTrainer
 from crosslm_secure.client.features import public_texts, sentence_embeddings
 from crosslm_secure.config import SLMConfig
 from crosslm_secure.data.records import Example
@@ -310,9 +311,10 @@ def test_synthetic_samples_join_the_next_private_round_without_changing_its_acco
     synthetic = [Example(uid=f"syn:{i}", text=ex.text, label=ex.label) for i, ex in enumerate(examples[::3])]
     trainer, tokenizer, model = head_trainer(model_dir, tmp_path / "a")
     stored = trainer.train_public(model, tokenizer, synthetic, round_index=1)
-    assert stored.steps == 0 and len(trainer.synthetic) == len(synthetic)
-    trainer.train_public(model, tokenizer, synthetic, round_index=1)
-    assert len(trainer.synthetic) == len(synthetic), "a sample sent twice is kept once"
+    assert stored.steps == 0 and len(trainer.synthetic.before(2)) == len(synthetic)
+    trainer.train_public(model, tokenizer, synthetic + synthetic[:1], round_index=1)
+    assert len(trainer.synthetic.before(2)) == len(synthetic), "a sample sent twice is kept once"
+    assert trainer.synthetic.before(1) == [], "a round trains only on samples of earlier rounds"
     report = trainer.train_private(model, tokenizer, examples, round_index=2)
     assert report.details["synthetic_in_training"] == len(synthetic)
     alone, tokenizer_b, model_b = head_trainer(model_dir, tmp_path / "b")
