@@ -186,7 +186,7 @@ EMBEDDED_TASKS = {
             name="movie_reviews",
             labels=tuple(MOVIE_LABELS.values()),
             credit="Pang & Lee movie review data (Rotten Tomatoes snippets), research use",
-            preset="experiments/configs/movie_reviews.yaml",
+            preset="experiments/configs/default.yaml",
             read=read_movie_reviews,
             grouped=False,
         ),

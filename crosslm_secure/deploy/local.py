@@ -355,10 +355,10 @@ def follow(deployment: Deployment, run_id: str, log: Callable[[str], None], time
     log(f"run folder: {run_dir}")
 
     def show(row: dict) -> None:
-        acc = row.get("slm_accuracy_mean")
+        f1, acc = row.get("slm_macro_f1_mean"), row.get("slm_accuracy_mean")
         log(
             f"round {row['round']} done in {row.get('seconds_round', 0):.0f}s"
-            + (f", SLM acc {acc:.3f}" if acc is not None else "")
+            + (f", SLM macro-F1 {f1:.3f} (acc {acc:.3f})" if f1 is not None and acc is not None else "")
             + f", {row.get('active_clients')} clients active"
         )
 

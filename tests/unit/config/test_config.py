@@ -19,7 +19,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "quick.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "quick.yaml", "drug_reviews.yaml", "icd10.yaml", "sweep.yaml"])
 def test_shipped_configs_load(name: str) -> None:
     assert isinstance(load_config(ROOT / "experiments" / "configs" / name), Config)
 

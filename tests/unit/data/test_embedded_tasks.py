@@ -16,7 +16,7 @@ from crosslm_secure.data.records import Example
 from crosslm_secure.errors import ConfigError, DataError, ModelError
 
 ROOT = Path(__file__).resolve().parents[3]
-PRESETS = {"icd10_chapters": "icd10.yaml", "movie_reviews": "movie_reviews.yaml"}
+PRESETS = {"icd10_chapters": "icd10.yaml", "movie_reviews": "default.yaml"}
 CHAPTERS = [
     "infectious",
     "neoplasm",
