@@ -63,6 +63,10 @@ def test_a_local_model_folder_and_a_csv_need_only_a_config(job_files: dict[str, 
     assert rows[2]["epsilon/client-1"] > rows[1]["epsilon/client-1"]
     summary = (run / "summary.md").read_text()
     assert str(job_files["llm"]) in summary and "csv" in summary and "DP-SGD" in summary
+    kept = json.loads((run / "clients" / "client-1" / "synthetic.json").read_text())
+    assert sorted(kept) == ["1", "2"], "each round's accepted samples are kept for the next private round"
+    assert [len(kept[r]) for r in ("1", "2")] == [rows[1]["synthetic_accepted"], rows[2]["synthetic_accepted"]]
+    assert 0 <= rows[2]["synthetic_judge_agreement_accepted"] <= 1
     shown = CliRunner().invoke(app, ["budget", "show", "--run", str(run), "--json"])
     assert shown.exit_code == 0, shown.output
     budgets = json.loads(shown.output)["clients"]
