@@ -31,6 +31,7 @@ from crosslm_secure.audit.base import AuditError
 from crosslm_secure.client.batches import encode_texts, forward_logits
 from crosslm_secure.client.dp_trainer import MECHANISM, DPTrainer
 from crosslm_secure.client.features import FeatureHead
+from crosslm_secure.client.schedule import private_schedule
 from crosslm_secure.config import AuditConfig, Config, SLMConfig, config_from_dict
 from crosslm_secure.data.loaders import cap_train, load_labelled_data
 from crosslm_secure.data.partition import partition_clients
@@ -253,8 +254,16 @@ def client_mechanism(run: AuditRun, client_id: str) -> Mechanism:
     ledger_epsilon = ledger.epsilon(run.config.privacy.accountant)
     n = len(run.client(client_id).train)
     if not dp:
-        q = min(1.0, run.config.slm_for(client_id).batch_size / n)
-        return Mechanism(False, 0.0, q, run.config.privacy.delta_for(n), len(plain), 0, math.inf)
+        schedule = private_schedule(run.config.slm_for(client_id), n)
+        return Mechanism(
+            False,
+            0.0,
+            schedule.sample_rate,
+            run.config.privacy.delta_for(n),
+            len(plain),
+            sum(e.steps for e in plain),
+            math.inf,
+        )
     first = dp[0]
     return Mechanism(
         private=True,
@@ -289,7 +298,7 @@ def retrainer(
         update={
             "batch_size": batch,
             "private_sample_rate": mechanism.sample_rate,
-            "private_steps": mechanism.steps // max(1, mechanism.rounds) if mechanism.private else None,
+            "private_steps": mechanism.steps // max(1, mechanism.rounds),
         }
     )
     update: dict[str, Any] = {"epsilon_max": AUDIT_EPSILON_MAX}

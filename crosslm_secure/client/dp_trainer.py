@@ -367,7 +367,7 @@ class DPTrainer:
                 steps=report.steps,
                 accountant=self.privacy.accountant,
                 epsilon_max=self.privacy.epsilon_max,
-                details={"steps": report.steps},
+                details={"sample_rate": self.sample_rate},
             )
         report.epsilon = math.inf
         report.details["privacy"] = "non-private: epsilon = inf"

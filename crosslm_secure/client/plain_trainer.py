@@ -74,18 +74,11 @@ class PlainTrainer:
         self,
         model: torch.nn.Module,
         tokenizer: Any,
-        examples: Sequence[Any],
+        examples: Sequence[Example],
         epochs: int,
         round_index: int,
         phase: str,
-        batch_logits: Callable[[torch.nn.Module, list[Any]], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> TrainReport:
-        if batch_logits is None:
-
-            def batch_logits(model: torch.nn.Module, batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-                inputs, labels = encode_examples(tokenizer, batch, self.cfg.max_length)
-                return forward_logits(model, inputs, self.device), labels
-
         started = time.perf_counter()
         per_epoch = num_batches(len(examples), self.cfg.batch_size)
         total_steps = epochs * per_epoch
@@ -125,7 +118,8 @@ class PlainTrainer:
                 for _ in range(epochs):
                     epoch_start = len(losses)
                     for batch in iterate_batches(examples, self.cfg.batch_size, generator=generator):
-                        logits, labels = batch_logits(model, batch)
+                        inputs, labels = encode_examples(tokenizer, batch, self.cfg.max_length)
+                        logits = forward_logits(model, inputs, self.device)
                         loss = F.cross_entropy(logits.float(), labels.to(self.device), weight=class_weights)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()

@@ -14,8 +14,9 @@ import pytest
 from crosslm_secure.audit.attacks import LossAttack, RmiaAttack
 from crosslm_secure.audit.base import AuditError, load_result
 from crosslm_secure.audit.mia import _verdict_rules, run_mia_audit
-from crosslm_secure.audit.population import Mechanism, open_run
+from crosslm_secure.audit.population import Mechanism, client_mechanism, open_run
 from crosslm_secure.audit.roc import attack_metrics, auc, dp_test_point, tpr_at_fpr
+from crosslm_secure.client.schedule import private_schedule
 
 
 def test_a_leaky_run_is_flagged_with_auc_well_above_chance(leaky_run: Path) -> None:
@@ -99,3 +100,13 @@ def test_a_run_without_its_checkpoint_names_the_file(dp_run: Path, tmp_path: Pat
         run_mia_audit(copy, progress=False)
     with pytest.raises(AuditError, match="config.yaml not found"):
         run_mia_audit(tmp_path / "nothing", progress=False)
+
+
+def test_a_non_private_run_is_retrained_with_the_schedule_its_ledger_recorded(leaky_run) -> None:
+    run = open_run(leaky_run, None)
+    mechanism = client_mechanism(run, "client-1")
+    settings = run.config.slm_for("client-1")
+    schedule = private_schedule(settings, len(run.client("client-1").train))
+    recorded = [e for e in run.ledger("client-1").entries if e.mechanism == "non-private"]
+    assert not mechanism.private and mechanism.sample_rate == schedule.sample_rate
+    assert mechanism.steps == sum(e.steps for e in recorded) > 0
