@@ -51,8 +51,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict:
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
-    from crosslm_secure.client.batches import INPUT_KEYS, encode_texts, forward_logits
     from crosslm_secure.config import SLMConfig
+    from crosslm_secure.models.batches import INPUT_KEYS, encode_texts, forward_logits
     from crosslm_secure.models.device import resolve_device
     from crosslm_secure.models.slm import load_slm
 

@@ -14,7 +14,7 @@ from crosslm_secure.clitools import console, fail
 from crosslm_secure.crypto.cli import keys_app
 from crosslm_secure.deploy.cli import deploy_app, pki_app
 from crosslm_secure.errors import CrossLMError
-from crosslm_secure.privacy.cli import budget_app
+from crosslm_secure.report.budget_cli import budget_app
 from crosslm_secure.sweep.cli import sweep_app
 
 for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):

@@ -47,10 +47,10 @@ from crosslm_secure.audit.population import (
     retrainer,
     uses_features,
 )
-from crosslm_secure.client.batches import predict_proba
 from crosslm_secure.config import AuditConfig
 from crosslm_secure.data.records import Example
 from crosslm_secure.errors import CrossLMError
+from crosslm_secure.models.batches import predict_proba
 
 NAME = "dp"
 

@@ -28,7 +28,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from crosslm_secure.audit.base import AuditError
-from crosslm_secure.client.batches import encode_texts, forward_logits
 from crosslm_secure.client.dp_trainer import MECHANISM, DPTrainer
 from crosslm_secure.client.features import FeatureHead
 from crosslm_secure.client.schedule import private_schedule
@@ -38,6 +37,7 @@ from crosslm_secure.data.partition import partition_clients
 from crosslm_secure.data.records import ClientData, Example, TaskData
 from crosslm_secure.data.site import own_data_marker
 from crosslm_secure.errors import CrossLMError
+from crosslm_secure.models.batches import encode_texts, forward_logits
 from crosslm_secure.models.device import resolve_device
 from crosslm_secure.models.slm import load_slm
 from crosslm_secure.privacy.ledger import Ledger, ledger_path

@@ -142,7 +142,7 @@ def model_hashes(run_dir: Path, config: Any) -> list[ModelHash]:
 def _base_model_hash(role: str, source: str, gguf_file: str | None) -> str:
     try:
         if source == "embedded":
-            from crosslm_secure.models.embedded import LLM_GGUF, LLM_PACKAGE, SLM_PACKAGE, SLM_SUBDIR, embedded_file
+            from crosslm_secure.embedded import LLM_GGUF, LLM_PACKAGE, SLM_PACKAGE, SLM_SUBDIR, embedded_file
 
             path = embedded_file(LLM_PACKAGE, LLM_GGUF) if role == "llm" else embedded_file(SLM_PACKAGE, SLM_SUBDIR)
         else:

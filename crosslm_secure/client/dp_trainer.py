@@ -34,7 +34,6 @@ from opacus.data_loader import DPDataLoader
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from crosslm_secure.client.batches import INPUT_KEYS, encode_examples, forward_logits
 from crosslm_secure.client.dp_preflight import check_weights_moved, preflight
 from crosslm_secure.client.features import FeatureCache, own_head, set_public_centre, trains_on_features
 from crosslm_secure.client.plain_trainer import PlainTrainer, loss_weights
@@ -44,6 +43,7 @@ from crosslm_secure.client.trainer import TrainReport
 from crosslm_secure.config import SLMConfig
 from crosslm_secure.data.records import Example
 from crosslm_secure.errors import PrivacyError
+from crosslm_secure.models.batches import INPUT_KEYS, encode_examples, forward_logits
 from crosslm_secure.privacy.accounting import MechanismBlock, noise_multiplier_for
 from crosslm_secure.privacy.budget import decline_reason as budget_decline_reason
 from crosslm_secure.privacy.ledger import Ledger, LedgerEntry

@@ -14,11 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from crosslm_secure.client.batches import encode_texts
+from crosslm_secure.data.public_text import public_texts
+from crosslm_secure.models.batches import sentence_embeddings
 from crosslm_secure.models.pooling import MeanPoolingClassifier
-
-PUBLIC_CENTRE_TEXTS = 400
-"""Paragraphs of public English text whose mean embedding centres the features."""
 
 
 class FeatureHead(nn.Module):
@@ -44,33 +42,6 @@ def trains_on_features(model: nn.Module, trainable: str, lora_rank: int) -> bool
 def own_head(model: MeanPoolingClassifier) -> FeatureHead:
     """A head that shares ``model``'s classifier: training it trains the SLM."""
     return FeatureHead(model.classifier, float(model.dropout.p))
-
-
-def sentence_embeddings(
-    tokenizer: Any, model: MeanPoolingClassifier, texts: Sequence[str], *, max_length: int, batch_size: int
-) -> torch.Tensor:
-    """Unit-norm embeddings of ``texts`` (before centring), ``[len(texts), hidden]`` float32 on the CPU."""
-    device = next(model.parameters()).device
-    chunks: list[torch.Tensor] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                inputs = encode_texts(tokenizer, list(texts[start : start + batch_size]), max_length)
-                inputs = {key: value.to(device) for key, value in inputs.items()}
-                chunks.append(model.embed(**inputs).float().cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks) if chunks else torch.zeros(0, model.classifier.in_features)
-
-
-def public_texts(count: int = PUBLIC_CENTRE_TEXTS) -> list[str]:
-    """Paragraphs of general English that ships with Python (``pydoc_data.topics``): public to every site."""
-    from crosslm_secure.eval.llm_eval import general_text
-
-    paragraphs = [p.strip() for p in general_text(400_000).split("\n\n")]
-    return [p for p in paragraphs if len(p) > 40][:count]
 
 
 def set_public_centre(tokenizer: Any, model: MeanPoolingClassifier, *, max_length: int, batch_size: int) -> None:

@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from crosslm_secure.client.batches import (
+from crosslm_secure.client.trainer import TrainReport
+from crosslm_secure.config import SLMConfig
+from crosslm_secure.data.records import Example
+from crosslm_secure.models.batches import (
     encode_examples,
     forward_logits,
     iterate_batches,
     num_batches,
 )
-from crosslm_secure.client.trainer import TrainReport
-from crosslm_secure.config import SLMConfig
-from crosslm_secure.data.records import Example
 
 _PHASES = {"private": 1, "public": 2}
 WEIGHT_DECAY = 0.01

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from crosslm_secure.client.batches import predict_proba
 from crosslm_secure.data.records import SyntheticSample
 from crosslm_secure.errors import DataError
+from crosslm_secure.models.batches import predict_proba
 
 
 def score_samples(

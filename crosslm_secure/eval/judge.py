@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from crosslm_secure.client.features import sentence_embeddings
 from crosslm_secure.config import SLMConfig
 from crosslm_secure.data.records import Example
 from crosslm_secure.errors import ModelError
+from crosslm_secure.models.batches import sentence_embeddings
 from crosslm_secure.models.pooling import MeanPoolingClassifier
 from crosslm_secure.models.slm import load_slm
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pydoc_data.topics import topics
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from crosslm_secure.config import EvalConfig, TaskConfig
+from crosslm_secure.data.public_text import general_text
 from crosslm_secure.data.records import Example
 from crosslm_secure.errors import ConfigError
 from crosslm_secure.eval.metrics import accuracy, macro_f1
@@ -120,16 +120,6 @@ def llm_task_accuracy(
         "macro_f1": macro_f1(truth, predictions, len(task.labels)),
         "n": len(truth),
     }
-
-
-def general_text(max_chars: int | None = None) -> str:
-    """General English text the LLM is never tuned on: Python's pydoc topics, sorted by name.
-
-    Args:
-        max_chars: cut the text to this many characters (None = all, ~460k characters).
-    """
-    text = "\n\n".join(topics[name].strip() for name in sorted(topics))
-    return text if max_chars is None else text[:max_chars]
 
 
 def perplexity_chunks(tokenizer: PreTrainedTokenizerBase, cfg: EvalConfig) -> list[list[int]]:

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from crosslm_secure.client.batches import predict_proba
 from crosslm_secure.data.records import Example
 from crosslm_secure.eval.metrics import accuracy, macro_f1
+from crosslm_secure.models.batches import predict_proba
 
 
 def evaluate_slm(

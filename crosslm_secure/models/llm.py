@@ -25,9 +25,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from crosslm_secure.config import LLMConfig, LoraConfig
+from crosslm_secure.embedded import LLM_GGUF, LLM_PACKAGE, embedded_file
 from crosslm_secure.errors import ModelError
 from crosslm_secure.models.device import model_dtype
-from crosslm_secure.models.embedded import LLM_GGUF, LLM_PACKAGE, embedded_file
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 MANIFEST = "crosslm-manifest.json"

@@ -17,8 +17,8 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 from transformers.utils import logging as hf_logging
 
 from crosslm_secure.config import SLMConfig
+from crosslm_secure.embedded import SLM_PACKAGE, SLM_SUBDIR, embedded_file
 from crosslm_secure.errors import ModelError
-from crosslm_secure.models.embedded import SLM_PACKAGE, SLM_SUBDIR, embedded_file
 from crosslm_secure.models.pooling import MeanPoolingClassifier, load_head
 
 

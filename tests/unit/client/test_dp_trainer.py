@@ -12,10 +12,11 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 from crosslm_secure.client import dp_trainer
 from crosslm_secure.client.dp_preflight import check_weights_moved, preflight
 from crosslm_secure.client.dp_trainer import DPTrainer
-from crosslm_secure.client.features import public_texts, sentence_embeddings
 from crosslm_secure.config import SLMConfig
+from crosslm_secure.data.public_text import public_texts
 from crosslm_secure.data.records import Example
 from crosslm_secure.errors import PrivacyError
+from crosslm_secure.models.batches import sentence_embeddings
 from crosslm_secure.models.slm import load_slm
 from crosslm_secure.privacy.ledger import Ledger, ledger_path
 from crosslm_secure.privacy.settings import PrivacyConfig

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from crosslm_secure.config import EvalConfig, LLMConfig, TaskConfig
+from crosslm_secure.data.public_text import general_text
 from crosslm_secure.data.records import Example
 from crosslm_secure.errors import ConfigError
 from crosslm_secure.eval.llm_eval import (
     classification_prompt,
-    general_text,
     label_answers,
     label_token_ids,
     llm_perplexity,

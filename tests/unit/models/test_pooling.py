@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from crosslm_secure.client.batches import encode_texts, forward_logits
 from crosslm_secure.config import SLMConfig
 from crosslm_secure.errors import ModelError
+from crosslm_secure.models.batches import encode_texts, forward_logits
 from crosslm_secure.models.pooling import HEAD_FILE, MeanPoolingClassifier
 from crosslm_secure.models.slm import load_slm
 from tests.tiny_models import tiny_bert_dir

@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from crosslm_secure.privacy.cli import budget_app
 from crosslm_secure.privacy.ledger import Ledger, ledger_path
+from crosslm_secure.report.budget_cli import budget_app
 
 runner = CliRunner()
 

@@ -22,6 +22,7 @@ import torch
 
 from crosslm_secure.data.records import Example
 from crosslm_secure.models.device import eval_mode
+from crosslm_secure.models.pooling import MeanPoolingClassifier
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 """Keys of the mapping ``encode_texts`` returns."""
@@ -201,3 +202,22 @@ def _accepted_inputs(model: torch.nn.Module) -> frozenset[str]:
     if model_type not in _ARANGE_POSITION_MODELS:
         accepted.discard("position_ids")
     return frozenset(accepted)
+
+
+def sentence_embeddings(
+    tokenizer: Any, model: MeanPoolingClassifier, texts: Sequence[str], *, max_length: int, batch_size: int
+) -> torch.Tensor:
+    """Unit-norm embeddings of ``texts`` (before centring), ``[len(texts), hidden]`` float32 on the CPU."""
+    device = next(model.parameters()).device
+    chunks: list[torch.Tensor] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                inputs = encode_texts(tokenizer, list(texts[start : start + batch_size]), max_length)
+                inputs = {key: value.to(device) for key, value in inputs.items()}
+                chunks.append(model.embed(**inputs).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks) if chunks else torch.zeros(0, model.classifier.in_features)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from crosslm_secure.client.batches import (
+from crosslm_secure.config import SLMConfig
+from crosslm_secure.data.records import Example
+from crosslm_secure.models.batches import (
     encode_examples,
     encode_texts,
     iterate_batches,
@@ -14,8 +16,6 @@ from crosslm_secure.client.batches import (
     num_batches,
     predict_proba,
 )
-from crosslm_secure.config import SLMConfig
-from crosslm_secure.data.records import Example
 from crosslm_secure.models.slm import load_slm
 from tests.tiny_models import tiny_bert_dir
 
