@@ -1,4 +1,4 @@
-"""The run folder ``runs/<run-id>/`` (DESIGN.md §4) and everything written into it.
+"""The run folder ``runs/<run-id>/`` and everything written into it.
 
 Layout::
 

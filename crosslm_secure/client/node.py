@@ -1,6 +1,6 @@
 """A client silo's protocol handlers: bytes in, bytes out.
 
-Private records are only ever touched here (DESIGN.md §2). What leaves is: training
+Private records are only ever touched here (SECURITY.md, "What crosses a silo boundary"). What leaves is: training
 status and epsilon, the protected score vector, the mean scores when this client is the
 round's decryptor, and held-out metrics.
 """

@@ -1,7 +1,7 @@
 """Client-side scoring of synthetic samples: ``s_i = P_SLM(intended_label_i | text_i)``.
 
 These per-sample scores are the only signal derived from private data that leaves a
-silo (DESIGN.md step 3); protection (noise, masks, encryption) is applied by the caller.
+silo (SECURITY.md, "What crosses a silo boundary"); protection (noise, masks, encryption) is applied by the caller.
 """
 
 from __future__ import annotations

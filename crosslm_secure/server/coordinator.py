@@ -1,4 +1,4 @@
-"""The round coordinator (DESIGN.md §1): one server, many client silos, bytes in between.
+"""The round coordinator (README, "What the main job does"): one server, many client silos, bytes in between.
 
 It speaks typed protocol messages through a ``Transport`` and never sees client data,
 client models, or (with a protecting aggregator) per-client scores.
