@@ -84,9 +84,3 @@ class Judge:
         with torch.no_grad():
             logits = (self._embed(texts) - self._centre) @ self._weight.T + self._bias
         return logits.argmax(dim=1).numpy()
-
-    def agreement(self, texts: Sequence[str], intended: Sequence[int]) -> float:
-        """Share of ``texts`` whose judged label is the intended one (nan for none)."""
-        if not texts:
-            return float("nan")
-        return float(np.mean(self.predict(texts) == np.asarray(intended)))

@@ -30,7 +30,6 @@ from crosslm_secure.config import TaskConfig, TuningConfig
 from crosslm_secure.data.records import SyntheticSample
 from crosslm_secure.errors import ModelError
 from crosslm_secure.eval.llm_eval import classification_prompt, label_answers
-from crosslm_secure.models.device import eval_mode
 from crosslm_secure.models.llm import LoadedLLM, encode_prompt, left_pad, tail_logits
 from crosslm_secure.server.generation import sample_prompt
 
@@ -165,29 +164,6 @@ def sequence_losses(model: torch.nn.Module, items: Sequence[TuningItem], pad_id:
     push_down = -torch.log1p(-token_logp.exp().clamp(max=1 - 1e-6))
     per_token = torch.where(unlikely, push_down, -token_logp) * valid
     return per_token.sum(dim=1) / valid.sum(dim=1).clamp(min=1)
-
-
-def feedback_loss(
-    llm: LoadedLLM,
-    samples: Sequence[SyntheticSample],
-    mean_scores: np.ndarray,
-    task: TaskConfig,
-    tuning: TuningConfig,
-    *,
-    accepted: np.ndarray,
-) -> float:
-    """The tuning objective on this feedback, without training (mean over items)."""
-    items = build_tuning_items(llm.tokenizer, samples, mean_scores, task, tuning, accepted=accepted)
-    if not items:
-        return 0.0
-    total = 0.0
-    with eval_mode(llm.model), torch.no_grad():
-        for start in range(0, len(items), tuning.batch_size):
-            batch = items[start : start + tuning.batch_size]
-            losses = sequence_losses(llm.model, batch, llm.tokenizer.pad_token_id)
-            coefficients = torch.tensor([i.coefficient for i in batch], device=losses.device)
-            total += float((losses * coefficients).sum())
-    return total / len(items)
 
 
 def tune_llm(

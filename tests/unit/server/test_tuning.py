@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 import torch
@@ -10,13 +12,14 @@ from crosslm_secure.config import LLMConfig, LoraConfig, TaskConfig, TuningConfi
 from crosslm_secure.data.records import SyntheticSample
 from crosslm_secure.errors import ModelError
 from crosslm_secure.eval.llm_eval import classification_prompt, label_answers
+from crosslm_secure.models.device import eval_mode
 from crosslm_secure.models.llm import LoadedLLM, add_lora, encode_prompt, load_llm
 from crosslm_secure.server.generation import sample_id, sample_prompt
 from crosslm_secure.server.tuning import (
     IGNORE,
     build_tuning_items,
-    feedback_loss,
     feedback_weights,
+    sequence_losses,
     tune_llm,
 )
 from tests.tiny_models import tiny_llm_dir
@@ -31,6 +34,30 @@ TEXTS = [
     "excellent relief, I love this drug",
 ]
 SAMPLES = [SyntheticSample(sample_id(1, i % 3, i // 3), text, i % 3) for i, text in enumerate(TEXTS)]
+
+
+def feedback_loss(
+    llm: LoadedLLM,
+    samples: Sequence[SyntheticSample],
+    mean_scores: np.ndarray,
+    task: TaskConfig,
+    tuning: TuningConfig,
+    *,
+    accepted: np.ndarray,
+) -> float:
+    """The tuning objective on this feedback, without training (mean over items); built from the
+    library's own items and per-sequence losses, so it measures what ``tune_llm`` minimises."""
+    items = build_tuning_items(llm.tokenizer, samples, mean_scores, task, tuning, accepted=accepted)
+    if not items:
+        return 0.0
+    total = 0.0
+    with eval_mode(llm.model), torch.no_grad():
+        for start in range(0, len(items), tuning.batch_size):
+            batch = items[start : start + tuning.batch_size]
+            losses = sequence_losses(llm.model, batch, llm.tokenizer.pad_token_id)
+            coefficients = torch.tensor([i.coefficient for i in batch], device=losses.device)
+            total += float((losses * coefficients).sum())
+    return total / len(items)
 
 
 @pytest.fixture()
