@@ -59,7 +59,8 @@ def measure(preset: str, k: int, count: int, repeat: int) -> dict:
     for round_index in range(repeat):
         start = time.perf_counter()
         blobs = [
-            p.protect(s, round_index=round_index, participants=sites) for p, s in zip(parties, scores, strict=True)
+            p.protect(s, round_index=round_index, participants=sites).contribution
+            for p, s in zip(parties, scores, strict=True)
         ]
         protect_s.append((time.perf_counter() - start) / k)
         start = time.perf_counter()

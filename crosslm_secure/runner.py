@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from crosslm_secure.aggregation.plaintext import PlaintextAggregator
+from crosslm_secure.aggregation.schemes import FeedbackKeys, scheme_for
 from crosslm_secure.client.dp_trainer import DPTrainer
-from crosslm_secure.client.node import SLM, ClientNode, FeedbackKeys
+from crosslm_secure.client.node import SLM, ClientNode
 from crosslm_secure.client.synthetic_store import SyntheticStore
 from crosslm_secure.config import Config, config_from_dict, config_to_dict
 from crosslm_secure.crypto.keys import ParticipantKeys, Registry
@@ -30,20 +30,20 @@ from crosslm_secure.data.loaders import load_labelled_data
 from crosslm_secure.data.partition import partition_clients
 from crosslm_secure.data.records import ClientData
 from crosslm_secure.errors import RunError
+from crosslm_secure.methods import method_for
 from crosslm_secure.models.device import resolve_device
 from crosslm_secure.models.llm import LoadedLLM, add_lora, load_llm, load_lora
 from crosslm_secure.models.slm import load_slm, quiet_transformers
-from crosslm_secure.privacy.ledger import Ledger, ledger_path
+from crosslm_secure.privacy.ledger import Ledger
 from crosslm_secure.protocol.party import Party, in_memory_identities, party_of
 from crosslm_secure.report.summary import write_report
-from crosslm_secure.runstore import RunStore
+from crosslm_secure.runstore import RunState, RunStore
 from crosslm_secure.server.coordinator import Coordinator, RoundOutcome
+from crosslm_secure.server.llm_side import LocalLLM
 from crosslm_secure.transport.base import Transport
 from crosslm_secure.transport.inprocess import InProcessTransport
 
 SERVER = "server"
-SYNTHETIC_FILE = "synthetic.json"
-"""Accepted synthetic samples a client keeps for joint training, in its folder."""
 
 
 @dataclass
@@ -77,14 +77,21 @@ def _execute(
     *,
     start_round: int,
     log: Callable[[str], None],
-    state: dict | None = None,
+    state: RunState | None = None,
 ) -> RunResult:
     job = prepare_job(config, store)
     keys, registry = in_memory_identities(SERVER, config.client_ids())
     nodes = {}
     for client in job.split.clients:
         nodes[client.client_id] = build_client_node(
-            config, store.root, store.run_id, client, keys[client.client_id], registry, job.device, resumed=state
+            config,
+            store.root,
+            store.run_id,
+            client,
+            keys[client.client_id],
+            registry,
+            job.device,
+            resumed=state is not None,
         )
 
     clients = {client.client_id: client for client in job.split.clients}
@@ -92,7 +99,7 @@ def _execute(
     def restart(name: str) -> Callable[[bytes], bytes]:
         """A crashed site started again: its node rebuilt from its last checkpoint and ledger."""
         nodes[name] = build_client_node(
-            config, store.root, store.run_id, clients[name], keys[name], registry, job.device, resumed={}
+            config, store.root, store.run_id, clients[name], keys[name], registry, job.device, resumed=True
         )
         return nodes[name].handle
 
@@ -134,7 +141,7 @@ def prepare_job(config: Config, store: RunStore | None) -> PreparedJob:
     return PreparedJob(device, split)
 
 
-def resume_point(run_dir: Path) -> tuple[RunStore, Config, dict, int]:
+def resume_point(run_dir: Path) -> tuple[RunStore, Config, RunState, int]:
     """The store, config, saved state and first round to run of a run to resume.
 
     Raises:
@@ -145,7 +152,7 @@ def resume_point(run_dir: Path) -> tuple[RunStore, Config, dict, int]:
     state = store.load_state()
     if state is None:
         raise RunError(f"run: {run_dir} never completed round 0; start it again with `crosslm run`")
-    return store, config, state, int(state["completed_round"]) + 1
+    return store, config, state, state.completed_round + 1
 
 
 def drive_server(
@@ -158,12 +165,12 @@ def drive_server(
     *,
     start_round: int,
     log: Callable[[str], None],
-    state: dict | None = None,
+    state: RunState | None = None,
 ) -> RunResult:
     """The server side of a job: load the LLM, run the coordinator over a transport, write the report."""
     llm = load_llm(config.llm, job.device)
     log(f"LLM: {llm.source}")
-    if config.run.method == "crosslm":
+    if method_for(config.run.method).tunes_llm:
         llm.model = add_lora(llm.model, config.llm.lora, seed=config.run.seed)
         if state is not None and start_round > 1:
             llm.model = load_lora(llm.model, store.llm_dir(start_round - 1))
@@ -174,13 +181,12 @@ def drive_server(
         party_of(server_keys, store.run_id, registry),
         transport,
         registry,
-        llm,
-        job.split.llm_test,
+        LocalLLM(config, llm, job.split.llm_test, store),
         store,
         log=log,
     )
     if state is not None:
-        coordinator.restore(state["active"], state["excluded"], state.get("dropped", []))
+        coordinator.restore(state)
     store.event("run_started", round=start_round, method=config.run.method, device=str(job.device))
     outcome = coordinator.run(start_round)
     store.event("run_finished", completed_round=outcome.completed_rounds, stopped_early=outcome.stopped_early)
@@ -198,9 +204,11 @@ def build_client_node(
     registry: Registry,
     device: torch.device,
     *,
-    resumed: dict | bool | None,
+    resumed: bool,
 ) -> ClientNode:
-    """One site's node: its protocol party, feedback keys and SLM, with state kept under ``root``."""
+    """One site's node: its protocol party, feedback keys and SLM, with state kept under ``root``.
+
+    ``resumed``: the run continues, so the node starts from its last checkpoint if it has one."""
     feedback_keys = FeedbackKeys(own, registry, max(2, config.run.min_clients), config.feedback.noise_sigma)
     return _client_node(
         config,
@@ -225,19 +233,20 @@ def _client_node(
     num_labels: int,
     device: torch.device,
     *,
-    resumed: dict | bool | None,
+    resumed: bool,
 ) -> ClientNode:
     settings = config.slm_for(client.client_id)
-    checkpoint = Path(root) / "clients" / client.client_id / "slm"
+    store = RunStore(root)
+    checkpoint = store.slm_dir(client.client_id)
     client_seed = config.run.seed * 1000 + int(client.client_id.rsplit("-", 1)[-1])
     source = settings
-    if resumed is not None and resumed is not False and checkpoint.is_dir():
+    if resumed and checkpoint.is_dir():
         source = settings.model_copy(update={"model": str(checkpoint)})
     tokenizer, model = load_slm(source, num_labels, device, seed=client_seed)
     trainer = DPTrainer(
         settings,
         config.privacy,
-        ledger=Ledger(ledger_path(root, client.client_id), client_id=client.client_id),
+        ledger=Ledger(store.ledger_path(client.client_id), client_id=client.client_id),
         run_id=run_id,
         client_id=client.client_id,
         planned_rounds=config.run.rounds,
@@ -245,7 +254,7 @@ def _client_node(
         device=device,
         seed=client_seed,
         progress=config.run.progress,
-        synthetic_store=SyntheticStore(checkpoint.parent / SYNTHETIC_FILE),
+        synthetic_store=SyntheticStore(store.synthetic_path(client.client_id)),
     )
     trainer.prepare_model(model)
 
@@ -272,12 +281,12 @@ def _client_node(
         client,
         SLM(tokenizer, model),
         trainer,
-        PlaintextAggregator() if config.feedback.aggregator == "plaintext" else None,
+        scheme_for(config.feedback.aggregator),
+        feedback_keys,
         settings,
         num_labels,
         device,
         on_round_end=save_checkpoint,
-        feedback_keys=feedback_keys,
         on_release=record_release,
     )
 

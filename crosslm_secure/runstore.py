@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 from crosslm_secure.errors import RunError
+from crosslm_secure.privacy.ledger import LEDGER_FILE
 from crosslm_secure.storage import (
     append_jsonl,
     atomic_write_bytes,
@@ -33,6 +35,42 @@ from crosslm_secure.storage import (
 )
 
 CONFIG_FILE = "config.yaml"
+STATE_FILE = "state.json"
+CLIENTS_DIR = "clients"
+SLM_DIR = "slm"
+SYNTHETIC_FILE = "synthetic.json"
+"""Accepted synthetic samples a client keeps for joint training, in its folder."""
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What ``state.json`` holds: the last completed round and who takes part (for resume)."""
+
+    completed_round: int
+    active: list[str]
+    excluded: dict[str, str] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    """Excluded because they stopped answering: they may rejoin."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunState:
+        """Read a saved state.
+
+        Raises:
+            RunError: a field is missing or of the wrong type.
+        """
+        try:
+            state = cls(
+                int(data["completed_round"]),
+                [str(name) for name in data["active"]],
+                {str(k): str(v) for k, v in dict(data.get("excluded", {})).items()},
+                [str(name) for name in data.get("dropped", [])],
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RunError(
+                f"run: {STATE_FILE} is malformed ({type(exc).__name__}: {exc}); restore it or start the run again"
+            ) from None
+        return state
 
 
 class RunStore:
@@ -75,7 +113,17 @@ class RunStore:
         return yaml.safe_load((self.root / CONFIG_FILE).read_text())
 
     def client_dir(self, client_id: str) -> Path:
-        return self.root / "clients" / client_id
+        return client_dir(self.root, client_id)
+
+    def slm_dir(self, client_id: str) -> Path:
+        """The client's SLM checkpoint (replaced atomically after each round)."""
+        return self.client_dir(client_id) / SLM_DIR
+
+    def ledger_path(self, client_id: str) -> Path:
+        return self.client_dir(client_id) / LEDGER_FILE
+
+    def synthetic_path(self, client_id: str) -> Path:
+        return self.client_dir(client_id) / SYNTHETIC_FILE
 
     def llm_dir(self, round_index: int) -> Path:
         return self.root / "llm" / f"round-{round_index}"
@@ -113,14 +161,28 @@ class RunStore:
         atomic_write_bytes(self.root / "server" / "ckks_public_context.bin", public_context)
         atomic_write_bytes(self.root / "server" / "ckks_announcement.json", announcement)
 
-    def save_state(self, state: dict[str, Any]) -> None:
-        atomic_write_json(self.root / "state.json", state)
+    def save_state(self, state: RunState) -> None:
+        atomic_write_json(self.root / STATE_FILE, asdict(state))
 
-    def load_state(self) -> dict[str, Any] | None:
-        path = self.root / "state.json"
+    def load_state(self) -> RunState | None:
+        """The saved state, or None before round 0 completed.
+
+        Raises:
+            RunError: ``state.json`` is not valid JSON or misses a field.
+        """
+        path = self.root / STATE_FILE
         if not path.exists():
             return None
-        return json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RunError(f"run: {path} is not valid JSON ({exc}); restore it or start the run again") from None
+        return RunState.from_dict(data)
+
+
+def client_dir(root: Path, client_id: str) -> Path:
+    """``<run>/clients/<id>``: everything a client keeps (its own state directory on a site)."""
+    return Path(root) / CLIENTS_DIR / client_id
 
 
 def _json_line(row: dict[str, Any]) -> str:

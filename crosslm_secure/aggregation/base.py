@@ -3,15 +3,32 @@
 One object per party. A client's aggregator can ``protect`` its score vector; the
 server's can only ``combine`` contributions; the round's decryptor (a client) can
 ``reveal`` the aggregate after checking it against the contributions. Plaintext and CKKS
-implement the same three calls, so the coordinator never knows which one runs.
+implement the same three calls, so the coordinator never knows which one runs; a
+:class:`~crosslm_secure.aggregation.schemes.FeedbackScheme` builds them for each party.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from crosslm_secure.crypto.noise import ScoreRelease
+
+
+@dataclass(frozen=True)
+class Protected:
+    """One client's protected score vector, and the privacy release it makes.
+
+    ``release`` is what the client's ledger must record (None: the vector carries no noise, so
+    there is no DP release to account). Returning it with the contribution makes recording it
+    part of the interface: a scheme cannot leave it out by omission.
+    """
+
+    contribution: bytes
+    release: ScoreRelease | None
 
 
 class Aggregator(Protocol):
@@ -21,8 +38,10 @@ class Aggregator(Protocol):
     protected: bool
     """False when the server could read per-client scores (shown as "unprotected")."""
 
-    def protect(self, scores: np.ndarray, *, round_index: int, participants: Sequence[str], attempt: int = 0) -> bytes:
-        """Client side: turn this client's per-sample scores into a contribution blob."""
+    def protect(
+        self, scores: np.ndarray, *, round_index: int, participants: Sequence[str], attempt: int = 0
+    ) -> Protected:
+        """Client side: turn this client's per-sample scores into a contribution blob and its release."""
         ...
 
     def combine(self, contributions: Sequence[bytes]) -> bytes:

@@ -16,10 +16,11 @@ from typing import Literal
 
 import numpy as np
 
+from crosslm_secure.aggregation.base import Protected
 from crosslm_secure.crypto.ckks import ScoreContext, add, encrypt_scores
 from crosslm_secure.crypto.keys import ParticipantKeys, Registry
 from crosslm_secure.crypto.masks import client_mask, mask_scale, pairwise_secrets
-from crosslm_secure.crypto.noise import ScoreRelease, noise_share, release_parameters
+from crosslm_secure.crypto.noise import noise_share, release_parameters
 from crosslm_secure.crypto.verify import SignedContribution, check_contribution, verify_and_decrypt
 from crosslm_secure.errors import CryptoError, ProtocolError
 
@@ -61,8 +62,6 @@ class CKKSAggregator:
         self._pair_secrets = pairwise_secrets(keys, registry.clients()) if keys is not None else {}
         self._rng = rng
         self._round: tuple[int, int, tuple[str, ...]] | None = None
-        self.last_release: ScoreRelease | None = None
-        """Mechanism parameters of this client's last ``protect`` (for the privacy ledger)."""
 
     @classmethod
     def for_client(
@@ -104,8 +103,9 @@ class CKKSAggregator:
         round_index: int,
         participants: Sequence[str],
         attempt: int = 0,
-    ) -> bytes:
-        """Clip to [0, 1], add the noise share and masks, encrypt, sign.
+    ) -> Protected:
+        """Clip to [0, 1], add the noise share and masks, encrypt, sign; the release says what noise
+        this client added (for its ledger; ``sigma_total`` 0 means none).
 
         Raises:
             CryptoError: called on the server, or this client is not a participant.
@@ -145,8 +145,7 @@ class CKKSAggregator:
             participants=members,
         )
         self._round = (round_index, attempt, members)
-        self.last_release = release
-        return contribution.to_bytes()
+        return Protected(contribution.to_bytes(), release)
 
     def combine(self, contributions: Sequence[bytes]) -> bytes:
         """Check each signed contribution and add them blind (public context only).

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from crosslm_secure.aggregation.base import Protected
 from crosslm_secure.errors import ProtocolError
 
 _DTYPE = np.dtype("<f8")
@@ -17,8 +18,11 @@ class PlaintextAggregator:
     name = "plaintext"
     protected = False
 
-    def protect(self, scores: np.ndarray, *, round_index: int, participants: Sequence[str], attempt: int = 0) -> bytes:
-        return np.ascontiguousarray(scores, dtype=_DTYPE).tobytes()
+    def protect(
+        self, scores: np.ndarray, *, round_index: int, participants: Sequence[str], attempt: int = 0
+    ) -> Protected:
+        """The raw vector; no noise, so no release to record."""
+        return Protected(np.ascontiguousarray(scores, dtype=_DTYPE).tobytes(), release=None)
 
     def combine(self, contributions: Sequence[bytes]) -> bytes:
         if not contributions:

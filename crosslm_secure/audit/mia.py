@@ -46,6 +46,7 @@ from crosslm_secure.audit.roc import LOW_FPRS, AttackMetrics, attack_metrics, dp
 from crosslm_secure.config import AuditConfig
 from crosslm_secure.data.records import Example
 from crosslm_secure.errors import CrossLMError
+from crosslm_secure.methods import method_for
 from crosslm_secure.models.batches import predict_proba
 
 NAME = "mia"
@@ -305,7 +306,7 @@ def _llm_attack(run: AuditRun, progress: bool) -> tuple[AttackMetrics, tuple[np.
 
 
 def _final_adapter(run: AuditRun) -> Path | None:
-    if run.config.run.method != "crosslm":
+    if not method_for(run.config.run.method).tunes_llm:
         return None
     rounds = sorted(
         (int(p.name.split("-", 1)[1]), p)

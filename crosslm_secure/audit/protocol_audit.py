@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from crosslm_secure.aggregation.schemes import scheme_for
 from crosslm_secure.audit.base import AuditError, CheckResult, Table, save_result
 from crosslm_secure.audit.progress import progress_bar
 from crosslm_secure.audit.runinfo import run_config
@@ -48,6 +49,7 @@ from crosslm_secure.audit.transcript_checks import (
 from crosslm_secure.config import AuditConfig, Config
 from crosslm_secure.crypto.ckks import SEAL_128_BIT_MAX_MODULUS, ScoreContext
 from crosslm_secure.errors import CryptoError
+from crosslm_secure.methods import method_for
 
 PUBLIC_CONTEXT = "server/ckks_public_context.bin"
 CONTEXTS_DIR = "server/ckks_contexts"
@@ -88,7 +90,8 @@ def run_protocol_audit(run_dir: Path, settings: AuditConfig | None = None, *, pr
     config = run_config(run_dir)
     if not (run_dir / TRANSCRIPT).is_file():
         raise AuditError(f"audit protocol: {run_dir} has no {TRANSCRIPT}; audit a run that exchanged messages")
-    uses_ckks = config.run.method == "crosslm" and config.feedback.aggregator == "ckks"
+    scheme = scheme_for(config.feedback.aggregator)
+    uses_ckks = method_for(config.run.method).gets_feedback and scheme.needs_key_ceremony
     context_check, context = _check_public_context(run_dir, config, uses_ckks)
     he_check = _check_he_parameters(context, uses_ckks)
     files = server_artefacts(run_dir)
@@ -146,7 +149,7 @@ def _check_public_context(run_dir: Path, config: Config, uses_ckks: bool) -> tup
     check = SubCheck("server holds only a public CKKS context")
     path = run_dir / PUBLIC_CONTEXT
     if not uses_ckks:
-        if config.run.method == "crosslm":
+        if method_for(config.run.method).gets_feedback and not scheme_for(config.feedback.aggregator).protected:
             check.findings.append(
                 f"config.yaml: feedback.aggregator is {config.feedback.aggregator!r}; the server saw every "
                 "client's plaintext score vector (unprotected run)"

@@ -12,17 +12,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from crosslm_secure.aggregation.base import Aggregator
-from crosslm_secure.aggregation.ckks import CKKSAggregator
+from crosslm_secure.aggregation.schemes import FeedbackKeys, FeedbackScheme
 from crosslm_secure.client.scoring import score_samples
 from crosslm_secure.client.trainer import SLMTrainer, TrainReport
 from crosslm_secure.config import SLMConfig
-from crosslm_secure.crypto.ceremony import accept_secret_context, deal_context
-from crosslm_secure.crypto.ckks import ScoreContext
-from crosslm_secure.crypto.keys import ParticipantKeys, Registry
+from crosslm_secure.crypto.noise import ScoreRelease
 from crosslm_secure.data.records import ClientData
 from crosslm_secure.errors import CrossLMError, ProtocolError
 from crosslm_secure.eval.slm_eval import evaluate_slm
@@ -44,21 +41,17 @@ from crosslm_secure.protocol.messages import (
     TrainingStats,
     TrainReply,
     TrainRequest,
+    encode_means,
     finite_or_none,
+    pack,
+    unpack,
 )
 from crosslm_secure.protocol.party import Party
 
 SERVER = "server"
 
-
-@dataclass
-class FeedbackKeys:
-    """A client's material for the CKKS key ceremony and aggregation (never leaves the client)."""
-
-    keys: ParticipantKeys
-    registry: Registry
-    quorum: int
-    noise_sigma: float
+Attachments = dict[str, Any]
+"""A reply's attachments by name, as its message type declares them (``messages.pack``)."""
 
 
 @dataclass
@@ -77,12 +70,12 @@ class ClientNode:
         data: the silo's private train split and held-out test split.
         slm: the silo's small model.
         trainer: private (DP) or plain trainer.
-        aggregator: this client's side of the feedback aggregator.
+        feedback: the run's feedback scheme (builds this client's aggregator, deals or installs keys).
+        feedback_keys: this client's keys, registry, quorum and noise for that scheme.
         settings: the SLM settings of this site.
         num_labels: number of task labels.
         device: where the SLM runs.
         on_round_end: called with (round, slm) after evaluation, e.g. to checkpoint.
-        feedback_keys: keys and registry for the CKKS ceremony.
         on_release: called with (round, attempt, release) after a noised score vector left, so the
             client's ledger records it.
     """
@@ -93,28 +86,29 @@ class ClientNode:
         data: ClientData,
         slm: SLM,
         trainer: SLMTrainer,
-        aggregator: Aggregator | None,
+        feedback: FeedbackScheme,
+        feedback_keys: FeedbackKeys,
         settings: SLMConfig,
         num_labels: int,
         device: torch.device,
         on_round_end: Callable[[int, SLM], None] | None = None,
-        feedback_keys: FeedbackKeys | None = None,
-        on_release: Callable[[int, int, Any], None] | None = None,
+        on_release: Callable[[int, int, ScoreRelease], None] | None = None,
     ) -> None:
         self.party = party
         self.data = data
         self.slm = slm
         self.trainer = trainer
-        self.aggregator = aggregator
+        self.feedback = feedback
+        self.feedback_keys = feedback_keys
+        self.aggregator: Aggregator | None = feedback.client_aggregator(feedback_keys, run_id=party.run_id)
         self.settings = settings
         self.num_labels = num_labels
         self.device = device
         self.on_round_end = on_round_end
-        self.feedback_keys = feedback_keys
         self.on_release = on_release
         self.round = 0
         self.epsilon = 0.0 if trainer.private else float("inf")
-        self._handlers: dict[str, Callable[[Envelope, Any], tuple[Any, Sequence[bytes]]]] = {
+        self._handlers: dict[str, Callable[[Envelope, Any], tuple[Any, Attachments]]] = {
             "train.request": self._train,
             "score.request": self._score,
             "reveal.request": self._reveal,
@@ -145,15 +139,16 @@ class ClientNode:
             if handler is None:
                 raise ProtocolError(f"{self.client_id}: {envelope.type!r} is not a request a client answers")
             self.round = envelope.round
-            reply, blobs = handler(envelope, body)
+            reply, attachments = handler(envelope, body)
+            blobs = pack(reply, **attachments)
         except CrossLMError as exc:
             return self.party.seal(SERVER, round_index, ErrorReply(reason=str(exc)))
         return self.party.seal(SERVER, envelope.round, reply, blobs)
 
-    def _train(self, envelope: Envelope, body: TrainRequest) -> tuple[Any, Sequence[bytes]]:
+    def _train(self, envelope: Envelope, body: TrainRequest) -> tuple[Any, Attachments]:
         reason = self.trainer.decline_reason(envelope.round)
         if reason is not None:
-            return TrainReply(status="declined", reason=reason, private=self.trainer.private), ()
+            return TrainReply(status="declined", reason=reason, private=self.trainer.private), {}
         report = self.trainer.train_private(
             self.slm.model, self.slm.tokenizer, self.data.train, round_index=envelope.round
         )
@@ -166,10 +161,10 @@ class ClientNode:
                 epsilon=finite_or_none(report.epsilon),
                 delta=report.details.get("delta"),
             ),
-            (),
+            {},
         )
 
-    def _score(self, envelope: Envelope, body: ScoreRequest) -> tuple[Any, Sequence[bytes]]:
+    def _score(self, envelope: Envelope, body: ScoreRequest) -> tuple[Any, Attachments]:
         if self.client_id not in body.participants:
             raise ProtocolError(f"{self.client_id}: not in the announced participant set; refusing to score")
         samples = [sample.as_sample() for sample in body.samples]
@@ -189,29 +184,26 @@ class ClientNode:
             calibrate=self.settings.calibration == "temperature",
         )
         aggregator = self._aggregator()
-        contribution = aggregator.protect(
+        protected = aggregator.protect(
             scores, round_index=envelope.round, participants=body.participants, attempt=body.attempt
         )
-        release = getattr(aggregator, "last_release", None)
+        release = protected.release
         if self.on_release is not None and release is not None and release.sigma_total > 0:
             self.on_release(envelope.round, body.attempt, release)
-        return ScoreReply(count=len(samples), aggregator=aggregator.name), (contribution,)
+        return ScoreReply(count=len(samples), aggregator=aggregator.name), {"contribution": protected.contribution}
 
-    def _reveal(self, envelope: Envelope, body: RevealRequest) -> tuple[Any, Sequence[bytes]]:
-        if not envelope.blobs:
-            raise ProtocolError(f"{self.client_id}: reveal.request carries no aggregate")
-        aggregate, signed_contributions = envelope.blobs[0], envelope.blobs[1:]
-        contributions = self._verified_contributions(envelope, body, signed_contributions)
+    def _reveal(self, envelope: Envelope, body: RevealRequest) -> tuple[Any, Attachments]:
+        attached = unpack(envelope)
+        contributions = self._verified_contributions(envelope, body, attached["signed_replies"])
         means = self._aggregator().reveal(
-            aggregate,
+            attached["aggregate"],
             contributions,
             count=body.count,
             round_index=envelope.round,
             participants=body.participants,
             attempt=body.attempt,
         )
-        payload = np.ascontiguousarray(means, dtype="<f8").tobytes()
-        return RevealReply(count=body.count, contributors=len(contributions)), (payload,)
+        return RevealReply(count=body.count, contributors=len(contributions)), {"means": encode_means(means)}
 
     def _verified_contributions(self, envelope: Envelope, body: RevealRequest, signed: Sequence[bytes]) -> list[bytes]:
         """Check every contribution is a signed score reply of this round from an announced participant."""
@@ -236,9 +228,7 @@ class ClientNode:
                 raise ProtocolError(f"{self.client_id}: {reply.sender} contributed but was not announced; refusing")
             if reply.sender in seen:
                 raise ProtocolError(f"{self.client_id}: {reply.sender} contributed twice; refusing to decrypt")
-            if not reply.blobs:
-                raise ProtocolError(f"{self.client_id}: the contribution of {reply.sender} carries no scores")
-            seen[reply.sender] = reply.blobs[0]
+            seen[reply.sender] = unpack(reply)["contribution"]
         missing = announced - set(seen)
         if missing:
             raise ProtocolError(
@@ -252,42 +242,31 @@ class ClientNode:
             raise ProtocolError(f"{self.client_id}: no feedback key is installed yet; the key ceremony must run first")
         return self.aggregator
 
-    def _ceremony_keys(self) -> FeedbackKeys:
-        if self.feedback_keys is None:
-            raise ProtocolError(f"{self.client_id}: this site is not configured for CKKS aggregation")
-        return self.feedback_keys
+    def _deal_keys(self, envelope: Envelope, body: KeysDealRequest) -> tuple[Any, Attachments]:
+        """Dealer: make the run's feedback keys, keep the secret, wrap it for every other client."""
+        dealt = self.feedback.deal(self.feedback_keys, run_id=self.party.run_id, preset=body.preset)
+        self.aggregator = dealt.aggregator
+        recipients = sorted(dealt.wraps)
+        return KeysDealReply(recipients=recipients, fingerprint=dealt.fingerprint), {
+            "announcement": dealt.announcement,
+            "public_context": dealt.public_context,
+            "wraps": [dealt.wraps[name] for name in recipients],
+        }
 
-    def _deal_keys(self, envelope: Envelope, body: KeysDealRequest) -> tuple[Any, Sequence[bytes]]:
-        """Dealer: make the run's CKKS context, keep the secret, wrap it for every other client."""
-        own = self._ceremony_keys()
-        dealt = deal_context(own.keys, own.registry, run_id=self.party.run_id, preset=body.preset)
-        self.aggregator = self._ckks(own, dealt.secret_context)
-        recipients = sorted(dealt.wrapped)
-        blobs = (dealt.announcement, dealt.public_context, *(dealt.wrapped[name] for name in recipients))
-        return KeysDealReply(recipients=recipients, fingerprint=dealt.secret_context.fingerprint), blobs
-
-    def _install_keys(self, envelope: Envelope, body: KeysInstallRequest) -> tuple[Any, Sequence[bytes]]:
+    def _install_keys(self, envelope: Envelope, body: KeysInstallRequest) -> tuple[Any, Attachments]:
         """Open the dealer's wrap (relayed by the server, which cannot read it)."""
-        own = self._ceremony_keys()
-        if len(envelope.blobs) != 2:
-            raise ProtocolError(f"{self.client_id}: keys.install must carry the announcement and one wrap")
-        context = accept_secret_context(
-            own.keys, own.registry, announcement=envelope.blobs[0], wrapped=envelope.blobs[1], run_id=self.party.run_id
+        attached = unpack(envelope)
+        self.aggregator, fingerprint = self.feedback.install(
+            self.feedback_keys, run_id=self.party.run_id, announcement=attached["announcement"], wrap=attached["wrap"]
         )
-        self.aggregator = self._ckks(own, context)
-        return KeysInstallReply(fingerprint=context.fingerprint), ()
+        return KeysInstallReply(fingerprint=fingerprint), {}
 
-    def _ckks(self, own: FeedbackKeys, context: ScoreContext) -> Aggregator:
-        return CKKSAggregator.for_client(
-            own.keys, context, own.registry, run_id=self.party.run_id, quorum=own.quorum, noise_sigma=own.noise_sigma
-        )
-
-    def _enhance(self, envelope: Envelope, body: EnhanceRequest) -> tuple[Any, Sequence[bytes]]:
+    def _enhance(self, envelope: Envelope, body: EnhanceRequest) -> tuple[Any, Attachments]:
         examples = [sample.as_example() for sample in body.samples]
         report = self.trainer.train_public(self.slm.model, self.slm.tokenizer, examples, round_index=envelope.round)
-        return EnhanceReply(stats=_stats(report)), ()
+        return EnhanceReply(stats=_stats(report)), {}
 
-    def _evaluate(self, envelope: Envelope, body: EvaluateRequest) -> tuple[Any, Sequence[bytes]]:
+    def _evaluate(self, envelope: Envelope, body: EvaluateRequest) -> tuple[Any, Attachments]:
         metrics = evaluate_slm(
             self.slm.tokenizer,
             self.slm.model,
@@ -306,7 +285,7 @@ class ClientNode:
                 n=metrics["n"],
                 epsilon=finite_or_none(self.epsilon),
             ),
-            (),
+            {},
         )
 
 

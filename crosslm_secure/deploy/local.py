@@ -25,6 +25,7 @@ from crosslm_secure.config import Config, config_to_dict
 from crosslm_secure.deploy import DeployError
 from crosslm_secure.deploy.pki import PKI, SiteFiles, init_pki
 from crosslm_secure.deploy.site import flower_bin, flower_env, free_port, wait_until
+from crosslm_secure.metrics import round_line
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_text
 
@@ -354,15 +355,7 @@ def follow(deployment: Deployment, run_id: str, log: Callable[[str], None], time
     run_dir = deployment.run_dir()
     log(f"run folder: {run_dir}")
 
-    def show(row: dict) -> None:
-        f1, acc = row.get("slm_macro_f1_mean"), row.get("slm_accuracy_mean")
-        log(
-            f"round {row['round']} done in {row.get('seconds_round', 0):.0f}s"
-            + (f", SLM macro-F1 {f1:.3f} (acc {acc:.3f})" if f1 is not None and acc is not None else "")
-            + f", {row.get('active_clients')} clients active"
-        )
-
-    status = deployment.wait(run_id, timeout, show)
+    status = deployment.wait(run_id, timeout, lambda row: log(round_line(row).strip()))
     if status != "finished:completed":
         raise DeployError(
             f"the Flower run ended as {status}; see `flwr log {run_id}` and the logs in {deployment.workdir}/logs"

@@ -101,6 +101,7 @@ class SiteWorker:
         from crosslm_secure.protocol.envelope import verify
         from crosslm_secure.protocol.party import directory_of
         from crosslm_secure.runner import build_client_node
+        from crosslm_secure.runstore import RunStore
 
         with self._lock:
             if flower_run in self._retired:
@@ -111,7 +112,7 @@ class SiteWorker:
                 if self._session is not None:
                     self._retired.add(self._session[0])
                 root = self.state_dir / envelope.run_id
-                resumed = (root / "clients" / self.site / "slm").is_dir()
+                resumed = RunStore(root).slm_dir(self.site).is_dir()
                 self.log(f"{self.site}: {'resuming' if resumed else 'joining'} run {envelope.run_id}")
                 self._node = build_client_node(
                     self.config,
@@ -121,12 +122,12 @@ class SiteWorker:
                     self.keys,
                     self.registry,
                     self.device,
-                    resumed={} if resumed else None,
+                    resumed=resumed,
                 )
                 if self.data is not None:
                     from crosslm_secure.data.site import mark_own_data
 
-                    mark_own_data(root / "clients" / self.site, self.data, self.client)
+                    mark_own_data(RunStore(root).client_dir(self.site), self.data, self.client)
                 self._session = session
             return self._node.handle(message)
 

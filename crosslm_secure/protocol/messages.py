@@ -1,6 +1,9 @@
-"""Typed bodies of every protocol message, and their (de)serialization.
+"""Typed bodies of every protocol message, their named attachments, and their (de)serialization.
 
-Each message type has a pydantic body model. ``protocols/messages.schema.json`` is generated
+Each message type has a pydantic body model. Binary payloads (ciphertexts, signed replies, key
+wraps) travel as the envelope's attachments; each body declares them by name in
+``ATTACHMENTS``, and :func:`pack` / :func:`unpack` are the only code that maps names to
+positions, so no caller indexes an envelope's blobs. ``protocols/messages.schema.json`` is generated
 from these models (``crosslm protocol-schema``) and a test keeps the two identical, so the
 published specification cannot drift from the code.
 """
@@ -9,8 +12,10 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crosslm_secure.data.records import Example, SyntheticSample
@@ -23,6 +28,10 @@ MAX_SAMPLES = 100_000
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ATTACHMENTS: ClassVar[tuple[str, ...]] = ()
+    """Names of the binary attachments in wire order; a last name starting with ``*`` takes
+    every remaining attachment (zero or more) as a list."""
 
 
 class WireSample(_Body):
@@ -72,14 +81,18 @@ class ScoreRequest(_Body):
 
 
 class ScoreReply(_Body):
-    """Client -> server: blob 0 is this client's protected score vector."""
+    """Client -> server: ``contribution`` is this client's protected score vector."""
+
+    ATTACHMENTS = ("contribution",)
 
     count: int = Field(ge=0)
     aggregator: str
 
 
 class RevealRequest(_Body):
-    """Server -> decryptor: blob 0 is the aggregate; blobs 1.. are the signed score replies."""
+    """Server -> decryptor: the ``aggregate`` and every participant's signed ``score.reply``."""
+
+    ATTACHMENTS = ("aggregate", "*signed_replies")
 
     participants: list[str] = Field(min_length=1)
     attempt: int = Field(0, ge=0)
@@ -88,7 +101,10 @@ class RevealRequest(_Body):
 
 
 class RevealReply(_Body):
-    """Decryptor -> server: blob 0 holds the mean score per sample (float64, little-endian)."""
+    """Decryptor -> server: ``means`` holds the mean score per sample (float64, little-endian;
+    :func:`encode_means`)."""
+
+    ATTACHMENTS = ("means",)
 
     count: int = Field(ge=0)
     contributors: int = Field(ge=1)
@@ -122,15 +138,19 @@ class KeysDealRequest(_Body):
 
 
 class KeysDealReply(_Body):
-    """Dealer -> server: blob 0 the signed announcement, blob 1 the public context (no Galois
-    keys), blobs 2.. the secret context wrapped to each of ``recipients`` (same order)."""
+    """Dealer -> server: the signed ``announcement``, the ``public_context`` (no Galois keys), and
+    the secret context wrapped to each of ``recipients`` (``wraps``, same order)."""
+
+    ATTACHMENTS = ("announcement", "public_context", "*wraps")
 
     recipients: list[str]
     fingerprint: str = Field(max_length=128)
 
 
 class KeysInstallRequest(_Body):
-    """Server -> client: relays blob 0 (announcement) and blob 1 (the wrap for this client only)."""
+    """Server -> client: relays the dealer's ``announcement`` and the ``wrap`` for this client only."""
+
+    ATTACHMENTS = ("announcement", "wrap")
 
 
 class KeysInstallReply(_Body):
@@ -190,6 +210,67 @@ def decode_body(envelope: Envelope) -> Any:
         ) from None
 
 
+def pack(body: _Body, **attachments: bytes | Sequence[bytes]) -> tuple[bytes, ...]:
+    """The attachments of ``body``'s message in wire order, from their names.
+
+    Raises:
+        ProtocolError: a declared attachment is missing or an undeclared one is given (a bug in
+            the sender, so it never leaves).
+    """
+    names = type(body).ATTACHMENTS
+    plain = [name.lstrip("*") for name in names]
+    if set(attachments) != set(plain):
+        raise ProtocolError(f"message {type_name(body)}: attachments {sorted(attachments)} given, {plain} declared")
+    blobs: list[bytes] = []
+    for name in names:
+        value = attachments[name.lstrip("*")]
+        if name.startswith("*"):
+            blobs.extend(bytes(v) for v in value)
+        else:
+            blobs.append(bytes(value))  # type: ignore[arg-type]
+    return tuple(blobs)
+
+
+def unpack(envelope: Envelope) -> dict[str, Any]:
+    """An envelope's attachments by name (a ``*`` name maps to a list of bytes).
+
+    Raises:
+        ProtocolError: the message carries fewer or more attachments than its type declares.
+    """
+    model = BODIES.get(envelope.type)
+    if model is None:
+        raise ProtocolError(f"message: unknown type {envelope.type!r} from {envelope.sender}; refused")
+    names = model.ATTACHMENTS
+    blobs = list(envelope.blobs)
+    variadic = bool(names) and names[-1].startswith("*")
+    fixed = names[:-1] if variadic else names
+    if len(blobs) < len(fixed) or (not variadic and len(blobs) != len(fixed)):
+        raise ProtocolError(
+            f"message {envelope.type} from {envelope.sender}: carries {len(blobs)} attachment(s), "
+            f"expected {list(names) or 'none'}; refused"
+        )
+    found: dict[str, Any] = dict(zip(fixed, blobs, strict=False))
+    if variadic:
+        found[names[-1][1:]] = blobs[len(fixed) :]
+    return found
+
+
+def encode_means(values: np.ndarray) -> bytes:
+    """Mean scores as the ``means`` attachment: float64, little-endian."""
+    return np.ascontiguousarray(values, dtype="<f8").tobytes()
+
+
+def decode_means(blob: bytes, count: int) -> np.ndarray:
+    """The ``means`` attachment back as ``count`` floats.
+
+    Raises:
+        ProtocolError: the attachment does not hold exactly ``count`` float64 values.
+    """
+    if len(blob) != 8 * count:
+        raise ProtocolError(f"reveal.reply: holds {len(blob)} bytes, expected {count} float64 mean scores")
+    return np.frombuffer(blob, dtype="<f8").copy()
+
+
 def finite_or_none(value: float) -> float | None:
     """JSON has no infinity: a non-private epsilon travels as null."""
     return None if math.isinf(value) else float(value)
@@ -197,5 +278,8 @@ def finite_or_none(value: float) -> float | None:
 
 def schema_document() -> str:
     """The JSON Schema of every message body, as published in ``protocols/``."""
-    schemas = {name: model.model_json_schema() for name, model in sorted(BODIES.items())}
+    schemas = {
+        name: model.model_json_schema() | {"x-attachments": list(model.ATTACHMENTS)}
+        for name, model in sorted(BODIES.items())
+    }
     return json.dumps({"wire_version": VERSION, "messages": schemas}, indent=2, sort_keys=True) + "\n"

@@ -6,31 +6,34 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from crosslm_secure.aggregation.schemes import scheme_for
 from crosslm_secure.config import Config
 from crosslm_secure.data.embedded_tasks import EMBEDDED_TASKS
 from crosslm_secure.data.loaders import EMBEDDED_CREDIT
 from crosslm_secure.errors import CrossLMError
+from crosslm_secure.metrics import METRICS, TASK_METRICS
 from crosslm_secure.privacy.report import NON_PRIVATE_LABEL, run_budgets
 from crosslm_secure.report.plots import plot_rounds
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_text
 
-_ROUND_COLUMNS = (
-    ("round", "round", "{}"),
-    ("active_clients", "clients", "{}"),
-    ("slm_macro_f1_mean", "SLM macro-F1 (mean)", "{:.3f}"),
-    ("slm_accuracy_mean", "SLM acc (mean)", "{:.3f}"),
-    ("llm_macro_f1", "LLM macro-F1", "{:.3f}"),
-    ("llm_accuracy", "LLM acc", "{:.3f}"),
-    ("llm_perplexity", "LLM ppl", "{:.2f}"),
-    ("synthetic_accepted", "synthetic kept", "{}"),
-    ("synthetic_generated", "generated", "{}"),
-    ("synthetic_accept_threshold", "threshold", "{:.3f}"),
-    ("synthetic_mean_score", "mean score", "{:.3f}"),
-    ("synthetic_judge_agreement_accepted", "judge agrees (kept)", "{:.3f}"),
-    ("synthetic_judge_agreement_rejected", "judge agrees (dropped)", "{:.3f}"),
-    ("seconds_round", "seconds", "{:.0f}"),
+_ROUND_KEYS = (
+    "round",
+    "active_clients",
+    "slm_macro_f1_mean",
+    "slm_accuracy_mean",
+    "llm_macro_f1",
+    "llm_accuracy",
+    "llm_perplexity",
+    "synthetic_accepted",
+    "synthetic_generated",
+    "synthetic_accept_threshold",
+    "synthetic_mean_score",
+    "synthetic_judge_agreement_accepted",
+    "synthetic_judge_agreement_rejected",
+    "seconds_round",
 )
+_ROUND_COLUMNS = tuple((key, METRICS[key].column, METRICS[key].fmt) for key in _ROUND_KEYS)
 """Metrics-row key, column title, format: macro-F1 before accuracy (a constant answer scores high accuracy)."""
 
 
@@ -103,7 +106,7 @@ def render_summary(
 
 def _protections(config: Config, rows: Sequence[dict[str, Any]]) -> list[str]:
     aggregator = config.feedback.aggregator
-    protected = aggregator != "plaintext"
+    protected = scheme_for(aggregator).protected
     epsilons = _final_epsilons(rows)
     finite = [e for e in epsilons.values() if not math.isinf(e)]
     if not epsilons:
@@ -148,13 +151,8 @@ def _headline(rows: Sequence[dict[str, Any]]) -> list[str]:
         return ["No round completed."]
     first, last = rows[0], rows[-1]
     out = []
-    pairs = (
-        ("slm_macro_f1_mean", "Mean client SLM macro-F1"),
-        ("llm_macro_f1", "LLM task macro-F1"),
-        ("slm_accuracy_mean", "Mean client SLM accuracy"),
-        ("llm_accuracy", "LLM task accuracy"),
-    )
-    for key, name in pairs:
+    for key in TASK_METRICS:
+        name = METRICS[key].long[:1].upper() + METRICS[key].long[1:]
         if key in first and key in last:
             out.append(
                 f"- {name}: {first[key]:.3f} (round 0) -> {last[key]:.3f} (round {last['round']}), "

@@ -1,59 +1,45 @@
 """The round coordinator (README, "What the main job does"): one server, many client silos, bytes in between.
 
-It speaks typed protocol messages through a ``Transport`` and never sees client data,
-client models, or (with a protecting aggregator) per-client scores.
+It keeps the round loop and who takes part. What a round does comes from the method
+(:mod:`crosslm_secure.methods`); the LLM work is behind :class:`~crosslm_secure.server.llm_side.ServerLLM`;
+the key ceremony and the blind aggregation are :class:`~crosslm_secure.server.feedback_round.FeedbackRounds`
+over the configured feedback scheme. It speaks typed protocol messages through a ``Transport``
+and never sees client data, client models, or (with a protecting scheme) per-client scores.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import resource
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from crosslm_secure.aggregation.base import Aggregator
-from crosslm_secure.aggregation.ckks import CKKSAggregator
-from crosslm_secure.aggregation.plaintext import PlaintextAggregator
+from crosslm_secure.aggregation.schemes import scheme_for
 from crosslm_secure.config import Config
-from crosslm_secure.crypto.ceremony import accept_public_context
 from crosslm_secure.crypto.keys import Registry
-from crosslm_secure.data.records import Example, SyntheticSample
-from crosslm_secure.errors import CrossLMError, CryptoError, ProtocolError
-from crosslm_secure.eval.judge import Judge
-from crosslm_secure.eval.llm_eval import llm_perplexity, llm_task_accuracy
-from crosslm_secure.models.llm import LoadedLLM, save_lora
-from crosslm_secure.protocol.envelope import parse as parse_envelope
+from crosslm_secure.methods import method_for
+from crosslm_secure.metrics import round_line
 from crosslm_secure.protocol.messages import (
+    EnhanceReply,
     EnhanceRequest,
     EvaluateReply,
     EvaluateRequest,
-    KeysDealRequest,
-    KeysInstallRequest,
-    RevealReply,
-    RevealRequest,
-    ScoreReply,
-    ScoreRequest,
     TrainReply,
     TrainRequest,
     WireSample,
-    type_name,
 )
 from crosslm_secure.protocol.party import Party
-from crosslm_secure.runstore import RunStore
+from crosslm_secure.runstore import RunState, RunStore
 from crosslm_secure.server.acceptance import accept_samples
-from crosslm_secure.server.generation import generate_synthetic
-from crosslm_secure.server.tuning import tune_llm
-from crosslm_secure.transport.base import NodeUnavailable, Transport
-
-
-class ClientRefused(CrossLMError):
-    """A client answered with an ``error`` message."""
+from crosslm_secure.server.feedback_round import FeedbackRounds
+from crosslm_secure.server.llm_side import ServerLLM
+from crosslm_secure.server.membership import Membership
+from crosslm_secure.server.messaging import Messenger, Request
+from crosslm_secure.transport.base import Transport
 
 
 @dataclass
@@ -86,9 +72,7 @@ class Coordinator:
         party: the server's protocol identity.
         transport: reaches the client nodes.
         registry: every party's enrolled public keys.
-        llm: the server LLM (LoRA-wrapped when the method tunes it).
-        llm_test: the evaluator's test set for the LLM's task accuracy (the first
-            ``eval.llm_examples`` are used).
+        llm: the server's LLM side (evaluate, generate, tune, judge).
         store: the run folder.
         log: where one-line progress messages go.
     """
@@ -99,129 +83,74 @@ class Coordinator:
         party: Party,
         transport: Transport,
         registry: Registry,
-        llm: LoadedLLM,
-        llm_test: Sequence[Example],
+        llm: ServerLLM,
         store: RunStore,
         log: Callable[[str], None] = print,
     ) -> None:
         self.config = config
-        self.party = party
         self.transport = transport
-        self.registry = registry
-        self.aggregator: Aggregator = PlaintextAggregator()
         self.llm = llm
-        self.llm_test = list(llm_test)[: config.eval.llm_examples]
         self.store = store
         self.log = log
-        self.method = config.run.method
-        self.active: list[str] = list(transport.node_ids())
-        self.excluded: dict[str, str] = {}
-        self.dropped: list[str] = []
-        """Excluded because they stopped answering (not because they refused or misbehaved): may rejoin."""
+        self.method = method_for(config.run.method)
+        self.members = Membership(store, list(transport.node_ids()), config.run.min_clients, log)
+        self.messenger = Messenger(party, transport, store, on_failure=self._failed)
+        self.feedback = FeedbackRounds(
+            config, scheme_for(config.feedback.aggregator), registry, self.messenger, self.members, store
+        )
         self._llm_metrics: dict[str, float] = {}
         self._epsilon: dict[str, float | None] = {}
-        self._judge: Judge | None = None
-
-    @property
-    def tunes_llm(self) -> bool:
-        return self.method == "crosslm"
 
     @property
     def deals_keys(self) -> bool:
-        return self.method == "crosslm" and self.config.feedback.aggregator == "ckks"
+        return self.method.gets_feedback and self.feedback.scheme.needs_key_ceremony
 
     def run(self, start_round: int = 0) -> RoundOutcome:
-        """Run from ``start_round`` (0 for a fresh run) to ``config.run.rounds``."""
-        last = self.config.run.rounds if self.method != "llm_zero_shot" else 0
+        """Run from ``start_round`` (0 for a fresh run) to the method's last round."""
+        last = self.method.last_round(self.config.run.rounds)
         completed = start_round - 1
         if start_round > 0:
             self._readmit(start_round)
         if self.deals_keys:
-            stop = self._key_ceremony(start_round)
+            stop = self.feedback.key_ceremony(start_round)
             if stop is not None:
                 self.store.event("run_stopped", round=start_round, reason=stop)
-                return RoundOutcome(completed, stop, dict(self.excluded))
+                return RoundOutcome(completed, stop, dict(self.members.excluded))
         for round_index in range(start_round, last + 1):
             stop = None
             if round_index > start_round and self._readmit(round_index) and self.deals_keys:
-                stop = self._key_ceremony(round_index)  # the rejoined sites need the feedback keys
+                stop = self.feedback.key_ceremony(round_index)  # the rejoined sites need the feedback keys
             if stop is None:
-                self.log(f"round {round_index}/{last}: {len(self.active)} clients active")
+                self.log(f"round {round_index}/{last}: {len(self.members.active)} clients active")
                 stop = self._round(round_index)
             if stop is not None:
                 self.store.event("run_stopped", round=round_index, reason=stop)
-                return RoundOutcome(completed, stop, dict(self.excluded))
+                return RoundOutcome(completed, stop, dict(self.members.excluded))
             completed = round_index
-            self.store.save_state({"completed_round": round_index} | self._participants())
-        return RoundOutcome(completed, None, dict(self.excluded))
+            self.store.save_state(self.members.state(round_index))
+        return RoundOutcome(completed, None, dict(self.members.excluded))
 
-    def restore(self, active: Sequence[str], excluded: dict[str, str], dropped: Sequence[str] = ()) -> None:
-        """Take back the participant state of a resumed run.
+    def restore(self, state: RunState) -> None:
+        """Take back the participant state of a resumed run (unreachable clients count as dropped)."""
+        self.members.restore(state, list(self.transport.node_ids()))
 
-        A client that was active but is not reachable now counts as dropped, so it can rejoin later.
-        """
-        reachable = set(self.transport.node_ids())
-        self.active = [name for name in active if name in reachable]
-        self.excluded = dict(excluded)
-        self.dropped = [name for name in dropped if name in self.excluded]
-        for name in active:
-            if name not in reachable:
-                self._exclude(name, "not connected when the run resumed", dropped=True)
+    @property
+    def active(self) -> list[str]:
+        return self.members.active
 
-    def _participants(self) -> dict[str, Any]:
-        return {"active": list(self.active), "excluded": dict(self.excluded), "dropped": list(self.dropped)}
+    @property
+    def excluded(self) -> dict[str, str]:
+        return self.members.excluded
+
+    def _failed(self, name: str, reason: str, dropped: bool) -> None:
+        self.members.exclude(name, reason, dropped=dropped)
 
     def _readmit(self, round_index: int) -> bool:
         """Take back dropped clients that answer again (``run.rejoin``); True if any came back."""
-        if not self.config.run.rejoin or not self.dropped:
+        if not self.config.run.rejoin or not self.members.dropped:
             return False
-        back = self.transport.rejoined(list(self.dropped))
-        for name in back:
-            self.dropped.remove(name)
-            reason = self.excluded.pop(name, "")
-            self.store.event("client_rejoined", client=name, round=round_index, was=reason)
-            self.log(f"  {name} rejoined at round {round_index}")
-        if back:
-            wanted = set(self.active) | set(back)
-            self.active = [name for name in self.transport.node_ids() if name in wanted]
-        return bool(back)
-
-    # -- key ceremony --------------------------------------------------------------------
-
-    def _key_ceremony(self, round_index: int) -> str | None:
-        """A client deals the CKKS context; the server relays wraps it cannot open and keeps
-        only the public context. Tries the next client if a dealer fails."""
-        for dealer in list(self.active):
-            request = KeysDealRequest(preset=self.config.feedback.ckks_preset)
-            reply = self._ask(dealer, request, round_index, "keys.dealt")
-            if reply is None:
-                continue
-            envelope, body = reply
-            announcement, public_context, *wraps = envelope.blobs
-            try:
-                context = accept_public_context(
-                    self.registry, announcement=announcement, public_context=public_context, run_id=self.store.run_id
-                )
-            except CryptoError as exc:
-                self._exclude(dealer, f"dealt an unacceptable context: {exc}")
-                continue
-            self.aggregator = CKKSAggregator.for_server(
-                context, self.registry, run_id=self.store.run_id, quorum=max(2, self.config.run.min_clients)
-            )
-            self.store.write_public_context(context.to_bytes(), announcement, context.fingerprint)
-            wrapped = dict(zip(body.recipients, wraps, strict=True))
-            installs = {}
-            for name in [n for n in self.active if n != dealer]:
-                if name not in wrapped:
-                    self._exclude(name, f"dealer {dealer} made no key wrap for it")
-                    continue
-                installs[name] = (KeysInstallRequest(), [announcement, wrapped[name]])
-            for name, (_, installed) in self._ask_all(installs, round_index, "keys.installed").items():
-                if installed.fingerprint != context.fingerprint:
-                    self._exclude(name, "installed a context other than the announced one")
-            self.store.event("key_ceremony", dealer=dealer, fingerprint=context.fingerprint, clients=self.active)
-            return self._quorum_reason(round_index)
-        return f"key ceremony: no client could deal a CKKS context; excluded: {self.excluded}"
+        back = self.transport.rejoined(list(self.members.dropped))
+        return self.members.readmit(back, round_index, list(self.transport.node_ids()))
 
     # -- one round ---------------------------------------------------------------------
 
@@ -232,292 +161,74 @@ class Coordinator:
         if round_index > 0:
             with phases("train_private"):
                 self._train_private(round_index)
-            stop = self._quorum_reason(round_index)
+            stop = self.members.quorum_reason(round_index)
             if stop is not None:
                 return stop
-            if self.method in ("crosslm", "data_free_kd"):
+            if self.method.generates:
                 synthetic = self._synthetic_round(round_index, phases)
-                stop = self._quorum_reason(round_index)
+                stop = self.members.quorum_reason(round_index)
                 if stop is not None:
                     return stop
-        llm_changed = round_index == 0 or self.tunes_llm
-        if llm_changed:
+        if round_index == 0 or self.method.tunes_llm:
             with phases("evaluate_llm"):
-                self._evaluate_llm()
+                self._llm_metrics = self.llm.evaluate()
         with phases("evaluate_slm"):
             client_metrics = self._evaluate_clients(round_index)
         row = self._metrics_row(round_index, client_metrics, synthetic, phases, round_start)
         self.store.record_round(row)
         self.store.event("round_done", round=round_index, seconds=row["seconds_round"])
-        self.log(_round_line(row))
+        self.log(round_line(row))
         return None
 
-    def _quorum_reason(self, round_index: int) -> str | None:
-        if len(self.active) >= self.config.run.min_clients:
-            return None
-        return (
-            f"round {round_index}: only {len(self.active)} client(s) remain, fewer than "
-            f"run.min_clients={self.config.run.min_clients}; excluded: "
-            + "; ".join(f"{name}: {why}" for name, why in self.excluded.items())
-        )
-
     def _train_private(self, round_index: int) -> None:
-        replies = self._ask_all({name: (TrainRequest(), ()) for name in self.active}, round_index, "train.reply")
-        for name, (_, body) in replies.items():
-            assert isinstance(body, TrainReply)
-            if body.status == "declined":
-                self._exclude(name, f"declined round {round_index}: {body.reason}")
+        requests = dict.fromkeys(self.members.active, Request(TrainRequest()))
+        for name, reply in self.messenger.ask_all(requests, round_index, TrainReply).items():
+            if reply.body.status == "declined":
+                self.members.exclude(name, f"declined round {round_index}: {reply.body.reason}")
             else:
-                self._epsilon[name] = body.epsilon
+                self._epsilon[name] = reply.body.epsilon
 
     def _synthetic_round(self, round_index: int, phases: _Phases) -> dict[str, Any]:
-        cfg = self.config
         with phases("generate"):
-            samples = generate_synthetic(
-                self.llm,
-                cfg.task,
-                cfg.generation,
-                round_index=round_index,
-                seed=cfg.run.seed,
-                progress=cfg.run.progress,
-            )
+            samples = self.llm.generate(round_index)
         self.store.event("generated", round=round_index, samples=len(samples))
-        if self.method == "data_free_kd" or not samples:
+        if not self.method.gets_feedback or not samples:
             accepted = samples
             result: dict[str, Any] = {"synthetic_generated": len(samples), "synthetic_accepted": len(samples)}
-            result |= self._judge_agreement(samples, np.ones(len(samples), dtype=bool))
+            result |= self.llm.judge(samples, np.ones(len(samples), dtype=bool))
         else:
-            means = self._aggregate_scores(round_index, samples, phases)
+            means = self.feedback.aggregate(round_index, samples, phases)
             if means is None:
                 return {"synthetic_generated": len(samples)}
-            keep = accept_samples(
-                means, np.array([s.intended_label for s in samples]), len(cfg.task.labels), cfg.feedback
-            )
-            with phases("tune_llm"):
-                report = tune_llm(
-                    self.llm,
-                    samples,
-                    means,
-                    cfg.task,
-                    cfg.tuning,
-                    accepted=keep,
-                    seed=cfg.run.seed + round_index,
-                    progress=cfg.run.progress,
-                )
-            save_lora(self.llm.model, self.store.llm_dir(round_index))
+            labels = np.array([s.intended_label for s in samples])
+            keep = accept_samples(means, labels, len(self.config.task.labels), self.config.feedback)
             accepted = [s for s, kept in zip(samples, keep, strict=True) if kept]
             result = {
                 "synthetic_generated": len(samples),
                 "synthetic_accepted": len(accepted),
                 "synthetic_mean_score": float(np.mean(means)),
                 "synthetic_label_agreement": float(np.mean(means > 0.5)),
-                "llm_tune_steps": report.steps,
-                "llm_tune_loss": report.mean_loss,
             }
+            if self.method.tunes_llm:
+                with phases("tune_llm"):
+                    result |= self.llm.tune(round_index, samples, means, keep)
             if keep.any():
                 result["synthetic_accept_threshold"] = float(np.min(np.clip(means, 0, 1)[keep]))
             with phases("judge"):
-                result |= self._judge_agreement(samples, keep)
-        with phases("enhance"):
-            request = EnhanceRequest(samples=[WireSample.of(s) for s in accepted])
-            self._ask_all({name: (request, ()) for name in self.active}, round_index, "enhance.reply")
+                result |= self.llm.judge(samples, keep)
+        if self.method.enhances:
+            with phases("enhance"):
+                request = Request(EnhanceRequest(samples=[WireSample.of(s) for s in accepted]))
+                self.messenger.ask_all(dict.fromkeys(self.members.active, request), round_index, EnhanceReply)
         return result
-
-    def _aggregate_scores(
-        self, round_index: int, samples: Sequence[SyntheticSample], phases: _Phases
-    ) -> np.ndarray | None:
-        """Collect protected scores, combine blind, have a client decrypt the mean.
-
-        The participant set is announced in the request; if anyone drops, the whole
-        aggregation restarts with the rest (fresh masks), up to ``feedback.max_attempts``.
-        """
-        wire = [WireSample.of(s) for s in samples]
-        for attempt in range(self.config.feedback.max_attempts):
-            participants = list(self.active)
-            if len(participants) < self.config.run.min_clients:
-                return None
-            request = ScoreRequest(participants=participants, attempt=attempt, samples=wire)
-            with phases("score"):
-                signed: list[bytes] = []
-                contributions: list[bytes] = []
-                replies = self._ask_all(
-                    {name: (request, ()) for name in participants}, round_index, "score.reply", keep_raw=True
-                )
-                for name, (envelope, body, raw) in replies.items():
-                    assert isinstance(body, ScoreReply)
-                    if body.count != len(samples) or not envelope.blobs:
-                        self._exclude(name, f"sent {body.count} scores for {len(samples)} samples")
-                        continue
-                    signed.append(raw)
-                    contributions.append(envelope.blobs[0])
-            if len(signed) != len(participants):
-                self.store.event("aggregation_restart", round=round_index, attempt=attempt, left=self.active)
-                continue
-            with phases("aggregate"):
-                aggregate = self.aggregator.combine(contributions)
-            with phases("reveal"):
-                means = self._reveal(round_index, attempt, participants, aggregate, signed, len(samples))
-            if means is not None:
-                return means
-        self.store.event("aggregation_failed", round=round_index)
-        return None
-
-    def _reveal(
-        self,
-        round_index: int,
-        attempt: int,
-        participants: list[str],
-        aggregate: bytes,
-        signed: list[bytes],
-        count: int,
-    ) -> np.ndarray | None:
-        decryptor = participants[(round_index + attempt) % len(participants)]
-        request = RevealRequest(
-            participants=participants, attempt=attempt, count=count, quorum=self.config.run.min_clients
-        )
-        reply = self._ask(decryptor, request, round_index, "reveal.reply", blobs=[aggregate, *signed])
-        if reply is None:
-            return None
-        envelope, body = reply
-        assert isinstance(body, RevealReply)
-        if body.count != count or not envelope.blobs or len(envelope.blobs[0]) != 8 * count:
-            self._exclude(decryptor, "returned a malformed aggregate")
-            return None
-        self.store.event("revealed", round=round_index, decryptor=decryptor, contributors=body.contributors)
-        return np.frombuffer(envelope.blobs[0], dtype="<f8").copy()
-
-    def _judge_agreement(self, samples: Sequence[SyntheticSample], keep: np.ndarray) -> dict[str, float]:
-        """How often an independent judge (trained on the evaluator's split) agrees with the intended
-        labels of the accepted and of the rejected samples."""
-        if not self.llm_test or not samples:
-            return {}
-        if self._judge is None:
-            device = next(self.llm.model.parameters()).device
-            self._judge = Judge(
-                self.llm_test, len(self.config.task.labels), device, seed=self.config.run.seed, encoder=self.config.slm
-            )
-        agrees = self._judge.predict([s.text for s in samples]) == np.array([s.intended_label for s in samples])
-        result = {"synthetic_judge_agreement_accepted": float(np.mean(agrees[keep])) if keep.any() else math.nan}
-        if (~keep).any():
-            result["synthetic_judge_agreement_rejected"] = float(np.mean(agrees[~keep]))
-        return result
-
-    def _evaluate_llm(self) -> None:
-        cfg = self.config
-        task = llm_task_accuracy(self.llm, self.llm_test, cfg.task, cfg.eval, progress=cfg.run.progress)
-        self._llm_metrics = {
-            "llm_accuracy": task["accuracy"],
-            "llm_macro_f1": task["macro_f1"],
-            "llm_perplexity": llm_perplexity(self.llm, cfg.eval, progress=cfg.run.progress),
-        }
 
     def _evaluate_clients(self, round_index: int) -> dict[str, EvaluateReply]:
         results = {}
-        replies = self._ask_all({name: (EvaluateRequest(), ()) for name in self.active}, round_index, "evaluate.reply")
-        for name, (_, body) in replies.items():
-            assert isinstance(body, EvaluateReply)
-            results[name] = body
-            self._epsilon[name] = body.epsilon
+        requests = dict.fromkeys(self.members.active, Request(EvaluateRequest()))
+        for name, reply in self.messenger.ask_all(requests, round_index, EvaluateReply).items():
+            results[name] = reply.body
+            self._epsilon[name] = reply.body.epsilon
         return results
-
-    # -- messaging -----------------------------------------------------------------------
-
-    def _ask(
-        self,
-        name: str,
-        body: Any,
-        round_index: int,
-        expect: str,
-        *,
-        blobs: Sequence[bytes] = (),
-        keep_raw: bool = False,
-    ) -> Any:
-        """Send one request; on a crash, refusal or bad reply, exclude the client and return None."""
-        return self._ask_all({name: (body, blobs)}, round_index, expect, keep_raw=keep_raw).get(name)
-
-    def _ask_all(
-        self,
-        requests: dict[str, tuple[Any, Sequence[bytes]]],
-        round_index: int,
-        expect: str,
-        *,
-        keep_raw: bool = False,
-    ) -> dict[str, Any]:
-        """Send each client its request at once (sites work in parallel) and check every reply.
-
-        ``requests`` maps a client to its message body and blobs. Returns the clients that
-        answered well, each with ``(envelope, body)`` (plus the raw bytes with ``keep_raw``);
-        a client that crashed, refused or answered badly is excluded and left out. Replies are
-        checked in the order of ``requests``, so the run folder does not depend on who was faster.
-        """
-        sealed = {}
-        for name, (body, blobs) in requests.items():
-            sealed[name] = self.party.seal(name, round_index, body, blobs)
-            self._log_message(sealed[name], "out", name, round_index, type_name(body), "sent")
-        answers = self.transport.request_many(sealed)
-        accepted: dict[str, Any] = {}
-        for name, raw in answers.items():
-            try:
-                if isinstance(raw, NodeUnavailable):
-                    raise raw
-                try:
-                    envelope, reply = self.party.open(raw, expect_round=round_index)
-                except ProtocolError:
-                    self._log_message(raw, "in", name, round_index, "refused", "refused")
-                    raise
-                self._log_message(raw, "in", name, round_index, envelope.type, "accepted")
-                if envelope.sender != name:
-                    raise ProtocolError(f"reply to {name} came from {envelope.sender}")
-                if envelope.type == "error":
-                    raise ClientRefused(reply.reason)
-                if envelope.type != expect:
-                    raise ProtocolError(f"{name} answered {envelope.type}, expected {expect}")
-            except (NodeUnavailable, ProtocolError, ClientRefused) as exc:
-                self._exclude(name, str(exc), dropped=isinstance(exc, NodeUnavailable))
-                continue
-            accepted[name] = (envelope, reply, raw) if keep_raw else (envelope, reply)
-        return accepted
-
-    def _exclude(self, name: str, reason: str, *, dropped: bool = False) -> None:
-        """Take ``name`` out of the run; ``dropped`` (it stopped answering) lets it rejoin later."""
-        if name in self.active:
-            self.active.remove(name)
-        self.excluded[name] = reason
-        if dropped and name not in self.dropped:
-            self.dropped.append(name)
-        elif not dropped and name in self.dropped:
-            self.dropped.remove(name)
-        self.store.event("client_excluded", client=name, reason=reason)
-        saved = self.store.load_state()
-        if saved is not None:  # a crash before the round ends must not forget why a client is out
-            self.store.save_state(saved | self._participants())
-        self.log(f"  {name} excluded: {reason}")
-
-    def _log_message(self, message: bytes, direction: str, peer: str, round_index: int, kind: str, status: str) -> None:
-        """Transcript: type, size, hash and envelope routing only; never contents.
-
-        ``status`` is ``sent`` (sealed and signed by the server), ``accepted`` (signature
-        verified and sequence number fresh: ``Inbox.open`` succeeded) or ``refused``;
-        ``sender``/``recipient``/``seq`` come from the envelope header (null when unparseable),
-        so an audit can show every message was signed and accepted once.
-        """
-        try:
-            header, _, _ = parse_envelope(message)
-            sender, recipient, seq = header.sender, header.recipient, header.seq
-        except ProtocolError:
-            sender = recipient = seq = None
-        self.store.transcript(
-            direction=direction,
-            peer=peer,
-            round=round_index,
-            bytes=len(message),
-            sha256=hashlib.sha256(message).hexdigest(),
-            type=kind,
-            status=status,
-            sender=sender,
-            recipient=recipient,
-            seq=seq,
-        )
 
     # -- metrics -------------------------------------------------------------------------
 
@@ -531,9 +242,9 @@ class Coordinator:
     ) -> dict[str, Any]:
         row: dict[str, Any] = {
             "round": round_index,
-            "method": self.method,
-            "aggregator": self.aggregator.name,
-            "active_clients": len(self.active),
+            "method": self.method.name,
+            "aggregator": self.feedback.name if self.method.gets_feedback else "none",
+            "active_clients": len(self.members.active),
         }
         if clients:
             row["slm_accuracy_mean"] = float(np.mean([m.accuracy for m in clients.values()]))
@@ -550,16 +261,3 @@ class Coordinator:
         row["seconds_round"] = round(time.perf_counter() - round_start, 3)
         row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         return row
-
-
-def _round_line(row: dict[str, Any]) -> str:
-    parts = [f"round {row['round']} done in {row['seconds_round']:.0f}s"]
-    if "slm_macro_f1_mean" in row:
-        parts.append(f"SLM macro-F1 {row['slm_macro_f1_mean']:.3f} (acc {row['slm_accuracy_mean']:.3f})")
-    if "llm_macro_f1" in row:
-        parts.append(
-            f"LLM macro-F1 {row['llm_macro_f1']:.3f} (acc {row['llm_accuracy']:.3f}) ppl {row['llm_perplexity']:.2f}"
-        )
-    if "synthetic_accepted" in row:
-        parts.append(f"synthetic {row['synthetic_accepted']}/{row['synthetic_generated']} accepted")
-    return "  " + ", ".join(parts)

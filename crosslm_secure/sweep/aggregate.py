@@ -21,6 +21,8 @@ import numpy as np
 
 from crosslm_secure.audit.base import load_result
 from crosslm_secure.errors import CrossLMError
+from crosslm_secure.methods import CrossLM
+from crosslm_secure.metrics import METRICS, TASK_METRICS
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_json, atomic_write_text, csv_text
 from crosslm_secure.sweep.execute import cell_busy, cell_run_dir, read_cell_record, run_state
@@ -32,25 +34,25 @@ RESULTS_CSV = "results.csv"
 GAINS_CSV = "gains.csv"
 TABLES_MD = "tables.md"
 ROUND0_METRICS = ("slm_macro_f1_mean", "slm_accuracy_mean", "llm_macro_f1", "llm_accuracy", "llm_perplexity")
-GAIN_METRICS = {
-    "slm_macro_f1_mean": "SLM macro-F1",
-    "llm_macro_f1": "LLM macro-F1",
-    "slm_accuracy_mean": "SLM acc",
-    "llm_accuracy": "LLM acc",
-}
+GAIN_METRICS = {key: METRICS[key].short for key in TASK_METRICS}
 """The task metrics: paired gains are reported for these, and the summary table adds their 95% CIs."""
 TABLE_METRICS = {
     **GAIN_METRICS,
-    "llm_perplexity": "LLM perplexity",
-    "synthetic_judge_agreement_accepted": "judge agrees (kept)",
-    "synthetic_judge_agreement_rejected": "judge agrees (dropped)",
-    "synthetic_accepted": "synthetic accepted (last round)",
-    "synthetic_accept_threshold": "accept threshold",
-    "epsilon_spent_max": "eps spent (max client)",
-    "mia_slm_auc_mean": "MIA AUC (SLM)",
-    "seconds": "cell s",
+    **{
+        key: METRICS[key].short
+        for key in (
+            "llm_perplexity",
+            "synthetic_judge_agreement_accepted",
+            "synthetic_judge_agreement_rejected",
+            "synthetic_accepted",
+            "synthetic_accept_threshold",
+            "epsilon_spent_max",
+            "mia_slm_auc_mean",
+            "seconds",
+        )
+    },
 }
-CROSSLM = "crosslm"
+CROSSLM = CrossLM.name
 
 
 @dataclass

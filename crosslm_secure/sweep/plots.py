@@ -14,18 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from crosslm_secure.metrics import TASK_METRICS, long
 from crosslm_secure.report.plots import save_figure
 from crosslm_secure.sweep.aggregate import SweepResults, _is_number, _short, _show, group_rows, mean_std
 from crosslm_secure.sweep.spec import EPSILON_FIELD
 
-TRADEOFF_METRICS = {
-    "slm_macro_f1_mean": "mean client SLM macro-F1",
-    "llm_macro_f1": "LLM task macro-F1",
-    "slm_accuracy_mean": "mean client SLM accuracy",
-    "llm_accuracy": "LLM task accuracy",
-    "llm_perplexity": "LLM perplexity (general text)",
-    "mia_slm_auc_mean": "membership-inference AUC (SLM)",
-}
+TRADEOFF_METRICS = {key: long(key) for key in (*TASK_METRICS, "llm_perplexity", "mia_slm_auc_mean")}
 ROUND_FIGURES = {
     "macro_f1": (("slm_macro_f1_mean", "llm_macro_f1"), "macro-F1"),
     "accuracy": (("slm_accuracy_mean", "llm_accuracy"), "accuracy"),

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from crosslm_secure.aggregation.plaintext import PlaintextAggregator
+from crosslm_secure.aggregation.schemes import FeedbackKeys, PlaintextFeedback
 from crosslm_secure.client.node import SLM, ClientNode
 from crosslm_secure.client.plain_trainer import PlainTrainer
 from crosslm_secure.config import SLMConfig
@@ -44,7 +45,8 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> dict:
             data,
             SLM(tokenizer, model),
             PlainTrainer(settings, torch.device("cpu"), seed=0, progress=False),
-            PlaintextAggregator(),
+            PlaintextFeedback(),
+            FeedbackKeys(keys[name], registry, quorum=2, noise_sigma=0.0),
             settings,
             3,
             torch.device("cpu"),

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from crosslm_secure.aggregation.ckks import CKKSAggregator
-from crosslm_secure.client.node import SLM, ClientNode, FeedbackKeys
+from crosslm_secure.aggregation.schemes import CKKSFeedback, FeedbackKeys
+from crosslm_secure.client.node import SLM, ClientNode
 from crosslm_secure.client.plain_trainer import PlainTrainer
 from crosslm_secure.client.scoring import score_samples
 from crosslm_secure.config import SLMConfig
@@ -51,11 +52,11 @@ def ckks_network(tmp_path_factory: pytest.TempPathFactory) -> dict:
             ClientData(name, separable_examples(2), []),
             SLM(tokenizer, model),
             PlainTrainer(settings, CPU, seed=0, progress=False),
-            None,
+            CKKSFeedback(),
+            FeedbackKeys(keys[name], registry, quorum=2, noise_sigma=0.0),
             settings,
             3,
             CPU,
-            feedback_keys=FeedbackKeys(keys[name], registry, quorum=2, noise_sigma=0.0),
         )
     server = party_of(keys["server"], "run-c", registry)
 

@@ -34,7 +34,7 @@ def _parties(federation, k, *, sigma=0.0, quorum=2):
 
 def _run_round(aggregators, server, sites, scores, round_index=1, attempt=0):
     blobs = [
-        a.protect(s, round_index=round_index, participants=sites, attempt=attempt)
+        a.protect(s, round_index=round_index, participants=sites, attempt=attempt).contribution
         for a, s in zip(aggregators, scores, strict=True)
     ]
     return blobs, server.combine(blobs)
@@ -95,7 +95,7 @@ def test_noise_share_and_release_parameters(federation):
     mean = aggregators[0].reveal(aggregate, blobs, count=4000)
     # Sum carries N(0, 0.5^2); the mean N(0, (0.5/4)^2).
     assert abs(np.std(mean - 0.5) - 0.125) < 0.01
-    release = aggregators[0].last_release
+    release = aggregators[0].protect(scores[0], round_index=2, participants=sites).release
     assert release.sigma_total == 0.5 and release.share_sigma == pytest.approx(0.25)
     assert release.count == 4000 and release.contributors == 4 and release.sensitivity_per_score == 1.0
 
@@ -110,7 +110,9 @@ def test_scores_are_clipped_before_release(federation):
 def test_dropout_then_retry_with_new_attempt(federation):
     aggregators, server, sites = _parties(federation, 4)
     scores = np.random.default_rng(3).random((4, 20))
-    blobs = [a.protect(s, round_index=2, participants=sites) for a, s in zip(aggregators, scores, strict=True)]
+    blobs = [
+        a.protect(s, round_index=2, participants=sites).contribution for a, s in zip(aggregators, scores, strict=True)
+    ]
     aggregate = server.combine(blobs[:3])  # client-04 dropped out after masking
     with pytest.raises(ProtocolError, match="omitted"):
         aggregators[0].reveal(aggregate, blobs[:3], count=20)
@@ -124,7 +126,7 @@ def test_quorum_and_duplicates(federation):
     aggregators, server, sites = _parties(federation, 3, quorum=3)
     with pytest.raises(ProtocolError, match="quorum"):
         aggregators[0].protect(np.zeros(2), round_index=1, participants=sites[:2])
-    blobs = [a.protect(np.zeros(2), round_index=1, participants=sites) for a in aggregators]
+    blobs = [a.protect(np.zeros(2), round_index=1, participants=sites).contribution for a in aggregators]
     with pytest.raises(ProtocolError, match="twice"):
         server.combine(blobs + [blobs[0]])
 

@@ -1,0 +1,109 @@
+"""The server's LLM work in a round: evaluate, generate, tune on feedback, judge the samples.
+
+The coordinator only calls the :class:`ServerLLM` interface, so its round loop runs (and is
+unit-tested) without a model; :class:`LocalLLM` is the real one over a loaded LLM.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from crosslm_secure.config import Config
+from crosslm_secure.data.records import Example, SyntheticSample
+from crosslm_secure.eval.judge import Judge
+from crosslm_secure.eval.llm_eval import llm_perplexity, llm_task_accuracy
+from crosslm_secure.models.llm import LoadedLLM, save_lora
+from crosslm_secure.runstore import RunStore
+from crosslm_secure.server.generation import generate_synthetic
+from crosslm_secure.server.tuning import tune_llm
+
+
+class ServerLLM(Protocol):
+    """What a round asks of the server's LLM. Each call returns metric-row entries."""
+
+    def evaluate(self) -> dict[str, float]:
+        """Task macro-F1 and accuracy on the evaluator's split, and perplexity on general text."""
+        ...
+
+    def generate(self, round_index: int) -> list[SyntheticSample]:
+        """This round's label-conditioned synthetic samples."""
+        ...
+
+    def tune(
+        self, round_index: int, samples: Sequence[SyntheticSample], means: np.ndarray, keep: np.ndarray
+    ) -> dict[str, float]:
+        """Tune on the accepted samples weighted by their released mean scores; keep the adapter."""
+        ...
+
+    def judge(self, samples: Sequence[SyntheticSample], keep: np.ndarray) -> dict[str, float]:
+        """How often an independent judge agrees with the intended labels of kept and dropped samples."""
+        ...
+
+
+class LocalLLM:
+    """The server LLM loaded in this process.
+
+    Args:
+        config: the validated job configuration.
+        llm: the loaded LLM (LoRA-wrapped when the method tunes it).
+        llm_test: the evaluator's test set; the first ``eval.llm_examples`` are used.
+        store: the run folder (LoRA adapters go to ``llm/round-N``).
+    """
+
+    def __init__(self, config: Config, llm: LoadedLLM, llm_test: Sequence[Example], store: RunStore) -> None:
+        self.config = config
+        self.llm = llm
+        self.llm_test = list(llm_test)[: config.eval.llm_examples]
+        self.store = store
+        self._judge: Judge | None = None
+
+    def evaluate(self) -> dict[str, float]:
+        cfg = self.config
+        task = llm_task_accuracy(self.llm, self.llm_test, cfg.task, cfg.eval, progress=cfg.run.progress)
+        return {
+            "llm_accuracy": task["accuracy"],
+            "llm_macro_f1": task["macro_f1"],
+            "llm_perplexity": llm_perplexity(self.llm, cfg.eval, progress=cfg.run.progress),
+        }
+
+    def generate(self, round_index: int) -> list[SyntheticSample]:
+        cfg = self.config
+        return generate_synthetic(
+            self.llm, cfg.task, cfg.generation, round_index=round_index, seed=cfg.run.seed, progress=cfg.run.progress
+        )
+
+    def tune(
+        self, round_index: int, samples: Sequence[SyntheticSample], means: np.ndarray, keep: np.ndarray
+    ) -> dict[str, float]:
+        cfg = self.config
+        report = tune_llm(
+            self.llm,
+            samples,
+            means,
+            cfg.task,
+            cfg.tuning,
+            accepted=keep,
+            seed=cfg.run.seed + round_index,
+            progress=cfg.run.progress,
+        )
+        save_lora(self.llm.model, self.store.llm_dir(round_index))
+        return {"llm_tune_steps": report.steps, "llm_tune_loss": report.mean_loss}
+
+    def judge(self, samples: Sequence[SyntheticSample], keep: np.ndarray) -> dict[str, float]:
+        """The judge is a linear probe the evaluator trains on its own labelled split, never on client data."""
+        if not self.llm_test or not samples:
+            return {}
+        if self._judge is None:
+            device = next(self.llm.model.parameters()).device
+            self._judge = Judge(
+                self.llm_test, len(self.config.task.labels), device, seed=self.config.run.seed, encoder=self.config.slm
+            )
+        agrees = self._judge.predict([s.text for s in samples]) == np.array([s.intended_label for s in samples])
+        result = {"synthetic_judge_agreement_accepted": float(np.mean(agrees[keep])) if keep.any() else math.nan}
+        if (~keep).any():
+            result["synthetic_judge_agreement_rejected"] = float(np.mean(agrees[~keep]))
+        return result
