@@ -208,7 +208,7 @@ def test_a_crash_mid_run_resumes_from_the_last_completed_round(
 
     def crash_in_round_2(self, round_index):
         if round_index == 2:
-            self._exclude("client-3", "answered with a bad signature")  # misbehaved: must never rejoin
+            self.members.exclude("client-3", "answered with a bad signature")  # misbehaved: must never rejoin
             raise KeyboardInterrupt  # the operator stops it, or the machine dies
         return round_(self, round_index)
 
