@@ -510,18 +510,22 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     keys = dotted.strip().split(".")
     if not all(keys):
         raise ConfigError(f"config: override {item!r} must look like section.field=value")
-    node = raw
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"config: override {dotted!r}: {key} is not a section")
-        node = child
     try:
-        node[keys[-1]] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
     except (yaml.YAMLError, RecursionError):
         raise ConfigError(
             f"config: override {item!r}: the value is not valid YAML; quote it, e.g. {dotted}='\"text\"'"
         ) from None
+    node = raw
+    for key in keys[:-1]:  # checked before any section is added, so a refused override changes nothing
+        child = node.get(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config: override {dotted!r}: {key} is not a section")
+        node = child
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = parsed
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
