@@ -26,7 +26,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 """Devices a run accepts: what :func:`crosslm_secure.runner.resolve_device` can resolve."""
 
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*")
@@ -81,7 +81,7 @@ class RunConfig(_Section):
         description="Take a client that dropped out (crashed, disconnected, timed out) back at the start of a "
         "later round once it answers again; the key ceremony is redone for it. false: dropped stays out.",
     )
-    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N or mps.")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
     threads: Annotated[int, Field(ge=0)] = Field(0, description="torch CPU threads; 0 = all cores.")
     progress: bool = Field(True, description="Show progress bars.")
 
@@ -99,7 +99,7 @@ class RunConfig(_Section):
     @classmethod
     def _known_device(cls, device: str) -> str:
         if not DEVICE_PATTERN.fullmatch(device):
-            raise ValueError("run.device must be auto, cpu, cuda, cuda:N or mps")
+            raise ValueError("run.device must be auto, cpu, cuda or cuda:N")
         return device
 
 

@@ -37,7 +37,7 @@ def write(tmp_path: Path, text: str) -> Path:
         ("generation:\n  temperature: .inf\n", "config: generation.temperature"),
         ("task:\n  labels: [Good, good]\n", "task.labels has duplicates (ignoring case"),
         ("task:\n  labels: [good, '']\n", "task.labels has an empty label"),
-        ("run:\n  device: 'tpu:7'\n", "run.device must be auto, cpu, cuda, cuda:N or mps"),
+        ("run:\n  device: 'tpu:7'\n", "run.device must be auto, cpu, cuda or cuda:N"),
         ("run:\n  name: ../../x\n", "run.name must be one folder name"),
         ("run:\n  name: a/b\n", "run.name must be one folder name"),
         ("run:\n  name: ..\n", "run.name must be one folder name"),
