@@ -91,12 +91,13 @@ def config_command(
 ) -> None:
     """Print the default configuration with a doc line per field, or validate a file."""
     from crosslm_secure.config import load_config, render_defaults
+    from crosslm_secure.preflight import check_paths
 
     if check is None:
         sys.stdout.write(render_defaults())
         return
     try:
-        load_config(check)
+        check_paths(load_config(check))
     except CrossLMError as exc:
         fail(exc)
     console.print(f"[green]{check} is valid[/]")
@@ -112,3 +113,7 @@ def protocol_schema() -> None:
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
+
+if __name__ == "__main__":  # python -m crosslm_secure.cli
+    main()

@@ -6,6 +6,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from crosslm_secure.errors import CrossLMError
 
@@ -16,5 +17,6 @@ console = Console(stderr=True, soft_wrap=True)
 
 def fail(exc: CrossLMError, code: int = 2) -> NoReturn:
     """Print ``error: <one sentence>`` on stderr and exit with ``code``."""
-    console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    # escape: a sentence that quotes user input ("run.name=[x", a path with brackets) is text, not markup.
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
     raise typer.Exit(code)

@@ -6,11 +6,13 @@ Errors name the field and the fix, e.g.
 
 from __future__ import annotations
 
+import re
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crosslm_secure.errors import ConfigError
 from crosslm_secure.privacy.settings import PrivacyConfig
@@ -19,7 +21,42 @@ Method = Literal["crosslm", "standalone", "data_free_kd", "llm_zero_shot"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: .inf/.nan for a rate, a norm or a temperature passes every bound and then
+    # fails (or silently trains nothing) hours later; privacy.target_epsilon opts back in (inf = no target).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+"""Devices a run accepts: what :func:`crosslm_secure.runner.resolve_device` can resolve."""
+
+RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*")
+"""A run name is one folder name under ``output_dir``: no separators, no ``..``, no leading dot."""
+
+
+def template_fields(template: str) -> list[str]:
+    """The ``{placeholders}`` of a ``str.format`` template.
+
+    Raises:
+        ValueError: the template is not a valid format string (a lone ``{`` or ``}``).
+    """
+    return [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+
+
+def _check_template(where: str, template: str, allowed: str) -> None:
+    try:
+        fields = template_fields(template)
+    except ValueError:
+        raise ValueError(
+            f"{where} is not a valid template (a lone {{ or }}); write {{{{ and }}}} for literal braces"
+        ) from None
+    bad = [f for f in fields if f != allowed]
+    if bad:
+        raise ValueError(
+            f"{where} has placeholder {{{bad[0]}}}; only {{{allowed}}} is filled in, write {{{{ and }}}} for "
+            "literal braces"
+        )
+    if allowed not in fields:
+        raise ValueError(f"{where} must contain {{{allowed}}}")
 
 
 class RunConfig(_Section):
@@ -47,6 +84,23 @@ class RunConfig(_Section):
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
     threads: Annotated[int, Field(ge=0)] = Field(0, description="torch CPU threads; 0 = all cores.")
     progress: bool = Field(True, description="Show progress bars.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_one_folder(cls, name: str) -> str:
+        if not RUN_NAME_PATTERN.fullmatch(name) or ".." in name:
+            raise ValueError(
+                "run.name must be one folder name of letters, digits and _ . + = - (no /, \\, .. or leading "
+                "dot), so the run folder stays inside output_dir"
+            )
+        return name
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not DEVICE_PATTERN.fullmatch(device):
+            raise ValueError("run.device must be auto, cpu, cuda or cuda:N")
+        return device
 
 
 class DataConfig(_Section):
@@ -84,6 +138,11 @@ class DataConfig(_Section):
     max_text_chars: Annotated[int, Field(ge=16)] = Field(
         1200, description="Texts are cut to this many characters on load."
     )
+    max_file_mb: Annotated[float, Field(gt=0)] = Field(
+        200.0,
+        description="csv/jsonl files larger than this (MB) are refused: loading takes about 6x the file's size "
+        "in memory. Raise it when the machine has the memory.",
+    )
 
 
 class TaskConfig(_Section):
@@ -111,16 +170,20 @@ class TaskConfig(_Section):
     def _check(self) -> TaskConfig:
         if len(self.labels) < 2:
             raise ValueError(f"task.labels needs at least 2 labels (got {len(self.labels)})")
-        if len(set(self.labels)) != len(self.labels):
-            raise ValueError("task.labels has duplicates; give each label once")
+        if any(not label.strip() for label in self.labels):
+            raise ValueError("task.labels has an empty label; give every label a name")
+        folded = [label.strip().casefold() for label in self.labels]
+        if len(set(folded)) != len(folded):
+            raise ValueError(
+                "task.labels has duplicates (ignoring case and surrounding spaces); give each label once, "
+                "spelled differently"
+            )
         unknown = set(self.verbalizers) - set(self.labels)
         if unknown:
             raise ValueError(f"task.verbalizers names unknown labels {sorted(unknown)}")
-        if "{text}" not in self.classify_template:
-            raise ValueError("task.classify_template must contain {text}")
-        for instruction in self.generation_instructions:
-            if "{label}" not in instruction:
-                raise ValueError(f"task.generation_instructions entry lacks {{label}}: {instruction!r}")
+        _check_template("task.classify_template", self.classify_template, "text")
+        for i, instruction in enumerate(self.generation_instructions):
+            _check_template(f"task.generation_instructions[{i}]", instruction, "label")
         if not self.generation_instructions:
             raise ValueError("task.generation_instructions needs at least one instruction")
         return self
@@ -384,7 +447,7 @@ def _format_error(exc: ValidationError) -> str:
     where = ".".join(str(p) for p in first["loc"]) or "config"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        return f"config: unknown field {where}; check its spelling against `crosslm config --show-defaults`"
+        return f"config: unknown field {where}; check its spelling against `crosslm config` (prints every field)"
     given = first.get("input")
     suffix = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
     return f"config: {where}: {message}{suffix}"
@@ -411,11 +474,17 @@ def read_yaml_mapping(path: Path, what: str, example: str, error: type[Exception
     if not path.is_file():
         raise error(f"{what}: file {path} not found; pass a YAML file such as {example}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise error(f"{what}: {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise error(f"{what}: {path} is not valid YAML{where}; fix the syntax") from None
+    except RecursionError:
+        raise error(f"{what}: {path} nests too deeply to read; flatten it") from None
+    except OSError as exc:
+        raise error(f"{what}: cannot read {path} ({exc.strerror}); check the path and its permissions") from None
     if not isinstance(raw, dict):
         raise error(f"{what}: {path} must hold a mapping, not {type(raw).__name__}")
     return raw
@@ -439,13 +508,24 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         raise ConfigError(f"config: override {item!r} must look like section.field=value")
     dotted, value = item.split("=", 1)
     keys = dotted.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"config: override {item!r} must look like section.field=value")
+    try:
+        parsed = yaml.safe_load(value)
+    except (yaml.YAMLError, RecursionError):
+        raise ConfigError(
+            f"config: override {item!r}: the value is not valid YAML; quote it, e.g. {dotted}='\"text\"'"
+        ) from None
     node = raw
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
+    for key in keys[:-1]:  # checked before any section is added, so a refused override changes nothing
+        child = node.get(key, {})
         if not isinstance(child, dict):
             raise ConfigError(f"config: override {dotted!r}: {key} is not a section")
         node = child
-    node[keys[-1]] = yaml.safe_load(value)
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = parsed
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

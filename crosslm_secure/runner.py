@@ -34,6 +34,7 @@ from crosslm_secure.methods import method_for
 from crosslm_secure.models.device import resolve_device
 from crosslm_secure.models.llm import LoadedLLM, add_lora, load_llm, load_lora
 from crosslm_secure.models.slm import load_slm, quiet_transformers
+from crosslm_secure.preflight import check_paths
 from crosslm_secure.privacy.ledger import Ledger
 from crosslm_secure.protocol.party import Party, in_memory_identities, party_of
 from crosslm_secure.report.summary import write_report
@@ -53,10 +54,21 @@ class RunResult:
 
 
 def run_job(config: Config, *, log: Callable[[str], None] = print) -> RunResult:
-    """Run a fresh job and write its run folder, summary and plots."""
+    """Run a fresh job and write its run folder, summary and plots.
+
+    The config's paths are checked before the folder is made; a job that fails before its
+    round 0 is recorded removes the folder again, so failed starts leave no orphan run.
+    """
+    check_paths(config)
     store = RunStore.create(config.run.output_dir, config.run.name, config.run.seed, config_to_dict(config))
     log(f"run folder: {store.root}")
-    return _execute(config, store, start_round=0, log=log)
+    try:
+        return _execute(config, store, start_round=0, log=log)
+    except BaseException:
+        if not store.rounds():
+            shutil.rmtree(store.root, ignore_errors=True)
+            log(f"removed {store.root}: the run failed before round 0")
+        raise
 
 
 def resume_job(run_dir: Path, *, log: Callable[[str], None] = print) -> RunResult:

@@ -85,7 +85,13 @@ class RunStore:
 
     @classmethod
     def create(cls, output_dir: Path, name: str, seed: int, config: dict[str, Any]) -> RunStore:
-        """Make a fresh run folder and write the resolved config into it."""
+        """Make a fresh run folder and write the resolved config into it.
+
+        Raises:
+            RunError: ``name`` would put the folder outside ``output_dir`` (a separator or ``..``).
+        """
+        if Path(name).name != name or name in {"", ".", ".."} or "\\" in name:
+            raise RunError(f"run: run.name {name!r} is not one folder name; drop /, \\ and .. from it")
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         root = Path(output_dir) / f"{name}-s{seed}-{stamp}"
         suffix = 1

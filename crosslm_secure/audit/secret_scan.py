@@ -27,7 +27,7 @@ _PKCS8_PREFIXES = {
     "X25519": bytes.fromhex("302e020100300506032b656e04220420"),
 }
 _CONTEXT_MAGIC = b"CLMC\x01"
-_SEALED_MAGIC = b"CLMP\x01"
+_SEALED_MAGICS = (b"CLMP\x01", b"CLMP\x02")  # crypto/storage.py versions 1 (n=2^15) and 2 (cost recorded)
 _BASE64_RUN = re.compile(rb"[A-Za-z0-9+/]{256,}={0,2}")
 _HEX_RUN = re.compile(rb"[0-9a-fA-F]{256,}")
 _KEY_NAME = re.compile(r"(private|secret)[_-]?key|signing[_-]?key|exchange[_-]?key|secret[_-]?context", re.I)
@@ -47,7 +47,7 @@ def scan_bytes(data: bytes, *, file_name: str = "", depth: int = 0) -> tuple[lis
         problems.append(f"is named like a participant's private key file ({file_name})")
     if depth == 0 and len(data) == 32:
         problems.append("is a bare 32-byte file, the size of a raw Ed25519/X25519 private key")
-    if data.startswith(_SEALED_MAGIC):
+    if data.startswith(_SEALED_MAGICS):
         problems.append("is a passphrase-sealed secret file (CLMP, crypto/storage.py)")
         kind = "sealed secret"
     for match in _PEM_PRIVATE.finditer(data):

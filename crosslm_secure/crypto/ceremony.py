@@ -138,7 +138,7 @@ class ContextAnnouncement:
                 fingerprint=str(raw["fingerprint"]),
                 signature=bytes.fromhex(raw["signature"]),
             )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise CryptoError("context announcement: malformed; expected the dealer's signed JSON") from None
 
     def verify(self, registry: Registry, *, run_id: str) -> None:

@@ -14,6 +14,7 @@ from crosslm_secure.crypto.keys import (
     ParticipantKeys,
     Registry,
     load_identity,
+    read_json_text,
     save_participant_keys,
 )
 from crosslm_secure.errors import CryptoError
@@ -55,7 +56,7 @@ def fingerprint(
 ) -> None:
     """Print fingerprints to compare out of band (phone, in person) before enrolling."""
     try:
-        if path.is_file() and '"participants"' in path.read_text():
+        if path.is_file() and '"participants"' in read_json_text(path, "keys"):
             for identity in Registry.load(path):
                 typer.echo(f"{identity.site:<20} {identity.role:<7} {identity.fingerprint}")
             return

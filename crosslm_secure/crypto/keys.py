@@ -19,7 +19,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from crosslm_secure.crypto.storage import read_secret_file, write_secret_file
+from crosslm_secure.crypto.storage import (
+    SCRYPT_LOG2_N,
+    check_passphrase,
+    is_sealed,
+    read_secret_file,
+    seal,
+    unseal,
+    write_secret_file,
+)
 from crosslm_secure.errors import CryptoError
 
 Role = Literal["client", "server"]
@@ -203,8 +211,10 @@ class Registry:
         try:
             raw = json.loads(text)
             entries = raw["participants"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise CryptoError("registry: file is not a crosslm registry (JSON with a participants list)") from None
+        except (ValueError, KeyError, TypeError, RecursionError):
+            entries = None
+        if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+            raise CryptoError("registry: file is not a crosslm registry (JSON with a participants list)")
         return cls(PublicIdentity.from_dict(entry) for entry in entries)
 
     @classmethod
@@ -212,7 +222,7 @@ class Registry:
         path = Path(path)
         if not path.is_file():
             raise CryptoError(f"registry: {path} not found; create it with `crosslm keys enroll`")
-        return cls.from_json(path.read_text())
+        return cls.from_json(read_json_text(path, "registry"))
 
     def save(self, path: str | Path) -> None:
         """Write atomically (public data, but a torn registry would lock everyone out)."""
@@ -220,15 +230,28 @@ class Registry:
         Path(path).chmod(0o644)
 
 
-def save_participant_keys(keys: ParticipantKeys, folder: str | Path, passphrase: str | None = None) -> Path:
-    """Write private keys (0600, encrypted when ``passphrase`` is set) and the public identity."""
+def save_participant_keys(
+    keys: ParticipantKeys, folder: str | Path, passphrase: str | None = None, *, log2_n: int = SCRYPT_LOG2_N
+) -> Path:
+    """Write private keys (0600) and the public identity.
+
+    With a passphrase each PKCS#8 PEM is sealed with scrypt (n = 2^log2_n, recorded in the file)
+    and AES-256-GCM (:func:`crosslm_secure.crypto.storage.seal`), not PKCS#8's own PBKDF2 at
+    2,048 iterations. Tests lower ``log2_n``; files record what they used.
+
+    Raises:
+        CryptoError: the passphrase is shorter than ``MIN_PASSPHRASE_CHARS``; nothing is written.
+    """
     folder = Path(folder)
-    encryption = (
-        serialization.BestAvailableEncryption(passphrase.encode()) if passphrase else serialization.NoEncryption()
-    )
+    if passphrase is not None:
+        check_passphrase(passphrase)
+    if folder.exists() and not folder.is_dir():
+        raise CryptoError(f"keys: {folder} is a file; pass --out a folder (it is created when missing)")
     for name, key in ((SIGNING_KEY_FILE, keys.signing_key), (EXCHANGE_KEY_FILE, keys.exchange_key)):
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-        write_secret_file(folder / name, pem)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        write_secret_file(folder / name, pem if passphrase is None else seal(pem, passphrase, log2_n=log2_n))
     identity_path = folder / IDENTITY_FILE
     write_secret_file(identity_path, (json.dumps(keys.public().to_dict(), indent=2) + "\n").encode())
     identity_path.chmod(0o644)
@@ -248,8 +271,15 @@ def load_participant_keys(folder: str | Path, passphrase: str | None = None) -> 
     loaded = []
     for name in (SIGNING_KEY_FILE, EXCHANGE_KEY_FILE):
         pem = read_secret_file(folder / name)
+        if is_sealed(pem):
+            if passphrase is None:
+                raise CryptoError(f"keys: {folder / name}: pass its passphrase")
+            pem = unseal(pem, passphrase)
+        elif password is not None and b"ENCRYPTED" not in pem:
+            raise CryptoError(f"keys: {folder / name}: it is not encrypted; omit the passphrase")
         try:
-            loaded.append(serialization.load_pem_private_key(pem, password=password))
+            # A PEM encrypted by PKCS#8 itself (files written before scrypt sealing) still opens with the password.
+            loaded.append(serialization.load_pem_private_key(pem, password=password if b"ENCRYPTED" in pem else None))
         except TypeError:
             hint = "pass its passphrase" if password is None else "it is not encrypted; omit the passphrase"
             raise CryptoError(f"keys: {folder / name}: {hint}") from None
@@ -272,10 +302,28 @@ def load_identity(path: str | Path) -> PublicIdentity:
     if not path.is_file():
         raise CryptoError(f"keys: identity file {path} not found; run `crosslm keys init`")
     try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError:
+        raw = json.loads(read_json_text(path, "keys"))
+    except (ValueError, RecursionError):
         raise CryptoError(f"keys: {path} is not JSON; it is not an identity file") from None
+    if not isinstance(raw, dict):
+        raise CryptoError(f"keys: {path} is not an identity file (JSON object with site, role and public keys)")
     return PublicIdentity.from_dict(raw)
+
+
+def read_json_text(path: Path, what: str) -> str:
+    """The text of a small JSON file.
+
+    Raises:
+        CryptoError: unreadable, over 1 MB, or not UTF-8 (a binary file given by mistake).
+    """
+    try:
+        if path.stat().st_size > 1_000_000:
+            raise CryptoError(f"{what}: {path} is over 1 MB; it is not an identity or registry file")
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise CryptoError(f"{what}: {path} is not UTF-8 text; pass an identity.json or registry file") from None
+    except OSError as exc:
+        raise CryptoError(f"{what}: cannot read {path} ({exc.strerror})") from None
 
 
 def check_site_name(site: str) -> None:

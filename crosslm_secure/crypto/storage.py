@@ -1,8 +1,12 @@
 """Secret files at rest: written atomically with mode 0600, sealed when a passphrase is set.
 
-Sealed layout: ``b"CLMP" | u8 version | 16-byte salt | 12-byte nonce | AES-256-GCM(body)``
-with the key from scrypt(passphrase, salt, n=2^15, r=8, p=1) and the magic+version+salt as
-associated data, so a tampered header fails like a wrong passphrase.
+Sealed layout (version 2): ``b"CLMP" | u8 2 | u8 log2(n) | 16-byte salt | 12-byte nonce |
+AES-256-GCM(body)`` with the key from scrypt(passphrase, salt, n, r=8, p=1) and everything before
+the nonce as associated data, so a tampered header (or a lowered cost) fails like a wrong
+passphrase. The file records its scrypt cost; the default is n=2^17 (128 MiB, OWASP's scrypt
+setting). Version 1 files (no cost byte, n=2^15) still open.
+
+A passphrase must have at least ``MIN_PASSPHRASE_CHARS`` characters.
 """
 
 from __future__ import annotations
@@ -19,10 +23,27 @@ from crosslm_secure.storage import atomic_write_bytes
 
 SECRET_FILE_MODE = 0o600
 _MAGIC = b"CLMP"
-_VERSION = 1
+_VERSION = 2
 _SALT = 16
 _NONCE = 12
-_SCRYPT_N = 2**15
+_V1_LOG2_N = 15
+SCRYPT_LOG2_N = 17
+"""Default scrypt cost: n = 2^17, r = 8 takes 128 MiB and about half a second per derivation."""
+MIN_SCRYPT_LOG2_N = 10
+MIN_PASSPHRASE_CHARS = 12
+
+
+def check_passphrase(passphrase: str) -> None:
+    """Refuse a passphrase too short to resist guessing, whatever the KDF's cost.
+
+    Raises:
+        CryptoError: fewer than ``MIN_PASSPHRASE_CHARS`` characters.
+    """
+    if len(passphrase) < MIN_PASSPHRASE_CHARS:
+        raise CryptoError(
+            f"keys: the passphrase has {len(passphrase)} characters; use at least {MIN_PASSPHRASE_CHARS} "
+            "(several random words), or none at all"
+        )
 
 
 def write_secret_file(path: str | Path, data: bytes) -> Path:
@@ -55,13 +76,18 @@ def is_sealed(blob: bytes) -> bool:
     return blob[:4] == _MAGIC
 
 
-def seal(data: bytes, passphrase: str) -> bytes:
-    """Encrypt ``data`` under ``passphrase`` (scrypt + AES-256-GCM)."""
-    if not passphrase:
-        raise CryptoError("keys: passphrase is empty; set a non-empty passphrase or none at all")
+def seal(data: bytes, passphrase: str, *, log2_n: int = SCRYPT_LOG2_N) -> bytes:
+    """Encrypt ``data`` under ``passphrase`` (scrypt with n = 2^log2_n, then AES-256-GCM).
+
+    Raises:
+        CryptoError: the passphrase is too short, or the cost is outside 2^10..2^20.
+    """
+    check_passphrase(passphrase)
+    if not MIN_SCRYPT_LOG2_N <= log2_n <= 20:
+        raise CryptoError(f"keys: scrypt cost 2^{log2_n} is outside 2^{MIN_SCRYPT_LOG2_N}..2^20")
     salt, nonce = secrets.token_bytes(_SALT), secrets.token_bytes(_NONCE)
-    header = _MAGIC + bytes([_VERSION]) + salt
-    return header + nonce + AESGCM(_derive(passphrase, salt)).encrypt(nonce, data, header)
+    header = _MAGIC + bytes([_VERSION, log2_n]) + salt
+    return header + nonce + AESGCM(_derive(passphrase, salt, log2_n)).encrypt(nonce, data, header)
 
 
 def unseal(blob: bytes, passphrase: str | None) -> bytes:
@@ -70,20 +96,28 @@ def unseal(blob: bytes, passphrase: str | None) -> bytes:
     Raises:
         CryptoError: no passphrase given, wrong passphrase, or tampered blob.
     """
-    if not is_sealed(blob) or len(blob) < 5 + _SALT + _NONCE + 16 or blob[4] != _VERSION:
+    version = blob[4] if len(blob) > 4 else None
+    prefix = {1: 5, _VERSION: 6}.get(version or 0)
+    if not is_sealed(blob) or prefix is None or len(blob) < prefix + _SALT + _NONCE + 16:
         raise CryptoError("keys: sealed secret is malformed or of an unknown version")
+    log2_n = _V1_LOG2_N if version == 1 else blob[5]
+    if not MIN_SCRYPT_LOG2_N <= log2_n <= 20:
+        raise CryptoError(f"keys: sealed secret names scrypt cost 2^{log2_n}, outside 2^{MIN_SCRYPT_LOG2_N}..2^20")
     if not passphrase:
         raise CryptoError("keys: this secret is encrypted at rest; pass its passphrase (--passphrase-env)")
-    header, nonce = blob[: 5 + _SALT], blob[5 + _SALT : 5 + _SALT + _NONCE]
+    header = blob[: prefix + _SALT]
+    nonce = blob[prefix + _SALT : prefix + _SALT + _NONCE]
     try:
-        return AESGCM(_derive(passphrase, header[5:])).decrypt(nonce, blob[5 + _SALT + _NONCE :], header)
+        return AESGCM(_derive(passphrase, header[prefix:], log2_n)).decrypt(
+            nonce, blob[prefix + _SALT + _NONCE :], header
+        )
     except InvalidTag:
         raise CryptoError("keys: wrong passphrase, or the secret file was tampered with") from None
 
 
-def save_secret(path: str | Path, data: bytes, passphrase: str | None = None) -> Path:
+def save_secret(path: str | Path, data: bytes, passphrase: str | None = None, *, log2_n: int = SCRYPT_LOG2_N) -> Path:
     """Write a secret 0600, sealed when ``passphrase`` is given."""
-    return write_secret_file(path, seal(data, passphrase) if passphrase else data)
+    return write_secret_file(path, seal(data, passphrase, log2_n=log2_n) if passphrase is not None else data)
 
 
 def load_secret(path: str | Path, passphrase: str | None = None) -> bytes:
@@ -92,5 +126,5 @@ def load_secret(path: str | Path, passphrase: str | None = None) -> bytes:
     return unseal(blob, passphrase) if is_sealed(blob) else blob
 
 
-def _derive(passphrase: str, salt: bytes) -> bytes:
-    return Scrypt(salt=salt, length=32, n=_SCRYPT_N, r=8, p=1).derive(passphrase.encode("utf-8"))
+def _derive(passphrase: str, salt: bytes, log2_n: int) -> bytes:
+    return Scrypt(salt=salt, length=32, n=2**log2_n, r=8, p=1).derive(passphrase.encode("utf-8"))

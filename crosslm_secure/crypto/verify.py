@@ -20,6 +20,7 @@ import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -132,11 +133,20 @@ class SignedContribution:
             raise ProtocolError("contribution: header is truncated or oversize")
         try:
             raw = json.loads(blob[9 : 9 + header_len])
-            participants = tuple(str(p) for p in raw["participants"])
-            fields = (str(raw["run_id"]), int(raw["round"]), int(raw["attempt"]), str(raw["sender"]))
-            fingerprint, count = str(raw["fingerprint"]), int(raw["count"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, RecursionError):  # bad UTF-8/JSON, a 5000-digit number, nesting thousands deep
             raise ProtocolError("contribution: header is not the expected JSON object") from None
+        if not isinstance(raw, dict):
+            raise ProtocolError("contribution: header is not the expected JSON object")
+        participants = raw.get("participants")
+        if not isinstance(participants, list) or not all(isinstance(p, str) for p in participants):
+            raise ProtocolError("contribution: header field 'participants' must be a list of names")
+        fields = (
+            _header_field(raw, "run_id", str),
+            _header_field(raw, "round", int),
+            _header_field(raw, "attempt", int),
+            _header_field(raw, "sender", str),
+        )
+        fingerprint, count = _header_field(raw, "fingerprint", str), _header_field(raw, "count", int)
         offset = 9 + header_len
         (ct_len,) = _U32.unpack_from(blob, offset)
         offset += 4
@@ -144,7 +154,9 @@ class SignedContribution:
             raise ProtocolError(
                 f"contribution: length {len(blob)} does not match its declared parts; truncated or oversize"
             )
-        return cls(*fields, participants, fingerprint, count, blob[offset : offset + ct_len], blob[offset + ct_len :])
+        return cls(
+            *fields, tuple(participants), fingerprint, count, blob[offset : offset + ct_len], blob[offset + ct_len :]
+        )
 
     def verify(self, registry: Registry) -> None:
         """Check the sender is an enrolled client and the signature is theirs."""
@@ -152,6 +164,14 @@ class SignedContribution:
         if sender.role != "client":
             raise CryptoError(f"contribution: signer {self.sender} is not a client")
         sender.verify(self.signature, self.signed_message())
+
+
+def _header_field(raw: dict[str, Any], name: str, kind: type) -> Any:
+    """``raw[name]`` when it has type ``kind`` exactly (an int field takes no bool and no float such as 1e400)."""
+    value = raw.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ProtocolError(f"contribution: header field {name!r} must be a {kind.__name__}")
+    return value
 
 
 def check_contribution(

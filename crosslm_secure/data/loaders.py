@@ -146,14 +146,21 @@ def _read_source(data: DataConfig) -> tuple[_Table, _Table | None]:
     if data.source == "hf_disk":
         return _read_hf_disk(data.path, data.test_path, data)
     reader = _read_csv if data.source == "csv" else _read_jsonl
-    train = reader(_existing_file(data.path, data.source))
-    test = None if data.test_path is None else reader(_existing_file(data.test_path, data.source))
+    train = reader(_existing_file(data.path, data.source, data.max_file_mb))
+    test = None if data.test_path is None else reader(_existing_file(data.test_path, data.source, data.max_file_mb))
     return train, test
 
 
-def _existing_file(path: Path, source: str) -> Path:
+def _existing_file(path: Path, source: str, max_mb: float) -> Path:
+    """``path``, once it is a file no larger than ``max_mb`` megabytes (reading takes ~6x its size in memory)."""
     if not path.is_file():
         raise DataError(f"data: {source} file {path} not found; check data.path and data.test_path")
+    size_mb = path.stat().st_size / 1e6
+    if size_mb > max_mb:
+        raise DataError(
+            f"data: {path} is {size_mb:,.1f} MB, over data.max_file_mb ({max_mb:g} MB); loading takes about 6x "
+            "that in memory, so raise data.max_file_mb if the machine has it, or cut the file"
+        )
     return path
 
 
@@ -182,15 +189,41 @@ def _read_embedded(archive: Path, member: str) -> _Table:
 
 
 def _read_csv(path: Path) -> _Table:
+    """A CSV with a header; a duplicated column or a row with more or fewer cells than the header is refused."""
     delimiter = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
+    rows: list[Mapping[str, Any]] = []
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle, delimiter=delimiter)
-            rows: list[Mapping[str, Any]] = list(reader)
             columns = list(reader.fieldnames or [])
+            duplicated = sorted({c for c in columns if columns.count(c) > 1})
+            if duplicated:
+                raise DataError(
+                    f"data: {path} has the column {duplicated[0]!r} more than once; rename or drop one of them"
+                )
+            for row in reader:
+                if None in row or None in row.values():  # DictReader's marks for extra and missing cells
+                    cells = len(columns) + len(row.get(None) or []) - list(row.values()).count(None)
+                    raise DataError(
+                        f"data: {path} line {reader.line_num} has {cells} cells but the header has {len(columns)}; "
+                        "quote cells that contain the delimiter"
+                    )
+                rows.append(row)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"data: cannot read CSV file {path} ({exc}); save it as UTF-8 with a header row") from None
     return _Table(str(path), columns, rows)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    duplicated = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicated:
+        raise _DuplicateKeyError(duplicated[0])
+    return dict(pairs)
+
+
+class _DuplicateKeyError(ValueError):
+    pass
 
 
 def _read_jsonl(path: Path) -> _Table:
@@ -202,8 +235,12 @@ def _read_jsonl(path: Path) -> _Table:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
+                    record = json.loads(line, object_pairs_hook=_unique_keys)
+                except _DuplicateKeyError as exc:
+                    raise DataError(
+                        f"data: {path} line {number} has the key {exc.args[0]!r} more than once; keep one"
+                    ) from None
+                except (json.JSONDecodeError, RecursionError):
                     record = None
                 if not isinstance(record, dict):
                     raise DataError(f"data: {path} line {number} is not a JSON object; write one object per line")
@@ -279,9 +316,18 @@ def _to_examples(table: _Table, data: DataConfig, task: TaskConfig, uid_prefix: 
     examples = []
     for index, row in enumerate(table.rows):
         text = row.get(data.text_column)
-        text = "" if text is None else str(text).strip()
+        if text is not None and not isinstance(text, str):
+            raise DataError(
+                f"data: the text in {table.name} row {index} is a {type(text).__name__}, not a string; "
+                f"put plain text in {data.text_column!r}"
+            )
+        text = "" if text is None else text.strip()
         if not text:
             continue
+        if "\x00" in text:
+            raise DataError(
+                f"data: the text in {table.name} row {index} holds a NUL byte; remove NUL bytes from the file"
+            )
         label = _label_index(row.get(data.label_column), task.labels, lookup, table.name, index)
         examples.append(Example(uid=f"{uid_prefix}:{index}", text=text[: data.max_text_chars], label=label))
     return examples
@@ -307,7 +353,7 @@ def _label_index(value: Any, labels: Sequence[str], lookup: Mapping[str, int], w
         for key in (text, text.casefold()):
             if key in lookup:
                 return lookup[key]
-        if text.lstrip("-").isdigit():
+        if text.lstrip("-").isascii() and text.lstrip("-").isdigit():  # "١" (Arabic-Indic one) is no index
             index = int(text)
     if index is not None and 0 <= index < len(labels):
         return index

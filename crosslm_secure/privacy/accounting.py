@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 
 from crosslm_secure.errors import PrivacyError
 
@@ -83,6 +81,8 @@ class OpacusAccountant:
 def _opacus_epsilon(name: str, eps_error: float, history: tuple[tuple[float, float, int], ...], delta: float) -> float:
     # Cached: a round asks for the same history several times (budget check, ledger
     # entry, report), and PRV/RDP each take up to a second on a CPU.
+    from opacus.accountants import create_accountant  # lazy: opacus imports torch (seconds), and the CLI must not
+
     accountant = create_accountant(mechanism=name)
     accountant.history = list(history)
     kwargs = {"eps_error": eps_error} if name == "prv" else {}
@@ -131,6 +131,8 @@ def noise_multiplier_for(
     MechanismBlock(1.0, sample_rate, steps)  # validates sample_rate
     if accountant not in ACCOUNTANTS:
         raise PrivacyError(f"accounting: unknown accountant {accountant!r}; use one of {ACCOUNTANTS}")
+    from opacus.accountants.utils import get_noise_multiplier  # lazy: see _opacus_epsilon
+
     try:
         with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
             warnings.simplefilter("ignore")

@@ -146,8 +146,10 @@ def parse(message: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> tupl
             blobs=tuple(blobs),
             digest=hashlib.sha256(message).hexdigest(),
         )
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ProtocolError("message: header is not valid UTF-8 JSON; refused") from None
+    except (ValueError, RecursionError):
+        # ValueError covers bad UTF-8, bad JSON and integers over Python's 4300-digit limit; RecursionError,
+        # a header nested thousands deep. Both are bytes an attacker chose, so both are refusals.
+        raise ProtocolError("message: header is not valid UTF-8 JSON within limits; refused") from None
     return envelope, message[:offset], message[offset:]
 
 

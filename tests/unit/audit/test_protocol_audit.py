@@ -74,7 +74,9 @@ def test_planted_private_keys_are_caught(crosslm_run: Path) -> None:
     (crosslm_run / "events.jsonl").open("a").write(json.dumps({"event": "debug", "key": pem.decode()}) + "\n")
     (crosslm_run / "server" / "key.der").write_bytes(der)
     (crosslm_run / "server" / "seed").write_bytes(raw)
-    (crosslm_run / "server" / "context.sealed").write_bytes(seal(b"secret context bytes", "pass"))
+    (crosslm_run / "server" / "context.sealed").write_bytes(
+        seal(b"secret context bytes", "a long passphrase", log2_n=10)
+    )
     (crosslm_run / "plots" / "signing.pem").write_text("not really a key")
     (crosslm_run / "server" / "keys.json").write_text(json.dumps({"site": "server", "signing_key": raw.hex()}))
     result = run_protocol_audit(crosslm_run, progress=False)

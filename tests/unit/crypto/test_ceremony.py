@@ -94,7 +94,7 @@ def test_substituted_context_is_refused():
 
 def test_secret_context_at_rest(tmp_path, small_context):
     path = tmp_path / "ckks.ctx"
-    save_context(small_context, path, passphrase="pw")
+    save_context(small_context, path, passphrase="twelve chars!")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    loaded = load_context(path, "pw", fingerprint=small_context.fingerprint)
+    loaded = load_context(path, "twelve chars!", fingerprint=small_context.fingerprint)
     assert loaded.has_secret_key and loaded.fingerprint == small_context.fingerprint

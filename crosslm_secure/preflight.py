@@ -1,0 +1,63 @@
+"""Checks of a config against this machine, before anything is written: ``crosslm config --check`` and
+``crosslm run`` call :func:`check_paths`, so a missing data file or an unwritable ``output_dir`` is one
+sentence now rather than a traceback after the models have loaded.
+
+They are not part of the config's validation: a finished run's config must still load (for
+``crosslm report``, ``--resume``, audits) after its data file has moved.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from crosslm_secure.config import Config
+from crosslm_secure.errors import ConfigError
+
+
+def check_paths(config: Config) -> None:
+    """Refuse a config whose data or output folder this machine cannot use.
+
+    Raises:
+        ConfigError: ``data.path``/``data.test_path`` is missing, of the wrong kind, or over
+            ``data.max_file_mb``; ``run.output_dir`` is a file or not writable.
+    """
+    data = config.data
+    if data.source != "embedded":
+        for field, path in (("data.path", data.path), ("data.test_path", data.test_path)):
+            if path is not None:
+                _check_data_path(field, path, data.source, data.max_file_mb)
+    check_output_dir(config.run.output_dir)
+
+
+def _check_data_path(field: str, path: Path, source: str, max_mb: float) -> None:
+    if source == "hf_disk":
+        if not path.is_dir():
+            raise ConfigError(f"config: {field} {path} is not a folder; give the folder datasets.save_to_disk wrote")
+        return
+    if not path.is_file():
+        raise ConfigError(f"config: {field} {path} is not a file; check the path (relative paths start at the cwd)")
+    size_mb = path.stat().st_size / 1e6
+    if size_mb > max_mb:
+        raise ConfigError(
+            f"config: {field} {path} is {size_mb:,.1f} MB, over data.max_file_mb ({max_mb:g} MB); raise "
+            "data.max_file_mb if the machine has about 6x that in memory, or cut the file"
+        )
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Refuse an ``output_dir`` that is a file or that this user cannot write (or create).
+
+    Raises:
+        ConfigError: one sentence naming the path and the fix.
+    """
+    existing = Path(output_dir)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"config: run.output_dir {output_dir} is under the file {existing}; choose a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"config: run.output_dir {output_dir} is not writable ({existing} is read-only for this user); "
+            "choose a folder you can write"
+        )

@@ -1,0 +1,78 @@
+"""Ambiguous data files are refused with one sentence instead of being read some silent way."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from crosslm_secure.config import DataConfig, TaskConfig
+from crosslm_secure.data.loaders import load_labelled_data
+from crosslm_secure.errors import DataError
+
+TASK = TaskConfig()
+GOOD_ROWS = "".join(f"review {i},{['negative', 'neutral', 'positive'][i % 3]}\n" for i in range(30))
+
+
+def _load(path: Path, source: str, **extra: object) -> None:
+    load_labelled_data(DataConfig(source=source, path=path, **extra), TASK, seed=0)
+
+
+def _refused(path: Path, source: str, needle: str, **extra: object) -> None:
+    with pytest.raises(DataError) as caught:
+        _load(path, source, **extra)
+    assert needle in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_duplicated_column_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("review,rating,review\n" + "".join(f"a {i},positive,b {i}\n" for i in range(30)))
+    _refused(path, "csv", "has the column 'review' more than once")
+
+
+@pytest.mark.parametrize(("line", "cells"), [("extra text,positive,surplus\n", 3), ("only text\n", 1)])
+def test_a_ragged_row_is_refused_with_its_line(tmp_path: Path, line: str, cells: int) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text("review,rating\n" + GOOD_ROWS + line)
+    _refused(path, "csv", f"line 32 has {cells} cells but the header has 2")
+
+
+def test_a_non_ascii_digit_label_is_not_read_as_an_index(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    path.write_text("review,rating\n" + GOOD_ROWS + "arabic one,\u0661\n")
+    _refused(path, "csv", "label '\u0661'")
+
+
+def test_ascii_index_labels_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "i.csv"
+    path.write_text("review,rating\n" + "".join(f"review {i},{i % 3}\n" for i in range(30)))
+    train, test = load_labelled_data(DataConfig(source="csv", path=path), TASK, seed=0)
+    assert {ex.label for ex in train + test} == {0, 1, 2}
+
+
+def test_a_nul_byte_in_the_text_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "n.csv"
+    path.write_text("review,rating\n" + GOOD_ROWS + "bad\x00text,positive\n")
+    _refused(path, "csv", "holds a NUL byte")
+
+
+@pytest.mark.parametrize("value", [["a", "list"], {"a": "dict"}, 7])
+def test_json_non_string_text_is_refused(tmp_path: Path, value: object) -> None:
+    rows = [{"review": f"review {i}", "rating": "positive"} for i in range(30)] + [{"review": value, "rating": "good"}]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    _refused(path, "jsonl", f"is a {type(value).__name__}, not a string")
+
+
+def test_a_json_object_with_a_repeated_key_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "k.jsonl"
+    path.write_text('{"review": "one", "review": "two", "rating": "positive"}\n')
+    _refused(path, "jsonl", "line 1 has the key 'review' more than once")
+
+
+def test_a_file_over_max_file_mb_is_refused_with_its_size_and_the_setting(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    path.write_text("review,rating\n" + GOOD_ROWS * 1_000)  # about 0.55 MB
+    _refused(path, "csv", "over data.max_file_mb (0.5 MB); loading takes about 6x", max_file_mb=0.5)
+    _load(path, "csv", max_file_mb=1)
