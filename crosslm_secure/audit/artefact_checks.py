@@ -38,7 +38,8 @@ MAX_NUMBERS_IN_TEXT = 8
 MAX_NUMBERS_PER_LINE = 24
 MAX_NUMBER_COLUMN = 24
 """A presentation file with more consecutive lines holding one lone number each is a vector."""
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_NUMBER = re.compile(r"(?<![A-Za-z0-9_.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![A-Za-z0-9_])")
+"""A number standing on its own (digits inside a hex digest or a name are not numbers)."""
 _BLOB = re.compile(r"[A-Za-z0-9+/_=-]{80,}")
 _LORA_TENSOR = re.compile(r"^base_model\.model\.[A-Za-z0-9_.]+\.lora_(A|B)(\.[A-Za-z0-9_]+)?\.weight$")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -33,7 +33,12 @@ import numpy as np
 from dp_accounting import pld, rdp
 
 from crosslm_secure.audit.base import AuditError, CheckResult, Table, audit_dir, save_result
-from crosslm_secure.audit.ledger_crosschecks import config_findings, load_verified_ledgers, round_findings
+from crosslm_secure.audit.ledger_crosschecks import (
+    claim_findings,
+    config_findings,
+    load_verified_ledgers,
+    round_findings,
+)
 from crosslm_secure.audit.progress import progress_bar
 from crosslm_secure.audit.runinfo import run_config
 from crosslm_secure.config import AuditConfig
@@ -144,6 +149,7 @@ def run_ledger_audit(run_dir: Path, settings: AuditConfig | None = None, *, prog
     ledgers = {c: ledger_path(run_dir, c) for c in sorted(set(ledgers) | set(config.client_ids()))}
     findings += config_findings(config, entries_by_client)
     findings += round_findings(run_dir, config, entries_by_client)
+    findings += claim_findings(run_dir, entries_by_client)
 
     work = [(client_id, line, entry) for client_id, es in entries_by_client.items() for line, entry in enumerate(es, 1)]
     recomputations: list[Recomputation] = []

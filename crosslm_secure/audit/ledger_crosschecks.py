@@ -11,7 +11,11 @@ Each check returns one finding per disagreement:
   its accountant and budget the configured ones;
 * **rounds**: every round ``state.json`` says completed has, for each client whose
   ``train.reply`` the server accepted, a training entry; every accepted ``score.reply`` of a
-  noised release has its score-release entry; no entry lies beyond the last round.
+  noised release has its score-release entry; no entry lies beyond the last round;
+* **claims**: every signed epsilon claim the transcript keeps (an accepted ``train.reply``)
+  verifies against the client's enrolled key, and the client's ledger holds that very entry
+  (same position and hash, same epsilon), so a ledger cut short or rewritten after the
+  run disagrees with what the client told the server.
 """
 
 from __future__ import annotations
@@ -26,14 +30,15 @@ from crosslm_secure.privacy.ledger import LEDGER_FILE, LedgerEntry, LedgerError
 from crosslm_secure.privacy.run_ledgers import (
     configured_dp_sgd,
     enrolled_identities,
+    ledger_problems,
     mechanism_disagreements,
-    verified_ledger,
 )
 from crosslm_secure.runstore import RunStore
 
 
 def load_verified_ledgers(store: RunStore, config: Config) -> tuple[dict[str, list[LedgerEntry]], list[str]]:
-    """Every configured client's verified ledger, and one finding per ledger that is refused."""
+    """Every configured client's chain-verified ledger, and one finding per refused ledger or
+    untrustworthy entry (its entries are still recomputed, so every problem is shown)."""
     findings: list[str] = []
     try:
         identities = enrolled_identities(store)
@@ -47,9 +52,11 @@ def load_verified_ledgers(store: RunStore, config: Config) -> tuple[dict[str, li
     ledgers: dict[str, list[LedgerEntry]] = {}
     for client_id in config.client_ids():
         try:
-            ledgers[client_id] = verified_ledger(store, client_id, identities)
+            ledgers[client_id], problems = ledger_problems(store, client_id, identities)
         except LedgerError as exc:
-            findings.append(f"clients/{client_id}/{LEDGER_FILE}: {exc}")
+            findings.append(f"clients/{client_id}/{LEDGER_FILE}: does not verify: {exc}")
+            continue
+        findings += problems
     return ledgers, findings
 
 
@@ -139,3 +146,52 @@ def round_findings(run_dir: Path, config: Config, ledgers: dict[str, list[Ledger
 def _trains(config: Config, client_id: str) -> bool:
     """Whether a round's private training leaves a ledger entry (a zero-step schedule leaves none)."""
     return config.slm_for(client_id).private_epochs > 0
+
+
+def claim_findings(run_dir: Path, ledgers: dict[str, list[LedgerEntry]]) -> list[str]:
+    """The signed epsilon claims of the transcript against the clients' enrolled keys and ledgers."""
+    from crosslm_secure.privacy.ledger import signed_message
+    from crosslm_secure.privacy.run_ledgers import enrolled_identities
+
+    findings: list[str] = []
+    try:
+        identities = enrolled_identities(RunStore(run_dir))
+    except LedgerError as exc:
+        return [str(exc)]
+    rows = read_jsonl_rows(run_dir / TRANSCRIPT)
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or not isinstance(row.get("claim"), dict):
+            continue
+        claim, sender = row["claim"], str(row.get("sender"))
+        where = f"{TRANSCRIPT} line {number} ({sender}'s claim for round {row.get('round')})"
+        try:
+            signature = bytes.fromhex(str(claim["signature"]))
+            message = signed_message(sender, str(claim["ledger_hash"]))
+        except (KeyError, ValueError):
+            findings.append(f"{where}: malformed")
+            continue
+        if not any(_verifies(i, signature, message) for i in identities.get(sender, [])):
+            findings.append(f"{where}: the signature does not verify as {sender}'s enrolled key")
+        entries = ledgers.get(sender)
+        if entries is None:
+            continue
+        seq = claim.get("ledger_seq")
+        entry = entries[seq] if isinstance(seq, int) and 0 <= seq < len(entries) else None
+        if entry is None or entry.hash != claim.get("ledger_hash"):
+            findings.append(
+                f"{where}: clients/{sender}/{LEDGER_FILE} lacks the signed entry {seq} the client reported "
+                "(the ledger was cut short or rewritten)"
+            )
+        elif claim.get("epsilon") is not None and abs(entry.spent() - float(claim["epsilon"])) > 1e-9:
+            findings.append(f"{where}: claims epsilon {claim['epsilon']}, the ledger entry records {entry.spent()}")
+    return findings
+
+
+def _verifies(identity: object, signature: bytes, message: bytes) -> bool:
+    from crosslm_secure.errors import CryptoError
+
+    try:
+        identity.verify(signature, message)  # type: ignore[attr-defined]
+    except CryptoError:
+        return False
+    return True

@@ -95,7 +95,7 @@ def run_protocol_audit(run_dir: Path, settings: AuditConfig | None = None, *, pr
     secrets_check, kinds, scanned_bytes = _check_no_secrets(run_dir, files, progress=progress)
     scores_check = _check_no_scores(run_dir, config)
     signing_check, counts = check_signed_once(run_dir)
-    checks = [manifest_check, context_check, secrets_check, scores_check, he_check, signing_check]
+    checks = [context_check, secrets_check, scores_check, he_check, signing_check, manifest_check]
     findings = [line for check in checks for line in check.findings]
     verdict = "pass" if not findings else "fail"
     numbers: dict[str, Any] = {

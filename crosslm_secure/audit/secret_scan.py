@@ -36,7 +36,13 @@ _PKCS8_PREFIXES = {
 }
 _CONTEXT_MAGIC = b"CLMC\x01"
 _SEALED_MAGIC = b"CLMP\x01"
-_BASE64_RUN = re.compile(rb"(?:[A-Za-z0-9+/_-]{8,}={0,2}[ \t\r\n]*){4,}")
+_BASE64_RUN = re.compile(
+    rb"(?:^[ \t]*[A-Za-z0-9+/_-]{16,}={0,2}[ \t]*\r?\n){2,}(?:[ \t]*[A-Za-z0-9+/_-]+={0,2})?"
+    rb"|[A-Za-z0-9+/_-]{64,}={0,2}",
+    re.M,
+)
+"""One long run, or whole lines of base64 (wrapped at any width, as PEM and encodebytes do)."""
+_MIN_ENCODED = 64
 _HEX_RUN = re.compile(rb"(?:[0-9a-fA-F]{2}[ \t\r\n:]?){128,}")
 _MAX_DEPTH = 3
 _MAX_INFLATED = 64 * 1024 * 1024
@@ -80,7 +86,7 @@ def scan_bytes(data: bytes, *, file_name: str = "", depth: int = 0) -> tuple[lis
         kind = "text" if kind == "-" else kind
         if depth == 0:
             problems += _json_key_fields(data)
-        for decoded, how in _encoded_runs(data):
+        for decoded, how in [*_encoded_runs(data), *_encoded_json_strings(data)]:
             inner, _ = scan_bytes(decoded, depth=depth + 1)
             problems += [f"{problem} (inside a {how} string)" for problem in inner]
     if depth < _MAX_DEPTH:
@@ -181,7 +187,7 @@ def _encoded_runs(data: bytes) -> Iterable[tuple[bytes, str]]:
             continue
     for match in _BASE64_RUN.finditer(data):
         run = re.sub(rb"\s", b"", match.group(0))
-        if len(run) < 256 or re.fullmatch(rb"[0-9a-fA-F]+", run):
+        if len(run) < _MIN_ENCODED or re.fullmatch(rb"[0-9a-fA-F]+", run):
             continue
         run = run.rstrip(b"=")
         try:
@@ -190,19 +196,32 @@ def _encoded_runs(data: bytes) -> Iterable[tuple[bytes, str]]:
             continue
 
 
+def _encoded_json_strings(data: bytes) -> Iterable[tuple[bytes, str]]:
+    """Encoded runs inside JSON string values, where a wrapped encoding shows as escaped newlines."""
+    for document in _json_documents(data):
+        for _, value in _walk(document):
+            if isinstance(value, str) and len(value) >= _MIN_ENCODED and ("\n" in value or " " in value):
+                yield from _encoded_runs(value.encode("utf-8", errors="replace"))
+
+
+def _json_documents(data: bytes) -> list[Any]:
+    text = data.decode("utf-8", errors="replace")
+    try:
+        return [json.loads(text)]
+    except ValueError:
+        pass
+    documents = []
+    for line in text.splitlines():
+        try:
+            documents.append(json.loads(line))
+        except ValueError:
+            continue
+    return documents
+
+
 def _json_key_fields(data: bytes) -> list[str]:
     problems: list[str] = []
-    text = data.decode("utf-8", errors="replace")
-    documents: list[Any] = []
-    try:
-        documents.append(json.loads(text))
-    except ValueError:
-        for line in text.splitlines():
-            try:
-                documents.append(json.loads(line))
-            except ValueError:
-                continue
-    for document in documents:
+    for document in _json_documents(data):
         for key, value in _walk(document):
             if _KEY_NAME.search(key) and isinstance(value, str) and len(value) >= 32:
                 problems.append(f"has a JSON field {key!r} holding {len(value)} characters of key-like material")
@@ -216,4 +235,6 @@ def _walk(value: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
             yield from _walk(item, str(key))
     elif isinstance(value, list):
         for item in value:
+            if not isinstance(item, dict | list):
+                yield prefix, item
             yield from _walk(item, prefix)

@@ -33,6 +33,35 @@ def enrolled_identities(store: RunStore) -> dict[str, list[PublicIdentity]]:
     return out
 
 
+def ledger_problems(
+    store: RunStore, client_id: str, identities: dict[str, list[PublicIdentity]]
+) -> tuple[list[LedgerEntry], list[str]]:
+    """One client's chain-verified ledger of a finished run, and why its entries cannot be trusted.
+
+    The problems (one line per entry): an entry of another run, a missing or bad signature
+    (checked whenever the run records enrolled keys).
+
+    Raises:
+        LedgerError: the ledger is missing, empty, headless, truncated or tampered.
+    """
+    path = ledger_path(store.root, client_id)
+    entries = load_entries(path, client_id=client_id, finished=True)
+    name = f"clients/{client_id}/{path.name}"
+    run_id = store.run_id
+    problems = [
+        f"{name} line {number} records run {entry.run_id!r}, not this run ({run_id!r}); "
+        "a ledger shows only its own run's releases"
+        for number, entry in enumerate(entries, start=1)
+        if entry.run_id != run_id
+    ]
+    if identities:  # runs made before ledgers were signed record no keys: the audit reports that
+        for number, entry in enumerate(entries, start=1):
+            problem = verify_entry(entry, identities.get(client_id, []))
+            if problem is not None:
+                problems.append(f"{name} line {number} {problem}")
+    return entries, problems
+
+
 def verified_ledger(
     store: RunStore, client_id: str, identities: dict[str, list[PublicIdentity]] | None = None
 ) -> list[LedgerEntry]:
@@ -41,29 +70,16 @@ def verified_ledger(
     Args:
         store: the run.
         client_id: a client of the run's config.
-        identities: enrolled keys (default: those in ``run.json``). A run that records
-            enrolled keys must have every entry signed by one of its client's keys.
+        identities: enrolled keys (default: those in ``run.json``).
 
     Raises:
         LedgerError: the ledger is missing, empty, headless, truncated or tampered; an entry
             belongs to another run; or a signature is missing or does not verify.
     """
-    path = ledger_path(store.root, client_id)
-    entries = load_entries(path, client_id=client_id, finished=True)
-    name = f"clients/{client_id}/{path.name}"
-    run_id = store.run_id
-    for number, entry in enumerate(entries, start=1):
-        if entry.run_id != run_id:
-            raise LedgerError(
-                f"{name} line {number} records run {entry.run_id!r}, not this run ({run_id!r}); "
-                "a ledger shows only its own run's releases"
-            )
     keys = enrolled_identities(store) if identities is None else identities
-    if keys:  # runs made before ledgers were signed record no keys: the audit reports them as unsigned
-        for number, entry in enumerate(entries, start=1):
-            problem = verify_entry(entry, keys.get(client_id, []))
-            if problem is not None:
-                raise LedgerError(f"{name} line {number} {problem}")
+    entries, problems = ledger_problems(store, client_id, keys)
+    if problems:
+        raise LedgerError(problems[0] + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
     return entries
 
 

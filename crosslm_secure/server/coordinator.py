@@ -31,6 +31,7 @@ from crosslm_secure.models.llm import LoadedLLM, save_lora
 from crosslm_secure.protocol.envelope import parse as parse_envelope
 from crosslm_secure.protocol.messages import (
     EnhanceRequest,
+    EpsilonClaim,
     EvaluateReply,
     EvaluateRequest,
     KeysDealRequest,
@@ -465,7 +466,8 @@ class Coordinator:
                 except ProtocolError:
                     self._log_message(raw, "in", name, round_index, "refused", "refused")
                     raise
-                self._log_message(raw, "in", name, round_index, envelope.type, "accepted")
+                claim = reply.claim if isinstance(reply, TrainReply) else None
+                self._log_message(raw, "in", name, round_index, envelope.type, "accepted", claim=claim)
                 if envelope.sender != name:
                     raise ProtocolError(f"reply to {name} came from {envelope.sender}")
                 if envelope.type == "error":
@@ -493,13 +495,24 @@ class Coordinator:
             self.store.save_state(saved | self._participants())
         self.log(f"  {name} excluded: {reason}")
 
-    def _log_message(self, message: bytes, direction: str, peer: str, round_index: int, kind: str, status: str) -> None:
+    def _log_message(
+        self,
+        message: bytes,
+        direction: str,
+        peer: str,
+        round_index: int,
+        kind: str,
+        status: str,
+        *,
+        claim: EpsilonClaim | None = None,
+    ) -> None:
         """Transcript: type, size, hash and envelope routing only; never contents.
 
         ``status`` is ``sent`` (sealed and signed by the server), ``accepted`` (signature
         verified and sequence number fresh: ``Inbox.open`` succeeded) or ``refused``;
         ``sender``/``recipient``/``seq`` come from the envelope header (null when unparseable),
-        so an audit can show every message was signed and accepted once.
+        so an audit can show every message was signed and accepted once. An accepted
+        ``train.reply`` also keeps the client's signed epsilon claim (``claim``).
         """
         try:
             header, _, _ = parse_envelope(message)
@@ -517,6 +530,7 @@ class Coordinator:
             sender=sender,
             recipient=recipient,
             seq=seq,
+            **({"claim": claim.model_dump()} if claim is not None else {}),
         )
 
     # -- metrics -------------------------------------------------------------------------
