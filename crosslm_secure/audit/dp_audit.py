@@ -121,6 +121,7 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
         f"({cfg.confidence:.0%} confidence) vs claimed {eps_text(claimed)} "
         f"(ledger {eps_text(mechanism.ledger_epsilon)})"
         + ("; the lower bound exceeds the claim." if fail else "; consistent with the claim.")
+        + ("; but the ledger's mechanism differs from the config's." if mechanism.disagreements else "")
     )
     table = Table(
         title="One-run DP audit (Steinke, Nasr, Jagielski 2023)",

@@ -150,6 +150,8 @@ def run_ledger_audit(run_dir: Path, settings: AuditConfig | None = None, *, prog
     findings += config_findings(config, entries_by_client)
     findings += round_findings(run_dir, config, entries_by_client)
     findings += claim_findings(run_dir, entries_by_client)
+    # A ledger "verifies" when it loads and nothing above was found in it (signatures, run, rounds, claims).
+    verified = [c for c in entries_by_client if not any(f"clients/{c}/{LEDGER_FILE}" in f for f in findings)]
 
     work = [(client_id, line, entry) for client_id, es in entries_by_client.items() for line, entry in enumerate(es, 1)]
     recomputations: list[Recomputation] = []
@@ -179,7 +181,7 @@ def run_ledger_audit(run_dir: Path, settings: AuditConfig | None = None, *, prog
     spent_max = max(spent, default=0.0)
     numbers: dict[str, Any] = {
         "clients": len(ledgers),
-        "ledgers_verified": len(entries_by_client),
+        "ledgers_verified": len(verified),
         "entries": sum(len(e) for e in entries_by_client.values()),
         "recomputations": len(recomputations),
         "recomputations_mismatched": sum(not r.matches for r in recomputations),
@@ -189,7 +191,7 @@ def run_ledger_audit(run_dir: Path, settings: AuditConfig | None = None, *, prog
         "clients_over_budget": over,
     }
     summary = (
-        f"{len(entries_by_client)} of {len(ledgers)} ledgers verify; {len(recomputations)} recorded epsilons "
+        f"{len(verified)} of {len(ledgers)} ledgers verify; {len(recomputations)} recorded epsilons "
         f"recomputed with dp-accounting, {numbers['recomputations_mismatched']} outside tolerance; "
         f"max record-level epsilon {_fmt(spent_max)} of budget {epsilon_max:g}, "
         f"{over} client(s) over budget."

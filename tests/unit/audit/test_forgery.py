@@ -379,3 +379,15 @@ def test_the_synthetic_release_kind_is_allowed_with_its_schema(crosslm_run: Path
     RunStore(crosslm_run).seal_manifest()
     result = run_protocol_audit(crosslm_run, progress=False)
     assert any("round-1.jsonl: line 1 has field 'scores'" in f for f in result.findings), result.findings
+
+
+def test_the_dp_and_mia_audits_retrain_with_the_configs_noise_not_the_forged_ledgers(crosslm_run: Path) -> None:
+    from crosslm_secure.audit.population import client_mechanism, open_run
+
+    honest = _entries(crosslm_run)[0]["noise_multiplier"]
+    before = client_mechanism(open_run(crosslm_run, None), "client-1")
+    assert before.noise_multiplier == pytest.approx(honest, rel=1e-9) and before.disagreements == ()
+    _rehash(crosslm_run / LEDGER, _noise_times_six)
+    after = client_mechanism(open_run(crosslm_run, None), "client-1")
+    assert after.noise_multiplier == pytest.approx(honest, rel=1e-9)  # the config's, not the ledger's 6x
+    assert len(after.disagreements) == 1 and "noise_multiplier" in after.disagreements[0]
