@@ -93,6 +93,9 @@ def _execute(
 ) -> RunResult:
     job = prepare_job(config, store)
     keys, registry = in_memory_identities(SERVER, config.client_ids())
+    # In-process, this process plays every site: keep the public keys each site signs its ledger
+    # with, so the run can be re-verified later (SECURITY.md: who can forge what).
+    store.record_identities([identity.to_dict() for identity in registry], first_round=start_round)
     nodes = {}
     for client in job.split.clients:
         nodes[client.client_id] = build_client_node(
@@ -232,6 +235,7 @@ def build_client_node(
         len(config.task.labels),
         device,
         resumed=resumed,
+        signer=own,
     )
 
 
@@ -246,6 +250,7 @@ def _client_node(
     device: torch.device,
     *,
     resumed: bool,
+    signer: ParticipantKeys,
 ) -> ClientNode:
     settings = config.slm_for(client.client_id)
     store = RunStore(root)
@@ -258,7 +263,7 @@ def _client_node(
     trainer = DPTrainer(
         settings,
         config.privacy,
-        ledger=Ledger(store.ledger_path(client.client_id), client_id=client.client_id),
+        ledger=Ledger(store.ledger_path(client.client_id), client_id=client.client_id, signer=signer),
         run_id=run_id,
         client_id=client.client_id,
         planned_rounds=config.run.rounds,

@@ -2,7 +2,9 @@
 
 Layout::
 
+    run.json             run metadata: the run id, and the public keys every site signed with
     config.yaml          the resolved configuration
+    manifest.json        every server-side file: its kind and sha256 (crosslm_secure/manifest.py)
     events.jsonl         what happened, when (phase starts/ends, dropouts, declines)
     metrics.jsonl/.csv   one row per round (round 0 = before any training)
     transcript.jsonl     the server's message log: types, sizes and hashes only
@@ -71,6 +73,8 @@ class RunState:
                 f"run: {STATE_FILE} is malformed ({type(exc).__name__}: {exc}); restore it or start the run again"
             ) from None
         return state
+RUN_FILE = "run.json"
+RUN_SCHEMA = "crosslm-run/1"
 
 
 class RunStore:
@@ -81,7 +85,42 @@ class RunStore:
 
     @property
     def run_id(self) -> str:
-        return self.root.name
+        """The id recorded when the run was created (``run.json``), not the folder's name: a
+        renamed or copied run keeps its id. Runs made before ``run.json`` fall back to the name."""
+        meta = self.metadata()
+        return str(meta["run_id"]) if meta else self.root.name
+
+    def metadata(self) -> dict[str, Any] | None:
+        """``run.json``, or None for a run made before it existed.
+
+        Raises:
+            RunError: the file is not the run's JSON metadata.
+        """
+        path = self.root / RUN_FILE
+        if not path.is_file():
+            return None
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise RunError(f"run: {path} is not JSON; the run's metadata was damaged") from None
+        if not isinstance(meta, dict) or meta.get("schema") != RUN_SCHEMA or not isinstance(meta.get("run_id"), str):
+            raise RunError(f"run: {path} is not {RUN_SCHEMA} metadata with a run_id")
+        return meta
+
+    def record_identities(self, identities: list[dict[str, str]], *, first_round: int) -> None:
+        """Keep the public keys the sites sign with from ``first_round`` on (each start of an
+        in-process run, a resume included, enrols fresh keys), so ledgers can be verified later."""
+        meta = self.metadata() or {"schema": RUN_SCHEMA, "run_id": self.run_id}
+        enrolled = [*meta.get("identities", []), {"first_round": first_round, "participants": identities}]
+        atomic_write_json(self.root / RUN_FILE, {**meta, "identities": enrolled})
+
+    def enrolled_keys(self) -> dict[str, list[dict[str, str]]]:
+        """Site -> every public identity recorded in ``run.json`` for it (empty for old runs)."""
+        out: dict[str, list[dict[str, str]]] = {}
+        for batch in (self.metadata() or {}).get("identities", []):
+            for identity in batch.get("participants", []):
+                out.setdefault(str(identity.get("site")), []).append(identity)
+        return out
 
     @classmethod
     def create(cls, output_dir: Path, name: str, seed: int, config: dict[str, Any]) -> RunStore:
@@ -100,6 +139,10 @@ class RunStore:
             root = Path(output_dir) / f"{name}-s{seed}-{stamp}-{suffix}"
         root.mkdir(parents=True)
         store = cls(root)
+        atomic_write_json(
+            root / RUN_FILE,
+            {"schema": RUN_SCHEMA, "run_id": root.name, "created": datetime.now(UTC).isoformat(timespec="seconds")},
+        )
         atomic_write_text(root / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
         return store
 
@@ -169,6 +212,14 @@ class RunStore:
 
     def save_state(self, state: RunState) -> None:
         atomic_write_json(self.root / STATE_FILE, asdict(state))
+        self.seal_manifest()
+
+    def seal_manifest(self) -> None:
+        """Rewrite ``manifest.json``: the kind and sha256 of every server-side file the run
+        wrote. Call it after writing server files outside this store (reports, plots)."""
+        from crosslm_secure.manifest import write_manifest
+
+        write_manifest(self.root)
 
     def load_state(self) -> RunState | None:
         """The saved state, or None before round 0 completed.

@@ -1,6 +1,6 @@
 """DP audit in one training run (Steinke, Nasr, Jagielski 2023) of a client's DP-SGD.
 
-The audit re-runs the mechanism the client used (``DPTrainer`` with the ledger's noise
+The audit re-runs the mechanism the client used (``DPTrainer`` with the config's noise
 multiplier, sample rate, delta, clipping, optimizer, epochs and rounds) on the client's
 private records plus ``audit.canaries`` canaries, each included by a fair coin. With
 ``slm.trainable: head`` (the default) only the linear head ever sees private data, through
@@ -95,6 +95,7 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
         if fail
         else []
     )
+    findings += [f"{client_id}: {d}; the audit re-ran the configured mechanism" for d in mechanism.disagreements]
     figure = audit_dir(run.root) / "dp_canary_scores.png"
     _plot_scores(scores, included, lower, claimed, figure)
     numbers = {
@@ -120,6 +121,7 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
         f"({cfg.confidence:.0%} confidence) vs claimed {eps_text(claimed)} "
         f"(ledger {eps_text(mechanism.ledger_epsilon)})"
         + ("; the lower bound exceeds the claim." if fail else "; consistent with the claim.")
+        + ("; but the ledger's mechanism differs from the config's." if mechanism.disagreements else "")
     )
     table = Table(
         title="One-run DP audit (Steinke, Nasr, Jagielski 2023)",
@@ -139,7 +141,7 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
     result = CheckResult(
         name=NAME,
         title="DP audit in one training run",
-        verdict="fail" if fail else "pass",
+        verdict="fail" if findings else "pass",
         summary=summary,
         numbers=numbers,
         tables=[table],

@@ -1,9 +1,11 @@
 """Ledger audit (issue #5, part 4): each client's privacy ledger, re-checked independently.
 
-For every ``clients/<id>/ledger.jsonl``:
+For every configured client's ``clients/<id>/ledger.jsonl``:
 
-1. the hash chain and head verify (the library's own loader; a tampered, reordered or
-   truncated ledger is a finding with the loader's reason, not a crash);
+1. the hash chain and head verify, the ledger is complete (not missing, empty or headless),
+   every entry is of this run (``run.json``'s id) and signed by the client's enrolled key;
+   the entries agree with the resolved config and with the rounds ``state.json`` and the
+   transcript show (audit/ledger_crosschecks.py); each problem is a finding, not a crash;
 2. every entry's recorded cumulative epsilon is recomputed from the recorded mechanisms
    with an accountant independent of the one that recorded it: Google's ``dp-accounting``
    (RDP for the recorded ``rdp`` value, PLD for the recorded ``prv`` value), within a stated
@@ -31,11 +33,18 @@ import numpy as np
 from dp_accounting import pld, rdp
 
 from crosslm_secure.audit.base import AuditError, CheckResult, Table, audit_dir, save_result
+from crosslm_secure.audit.ledger_crosschecks import (
+    claim_findings,
+    config_findings,
+    load_verified_ledgers,
+    round_findings,
+)
 from crosslm_secure.audit.progress import progress_bar
 from crosslm_secure.audit.runinfo import run_config
 from crosslm_secure.config import AuditConfig
 from crosslm_secure.privacy.accounting import MechanismBlock, merge_history
-from crosslm_secure.privacy.ledger import LEDGER_FILE, LedgerEntry, LedgerError, load_entries
+from crosslm_secure.privacy.ledger import LEDGER_FILE, LedgerEntry, ledger_path
+from crosslm_secure.runstore import RunStore
 
 RDP_TOLERANCE = 0.01
 """Largest relative difference accepted between Opacus RDP and dp-accounting RDP (orders differ slightly)."""
@@ -133,16 +142,16 @@ def run_ledger_audit(run_dir: Path, settings: AuditConfig | None = None, *, prog
             f"audit ledger: {run_dir} has no clients/*/{LEDGER_FILE}; audit a run in which clients trained"
         )
     epsilon_max = config.privacy.epsilon_max
-    findings: list[str] = []
-    entries_by_client: dict[str, list[LedgerEntry]] = {}
-    for client_id, path in ledgers.items():
-        name = str(path.relative_to(run_dir))
-        try:
-            entries_by_client[client_id] = load_entries(path, client_id=client_id)
-        except LedgerError as exc:
-            findings.append(f"{name}: hash chain does not verify: {exc}")
-    missing = sorted(set(config.client_ids()) - set(ledgers))
-    findings += [f"clients/{c}/{LEDGER_FILE}: missing; this client's releases cannot be shown" for c in missing]
+    store = RunStore(run_dir)
+    entries_by_client, findings = load_verified_ledgers(store, config)
+    for client_id in sorted(set(ledgers) - set(config.client_ids())):
+        findings.append(f"clients/{client_id}/{LEDGER_FILE}: a ledger of {client_id}, who is not a client of this run")
+    ledgers = {c: ledger_path(run_dir, c) for c in sorted(set(ledgers) | set(config.client_ids()))}
+    findings += config_findings(config, entries_by_client)
+    findings += round_findings(run_dir, config, entries_by_client)
+    findings += claim_findings(run_dir, entries_by_client)
+    # A ledger "verifies" when it loads and nothing above was found in it (signatures, run, rounds, claims).
+    verified = [c for c in entries_by_client if not any(f"clients/{c}/{LEDGER_FILE}" in f for f in findings)]
 
     work = [(client_id, line, entry) for client_id, es in entries_by_client.items() for line, entry in enumerate(es, 1)]
     recomputations: list[Recomputation] = []
@@ -172,7 +181,7 @@ def run_ledger_audit(run_dir: Path, settings: AuditConfig | None = None, *, prog
     spent_max = max(spent, default=0.0)
     numbers: dict[str, Any] = {
         "clients": len(ledgers),
-        "ledgers_verified": len(entries_by_client),
+        "ledgers_verified": len(verified),
         "entries": sum(len(e) for e in entries_by_client.values()),
         "recomputations": len(recomputations),
         "recomputations_mismatched": sum(not r.matches for r in recomputations),
@@ -182,7 +191,7 @@ def run_ledger_audit(run_dir: Path, settings: AuditConfig | None = None, *, prog
         "clients_over_budget": over,
     }
     summary = (
-        f"{len(entries_by_client)} of {len(ledgers)} ledgers verify; {len(recomputations)} recorded epsilons "
+        f"{len(verified)} of {len(ledgers)} ledgers verify; {len(recomputations)} recorded epsilons "
         f"recomputed with dp-accounting, {numbers['recomputations_mismatched']} outside tolerance; "
         f"max record-level epsilon {_fmt(spent_max)} of budget {epsilon_max:g}, "
         f"{over} client(s) over budget."

@@ -3,7 +3,7 @@
 Members of client k: its private training records. Non-members: population records (see
 :mod:`crosslm_secure.audit.population`), never trained on by anyone, same distribution; the
 two sides are balanced by a seeded subsample. RMIA's reference models are trained the way
-the client trained (same SLM settings, the ledger's noise multiplier, sample rate, clipping,
+the client trained (same SLM settings, the config's noise multiplier, sample rate, clipping,
 epochs and rounds, through ``DPTrainer``) on random subsets of the reference pool with the
 client's record count (capped by the pool). The LLM is attacked with client records it never
 saw (members) against population records: it should sit at chance.
@@ -78,6 +78,7 @@ def run_mia_audit(run_dir: Path, settings: AuditConfig | None = None, *, progres
     for client in tqdm(run.split.clients, desc="audit: MIA clients", disable=not progress):
         cid = client.client_id
         mechanism = client_mechanism(run, cid)
+        findings += [f"{cid}: {d}; the audit re-ran the configured mechanism" for d in mechanism.disagreements]
         members, non_members = balanced(client.train, run.non_members, cfg.seed)
         try:
             target, refs, target_z, refs_z, features_path = _client_probabilities(

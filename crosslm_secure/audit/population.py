@@ -41,6 +41,7 @@ from crosslm_secure.models.batches import encode_texts, forward_logits
 from crosslm_secure.models.device import resolve_device
 from crosslm_secure.models.slm import load_slm
 from crosslm_secure.privacy.ledger import Ledger, ledger_path
+from crosslm_secure.privacy.run_ledgers import configured_dp_sgd, mechanism_disagreements
 from crosslm_secure.runstore import CONFIG_FILE, RunStore
 
 MIN_HALF = 4
@@ -234,10 +235,17 @@ class Mechanism:
     rounds: int
     steps: int
     ledger_epsilon: float
+    disagreements: tuple[str, ...] = ()
+    """Where the ledger's DP-SGD entries differ from the configured mechanism (a finding each)."""
 
 
 def client_mechanism(run: AuditRun, client_id: str) -> Mechanism:
-    """The DP-SGD parameters the client's ledger recorded for this run.
+    """The DP-SGD mechanism the run's config prescribes for the client, with the ledger's epsilon.
+
+    Audit retraining repeats the mechanism of the CONFIG (noise multiplier recomputed from
+    ``target_epsilon``, sample rate, delta), never the ledger's own numbers, so a ledger
+    forged to claim more noise cannot back itself up; where the ledger disagrees with the
+    config, ``disagreements`` names it and the audits fail.
 
     Raises:
         AuditError: the ledger is missing, or records no private training.
@@ -264,15 +272,19 @@ def client_mechanism(run: AuditRun, client_id: str) -> Mechanism:
             sum(e.steps for e in plain),
             math.inf,
         )
-    first = dp[0]
+    expected = configured_dp_sgd(run.config, client_id, n)
+    disagreements = tuple(
+        f"ledger round {e.round}: {problem}" for e in dp for problem in mechanism_disagreements(e, expected)
+    )
     return Mechanism(
         private=True,
-        noise_multiplier=float(first.noise_multiplier),
-        sample_rate=float(first.sample_rate),
-        delta=float(first.delta),
+        noise_multiplier=expected.noise_multiplier,
+        sample_rate=expected.sample_rate,
+        delta=expected.delta,
         rounds=len(dp),
         steps=sum(e.steps for e in dp),
         ledger_epsilon=float(ledger_epsilon),
+        disagreements=disagreements,
     )
 
 

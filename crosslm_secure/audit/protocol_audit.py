@@ -19,6 +19,9 @@ Five sub-checks, each finding one line naming the file:
    ``metrics.csv`` and ``state.json`` hold no list of numbers and no per-client score field.
 4. *128-bit HE*: the ring degree and total coefficient-modulus bits read from the context
    itself are within SEAL's 128-bit table, and SEAL accepted the parameters.
+0. *allowlist*: every server file is listed in ``manifest.json`` (written by the run store)
+   with its sha256, and validates as the kind it declares (crosslm_secure/manifest.py,
+   audit/artefact_checks.py); the blacklist scans below are a second layer.
 5. *signed, accepted once*: every transcript row has its envelope routing; every incoming
    message the server used was ``accepted`` (signature verified, sequence fresh); no
    ``(sender, seq)`` and no message hash was accepted twice; ``seq`` grows per sender.
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from crosslm_secure.aggregation.schemes import scheme_for
+from crosslm_secure.audit.artefact_checks import check_manifest
 from crosslm_secure.audit.base import AuditError, CheckResult, Table, save_result
 from crosslm_secure.audit.progress import progress_bar
 from crosslm_secure.audit.runinfo import run_config
@@ -49,7 +53,9 @@ from crosslm_secure.audit.transcript_checks import (
 from crosslm_secure.config import AuditConfig, Config
 from crosslm_secure.crypto.ckks import SEAL_128_BIT_MAX_MODULUS, ScoreContext
 from crosslm_secure.errors import CryptoError
+from crosslm_secure.manifest import MANIFEST_FILE, server_files
 from crosslm_secure.methods import method_for
+from crosslm_secure.runstore import RunStore
 
 PUBLIC_CONTEXT = "server/ckks_public_context.bin"
 CONTEXTS_DIR = "server/ckks_contexts"
@@ -62,16 +68,9 @@ SERVER_DEFINITION = (
 
 
 def server_artefacts(run_dir: Path) -> list[Path]:
-    """Every server artefact of a run (see the module docstring), sorted."""
-    out = []
-    for path in sorted(run_dir.rglob("*")):
-        if not path.is_file():  # a symlink is scanned through: what it points at is what the server holds
-            continue
-        parts = path.relative_to(run_dir).parts
-        if parts[0] in ("clients", "audit"):
-            continue
-        out.append(path)
-    return out
+    """Every server artefact of a run (see the module docstring), sorted; the manifest included."""
+    manifest = run_dir / MANIFEST_FILE
+    return sorted([*server_files(run_dir), *([manifest] if manifest.is_file() else [])])
 
 
 def run_protocol_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress: bool = True) -> CheckResult:
@@ -95,10 +94,11 @@ def run_protocol_audit(run_dir: Path, settings: AuditConfig | None = None, *, pr
     context_check, context = _check_public_context(run_dir, config, uses_ckks)
     he_check = _check_he_parameters(context, uses_ckks)
     files = server_artefacts(run_dir)
+    manifest_check = check_manifest(run_dir, config.client_ids())
     secrets_check, kinds, scanned_bytes = _check_no_secrets(run_dir, files, progress=progress)
     scores_check = _check_no_scores(run_dir, config)
     signing_check, counts = check_signed_once(run_dir)
-    checks = [context_check, secrets_check, scores_check, he_check, signing_check]
+    checks = [context_check, secrets_check, scores_check, he_check, signing_check, manifest_check]
     findings = [line for check in checks for line in check.findings]
     verdict = "pass" if not findings else "fail"
     numbers: dict[str, Any] = {
@@ -218,10 +218,11 @@ def _check_earlier_context(run_dir: Path, dealt: str, current: str, check: SubCh
 
 def _announced_fingerprint(run_dir: Path, check: SubCheck) -> str | None:
     path = run_dir / ANNOUNCEMENT
+    run_id = RunStore(run_dir).run_id  # recorded at creation: a renamed copy keeps it
     try:
         raw = json.loads(path.read_bytes())
-        if raw["run_id"] != run_dir.name:
-            check.findings.append(f"{ANNOUNCEMENT}: announced for run {raw['run_id']!r}, not {run_dir.name!r}")
+        if raw["run_id"] != run_id:
+            check.findings.append(f"{ANNOUNCEMENT}: announced for run {raw['run_id']!r}, not {run_id!r}")
         return str(raw["fingerprint"])
     except FileNotFoundError:
         check.findings.append(f"{ANNOUNCEMENT}: missing; the context's origin cannot be shown")

@@ -27,6 +27,7 @@ from crosslm_secure.audit.registry import CHECKS, CheckOutcome, saved_outcomes
 from crosslm_secure.audit.runinfo import run_config
 from crosslm_secure.config import config_to_dict
 from crosslm_secure.errors import CrossLMError
+from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_json, atomic_write_text
 
 REPORT_MD = "report.md"
@@ -95,7 +96,7 @@ def write_report(run_dir: Path, outcomes: Sequence[CheckOutcome] | None = None) 
 def _provenance(run_dir: Path, resolved: dict[str, Any]) -> list[tuple[str, str]]:
     canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":")).encode()
     return [
-        ("run", run_dir.name),
+        ("run", RunStore(run_dir).run_id),
         ("run folder", str(run_dir)),
         ("config sha256 (resolved, canonical JSON)", hashlib.sha256(canonical).hexdigest()),
         ("config.yaml sha256 (file)", _sha256_file(run_dir / "config.yaml")),

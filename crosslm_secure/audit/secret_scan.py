@@ -3,16 +3,24 @@
 Used by the protocol audit on every server artefact: a secret TenSEAL/crosslm CKKS context
 (``CLMC`` framing or a bare TenSEAL context), PEM and PKCS#8 DER private keys, passphrase-
 sealed secret files (``CLMP``, crypto/storage.py), our key-file names, bare 32-byte keys and
-JSON fields named like private keys; text is also searched for long base64/hex runs, which
-are decoded and scanned again.
+JSON fields named like private keys; text is also searched for long base64 (standard or
+URL-safe, also wrapped at any width) and hex runs (also spaced or colon-separated), and
+gzip, bz2 and zip containers are opened; what they hold is scanned again.
+
+This is the second layer: the allowlist (audit/artefact_checks.py) already refuses any file
+that is not a declared kind. XOR-ed or split secrets are only caught by the allowlist.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import bz2
+import gzip
+import io
 import json
 import re
+import zipfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,8 +36,18 @@ _PKCS8_PREFIXES = {
 }
 _CONTEXT_MAGIC = b"CLMC\x01"
 _SEALED_MAGICS = (b"CLMP\x01", b"CLMP\x02")  # crypto/storage.py versions 1 (n=2^15) and 2 (cost recorded)
-_BASE64_RUN = re.compile(rb"[A-Za-z0-9+/]{256,}={0,2}")
-_HEX_RUN = re.compile(rb"[0-9a-fA-F]{256,}")
+_BASE64_RUN = re.compile(
+    rb"(?:^[ \t]*[A-Za-z0-9+/_-]{16,}={0,2}[ \t]*\r?\n){2,}(?:[ \t]*[A-Za-z0-9+/_-]+={0,2})?"
+    rb"|[A-Za-z0-9+/_-]{64,}={0,2}",
+    re.M,
+)
+"""One long run, or whole lines of base64 (wrapped at any width, as PEM and encodebytes do)."""
+_MIN_ENCODED = 64
+_HEX_RUN = re.compile(rb"(?:[0-9a-fA-F]{2}[ \t\r\n:]?){128,}")
+_MAX_DEPTH = 3
+_MAX_INFLATED = 64 * 1024 * 1024
+_PREFIX_PROBE = 4
+"""A bare TenSEAL context is also looked for behind a prefix of up to this many bytes."""
 _KEY_NAME = re.compile(r"(private|secret)[_-]?key|signing[_-]?key|exchange[_-]?key|secret[_-]?context", re.I)
 _MAX_TENSEAL_PROBE = 256 * 1024 * 1024
 
@@ -64,13 +82,41 @@ def scan_bytes(data: bytes, *, file_name: str = "", depth: int = 0) -> tuple[lis
     context_problems, context_kind = _tenseal_contexts(data)
     problems += context_problems
     kind = context_kind or kind
-    if depth == 0 and _looks_textual(data):
+    if depth < _MAX_DEPTH and _looks_textual(data):
         kind = "text" if kind == "-" else kind
-        problems += _json_key_fields(data)
-        for decoded, how in _encoded_runs(data):
-            inner, _ = scan_bytes(decoded, depth=1)
+        if depth == 0:
+            problems += _json_key_fields(data)
+        for decoded, how in [*_encoded_runs(data), *_encoded_json_strings(data)]:
+            inner, _ = scan_bytes(decoded, depth=depth + 1)
             problems += [f"{problem} (inside a {how} string)" for problem in inner]
+    if depth < _MAX_DEPTH:
+        for inflated, how in _containers(data):
+            inner, _ = scan_bytes(inflated, depth=depth + 1)
+            problems += [f"{problem} (inside {how})" for problem in inner]
     return problems, kind
+
+
+def _containers(data: bytes) -> Iterable[tuple[bytes, str]]:
+    """What gzip, bz2 and zip data hold (bounded, so a decompression bomb cannot stall the audit)."""
+    if data[:2] == b"\x1f\x8b":
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
+                yield handle.read(_MAX_INFLATED), "gzip data"
+        except (OSError, EOFError):
+            pass
+    if data[:3] == b"BZh":
+        try:
+            yield bz2.BZ2Decompressor().decompress(data, _MAX_INFLATED), "bz2 data"
+        except (OSError, ValueError, EOFError):
+            pass
+    if data[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                for info in archive.infolist()[:256]:
+                    with archive.open(info) as member:
+                        yield member.read(_MAX_INFLATED), f"zip member {info.filename!r}"
+        except (zipfile.BadZipFile, OSError, RuntimeError, ValueError):
+            pass
 
 
 def _der_private_key(data: bytes) -> list[str]:
@@ -100,11 +146,15 @@ def _tenseal_contexts(data: bytes) -> tuple[list[str], str | None]:
                 )
         start = data.find(_CONTEXT_MAGIC, start + 1)
     if kind is None and not data.startswith(_CONTEXT_MAGIC):
-        parsed = _tenseal_context(data)
-        if parsed is not None:
+        for skip in range(_PREFIX_PROBE + 1):
+            parsed = _tenseal_context(data[skip:])
+            if parsed is None:
+                continue
             kind = "bare TenSEAL context"
             if parsed.has_secret_key():
-                problems.append("is a bare TenSEAL context holding a SECRET key")
+                where = f" behind a {skip}-byte prefix" if skip else ""
+                problems.append(f"is a bare TenSEAL context holding a SECRET key{where}")
+            break
     return problems, kind
 
 
@@ -130,34 +180,48 @@ def _looks_textual(data: bytes) -> bool:
 
 def _encoded_runs(data: bytes) -> Iterable[tuple[bytes, str]]:
     for match in _HEX_RUN.finditer(data):
-        run = match.group(0)
+        run = re.sub(rb"[^0-9a-fA-F]", b"", match.group(0))
         try:
             yield binascii.unhexlify(run[: len(run) // 2 * 2]), "hex"
         except binascii.Error:
             continue
     for match in _BASE64_RUN.finditer(data):
-        run = match.group(0)
-        if _HEX_RUN.fullmatch(run):
+        run = re.sub(rb"\s", b"", match.group(0))
+        if len(run) < _MIN_ENCODED or re.fullmatch(rb"[0-9a-fA-F]+", run):
             continue
+        run = run.rstrip(b"=")
         try:
-            yield base64.b64decode(run + b"=" * (-len(run) % 4)), "base64"
+            yield base64.b64decode(run + b"=" * (-len(run) % 4), altchars=b"-_"), "base64"
         except (binascii.Error, ValueError):
             continue
 
 
+def _encoded_json_strings(data: bytes) -> Iterable[tuple[bytes, str]]:
+    """Encoded runs inside JSON string values, where a wrapped encoding shows as escaped newlines."""
+    for document in _json_documents(data):
+        for _, value in _walk(document):
+            if isinstance(value, str) and len(value) >= _MIN_ENCODED and ("\n" in value or " " in value):
+                yield from _encoded_runs(value.encode("utf-8", errors="replace"))
+
+
+def _json_documents(data: bytes) -> list[Any]:
+    text = data.decode("utf-8", errors="replace")
+    try:
+        return [json.loads(text)]
+    except ValueError:
+        pass
+    documents = []
+    for line in text.splitlines():
+        try:
+            documents.append(json.loads(line))
+        except ValueError:
+            continue
+    return documents
+
+
 def _json_key_fields(data: bytes) -> list[str]:
     problems: list[str] = []
-    text = data.decode("utf-8", errors="replace")
-    documents: list[Any] = []
-    try:
-        documents.append(json.loads(text))
-    except ValueError:
-        for line in text.splitlines():
-            try:
-                documents.append(json.loads(line))
-            except ValueError:
-                continue
-    for document in documents:
+    for document in _json_documents(data):
         for key, value in _walk(document):
             if _KEY_NAME.search(key) and isinstance(value, str) and len(value) >= 32:
                 problems.append(f"has a JSON field {key!r} holding {len(value)} characters of key-like material")
@@ -171,4 +235,6 @@ def _walk(value: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
             yield from _walk(item, str(key))
     elif isinstance(value, list):
         for item in value:
+            if not isinstance(item, dict | list):
+                yield prefix, item
             yield from _walk(item, prefix)

@@ -25,8 +25,17 @@ TRANSCRIPT_FIELDS: dict[str, tuple[type, ...]] = {
     "sender": (str, type(None)),
     "recipient": (str, type(None)),
     "seq": (int, type(None)),
+    "claim": (dict,),
 }
 _ROUTING_FIELDS = ("status", "sender", "recipient", "seq")
+_OPTIONAL_FIELDS = (*_ROUTING_FIELDS, "claim")
+CLAIM_FIELDS: dict[str, tuple[type, ...]] = {
+    "ledger_seq": (int,),
+    "ledger_hash": (str,),
+    "epsilon": (int, float, type(None)),
+    "signature": (str,),
+}
+"""An accepted train.reply's signed epsilon claim (protocol/messages.py ``EpsilonClaim``)."""
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MESSAGE_TYPE = re.compile(r"^[a-z][a-z.]{0,40}$")
 
@@ -51,7 +60,7 @@ def transcript_row_problems(row: Any) -> list[str]:
     ]
     for key, kinds in TRANSCRIPT_FIELDS.items():
         if key not in row:
-            if key not in _ROUTING_FIELDS:
+            if key not in _OPTIONAL_FIELDS:
                 problems.append(f"lacks field {key!r}")
             continue
         value = row[key]
@@ -65,6 +74,27 @@ def transcript_row_problems(row: Any) -> list[str]:
         problems.append(f"field 'direction' is {row.get('direction')!r}, not in/out")
     if "status" in row and row["status"] not in ("sent", "accepted", "refused"):
         problems.append(f"field 'status' is {row['status']!r}, not sent/accepted/refused")
+    if "claim" in row:
+        problems += _claim_problems(row)
+    return problems
+
+
+def _claim_problems(row: dict[str, Any]) -> list[str]:
+    claim = row["claim"]
+    if row.get("type") != "train.reply" or row.get("status") != "accepted":
+        return ["has a 'claim', which only an accepted train.reply keeps"]
+    if not isinstance(claim, dict):
+        return []
+    problems = [
+        f"claim has field {key!r}, outside the documented claim fields" for key in claim if key not in CLAIM_FIELDS
+    ]
+    for key, kinds in CLAIM_FIELDS.items():
+        if key not in claim or not isinstance(claim[key], kinds) or isinstance(claim[key], bool):
+            problems.append(f"claim field {key!r} is missing or not {'/'.join(k.__name__ for k in kinds)}")
+    if isinstance(claim.get("ledger_hash"), str) and not _SHA256.match(claim["ledger_hash"]):
+        problems.append("claim field 'ledger_hash' is not a sha256 hex digest")
+    if isinstance(claim.get("signature"), str) and not re.fullmatch(r"[0-9a-f]{128}", claim["signature"]):
+        problems.append("claim field 'signature' is not an Ed25519 signature in hex")
     return problems
 
 

@@ -549,6 +549,8 @@ def _entry_details(entry: LedgerEntry) -> dict[str, Any]:
         "accountant": entry.accountant,
         "epsilon_by_accountant": dict(entry.epsilon),
         "ledger_seq": entry.seq,
+        "ledger_hash": entry.hash,
+        "ledger_signature": entry.signature,
     }
 
 

@@ -27,6 +27,7 @@ from crosslm_secure.protocol.envelope import Envelope, verify
 from crosslm_secure.protocol.messages import (
     EnhanceReply,
     EnhanceRequest,
+    EpsilonClaim,
     ErrorReply,
     EvaluateReply,
     EvaluateRequest,
@@ -160,6 +161,7 @@ class ClientNode:
                 private=self.trainer.private,
                 epsilon=finite_or_none(report.epsilon),
                 delta=report.details.get("delta"),
+                claim=_claim(report.details, report.epsilon),
             ),
             {},
         )
@@ -295,4 +297,16 @@ def _stats(report: TrainReport) -> TrainingStats:
         examples=report.examples_seen,
         mean_loss=None if math.isnan(report.mean_loss) else report.mean_loss,
         seconds=report.seconds,
+    )
+
+
+def _claim(details: dict[str, Any], epsilon: float) -> EpsilonClaim | None:
+    """The round's signed ledger entry as a claim the server keeps (None when nothing was recorded)."""
+    if not details.get("ledger_signature") or not details.get("ledger_hash"):
+        return None
+    return EpsilonClaim(
+        ledger_seq=int(details["ledger_seq"]),
+        ledger_hash=str(details["ledger_hash"]),
+        epsilon=finite_or_none(epsilon),
+        signature=str(details["ledger_signature"]),
     )

@@ -1,9 +1,12 @@
 """A client's privacy ledger: every privacy-relevant release, append-only and hash-chained.
 
 File format (``runs/<id>/clients/<client_id>/ledger.jsonl``): one JSON object per line,
-keys sorted, schema ``crosslm-ledger/1``. Each entry carries ``prev_hash`` (the previous
-entry's ``hash``; 64 zeros for the first) and ``hash`` = SHA-256 of the entry's canonical
-JSON without ``hash``. A sidecar ``ledger.jsonl.head`` holds the entry count and the last
+keys sorted, schema ``crosslm-ledger/2``. Each entry carries ``prev_hash`` (the previous
+entry's ``hash``; 64 zeros for the first), ``hash`` = SHA-256 of the entry's canonical
+JSON without ``hash`` and ``signature``, and ``signature``: the client's Ed25519 signature
+over ``frame_fields("crosslm-ledger-entry-v2", client_id, hash)`` (hex), made with the
+site's protocol identity. Schema ``crosslm-ledger/1`` lines (before signing) still load,
+unsigned; audits report them. A sidecar ``ledger.jsonl.head`` holds the entry count and the last
 hash, so that dropping whole lines from the end is detected too.
 
 Writes are atomic: the new file is written to a temporary, fsynced and renamed over the
@@ -16,8 +19,11 @@ score releases of a re-aggregated round; 0 otherwise): recording the same releas
 returns the stored entry and writes nothing; recording different parameters under the
 same key is refused, and so is a file that repeats a key.
 
-The hash chain detects accidental corruption and naive edits; it is not a MAC, so someone
-who can rewrite the whole file and its head can forge a consistent history.
+The hash chain detects accidental corruption and naive edits; the signatures make a
+rewritten history detectable by anyone holding the site's enrolled public key (the audit):
+without the site's private key no one can make an entry that verifies. Dropping entries from
+the end and rewriting the head stays possible; the audit cross-checks the ledger against
+the run's completed rounds and the signed epsilon claims in the transcript (SECURITY.md).
 """
 
 from __future__ import annotations
@@ -31,11 +37,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from crosslm_secure.errors import PrivacyError
+from crosslm_secure.crypto.keys import ParticipantKeys, PublicIdentity, frame_fields
+from crosslm_secure.errors import CryptoError, PrivacyError
 from crosslm_secure.privacy.accounting import ACCOUNTANTS, MechanismBlock, accountant_for
 from crosslm_secure.storage import atomic_write_text
 
-SCHEMA = "crosslm-ledger/1"
+SCHEMA = "crosslm-ledger/2"
+LEGACY_SCHEMA = "crosslm-ledger/1"
+"""Entries written before ledgers were signed: they load, without a signature."""
 GENESIS_HASH = "0" * 64
 LEDGER_FILE = "ledger.jsonl"
 
@@ -94,6 +103,8 @@ class LedgerEntry:
     hash: str
     details: dict[str, Any] = field(default_factory=dict)
     schema: str = SCHEMA
+    signature: str = ""
+    """Hex Ed25519 signature of the client over :func:`signed_message`; empty when unsigned."""
 
     def block(self) -> MechanismBlock | None:
         """This entry as an accounting block; None for non-private training."""
@@ -113,6 +124,9 @@ class Ledger:
         path: the ledger file (``.../ledger.jsonl``); created with its folder on first append.
         client_id: the client it belongs to; entries of another client are refused.
         clock: returns the entry time (ISO 8601); tests pass a fixed one.
+        signer: the site's protocol identity; every new entry is signed with it (audits
+            verify it against the site's enrolled public key). None writes unsigned entries,
+            which only throw-away ledgers (audit retraining, tests) may do.
 
     Raises:
         LedgerError: the file is unreadable, truncated, tampered, or out of order.
@@ -124,7 +138,11 @@ class Ledger:
         *,
         client_id: str,
         clock: Callable[[], str] | None = None,
+        signer: ParticipantKeys | None = None,
     ) -> None:
+        if signer is not None and signer.site != client_id:
+            raise LedgerError(f"ledger: {client_id}'s ledger cannot be signed with {signer.site}'s keys")
+        self.signer = signer
         self.path = Path(path)
         self.head_path = self.path.with_name(self.path.name + ".head")
         self.client_id = client_id
@@ -335,7 +353,9 @@ class Ledger:
             prev_hash=prev_hash,
             schema=SCHEMA,
         )
-        entry = LedgerEntry(hash=_entry_hash(body), **body)
+        digest = _entry_hash(body)
+        signature = self.signer.sign(signed_message(self.client_id, digest)).hex() if self.signer else ""
+        entry = LedgerEntry(hash=digest, signature=signature, **body)
         lines = [_entry_line(e) for e in self._entries] + [_entry_line(entry)]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, "".join(lines))
@@ -344,19 +364,29 @@ class Ledger:
         return entry
 
 
-def load_entries(path: str | Path, *, client_id: str | None = None) -> list[LedgerEntry]:
+def load_entries(path: str | Path, *, client_id: str | None = None, finished: bool = False) -> list[LedgerEntry]:
     """Read and verify a ledger file; a missing file is an empty ledger.
 
     Args:
         path: the ``ledger.jsonl`` file.
         client_id: when given, every entry must belong to this client.
+        finished: the ledger of a finished run, read by an audit or a report: a missing or
+            empty file, and a missing head, are refused (a live ledger tolerates them after a
+            crash between its two renames).
 
     Raises:
-        LedgerError: a line is not JSON, a field is missing, the chain or a hash does not
-            verify, a key repeats, or the head says entries are missing.
+        LedgerError: a line is not JSON, a field is missing or of the wrong type, the chain
+            or a hash does not verify, a key repeats, or the head says entries are missing.
     """
     path = Path(path)
     head_path = path.with_name(path.name + ".head")
+    if finished:
+        if not path.is_file():
+            raise LedgerError(f"ledger {path} is missing; this client's releases cannot be shown")
+        if not path.read_bytes().strip():
+            raise LedgerError(f"ledger {path} is empty; a finished run's ledger records its releases")
+        if not head_path.is_file():
+            raise LedgerError(f"ledger {path} has no head file {head_path.name}; it may have been truncated")
     if not path.exists():
         if head_path.exists():
             raise LedgerError(f"ledger {path} is missing but its head {head_path.name} exists; restore it")
@@ -372,7 +402,7 @@ def load_entries(path: str | Path, *, client_id: str | None = None) -> list[Ledg
     prev_hash = GENESIS_HASH
     for number, line in enumerate(text.splitlines(), start=1):
         entry = _parse_line(path, number, line)
-        body = {k: v for k, v in asdict(entry).items() if k != "hash"}
+        body = {k: v for k, v in asdict(entry).items() if k not in ("hash", "signature")}
         if _entry_hash(body) != entry.hash:
             raise LedgerError(f"ledger {path} line {number} was modified (its hash does not match)")
         if entry.prev_hash != prev_hash or entry.seq != number - 1:
@@ -422,23 +452,105 @@ def _release_key(entry: LedgerEntry) -> tuple[str, int, str, int]:
     return (entry.run_id, entry.round, entry.mechanism, entry.details.get("attempt", 0))
 
 
+def signed_message(client_id: str, entry_hash: str) -> bytes:
+    """What a client signs for one ledger entry: its id and the entry's hash (which covers every field)."""
+    return frame_fields("crosslm-ledger-entry-v2", client_id, entry_hash)
+
+
+def verify_entry(entry: LedgerEntry, identities: Sequence[PublicIdentity]) -> str | None:
+    """Why ``entry`` does not carry a valid signature by one of ``identities`` (None when it does).
+
+    ``identities`` are the site's enrolled public keys (a resumed in-process run enrols fresh
+    keys, so a site may have several).
+    """
+    if not entry.signature:
+        return "is not signed (written before ledgers were signed, or by an unsigned writer)"
+    if not identities:
+        return f"is signed, but {entry.client_id} has no enrolled public key to verify it against"
+    try:
+        signature = bytes.fromhex(entry.signature)
+    except ValueError:
+        return "has a signature that is not hex"
+    message = signed_message(entry.client_id, entry.hash)
+    for identity in identities:
+        try:
+            identity.verify(signature, message)
+            return None
+        except CryptoError:
+            continue
+    return f"has a signature that does not verify as {entry.client_id}'s enrolled key (forged or re-signed)"
+
+
+_NUMBER = (int, float)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "seq": (int,),
+    "run_id": (str,),
+    "client_id": (str,),
+    "round": (int,),
+    "mechanism": (str,),
+    "unit": (str,),
+    "sample_rate": (*_NUMBER, type(None)),
+    "noise_multiplier": (*_NUMBER, type(None)),
+    "steps": (int,),
+    "max_grad_norm": (*_NUMBER, type(None)),
+    "noise_std": (*_NUMBER, type(None)),
+    "sensitivity": (*_NUMBER, type(None)),
+    "delta": (*_NUMBER, type(None)),
+    "epsilon": (dict,),
+    "accountant": (str,),
+    "epsilon_max": _NUMBER,
+    "time": (str,),
+    "prev_hash": (str,),
+    "hash": (str,),
+    "details": (dict,),
+    "schema": (str,),
+    "signature": (str,),
+}
+
+
 def _parse_line(path: Path, number: int, line: str) -> LedgerEntry:
+    where = f"ledger {path} line {number}"
     try:
         raw = json.loads(line, parse_constant=_reject_constant)
     except ValueError:
-        raise LedgerError(f"ledger {path} line {number} is not valid JSON (truncated or edited)") from None
-    if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
-        raise LedgerError(f"ledger {path} line {number} is not a {SCHEMA} entry")
-    missing = set(_FIELDS) - set(raw)
-    unknown = set(raw) - set(_FIELDS)
+        raise LedgerError(f"{where} is not valid JSON (truncated or edited)") from None
+    if not isinstance(raw, dict) or raw.get("schema") not in (SCHEMA, LEGACY_SCHEMA):
+        raise LedgerError(f"{where} is not a {SCHEMA} entry")
+    expected = set(_FIELDS) - ({"signature"} if raw["schema"] == LEGACY_SCHEMA else set())
+    missing = expected - set(raw)
+    unknown = set(raw) - expected
     if missing or unknown:
-        raise LedgerError(
-            f"ledger {path} line {number} has missing fields {sorted(missing)} or unknown fields {sorted(unknown)}"
-        )
+        raise LedgerError(f"{where} has missing fields {sorted(missing)} or unknown fields {sorted(unknown)}")
+    for name, value in raw.items():
+        kinds = _FIELD_TYPES[name]
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise LedgerError(f"{where}: field {name!r} is {value!r}, not {wanted}; the entry was edited")
     if raw["mechanism"] not in MECHANISMS:
-        raise LedgerError(f"ledger {path} line {number} has unknown mechanism {raw['mechanism']!r}")
-    raw["epsilon"] = {k: _number_in(v) for k, v in raw["epsilon"].items()}
+        raise LedgerError(f"{where} has unknown mechanism {raw['mechanism']!r}")
+    try:
+        raw["epsilon"] = {str(k): _number_in(v) for k, v in raw["epsilon"].items()}
+    except (TypeError, ValueError):
+        raise LedgerError(f"{where}: field 'epsilon' must map accountants to numbers; the entry was edited") from None
+    _check_ranges(where, raw)
     return LedgerEntry(**raw)
+
+
+def _check_ranges(where: str, raw: dict[str, Any]) -> None:
+    """Values no honest writer produces (a negative epsilon, a rate above 1) are refused by name."""
+    problems = [f"epsilon[{k!r}] = {v:g} is negative" for k, v in raw["epsilon"].items() if v < 0 or math.isnan(v)]
+    if raw["steps"] < 0:
+        problems.append(f"steps = {raw['steps']} is negative")
+    rate = raw["sample_rate"]
+    if rate is not None and not 0 < rate <= 1:
+        problems.append(f"sample_rate = {rate:g} is outside (0, 1]")
+    for name in ("noise_multiplier", "max_grad_norm", "noise_std", "sensitivity"):
+        if raw[name] is not None and not raw[name] > 0:
+            problems.append(f"{name} = {raw[name]:g} is not positive")
+    if raw["delta"] is not None and not 0 < raw["delta"] < 1:
+        problems.append(f"delta = {raw['delta']:g} is outside (0, 1)")
+    if problems:
+        raise LedgerError(f"{where}: {'; '.join(problems)}; the entry was edited")
 
 
 def _reject_constant(name: str) -> float:
@@ -464,7 +576,10 @@ def _entry_hash(body: dict[str, Any]) -> str:
 
 
 def _entry_line(entry: LedgerEntry) -> str:
-    return _canonical(asdict(entry)) + "\n"
+    raw = asdict(entry)
+    if entry.schema == LEGACY_SCHEMA:
+        del raw["signature"]
+    return _canonical(raw) + "\n"
 
 
 def _epsilon_or_inf(accountant: str, history: list[MechanismBlock], delta: float, unit: str) -> float:

@@ -13,7 +13,9 @@ from typing import Any
 
 from crosslm_secure.errors import RunError
 from crosslm_secure.privacy.budget import epsilon_left
-from crosslm_secure.privacy.ledger import LEDGER_FILE, LedgerEntry, load_entries
+from crosslm_secure.privacy.ledger import LEDGER_FILE, LedgerEntry
+from crosslm_secure.privacy.run_ledgers import enrolled_identities, run_client_ids, verified_ledger
+from crosslm_secure.runstore import RunStore
 
 NON_PRIVATE_LABEL = "epsilon = inf (non-private)"
 
@@ -79,15 +81,19 @@ def client_budget(client_id: str, entries: list[LedgerEntry]) -> ClientBudget:
 
 
 def run_budgets(run_dir: str | Path) -> list[ClientBudget]:
-    """Every client's budget in a run (ledgers verified on load).
+    """Every configured client's budget in a run (ledgers verified on load, signatures included).
 
     Raises:
         RunError: no run folder or no ledgers.
-        LedgerError: a ledger is tampered or truncated.
+        LedgerError: a configured client's ledger is missing, empty, headless, truncated,
+            tampered, of another run, or not signed by the client's enrolled key.
     """
+    client_ledgers(run_dir)
+    store = RunStore.open(Path(run_dir))
+    identities = enrolled_identities(store)
     return [
-        client_budget(client_id, load_entries(path, client_id=client_id))
-        for client_id, path in client_ledgers(run_dir).items()
+        client_budget(client_id, verified_ledger(store, client_id, identities))
+        for client_id in run_client_ids(Path(run_dir))
     ]
 
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from crosslm_secure.errors import ProtocolError
 
 MAGIC = b"CLMS"
-VERSION = 1
+VERSION = 2
 SIGNATURE_BYTES = 64
 MAX_HEADER_BYTES = 8 * 1024 * 1024
 MAX_BLOBS = 4096

@@ -61,6 +61,20 @@ class TrainingStats(_Body):
     seconds: float = Field(ge=0)
 
 
+class EpsilonClaim(_Body):
+    """The client's signed ledger entry for this round's training, as the server keeps it.
+
+    ``signature`` is the ledger entry's own Ed25519 signature by the client over
+    ``frame_fields("crosslm-ledger-entry-v2", client_id, ledger_hash)``; the entry's hash
+    covers its run id, round, mechanism parameters, cumulative epsilon and chain position.
+    """
+
+    ledger_seq: int = Field(ge=0, description="Position of the entry in the client's ledger.")
+    ledger_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="The entry's hash.")
+    epsilon: float | None = Field(description="The entry's cumulative epsilon (budget accountant); null = inf.")
+    signature: str = Field(pattern=r"^[0-9a-f]{128}$", description="The client's signature of the entry.")
+
+
 class TrainReply(_Body):
     """Client -> server: trained (with the cumulative epsilon) or declined (with the reason)."""
 
@@ -70,6 +84,9 @@ class TrainReply(_Body):
     private: bool
     epsilon: float | None = Field(None, description="Cumulative record-level epsilon; null = not private (inf).")
     delta: float | None = None
+    claim: EpsilonClaim | None = Field(
+        None, description="The signed ledger entry of this round's training; the server's transcript keeps it."
+    )
 
 
 class ScoreRequest(_Body):

@@ -17,6 +17,7 @@ from crosslm_secure.clitools import fail
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.privacy.report import budgets_json, run_budgets
 from crosslm_secure.report.budget import budget_table, plot_epsilon
+from crosslm_secure.runstore import RunStore
 
 budget_app = typer.Typer(
     help="Privacy budget per client: epsilon spent, left, rounds (from the run's ledgers).",
@@ -56,4 +57,6 @@ def plot(
     except CrossLMError as exc:
         fail(exc, code=1)
     path = plot_epsilon(budgets, out or run / "plots" / "epsilon.png", title=f"Privacy spent in {run.name}")
+    if path.resolve().is_relative_to(run.resolve()):  # a new server-side file: the manifest must list it
+        RunStore(run).seal_manifest()
     typer.echo(str(path))

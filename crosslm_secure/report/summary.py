@@ -51,6 +51,7 @@ def write_report(
         plot_rounds(rows, store.root / "plots" / "metrics.png")
     text = render_summary(store, config, rows, outcome, llm=llm, slm_sources=slm_sources or {})
     atomic_write_text(store.root / "summary.md", text)
+    store.seal_manifest()
 
 
 def render_summary(

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 from crosslm_secure.errors import CrossLMError, ProtocolError
 from crosslm_secure.protocol.envelope import Envelope
 from crosslm_secure.protocol.envelope import parse as parse_envelope
-from crosslm_secure.protocol.messages import BODIES, TYPE_OF, pack, type_name, unpack
+from crosslm_secure.protocol.messages import BODIES, TYPE_OF, EpsilonClaim, TrainReply, pack, type_name, unpack
 from crosslm_secure.protocol.party import Party
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.transport.base import NodeUnavailable, Transport
@@ -101,7 +101,8 @@ class Messenger:
         except ProtocolError:
             self._log(raw, "in", name, round_index, "refused", "refused")
             raise
-        self._log(raw, "in", name, round_index, envelope.type, "accepted")
+        claim = body.claim if isinstance(body, TrainReply) else None
+        self._log(raw, "in", name, round_index, envelope.type, "accepted", claim=claim)
         if envelope.sender != name:
             raise ProtocolError(f"reply to {name} came from {envelope.sender}")
         if envelope.type == "error":
@@ -110,13 +111,24 @@ class Messenger:
             raise ProtocolError(f"{name} answered {envelope.type}, expected {expect}")
         return Reply(envelope, body, unpack(envelope), raw)
 
-    def _log(self, message: bytes, direction: str, peer: str, round_index: int, kind: str, status: str) -> None:
+    def _log(
+        self,
+        message: bytes,
+        direction: str,
+        peer: str,
+        round_index: int,
+        kind: str,
+        status: str,
+        *,
+        claim: EpsilonClaim | None = None,
+    ) -> None:
         """Transcript: type, size, hash and envelope routing only; never contents.
 
         ``status`` is ``sent`` (sealed and signed by the server), ``accepted`` (signature
         verified and sequence number fresh: ``Inbox.open`` succeeded) or ``refused``;
         ``sender``/``recipient``/``seq`` come from the envelope header (null when unparseable),
-        so an audit can show every message was signed and accepted once.
+        so an audit can show every message was signed and accepted once. An accepted
+        ``train.reply`` also keeps the client's signed epsilon claim (``claim``).
         """
         try:
             header, _, _ = parse_envelope(message)
@@ -134,4 +146,5 @@ class Messenger:
             sender=sender,
             recipient=recipient,
             seq=seq,
+            **({"claim": claim.model_dump()} if claim is not None else {}),
         )

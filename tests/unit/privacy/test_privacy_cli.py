@@ -16,6 +16,8 @@ runner = CliRunner()
 @pytest.fixture
 def run_dir(tmp_path):
     run = tmp_path / "runs" / "demo-0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("partition:\n  clients: 2\n")  # clients client-1 and client-2
     dp = Ledger(ledger_path(run, "client-1"), client_id="client-1")
     for r in (1, 2):
         dp.record_dp_sgd(
