@@ -73,6 +73,8 @@ class RunState:
                 f"run: {STATE_FILE} is malformed ({type(exc).__name__}: {exc}); restore it or start the run again"
             ) from None
         return state
+
+
 RUN_FILE = "run.json"
 RUN_SCHEMA = "crosslm-run/1"
 

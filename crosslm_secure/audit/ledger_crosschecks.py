@@ -4,7 +4,7 @@ Each check returns one finding per disagreement:
 
 * **signed and complete**: every configured client's ledger exists, is not empty, keeps its
   head, belongs to this run, and every entry verifies against the client's enrolled key
-  (``privacy/run_ledgers.py``);
+  (``report/run_ledgers.py``);
 * **config**: every DP-SGD entry's noise multiplier, sample rate and delta are the ones the
   resolved config gives for the client's record count (noise recomputed from
   ``target_epsilon`` over the planned steps), its steps within the planned steps per round,
@@ -27,7 +27,7 @@ from crosslm_secure.audit.transcript_checks import TRANSCRIPT, read_jsonl_rows
 from crosslm_secure.config import Config
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.privacy.ledger import LEDGER_FILE, LedgerEntry, LedgerError
-from crosslm_secure.privacy.run_ledgers import (
+from crosslm_secure.report.run_ledgers import (
     configured_dp_sgd,
     enrolled_identities,
     ledger_problems,
@@ -151,7 +151,7 @@ def _trains(config: Config, client_id: str) -> bool:
 def claim_findings(run_dir: Path, ledgers: dict[str, list[LedgerEntry]]) -> list[str]:
     """The signed epsilon claims of the transcript against the clients' enrolled keys and ledgers."""
     from crosslm_secure.privacy.ledger import signed_message
-    from crosslm_secure.privacy.run_ledgers import enrolled_identities
+    from crosslm_secure.report.run_ledgers import enrolled_identities
 
     findings: list[str] = []
     try:

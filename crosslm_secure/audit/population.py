@@ -41,7 +41,7 @@ from crosslm_secure.models.batches import encode_texts, forward_logits
 from crosslm_secure.models.device import resolve_device
 from crosslm_secure.models.slm import load_slm
 from crosslm_secure.privacy.ledger import Ledger, ledger_path
-from crosslm_secure.privacy.run_ledgers import configured_dp_sgd, mechanism_disagreements
+from crosslm_secure.report.run_ledgers import configured_dp_sgd, mechanism_disagreements
 from crosslm_secure.runstore import CONFIG_FILE, RunStore
 
 MIN_HALF = 4

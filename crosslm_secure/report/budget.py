@@ -1,6 +1,6 @@
 """How a run's privacy spend is shown: a rich table and an epsilon-per-round plot.
 
-The numbers come from :func:`crosslm_secure.privacy.report.run_budgets` (verified ledgers).
+The numbers come from :func:`crosslm_secure.report.budgets.run_budgets` (verified ledgers).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from rich.table import Table
 
-from crosslm_secure.privacy.report import NON_PRIVATE_LABEL, ClientBudget
+from crosslm_secure.report.budgets import NON_PRIVATE_LABEL, ClientBudget
 from crosslm_secure.report.plots import save_figure
 
 

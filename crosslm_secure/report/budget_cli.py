@@ -1,7 +1,7 @@
 """``crosslm budget``: show and plot each client's privacy spend in a run.
 
 The main CLI mounts ``budget_app`` as ``crosslm budget``; the commands only call the
-library functions in :mod:`crosslm_secure.privacy.report` and :mod:`crosslm_secure.report.budget`.
+library functions in :mod:`crosslm_secure.report.budgets` and :mod:`crosslm_secure.report.budget`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from rich.console import Console
 
 from crosslm_secure.clitools import fail
 from crosslm_secure.errors import CrossLMError
-from crosslm_secure.privacy.report import budgets_json, run_budgets
 from crosslm_secure.report.budget import budget_table, plot_epsilon
+from crosslm_secure.report.budgets import budgets_json, run_budgets
 from crosslm_secure.runstore import RunStore
 
 budget_app = typer.Typer(

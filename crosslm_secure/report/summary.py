@@ -12,7 +12,7 @@ from crosslm_secure.data.embedded_tasks import EMBEDDED_TASKS
 from crosslm_secure.data.loaders import EMBEDDED_CREDIT
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.metrics import METRICS, TASK_METRICS
-from crosslm_secure.privacy.report import NON_PRIVATE_LABEL, run_budgets
+from crosslm_secure.report.budgets import NON_PRIVATE_LABEL, run_budgets
 from crosslm_secure.report.plots import plot_rounds
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_text

@@ -147,7 +147,7 @@ def cell_row(folder: Path, values: dict[str, Any]) -> tuple[dict[str, Any], list
 
 
 def _epsilon_spent(run_dir: Path) -> dict[str, float]:
-    from crosslm_secure.privacy.report import run_budgets
+    from crosslm_secure.report.budgets import run_budgets
 
     try:
         budgets = run_budgets(run_dir)

@@ -26,7 +26,7 @@ from crosslm_secure.audit.protocol_audit import run_protocol_audit
 from crosslm_secure.crypto.ckks import ScoreContext
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.privacy.accounting import MechanismBlock, accountant_for
-from crosslm_secure.privacy.report import run_budgets
+from crosslm_secure.report.budgets import run_budgets
 from crosslm_secure.runstore import RunStore
 from tests.unit.audit.test_ledger_audit import _rehash
 

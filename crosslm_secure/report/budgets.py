@@ -14,7 +14,7 @@ from typing import Any
 from crosslm_secure.errors import RunError
 from crosslm_secure.privacy.budget import epsilon_left
 from crosslm_secure.privacy.ledger import LEDGER_FILE, LedgerEntry
-from crosslm_secure.privacy.run_ledgers import enrolled_identities, run_client_ids, verified_ledger
+from crosslm_secure.report.run_ledgers import enrolled_identities, run_client_ids, verified_ledger
 from crosslm_secure.runstore import RunStore
 
 NON_PRIVATE_LABEL = "epsilon = inf (non-private)"
