@@ -66,7 +66,7 @@ def run(
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="runs/<id>")]) -> None:
-    """Rebuild summary.md and the plots of a run from its saved metrics."""
+    """Rebuild summary.md, report.html and the plots of a run from its saved files."""
     from crosslm_secure.config import config_from_dict
     from crosslm_secure.report.summary import write_report
     from crosslm_secure.runstore import RunStore
@@ -82,7 +82,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="runs/<id>")]) -> None:
         write_report(store, config, outcome, slm_sources={n: config.slm_for(n).model for n in config.client_ids()})
     except CrossLMError as exc:
         fail(exc)
-    console.print(f"wrote {store.root / 'summary.md'}")
+    console.print(f"wrote {store.root / 'summary.md'} and {store.root / 'report.html'}")
 
 
 @app.command("config")

@@ -293,6 +293,13 @@ class Coordinator:
             keep = accept_samples(
                 means, np.array([s.intended_label for s in samples]), len(cfg.task.labels), cfg.feedback
             )
+            self.store.write_synthetic_round(
+                round_index,
+                [s.text for s in samples],
+                [cfg.task.labels[s.intended_label] for s in samples],
+                means,
+                keep,
+            )
             with phases("tune_llm"):
                 report = tune_llm(
                     self.llm,
