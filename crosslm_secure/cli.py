@@ -85,6 +85,24 @@ def report(run_dir: Annotated[Path, typer.Argument(help="runs/<id>")]) -> None:
     console.print(f"wrote {store.root / 'summary.md'} and {store.root / 'report.html'}")
 
 
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="runs/<id> folders; the first is the reference for deltas")],
+    out: Annotated[Path | None, typer.Option(help="Folder for comparison.md/.csv and curves.png")] = None,
+) -> None:
+    """Put runs side by side: headline metrics, deltas vs the first run, config differences, curves."""
+    from crosslm_secure.report.compare import compare_runs, rich_table, write_comparison
+
+    try:
+        comparison = compare_runs(runs)
+        folder = out if out is not None else Path(runs[0]).parent / f"compare-{'-vs-'.join(comparison.runs)}"[:200]
+        paths = write_comparison(comparison, folder)
+    except CrossLMError as exc:
+        fail(exc)
+    console.print(rich_table(comparison))
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+
+
 @app.command("config")
 def config_command(
     check: Annotated[Path | None, typer.Option(help="Validate this YAML config and say what is wrong")] = None,
