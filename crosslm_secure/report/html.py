@@ -58,7 +58,7 @@ def para(text: str, css: str = "") -> str:
     return f"<p{cls}>{esc(text)}</p>"
 
 
-def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, raw: bool = False) -> str:
+def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, raw: bool = False, digits: int = 3) -> str:
     """A table; cells are escaped unless ``raw`` (then they are markup built by these helpers).
 
     Numbers are right-aligned so columns of figures read down.
@@ -69,7 +69,7 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, raw: bool = 
         cells = []
         for cell in row:
             css = ' class="num"' if isinstance(cell, int | float) and not isinstance(cell, bool) else ""
-            cells.append(f"<td{css}>{cell if raw else esc(fmt(cell))}</td>")
+            cells.append(f"<td{css}>{cell if raw else esc(fmt(cell, digits))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 

@@ -42,7 +42,7 @@ def render_run_page(store: RunStore, config: Config) -> str:
         f"<h1>Run {esc(store.run_id)}</h1>",
         para(
             f"Method {config.run.method}, task {config.task.name}, {len(clients) or config.partition.clients} "
-            f"clients, {config.run.rounds} rounds, seed {config.run.seed}. Round 0 is the state before any "
+            f"clients, rounds: {config.run.rounds}, seed {config.run.seed}. Round 0 is the state before any "
             "training. The short text version is summary.md next to this file.",
             "note",
         ),
@@ -147,6 +147,7 @@ def _epsilon_figure(budgets: Sequence[ClientBudget]) -> Any:
             ax.axhline(b.epsilon_max, linestyle="--", color="grey", label=f"budget {b.epsilon_max:g}")
             budget_drawn = True
     ax.set(xlabel="round", ylabel="epsilon spent (cumulative)", title="Record-level privacy spend")
+    ax.set_xticks(sorted({0} | {r for b in budgets for r, _ in b.epsilon_by_round}))
     ax.grid(alpha=0.3)
     if ax.get_lines():
         ax.legend(fontsize=8)
@@ -162,12 +163,11 @@ def _phases(rows: Sequence[dict[str, Any]]) -> str:
     phases.sort(key=lambda p: -totals[p])
     body = [[r["round"]] + [r.get(f"seconds_{p}") for p in phases] + [r.get("seconds_round")] for r in rows]
     body.append(["all"] + [totals[p] for p in phases] + [sum(r.get("seconds_round", 0.0) for r in rows)])
-    body = [[c if not isinstance(c, float) else round(c, 1) for c in row] for row in body]
     return section(
         "phases",
         "Wall time per phase (seconds)",
         para("Phases in order of total time; a round's total includes work outside the named phases.", "note"),
-        table(["round"] + phases + ["round total"], body),
+        table(["round"] + phases + ["round total"], body, digits=1),
     )
 
 
