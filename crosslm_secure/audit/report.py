@@ -220,6 +220,7 @@ def render_markdown(
     lines += _md_table(["item", "value"], [(k, f"`{v}`") for k, v in provenance])
     lines += ["### Model hashes (sha256)", ""]
     lines += _md_table(["model", "source", "sha256"], [(m.role, m.source, f"`{m.sha256}`") for m in models])
+    appendix = ["## Appendix: every number", "", "As saved in `audit/<check>.json`.", ""]
     for name, state, summary, outcome in _rows(outcomes):
         lines += [f"## {name}: {state.upper()}", ""]
         if outcome is None or outcome.result is None:
@@ -230,7 +231,8 @@ def render_markdown(
         if result.findings:
             lines += ["**Findings**", ""] + [f"- {f}" for f in result.findings] + [""]
         if result.numbers:
-            lines += _md_table(["number", "value"], [(k, _number(v)) for k, v in result.numbers.items()])
+            appendix += [f"### {name}", ""]
+            appendix += _md_table(["number", "value"], [(k, _number(v)) for k, v in result.numbers.items()])
         for table in result.tables:
             lines += [f"**{table.title}**", ""] + _md_table(table.columns, table.rows)
         lines += [f"![{figure}]({figure})" for figure in result.figures] + ([""] if result.figures else [])
@@ -238,7 +240,7 @@ def render_markdown(
             if isinstance(value, str):
                 lines += [f"- {key}: {value}"]
         lines += [""]
-    return "\n".join(lines)
+    return "\n".join(lines + appendix)
 
 
 def render_html(
