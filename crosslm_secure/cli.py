@@ -66,7 +66,7 @@ def run(
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="runs/<id>")]) -> None:
-    """Rebuild summary.md and the plots of a run from its saved metrics."""
+    """Rebuild summary.md, report.html and the plots of a run from its saved files."""
     from crosslm_secure.config import config_from_dict
     from crosslm_secure.report.summary import write_report
     from crosslm_secure.runstore import RunStore
@@ -82,7 +82,25 @@ def report(run_dir: Annotated[Path, typer.Argument(help="runs/<id>")]) -> None:
         write_report(store, config, outcome, slm_sources={n: config.slm_for(n).model for n in config.client_ids()})
     except CrossLMError as exc:
         fail(exc)
-    console.print(f"wrote {store.root / 'summary.md'}")
+    console.print(f"wrote {store.root / 'summary.md'} and {store.root / 'report.html'}")
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="runs/<id> folders; the first is the reference for deltas")],
+    out: Annotated[Path | None, typer.Option(help="Folder for comparison.md/.csv and curves.png")] = None,
+) -> None:
+    """Put runs side by side: headline metrics, deltas vs the first run, config differences, curves."""
+    from crosslm_secure.report.compare import compare_runs, rich_table, write_comparison
+
+    try:
+        comparison = compare_runs(runs)
+        folder = out if out is not None else Path(runs[0]).parent / f"compare-{'-vs-'.join(comparison.runs)}"[:200]
+        paths = write_comparison(comparison, folder)
+    except CrossLMError as exc:
+        fail(exc)
+    console.print(rich_table(comparison))
+    console.print("wrote " + ", ".join(str(p) for p in paths))
 
 
 @app.command("config")

@@ -10,6 +10,8 @@ Layout::
     transcript.jsonl     the server's message log: types, sizes and hashes only
     state.json           last completed round (for resume)
     llm/round-N/         LoRA adapters
+    server/synthetic/round-N.jsonl  the round's synthetic batch: text, intended label,
+                         released aggregate score, accepted (public, server-side)
     clients/<id>/        per-client SLM checkpoint and privacy ledger
     plots/, summary.md   what people look at
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -211,6 +214,49 @@ class RunStore:
         atomic_write_bytes(self.root / "server" / "ckks_contexts" / f"{fingerprint}.bin", public_context)
         atomic_write_bytes(self.root / "server" / "ckks_public_context.bin", public_context)
         atomic_write_bytes(self.root / "server" / "ckks_announcement.json", announcement)
+
+    def synthetic_batch_path(self, round_index: int) -> Path:
+        return self.root / "server" / "synthetic" / f"round-{round_index}.jsonl"
+
+    def write_synthetic_round(
+        self,
+        round_index: int,
+        texts: Sequence[str],
+        labels: Sequence[str],
+        scores: Sequence[float],
+        accepted: Sequence[bool],
+    ) -> Path:
+        """Keep a round's synthetic batch as a public server-side artefact (one JSON line per sample).
+
+        ``scores`` are the released aggregate mean scores (what every client learns after
+        decryption), never a client's own score vector. The file is replaced atomically, so a
+        resumed round overwrites its earlier batch.
+        """
+        if not len(texts) == len(labels) == len(scores) == len(accepted):
+            raise RunError(
+                f"run: synthetic round {round_index} has {len(texts)} texts, {len(labels)} labels, "
+                f"{len(scores)} scores and {len(accepted)} accept flags; they must be one per sample"
+            )
+        lines = "".join(
+            json.dumps(
+                {"index": i, "text": str(t), "label": str(y), "score": float(s), "accepted": bool(a)},
+                ensure_ascii=False,
+            )
+            + "\n"
+            for i, (t, y, s, a) in enumerate(zip(texts, labels, scores, accepted, strict=True))
+        )
+        path = self.synthetic_batch_path(round_index)
+        atomic_write_text(path, lines)
+        return path
+
+    def synthetic_rounds(self) -> dict[int, list[dict[str, Any]]]:
+        """Every kept synthetic batch, by round (empty when the run kept none)."""
+        found: dict[int, list[dict[str, Any]]] = {}
+        for path in (self.root / "server" / "synthetic").glob("round-*.jsonl"):
+            number = path.stem.removeprefix("round-")
+            if number.isdigit():
+                found[int(number)] = read_jsonl(path)
+        return dict(sorted(found.items()))
 
     def save_state(self, state: RunState) -> None:
         atomic_write_json(self.root / STATE_FILE, asdict(state))

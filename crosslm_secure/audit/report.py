@@ -10,9 +10,7 @@ model hashes, tool versions, time, and the command that reproduces the report.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import html
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from typing import Any
 import crosslm_secure
 from crosslm_secure.audit.base import AUDIT_DIR, AuditError, audit_dir
 from crosslm_secure.audit.registry import CHECKS, CheckOutcome, saved_outcomes
+from crosslm_secure.audit.report_sections import explanations, summary_sentence
 from crosslm_secure.audit.runinfo import run_config
 from crosslm_secure.config import config_to_dict
 from crosslm_secure.errors import CrossLMError
@@ -214,10 +213,15 @@ def render_markdown(
     verdict = overall_verdict(outcomes)
     lines = [f"# Audit report: {run_dir.name}", "", f"**Overall verdict: {verdict}**", ""]
     lines += _md_table(["check", "verdict", "summary"], [(n, v.upper(), s) for n, v, s, _ in _rows(outcomes)])
+    lines += ["## Executive summary", ""]
+    explain = explanations(run_config(run_dir).audit)
+    lines += [f"- **{n}** {v.upper()}: {summary_sentence(v, s, explain.get(n))}" for n, v, s, _ in _rows(outcomes)]
+    lines += [""]
     lines += ["## Provenance", ""]
     lines += _md_table(["item", "value"], [(k, f"`{v}`") for k, v in provenance])
     lines += ["### Model hashes (sha256)", ""]
     lines += _md_table(["model", "source", "sha256"], [(m.role, m.source, f"`{m.sha256}`") for m in models])
+    appendix = ["## Appendix: every number", "", "As saved in `audit/<check>.json`.", ""]
     for name, state, summary, outcome in _rows(outcomes):
         lines += [f"## {name}: {state.upper()}", ""]
         if outcome is None or outcome.result is None:
@@ -228,7 +232,8 @@ def render_markdown(
         if result.findings:
             lines += ["**Findings**", ""] + [f"- {f}" for f in result.findings] + [""]
         if result.numbers:
-            lines += _md_table(["number", "value"], [(k, _number(v)) for k, v in result.numbers.items()])
+            appendix += [f"### {name}", ""]
+            appendix += _md_table(["number", "value"], [(k, _number(v)) for k, v in result.numbers.items()])
         for table in result.tables:
             lines += [f"**{table.title}**", ""] + _md_table(table.columns, table.rows)
         lines += [f"![{figure}]({figure})" for figure in result.figures] + ([""] if result.figures else [])
@@ -236,81 +241,16 @@ def render_markdown(
             if isinstance(value, str):
                 lines += [f"- {key}: {value}"]
         lines += [""]
-    return "\n".join(lines)
+    return "\n".join(lines + appendix)
 
 
 def render_html(
     run_dir: Path, outcomes: Sequence[CheckOutcome], provenance: list[tuple[str, str]], models: list[ModelHash]
 ) -> str:
-    verdict = overall_verdict(outcomes)
-    esc = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>Audit report: {esc(run_dir.name)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:0.6em 0}td,th{border:1px solid #bbb;padding:3px 7px;"
-        "font-size:0.9em;text-align:left;vertical-align:top}th{background:#eee}"
-        ".pass{color:#126b12;font-weight:bold}.fail,.error{color:#b00;font-weight:bold}"
-        ".notrun,.incomplete{color:#a60;font-weight:bold}code{font-size:0.85em}</style></head><body>",
-        f"<h1>Audit report: {esc(run_dir.name)}</h1>",
-        f'<p>Overall verdict: <span class="{_css(verdict)}">{esc(verdict)}</span></p>',
-        _html_table(
-            ["check", "verdict", "summary"],
-            [[esc(n), f'<span class="{_css(v)}">{esc(v.upper())}</span>', esc(s)] for n, v, s, _ in _rows(outcomes)],
-        ),
-        "<h2>Provenance</h2>",
-        _html_table(["item", "value"], [[esc(k), f"<code>{esc(v)}</code>"] for k, v in provenance]),
-        "<h3>Model hashes (sha256)</h3>",
-        _html_table(
-            ["model", "source", "sha256"],
-            [[esc(m.role), esc(m.source), f"<code>{esc(m.sha256)}</code>"] for m in models],
-        ),
-    ]
-    for name, state, summary, outcome in _rows(outcomes):
-        parts.append(f'<h2>{esc(name)}: <span class="{_css(state)}">{esc(state.upper())}</span></h2>')
-        if outcome is None or outcome.result is None:
-            parts.append(f"<p>This check {'was not run' if outcome is None else 'could not run'}: {esc(summary)}</p>")
-            continue
-        result = outcome.result
-        parts += [f"<h3>{esc(result.title)}</h3>", f"<p>{esc(result.summary)}</p>"]
-        if result.findings:
-            parts.append(
-                "<p><b>Findings</b></p><ul>" + "".join(f"<li>{esc(f)}</li>" for f in result.findings) + "</ul>"
-            )
-        if result.numbers:
-            parts.append(
-                _html_table(["number", "value"], [[esc(k), esc(_number(v))] for k, v in result.numbers.items()])
-            )
-        for table in result.tables:
-            parts.append(f"<p><b>{esc(table.title)}</b></p>")
-            parts.append(_html_table(table.columns, [[esc(str(c)) for c in row] for row in table.rows]))
-        for figure in result.figures:
-            parts.append(_embedded_figure(run_dir, figure))
-        details = [f"<li>{esc(k)}: {esc(v)}</li>" for k, v in result.details.items() if isinstance(v, str)]
-        if details:
-            parts.append("<ul>" + "".join(details) + "</ul>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    from crosslm_secure.audit.report_html import render_audit_html
 
-
-def _html_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """A table from plain column names and already escaped cell HTML."""
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _embedded_figure(run_dir: Path, figure: str) -> str:
-    path = Path(run_dir) / AUDIT_DIR / figure
-    if not path.is_file():
-        return f"<p><i>figure {html.escape(figure)} is missing from audit/</i></p>"
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<p><img alt="{html.escape(figure)}" style="max-width:100%" src="data:image/png;base64,{data}"></p>'
-
-
-def _css(state: str) -> str:
-    return state.lower().replace(" ", "")
+    settings = run_config(run_dir).audit
+    return render_audit_html(run_dir, _rows(outcomes), overall_verdict(outcomes), provenance, models, settings)
 
 
 def _number(value: Any) -> str:

@@ -45,12 +45,15 @@ def write_report(
     llm: Any | None = None,
     slm_sources: dict[str, str] | None = None,
 ) -> None:
-    """Write ``plots/metrics.png`` and ``summary.md`` from the run folder's metrics."""
+    """Write ``plots/metrics.png``, ``summary.md`` and ``report.html`` from the run folder."""
+    from crosslm_secure.report.run_page import write_run_page
+
     rows = store.rounds()
     if rows:
         plot_rounds(rows, store.root / "plots" / "metrics.png")
     text = render_summary(store, config, rows, outcome, llm=llm, slm_sources=slm_sources or {})
     atomic_write_text(store.root / "summary.md", text)
+    write_run_page(store, config)
     store.seal_manifest()
 
 
@@ -105,10 +108,11 @@ def render_summary(
     return "\n".join(lines)
 
 
-def _protections(config: Config, rows: Sequence[dict[str, Any]]) -> list[str]:
+def protections(config: Config, rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(protection, state) in plain words: what guarded the feedback, the training and the messages."""
     aggregator = config.feedback.aggregator
     protected = scheme_for(aggregator).protected
-    epsilons = _final_epsilons(rows)
+    epsilons = final_epsilons(rows)
     finite = [e for e in epsilons.values() if not math.isinf(e)]
     if not epsilons:
         dp_line = "not trained (no private training ran)"
@@ -119,26 +123,30 @@ def _protections(config: Config, rows: Sequence[dict[str, Any]]) -> list[str]:
             f"of {config.privacy.epsilon_max:g}"
         )
     else:
-        dp_line = "none: **epsilon = inf** (non-private training)"
-    return [
-        "## Protections",
-        "",
-        "| protection | state |",
-        "|---|---|",
-        f"| feedback aggregation | `{aggregator}`"
-        + (
-            f" ({config.feedback.ckks_preset}, 128-bit): pairwise masks, noise sigma {config.feedback.noise_sigma:g}; "
-            "the server adds blind; a verifying client decrypts only the aggregate"
-            if protected
-            else " — **unprotected**: the server sees per-client scores"
+        dp_line = "none: epsilon = inf (non-private training)"
+    if protected:
+        feedback = (
+            f"{aggregator} ({config.feedback.ckks_preset}, 128-bit): pairwise masks, noise sigma "
+            f"{config.feedback.noise_sigma:g}; the server adds blind; a verifying client decrypts only the aggregate"
         )
-        + " |",
-        f"| client training | {dp_line} |",
-        "| messages | Ed25519-signed, bound to run, round and sender; replays refused |",
+    else:
+        feedback = f"{aggregator}: unprotected, the server sees per-client scores"
+    return [
+        ("feedback aggregation", feedback),
+        ("client training", dp_line),
+        ("messages", "Ed25519-signed, bound to run, round and sender; replays refused"),
     ]
 
 
-def _final_epsilons(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+def _protections(config: Config, rows: Sequence[dict[str, Any]]) -> list[str]:
+    lines = ["## Protections", "", "| protection | state |", "|---|---|"]
+    for name, state in protections(config, rows):
+        bold = state.startswith("none") or "unprotected" in state
+        lines.append(f"| {name} | {'**' + state + '**' if bold else state} |")
+    return lines
+
+
+def final_epsilons(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     found: dict[str, float] = {}
     for row in rows:
         for key, value in row.items():

@@ -202,6 +202,13 @@ class Coordinator:
                 return {"synthetic_generated": len(samples)}
             labels = np.array([s.intended_label for s in samples])
             keep = accept_samples(means, labels, len(self.config.task.labels), self.config.feedback)
+            self.store.write_synthetic_round(
+                round_index,
+                [s.text for s in samples],
+                [self.config.task.labels[label] for label in labels],
+                means,
+                keep,
+            )
             accepted = [s for s, kept in zip(samples, keep, strict=True) if kept]
             result = {
                 "synthetic_generated": len(samples),

@@ -1,0 +1,228 @@
+"""``crosslm compare RUN [RUN...]``: runs side by side (headline metrics, deltas, config differences).
+
+Runs of different tasks or configs are allowed; the comparison says what differs between
+their configs so a reader knows what the deltas are deltas of. Writes ``comparison.md``,
+``comparison.csv`` (one row per metric, one column per run) and ``curves.png`` (the per-round
+curves of every run) into one folder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crosslm_secure.errors import CrossLMError, RunError
+from crosslm_secure.runstore import RunStore
+from crosslm_secure.storage import atomic_write_text, csv_text
+
+HEADLINE: tuple[tuple[str, str, bool], ...] = (
+    ("slm_macro_f1_mean", "SLM macro-F1 (mean, last round)", True),
+    ("slm_macro_f1_gain", "SLM macro-F1 gain over round 0", True),
+    ("llm_macro_f1", "LLM macro-F1 (last round)", True),
+    ("llm_perplexity", "LLM perplexity (last round)", False),
+    ("slm_accuracy_mean", "SLM accuracy (mean, last round)", True),
+    ("epsilon_max", "epsilon spent (max over clients)", False),
+    ("synthetic_acceptance", "synthetic acceptance rate", True),
+    ("seconds_total", "wall time (s)", False),
+)
+"""Metric key, label, and whether higher is better (the plot and a reader need the direction)."""
+IGNORED_CONFIG = {"run.output_dir", "run.progress"}
+"""Config fields that never explain a metric difference."""
+CURVES = (
+    ("slm_macro_f1_mean", "SLM macro-F1 (mean)"),
+    ("llm_macro_f1", "LLM macro-F1"),
+    ("llm_perplexity", "LLM perplexity"),
+    ("epsilon_max", "epsilon spent (max)"),
+)
+
+
+@dataclass
+class Comparison:
+    """Runs, their headline metrics, deltas against the first run, and their config differences."""
+
+    runs: list[str]
+    metrics: dict[str, list[float | None]]
+    deltas: dict[str, list[float | None]]
+    config_differences: dict[str, list[str]]
+    rounds: list[list[dict[str, Any]]]
+
+
+def compare_runs(run_dirs: Sequence[Path]) -> Comparison:
+    """Read each run folder and line them up.
+
+    Raises:
+        RunError: fewer than one run, a folder that is not a run, or a run id given twice.
+    """
+    if not run_dirs:
+        raise RunError("compare: give at least one run folder (runs/<id>)")
+    stores = [RunStore.open(Path(d)) for d in run_dirs]
+    ids = [s.run_id for s in stores]
+    if len(set(ids)) != len(ids):
+        raise RunError(f"compare: a run is given twice ({', '.join(ids)}); give each run once")
+    rows = [s.rounds() for s in stores]
+    headline = [_headline(r) for r in rows]
+    metrics = {key: [h.get(key) for h in headline] for key, _, _ in HEADLINE}
+    deltas = {
+        key: [None if v is None or values[0] is None else v - values[0] for v in values]
+        for key, values in metrics.items()
+    }
+    flat = [_flatten(s.config_dict()) for s in stores]
+    keys = sorted(set().union(*flat) - IGNORED_CONFIG)
+    differences = {
+        key: [_text(f.get(key, "(unset)")) for f in flat]
+        for key in keys
+        if len({_text(f.get(key, "(unset)")) for f in flat}) > 1
+    }
+    return Comparison(ids, metrics, deltas, differences, rows)
+
+
+def _headline(rows: list[dict[str, Any]]) -> dict[str, float]:
+    if not rows:
+        return {}
+    first, last = rows[0], rows[-1]
+    out: dict[str, float] = {}
+    for key in ("slm_macro_f1_mean", "llm_macro_f1", "llm_perplexity", "slm_accuracy_mean"):
+        if key in last:
+            out[key] = float(last[key])
+    if "slm_macro_f1_mean" in first and "slm_macro_f1_mean" in last:
+        out["slm_macro_f1_gain"] = float(last["slm_macro_f1_mean"]) - float(first["slm_macro_f1_mean"])
+    epsilon = _epsilon_max(last)
+    if epsilon is not None:
+        out["epsilon_max"] = epsilon
+    generated = sum(r.get("synthetic_generated", 0) for r in rows)
+    if generated:
+        out["synthetic_acceptance"] = sum(r.get("synthetic_accepted", 0) for r in rows) / generated
+    out["seconds_total"] = float(sum(r.get("seconds_round", 0.0) for r in rows))
+    return out
+
+
+def _epsilon_max(row: dict[str, Any]) -> float | None:
+    values = [float(v) for k, v in row.items() if k.startswith("epsilon/")]
+    return max(values) if values else None
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out |= _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return {prefix: value}
+
+
+def _text(value: Any) -> str:
+    """A config value on one line (templates hold newlines, which would break a table row)."""
+    return " ".join(str(value).split())
+
+
+def _number(value: float | None, delta: bool = False) -> str:
+    if value is None:
+        return "-"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if math.isnan(value):
+        return "nan"
+    return f"{value:+.3f}" if delta else f"{value:.3f}"
+
+
+def markdown(comparison: Comparison) -> str:
+    """The comparison as markdown: headline table (value and delta vs the first run), config differences."""
+    runs = comparison.runs
+    lines = ["# Run comparison", "", f"First run (the reference for deltas): `{runs[0]}`", ""]
+    lines += ["| metric | " + " | ".join(f"`{r}`" for r in runs) + " |", "|---" * (len(runs) + 1) + "|"]
+    for key, label, _ in HEADLINE:
+        cells = [_cell(comparison, key, i) for i in range(len(runs))]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Deltas in brackets are against the first run.", "", "## What differs between the configs", ""]
+    if not comparison.config_differences:
+        lines += ["The configs are the same (apart from output folders).", ""]
+    else:
+        lines += ["| config field | " + " | ".join(f"`{r}`" for r in runs) + " |", "|---" * (len(runs) + 1) + "|"]
+        for key, values in comparison.config_differences.items():
+            lines.append(f"| `{key}` | " + " | ".join(v.replace("|", "\\|") for v in values) + " |")
+        lines.append("")
+    lines += ["![per-round curves](curves.png)", ""]
+    return "\n".join(lines)
+
+
+def _cell(comparison: Comparison, key: str, index: int) -> str:
+    value = comparison.metrics[key][index]
+    if index == 0 or value is None:
+        return _number(value)
+    return f"{_number(value)} ({_number(comparison.deltas[key][index], delta=True)})"
+
+
+def csv_rows(comparison: Comparison) -> list[dict[str, Any]]:
+    """One row per metric (and per config difference): values per run, then deltas per run."""
+    out: list[dict[str, Any]] = []
+    for key, label, _ in HEADLINE:
+        row: dict[str, Any] = {"kind": "metric", "name": key, "label": label}
+        row |= {run: _number(v) for run, v in zip(comparison.runs, comparison.metrics[key], strict=True)}
+        deltas = zip(comparison.runs, comparison.deltas[key], strict=True)
+        row |= {f"delta {run}": _number(v, delta=True) for run, v in deltas}
+        out.append(row)
+    for key, values in comparison.config_differences.items():
+        out.append({"kind": "config", "name": key, "label": key} | dict(zip(comparison.runs, values, strict=True)))
+    return out
+
+
+def plot_curves(comparison: Comparison, out: Path) -> Path:
+    """Per-round curves of every run, one panel per metric."""
+    from crosslm_secure.report.plots import plt, save_figure
+
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.6))
+    for ax, (key, title) in zip(axes, CURVES, strict=True):
+        for index, (run, rows) in enumerate(zip(comparison.runs, comparison.rounds, strict=True)):
+            points = [(r["round"], _value(r, key)) for r in rows]
+            points = [(x, y) for x, y in points if y is not None and math.isfinite(y)]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", color=f"C{index}", label=_short(run))
+        ax.set(title=title, xlabel="round")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def _value(row: dict[str, Any], key: str) -> float | None:
+    if key == "epsilon_max":
+        return _epsilon_max(row)
+    value = row.get(key)
+    return None if value is None else float(value)
+
+
+def _short(run: str) -> str:
+    return run if len(run) <= 32 else run[:29] + "..."
+
+
+def write_comparison(comparison: Comparison, out_dir: Path) -> list[Path]:
+    """Write comparison.md, comparison.csv and curves.png (each atomically) and return their paths."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        message = f"compare: cannot create {out_dir} ({exc.strerror}); pass --out to a writable folder"
+        raise CrossLMError(message) from exc
+    paths = [out_dir / "comparison.md", out_dir / "comparison.csv", out_dir / "curves.png"]
+    atomic_write_text(paths[0], markdown(comparison))
+    atomic_write_text(paths[1], csv_text(csv_rows(comparison)))
+    plot_curves(comparison, paths[2])
+    return paths
+
+
+def rich_table(comparison: Comparison) -> Any:
+    """The headline table for the terminal."""
+    from rich.table import Table
+
+    table = Table(title="Run comparison (deltas vs the first run)")
+    table.add_column("metric")
+    for run in comparison.runs:
+        table.add_column(run, overflow="fold")
+    for key, label, _ in HEADLINE:
+        table.add_row(label, *[_cell(comparison, key, i) for i in range(len(comparison.runs))])
+    for key, values in comparison.config_differences.items():
+        table.add_row(f"config {key}", *[v if len(v) <= 60 else v[:57] + "..." for v in values], style="dim")
+    return table

@@ -1,0 +1,64 @@
+"""``crosslm compare``: headline metrics side by side, deltas against the first run, config differences."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from crosslm_secure.cli import app
+from crosslm_secure.report.compare import compare_runs
+from crosslm_secure.runstore import RunStore
+
+
+def make_run(root: Path, name: str, config: dict, f1: list[float], epsilon: float) -> Path:
+    store = RunStore.create(root, name, 0, config)
+    for round_index, value in enumerate(f1):
+        row = {
+            "round": round_index,
+            "slm_macro_f1_mean": value,
+            "llm_macro_f1": 0.3 + 0.1 * round_index,
+            "llm_perplexity": 20.0 + round_index,
+            "seconds_round": 10.0,
+            "epsilon/client-1": 0.0 if round_index == 0 else epsilon * round_index / (len(f1) - 1),
+        }
+        if round_index:
+            row |= {"synthetic_generated": 10, "synthetic_accepted": 4}
+        store.record_round(row)
+    return store.root
+
+
+def test_deltas_are_against_the_first_run_and_config_differences_are_listed(tmp_path: Path) -> None:
+    dp = make_run(tmp_path, "dp", {"privacy": {"dp": True}, "run": {"rounds": 2}}, [0.50, 0.60, 0.70], 8.0)
+    plain = make_run(tmp_path, "plain", {"privacy": {"dp": False}, "run": {"rounds": 2}}, [0.50, 0.65, 0.80], 0.0)
+    comparison = compare_runs([dp, plain])
+    assert comparison.metrics["slm_macro_f1_mean"] == [0.70, 0.80]
+    assert comparison.deltas["slm_macro_f1_mean"][1] == pytest.approx(0.10)
+    assert comparison.metrics["slm_macro_f1_gain"] == pytest.approx([0.20, 0.30])
+    assert comparison.metrics["epsilon_max"] == [8.0, 0.0]
+    assert comparison.metrics["synthetic_acceptance"] == [0.4, 0.4]
+    assert comparison.config_differences == {"privacy.dp": ["True", "False"]}
+
+
+def test_the_command_prints_and_writes_markdown_csv_and_the_curves(tmp_path: Path) -> None:
+    first = make_run(tmp_path, "a", {"privacy": {"dp": True}}, [0.5, 0.6], 8.0)
+    second = make_run(tmp_path, "b", {"privacy": {"dp": False}, "task": {"name": "other | task"}}, [0.5, 0.4], 0.0)
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(app, ["compare", str(first), str(second), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    md = (out / "comparison.md").read_text()
+    assert "| SLM macro-F1 (mean, last round) | 0.600 | 0.400 (-0.200) |" in md
+    assert "| `task.name` | (unset) | other \\| task |" in md
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    f1 = next(r for r in rows if r["name"] == "slm_macro_f1_mean")
+    assert (f1[first.name], f1[second.name], f1[f"delta {second.name}"]) == ("0.600", "0.400", "-0.200")
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "-0.200" in result.output and "wrote " in result.output
+
+
+def test_a_folder_that_is_not_a_run_is_one_sentence(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "nothing")])
+    assert result.exit_code != 0
+    assert "is not a run folder (no config.yaml); pass runs/<run-id>" in result.output.replace("\n", "")
