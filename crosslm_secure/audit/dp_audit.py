@@ -69,6 +69,10 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
     started = time.perf_counter()
     run = open_run(Path(run_dir), settings)
     cfg = run.settings
+    if cfg.dp_mode == "white-box":
+        from crosslm_secure.audit.whitebox_audit import whitebox_audit
+
+        return whitebox_audit(run, progress=progress)
     client_id = cfg.dp_client or run.config.client_ids()[0]
     client = run.client(client_id)
     mechanism = client_mechanism(run, client_id)
@@ -113,6 +117,7 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
         "sample_rate": mechanism.sample_rate,
         "rounds": mechanism.rounds,
         "canary_space": space,
+        "mode": "black-box",
         "seconds": time.perf_counter() - started,
     }
     summary = (
@@ -122,7 +127,7 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
         + ("; the lower bound exceeds the claim." if fail else "; consistent with the claim.")
     )
     table = Table(
-        title="One-run DP audit (Steinke, Nasr, Jagielski 2023)",
+        title="One-run DP audit, black-box (input canaries; Steinke, Nasr, Jagielski 2023)",
         columns=["client", "canaries (in)", "guesses", "correct", "eps lower bound", "claimed eps", "ledger eps"],
         rows=[
             [
@@ -138,7 +143,7 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
     )
     result = CheckResult(
         name=NAME,
-        title="DP audit in one training run",
+        title="DP audit in one training run (black-box)",
         verdict="fail" if fail else "pass",
         summary=summary,
         numbers=numbers,
