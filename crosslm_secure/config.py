@@ -298,10 +298,15 @@ class AuditConfig(_Section):
     """Settings ``crosslm audit`` reads from the run's config (override with ``--set audit.x=y``)."""
 
     reference_models: Annotated[int, Field(ge=1, le=64)] = Field(
-        2, description="RMIA reference models per client, trained the same way on population data."
+        8,
+        description="Reference (shadow) models per client for RMIA and LiRA, trained the same way on population "
+        "data. A head-only SLM's reference model is a linear probe on frozen features: seconds each on a CPU.",
     )
     population_records: Annotated[int, Field(ge=10)] = Field(
-        400, description="Records (disjoint from every client's training data) used as population and non-members."
+        4000,
+        description="Records (disjoint from every client's training data) used as population: half are the "
+        "non-members (and RMIA's z samples), half the reference-model pool. 4000 gives the 2000 non-members that "
+        "resolve TPR at 0.1% FPR where the task has that many spare records.",
     )
     canaries: Annotated[int, Field(ge=10)] = Field(
         1000, description="Canaries for the one-run DP audit; each is included with probability 1/2."
