@@ -336,10 +336,11 @@ class AuditConfig(_Section):
     dp_client: str | None = Field(
         None, description="Client whose training the one-run DP audit re-runs with canaries (default: the first)."
     )
-    dp_mode: Literal["white-box", "black-box"] = Field(
-        "white-box",
+    dp_mode: Literal["auto", "white-box", "black-box"] = Field(
+        "auto",
         description="One-run DP audit: white-box = gradient canaries in the linear head, scored on per-step "
-        "updates (head-only SLMs); black-box = input canaries scored on the final model's outputs.",
+        "updates (head-only SLMs); black-box = input canaries scored on the final model's outputs; auto = "
+        "white-box for a head-only SLM, else black-box.",
     )
     whitebox_guess_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
         0.15, description="Share of gradient canaries the white-box audit guesses (half in, half out)."

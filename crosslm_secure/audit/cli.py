@@ -122,8 +122,8 @@ ModeOption = Annotated[
     str | None,
     typer.Option(
         "--mode",
-        help="white-box (gradient canaries, head-only SLMs; default) or black-box (input canaries); "
-        "same as --set audit.dp_mode=...",
+        help="white-box (gradient canaries, head-only SLMs), black-box (input canaries) or auto (default: "
+        "white-box where it fits); same as --set audit.dp_mode=...",
     ),
 ]
 

@@ -69,7 +69,7 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
     started = time.perf_counter()
     run = open_run(Path(run_dir), settings)
     cfg = run.settings
-    if cfg.dp_mode == "white-box":
+    if cfg.dp_mode == "white-box" or (cfg.dp_mode == "auto" and head_only(run)):
         from crosslm_secure.audit.whitebox_audit import whitebox_audit
 
         return whitebox_audit(run, progress=progress)
@@ -159,6 +159,12 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
     )
     save_result(run.root, result)
     return result
+
+
+def head_only(run: AuditRun) -> bool:
+    """The audited client trains only a linear head (frozen encoder, no LoRA): white-box canaries fit."""
+    settings = run.config.slm_for(run.settings.dp_client or run.config.client_ids()[0])
+    return settings.trainable == "head" and run.config.privacy.lora_rank == 0
 
 
 def _train_with_canaries(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,9 +11,12 @@ import torch
 from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from typer.testing import CliRunner
 
 from crosslm_secure.audit.canaries import epsilon_lower_bound, inclusion
+from crosslm_secure.audit.dp_audit import run_dp_audit
 from crosslm_secure.audit.whitebox import DiracHead, canary_directions, ceiling_bound, run_whitebox
+from crosslm_secure.cli import app
 from crosslm_secure.client import dp_trainer
 from crosslm_secure.client.dp_trainer import DPTrainer
 from crosslm_secure.config import SLMConfig
@@ -142,3 +146,21 @@ def test_ceiling_is_the_bound_at_the_expected_number_of_correct_guesses() -> Non
     assert ceiling_bound(1000, 100, 2.0, 1e-5, 0.95) == epsilon_lower_bound(1000, 100, expected, 1e-5, 0.95)
     assert ceiling_bound(1000, 100, 1.0, 1e-5, 0.95) < ceiling_bound(1000, 100, 4.0, 1e-5, 0.95)
     assert ceiling_bound(1000, 100, math.inf, 1e-5, 0.95) == epsilon_lower_bound(1000, 100, 100, 1e-5, 0.95)
+
+
+def test_the_dp_audit_of_a_head_only_run_is_white_box_and_passes(dp_run: Path) -> None:
+    result = run_dp_audit(dp_run, progress=False)
+    numbers = result.numbers
+    assert result.verdict == "pass", result.summary
+    assert numbers["mode"] == "white-box" and numbers["canary_space"] == "gradient"
+    assert numbers["claimed_epsilon"] == pytest.approx(1.0, abs=0.05)
+    assert 0 <= numbers["empirical_epsilon_lower_bound"] <= numbers["ceiling_epsilon"] <= numbers["claimed_epsilon"]
+    assert json.loads((dp_run / "audit" / "dp.json").read_text())["numbers"]["mode"] == "white-box"
+    assert "ceiling" in result.tables[0].columns
+
+
+def test_the_cli_takes_the_mode(dp_run: Path) -> None:
+    runner = CliRunner()
+    done = runner.invoke(app, ["audit", "dp", "--run", str(dp_run), "--mode", "black-box", "--no-progress"])
+    assert done.exit_code == 0, done.output
+    assert json.loads((dp_run / "audit" / "dp.json").read_text())["numbers"]["mode"] == "black-box"
