@@ -124,12 +124,12 @@ def table(rows: list[dict]) -> str:
         lower = np.array([r["empirical_epsilon_lower_bound"] for r in group])
         ceiling = np.array([r["ceiling_epsilon"] for r in group])
         claimed = group[0]["claimed_epsilon"]
-        shift = np.array([r["shift_ratio"] for r in group])
+        shift = np.array([np.nan if r["shift_ratio"] is None else r["shift_ratio"] for r in group], dtype=float)
         verdicts = ", ".join("fail" if r["fail"] else "pass" for r in group)
         lines.append(
             f"| {eps} | {claimed:.2f} | {lower.mean():.2f} [{lower.min():.2f}, {lower.max():.2f}] | "
             f"{ceiling.mean():.2f} | {(lower / ceiling).mean():.2f} | "
-            f"{shift.mean():.2f} | {verdicts} |"
+            f"{'-' if np.isnan(shift).all() else f'{shift.mean():.2f}'} | {verdicts} |"
         )
     return "\n".join(lines)
 

@@ -222,7 +222,7 @@ def mechanism_check(standard: np.ndarray, included: np.ndarray, sigma: float, ra
         "measured_shift": shift,
         "measured_shift_ci95": [low95, high95],
         "claimed_shift": claimed,
-        "shift_ratio": shift / claimed if claimed > 0 else math.inf,
+        "shift_ratio": shift / claimed if 0 < claimed < math.inf else None,  # None: no noise claimed
         "mechanism_alpha": MECHANISM_ALPHA,
         "mechanism_fail": bool(shift - z * error > claimed),
     }

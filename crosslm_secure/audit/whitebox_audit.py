@@ -122,8 +122,12 @@ def _result(
     summary = (
         f"{client} (white-box, gradient canaries): {n['correct']}/{n['guesses']} guesses right -> epsilon >= "
         f"{lower:.2f} ({n['confidence']:.0%}) vs claimed {eps_text(claimed)}; the method's ceiling for "
-        f"{n['canaries']} canaries and {n['guesses']} guesses at the claim is {ceiling:.2f}. Measured canary "
-        f"shift {n['shift_ratio']:.2f}x the claimed mechanism's"
+        f"{n['canaries']} canaries and {n['guesses']} guesses at the claim is {ceiling:.2f}"
+        + (
+            f". Measured canary shift {n['shift_ratio']:.2f}x the claimed mechanism's"
+            if n["shift_ratio"] is not None
+            else ""
+        )
         + ("; FAIL." if fail_bound or fail_mechanism else "; consistent with the claim.")
     )
     low, high = n["measured_shift_ci95"]

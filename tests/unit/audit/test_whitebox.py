@@ -154,7 +154,9 @@ def test_the_dp_audit_of_a_head_only_run_is_white_box_and_passes(dp_run: Path) -
     assert result.verdict == "pass", result.summary
     assert numbers["mode"] == "white-box" and numbers["canary_space"] == "gradient"
     assert numbers["claimed_epsilon"] == pytest.approx(1.0, abs=0.05)
-    assert 0 <= numbers["empirical_epsilon_lower_bound"] <= numbers["ceiling_epsilon"] <= numbers["claimed_epsilon"]
+    # The ceiling is the bound at the *expected* count of correct guesses: a lucky run may pass it.
+    assert 0 <= numbers["empirical_epsilon_lower_bound"] <= numbers["claimed_epsilon"]
+    assert 0 <= numbers["ceiling_epsilon"] <= numbers["claimed_epsilon"]
     assert json.loads((dp_run / "audit" / "dp.json").read_text())["numbers"]["mode"] == "white-box"
     assert "ceiling" in result.tables[0].columns
 
