@@ -361,10 +361,15 @@ class AuditConfig(_Section):
     """Settings ``crosslm audit`` reads from the run's config (override with ``--set audit.x=y``)."""
 
     reference_models: Annotated[int, Field(ge=1, le=64)] = Field(
-        2, description="RMIA reference models per client, trained the same way on population data."
+        8,
+        description="Reference (shadow) models per client for RMIA and LiRA, trained the same way on population "
+        "data. A head-only SLM's reference model is a linear probe on frozen features: seconds each on a CPU.",
     )
     population_records: Annotated[int, Field(ge=10)] = Field(
-        400, description="Records (disjoint from every client's training data) used as population and non-members."
+        4000,
+        description="Records (disjoint from every client's training data) used as population: half are the "
+        "non-members (and RMIA's z samples), half the reference-model pool. 4000 gives the 2000 non-members that "
+        "resolve TPR at 0.1% FPR where the task has that many spare records.",
     )
     canaries: Annotated[int, Field(ge=10)] = Field(
         1000, description="Canaries for the one-run DP audit; each is included with probability 1/2."
@@ -393,6 +398,15 @@ class AuditConfig(_Section):
     )
     dp_client: str | None = Field(
         None, description="Client whose training the one-run DP audit re-runs with canaries (default: the first)."
+    )
+    dp_mode: Literal["auto", "white-box", "black-box"] = Field(
+        "auto",
+        description="One-run DP audit: white-box = gradient canaries in the linear head, scored on per-step "
+        "updates (head-only SLMs); black-box = input canaries scored on the final model's outputs; auto = "
+        "white-box for a head-only SLM, else black-box.",
+    )
+    whitebox_guess_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.15, description="Share of gradient canaries the white-box audit guesses (half in, half out)."
     )
 
 

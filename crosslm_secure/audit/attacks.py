@@ -9,6 +9,11 @@ models') probability of the true label to a score per audited record.
   never saw x (the paper's linear approximation of the IN models, needed when reference
   models are few); the score is the share of population samples z with
   ``LR(x) / LR(z) > gamma``.
+* LiRA (Carlini et al. 2022), offline: the target's logit-scaled confidence
+  ``phi = log p - log(1 - p)`` against a Gaussian fitted to the reference (OUT) models' phi of
+  the same record; the score is the one-sided z-value ``(phi - mean_out) / std_out``. With fewer
+  than ``LIRA_MIN_REFERENCES_PER_RECORD`` reference models the std is pooled over records (the
+  paper's fixed-variance variant). Shares the reference models with RMIA.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Protocol
 import numpy as np
 
 FLOOR = 1e-12
+LIRA_MIN_REFERENCES_PER_RECORD = 16
 
 
 class Attack(Protocol):
@@ -69,3 +75,27 @@ class RmiaAttack:
         below = np.searchsorted(ratio_z, ratio_x / self.gamma, side="left")
         # Ties in the share are broken by the ratio itself, so the ranking keeps its resolution.
         return below / max(1, len(ratio_z)) + 1e-6 * np.tanh(np.log(ratio_x))
+
+
+class LiraAttack:
+    """Offline LiRA (one-sided Gaussian test against the OUT reference models)."""
+
+    name = "LiRA"
+
+    def scores(
+        self, target: np.ndarray, references: np.ndarray, target_z: np.ndarray, references_z: np.ndarray
+    ) -> np.ndarray:
+        phi, phi_out = logit_confidence(target), logit_confidence(references)
+        mean = phi_out.mean(axis=0)
+        if phi_out.shape[0] >= LIRA_MIN_REFERENCES_PER_RECORD:
+            std = phi_out.std(axis=0, ddof=1)
+        else:
+            pooled = (phi_out - mean).ravel()
+            std = np.full_like(mean, pooled.std(ddof=1) if pooled.size > 1 else 1.0)
+        return (phi - mean) / np.maximum(std, 1e-6)
+
+
+def logit_confidence(p: np.ndarray) -> np.ndarray:
+    """``log p - log(1 - p)``, clipped away from 0 and 1 (LiRA's approximately Gaussian statistic)."""
+    clipped = np.clip(p, FLOOR, 1 - 1e-7)
+    return np.log(clipped) - np.log1p(-clipped)

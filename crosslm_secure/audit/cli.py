@@ -118,9 +118,28 @@ def _command(name: str, run_dir: Path, overrides: Sequence[str]) -> str:
     return shlex.join(words)
 
 
+ModeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--mode",
+        help="white-box (gradient canaries, head-only SLMs), black-box (input canaries) or auto (default: "
+        "white-box where it fits); same as --set audit.dp_mode=...",
+    ),
+]
+
+
 def _register(name: str) -> None:
     def command(run: RunOption, set_: SetOption = None, progress: ProgressOption = True) -> None:
         raise typer.Exit(audit_one(name, run, set_ or [], progress=progress))
+
+    def dp_command(
+        run: RunOption, set_: SetOption = None, progress: ProgressOption = True, mode: ModeOption = None
+    ) -> None:
+        overrides = (set_ or []) + ([f"audit.dp_mode={mode}"] if mode else [])
+        raise typer.Exit(audit_one(name, run, overrides, progress=progress))
+
+    if name == "dp":
+        command = dp_command  # noqa: F811 - the DP audit alone takes --mode
 
     command.__doc__ = f"{CHECK_HELP[name]} Writes audit/{name}.json."
     audit_app.command(name)(command)

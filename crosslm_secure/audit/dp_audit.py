@@ -69,6 +69,10 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
     started = time.perf_counter()
     run = open_run(Path(run_dir), settings)
     cfg = run.settings
+    if cfg.dp_mode == "white-box" or (cfg.dp_mode == "auto" and head_only(run)):
+        from crosslm_secure.audit.whitebox_audit import whitebox_audit
+
+        return whitebox_audit(run, progress=progress)
     client_id = cfg.dp_client or run.config.client_ids()[0]
     client = run.client(client_id)
     mechanism = client_mechanism(run, client_id)
@@ -114,6 +118,7 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
         "sample_rate": mechanism.sample_rate,
         "rounds": mechanism.rounds,
         "canary_space": space,
+        "mode": "black-box",
         "seconds": time.perf_counter() - started,
     }
     summary = (
@@ -124,7 +129,7 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
         + ("; but the ledger's mechanism differs from the config's." if mechanism.disagreements else "")
     )
     table = Table(
-        title="One-run DP audit (Steinke, Nasr, Jagielski 2023)",
+        title="One-run DP audit, black-box (input canaries; Steinke, Nasr, Jagielski 2023)",
         columns=["client", "canaries (in)", "guesses", "correct", "eps lower bound", "claimed eps", "ledger eps"],
         rows=[
             [
@@ -140,7 +145,7 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
     )
     result = CheckResult(
         name=NAME,
-        title="DP audit in one training run",
+        title="DP audit in one training run (black-box)",
         verdict="fail" if findings else "pass",
         summary=summary,
         numbers=numbers,
@@ -156,6 +161,12 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
     )
     save_result(run.root, result)
     return result
+
+
+def head_only(run: AuditRun) -> bool:
+    """The audited client trains only a linear head (frozen encoder, no LoRA): white-box canaries fit."""
+    settings = run.config.slm_for(run.settings.dp_client or run.config.client_ids()[0])
+    return settings.trainable == "head" and run.config.privacy.lora_rank == 0
 
 
 def _train_with_canaries(

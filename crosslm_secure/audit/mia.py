@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from crosslm_secure.audit.attacks import LossAttack, RmiaAttack
+from crosslm_secure.audit.attacks import LiraAttack, LossAttack, RmiaAttack
 from crosslm_secure.audit.base import AuditError, CheckResult, Table, audit_dir, eps_text, save_result
 from crosslm_secure.audit.population import (
     AuditRun,
@@ -67,7 +67,7 @@ def run_mia_audit(run_dir: Path, settings: AuditConfig | None = None, *, progres
     started = time.perf_counter()
     run = open_run(Path(run_dir), settings)
     cfg = run.settings
-    attacks = [LossAttack(), RmiaAttack(cfg.rmia_a, cfg.rmia_gamma)]
+    attacks = [LossAttack(), RmiaAttack(cfg.rmia_a, cfg.rmia_gamma), LiraAttack()]
     numbers: dict[str, Any] = {}
     rows: list[list[str]] = []
     findings: list[str] = []
@@ -135,6 +135,8 @@ def run_mia_audit(run_dir: Path, settings: AuditConfig | None = None, *, progres
     for suffix in ("auc_mean", "tpr_at_1pct_fpr_mean", "tpr_at_0.1pct_fpr_mean"):
         numbers[f"slm_{suffix}"] = numbers[f"slm_{best.name.lower()}_{suffix}"]
     numbers["slm_auc_max"] = max(m.auc.value for ms in per_attack.values() for m in ms)
+    numbers["reference_models"] = cfg.reference_models
+    numbers["slm_tpr_at_0.1pct_fpr_resolvable"] = all(resolvable(m.non_members, 0.001) for m in per_attack[best.name])
 
     llm = _llm_attack(run, progress)
     if llm is not None:
@@ -154,7 +156,13 @@ def run_mia_audit(run_dir: Path, settings: AuditConfig | None = None, *, progres
     verdict = "fail" if findings else "pass"
     summary = (
         f"Best SLM attack {best.name}: mean AUC {numbers['slm_auc_mean']:.3f}, TPR@1%FPR "
-        f"{numbers['slm_tpr_at_1pct_fpr_mean']:.3f}, TPR@0.1%FPR {numbers['slm_tpr_at_0.1pct_fpr_mean']:.3f}"
+        f"{numbers['slm_tpr_at_1pct_fpr_mean']:.3f}, TPR@0.1%FPR "
+        + (
+            f"{numbers['slm_tpr_at_0.1pct_fpr_mean']:.3f}"
+            if numbers["slm_tpr_at_0.1pct_fpr_resolvable"]
+            else "not resolvable (fewer than 1000 non-members)"
+        )
+        + f"; {cfg.reference_models} reference models (RMIA, LiRA)"
         + (f"; server LLM AUC {numbers['llm_auc']:.3f}" if "llm_auc" in numbers else "")
         + ("; no rule fired." if verdict == "pass" else f"; {len(findings)} rule(s) fired.")
     )
@@ -165,7 +173,7 @@ def run_mia_audit(run_dir: Path, settings: AuditConfig | None = None, *, progres
     )
     result = CheckResult(
         name=NAME,
-        title="Membership inference (LOSS, RMIA)",
+        title="Membership inference (LOSS, RMIA, LiRA)",
         verdict=verdict,
         summary=summary,
         numbers=numbers,
@@ -393,6 +401,14 @@ def _put_metrics(numbers: dict[str, Any], prefix: str, metrics: AttackMetrics) -
         numbers[f"{prefix}_tpr_at_{name}_fpr"] = metrics.tpr_at_fpr[fpr].value
         numbers[f"{prefix}_tpr_at_{name}_fpr_low"] = metrics.tpr_at_fpr[fpr].low
         numbers[f"{prefix}_tpr_at_{name}_fpr_high"] = metrics.tpr_at_fpr[fpr].high
+        numbers[f"{prefix}_tpr_at_{name}_fpr_resolvable"] = resolvable(metrics.non_members, fpr)
+
+
+def resolvable(non_members: int, fpr: float) -> bool:
+    """TPR at ``fpr`` means something only when ``fpr * non_members >= 1``: at least one non-member
+    can score above the threshold. Below that the empirical FPR can only be 0, and the "TPR at 0.1%
+    FPR" of 200 non-members is really the TPR at 0% FPR."""
+    return fpr * non_members >= 1 - 1e-9
 
 
 def _row(target: str, attack: str, metrics: AttackMetrics, eps: float) -> list[str]:
@@ -402,7 +418,7 @@ def _row(target: str, attack: str, metrics: AttackMetrics, eps: float) -> list[s
         str(metrics.members),
         metrics.auc.text(),
         metrics.tpr_at_fpr[0.01].text(),
-        metrics.tpr_at_fpr[0.001].text(),
+        metrics.tpr_at_fpr[0.001].text() if resolvable(metrics.non_members, 0.001) else "n/a (<1000 non-members)",
         metrics.balanced_accuracy.text(),
         "-" if math.isnan(eps) else eps_text(eps),
     ]

@@ -143,6 +143,8 @@ def cell_row(folder: Path, values: dict[str, Any]) -> tuple[dict[str, Any], list
     row.update(_epsilon_spent(run_dir))
     mia = _audit_numbers(run_dir, "mia")
     row.update({f"mia_{k}": v for k, v in mia.items()})
+    dp = _audit_numbers(run_dir, "dp")
+    row.update({f"dp_{k}": v for k, v in dp.items()})
     return row, history
 
 

@@ -27,7 +27,7 @@ from crosslm_secure.errors import ConfigError, CrossLMError
 EPSILON_FIELD = "privacy.target_epsilon"
 SEED_FIELD = "run.seed"
 METHOD_FIELD = "run.method"
-AuditName = Literal["mia"]
+AuditName = Literal["mia", "dp"]
 # Fields a sweep owns in every cell (where the run folder goes); they do not change results.
 CELL_FIELDS = ("run.output_dir", "run.name", "run.progress")
 # Left out of a cell's identity too: they change how fast a cell runs, not what it computes.

@@ -24,13 +24,15 @@ class NoiselessPrivacyEngine(PrivacyEngine):
 
 
 def test_an_honest_dp_run_at_epsilon_1_passes(dp_run: Path) -> None:
-    result = run_dp_audit(dp_run, progress=False)
+    settings = audit_settings(dp_run).model_copy(update={"dp_mode": "black-box"})
+    result = run_dp_audit(dp_run, settings, progress=False)
     assert result.verdict == "pass", result.summary
     numbers = result.numbers
     assert numbers["claimed_epsilon"] == pytest.approx(1.0, abs=0.05)
     assert numbers["ledger_epsilon"] == pytest.approx(1.0, abs=0.05)
     assert 0 <= numbers["empirical_epsilon_lower_bound"] <= numbers["claimed_epsilon"]
     assert numbers["canaries"] == 180 and numbers["guesses"] == 72 and numbers["canary_space"] == "feature"
+    assert numbers["mode"] == "black-box" and "black-box" in result.title
     assert (dp_run / "audit" / "dp.json").is_file() and (dp_run / "audit" / "dp_canary_scores.png").is_file()
 
 

@@ -1,0 +1,168 @@
+"""White-box one-run DP audit: Dirac canaries through the real DPTrainer; planted accounting errors fail it."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from typer.testing import CliRunner
+
+from crosslm_secure.audit.canaries import epsilon_lower_bound, inclusion
+from crosslm_secure.audit.dp_audit import run_dp_audit
+from crosslm_secure.audit.whitebox import DiracHead, canary_directions, ceiling_bound, run_whitebox
+from crosslm_secure.cli import app
+from crosslm_secure.client import dp_trainer
+from crosslm_secure.client.dp_trainer import DPTrainer
+from crosslm_secure.config import SLMConfig
+from crosslm_secure.privacy.ledger import Ledger
+from crosslm_secure.privacy.settings import PrivacyConfig
+
+DIM = CANARIES = 1024  # enough canaries that a 2x leak stands > 3.7 standard errors above the claim
+RECORDS = 200
+RATE = 0.25
+STEPS = 40
+SEED = 3
+
+
+def _audit(tmp_path: Path, *, target_epsilon: float = 2.0):
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(RECORDS, DIM, generator=generator)
+    features /= features.norm(dim=1, keepdim=True)
+    labels = (features[:, 0] > 0).long()
+    count = RECORDS + int(inclusion(CANARIES, SEED).sum())
+    trainer = DPTrainer(
+        SLMConfig(trainable="head", private_sample_rate=RATE, private_steps=STEPS),
+        PrivacyConfig(target_epsilon=target_epsilon, delta=1e-5, epsilon_max=1e9),
+        ledger=Ledger(tmp_path / "ledger.jsonl", client_id="c"),
+        run_id="audit",
+        client_id="c",
+        planned_rounds=1,
+        num_records=count,
+        device="cpu",
+        seed=0,
+        progress=False,
+    )
+    return run_whitebox(
+        trainer,
+        torch.nn.Linear(DIM, 2),
+        0.05,
+        features,
+        labels,
+        canaries=CANARIES,
+        rounds=1,
+        seed=SEED,
+        guess_fraction=0.15,
+        confidence=0.95,
+    )
+
+
+def test_honest_run_at_eps_2_passes_and_measures_the_claimed_mechanism(tmp_path: Path) -> None:
+    result = _audit(tmp_path)
+    numbers = result.numbers
+    assert math.isclose(numbers["claimed_epsilon"], 2.0, rel_tol=0.02)
+    assert not result.fail_bound and not result.fail_mechanism
+    low, high = numbers["measured_shift_ci95"]
+    assert low - 0.1 < numbers["claimed_shift"] < high + 0.1  # the audit sees the mechanism it was told of
+    assert 0 < numbers["ceiling_epsilon"] < numbers["claimed_epsilon"]
+    assert numbers["steps"] == STEPS
+
+
+def test_halved_noise_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class HalfNoise(PrivacyEngine):
+        def make_private(self, **kwargs):
+            kwargs["noise_multiplier"] /= 2  # the bug: the ledger still records the full multiplier
+            return super().make_private(**kwargs)
+
+    monkeypatch.setattr(dp_trainer, "PrivacyEngine", HalfNoise)
+    result = _audit(tmp_path)
+    assert result.fail_mechanism
+    assert result.numbers["shift_ratio"] > 1.5
+
+
+def test_sample_rate_recorded_at_half_the_true_one_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class DoubleRate(UniformWithReplacementSampler):
+        def __iter__(self):  # samples at twice the rate it reports (and the ledger records)
+            for _ in range(self.steps):
+                mask = torch.rand(self.num_samples, generator=self.generator) < 2 * self.sample_rate
+                yield mask.nonzero(as_tuple=False).reshape(-1).tolist()
+
+    def loader(dataset, *, sample_rate, generator):
+        made = DPDataLoader(dataset, sample_rate=sample_rate, generator=generator)
+        made.batch_sampler.__class__ = DoubleRate
+        return made
+
+    monkeypatch.setattr(dp_trainer, "DPDataLoader", loader)
+    result = _audit(tmp_path)
+    assert result.numbers["sample_rate"] == RATE  # the ledger's claim
+    assert result.fail_mechanism
+    assert result.numbers["shift_ratio"] > 1.5
+
+
+def test_disabled_clipping_fails_both_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class NoClipping(PrivacyEngine):
+        def make_private(self, **kwargs):
+            huge = 1e6  # clip at a norm nothing reaches; the noise keeps the accounted std sigma * C
+            kwargs["noise_multiplier"] *= kwargs["max_grad_norm"] / huge
+            kwargs["max_grad_norm"] = huge
+            return super().make_private(**kwargs)
+
+    monkeypatch.setattr(dp_trainer, "PrivacyEngine", NoClipping)
+    result = _audit(tmp_path)
+    assert result.fail_mechanism
+    assert result.fail_bound
+    assert result.numbers["empirical_epsilon_lower_bound"] > result.numbers["claimed_epsilon"]
+
+
+def test_a_canary_gradient_is_one_fixed_direction_whatever_the_weights() -> None:
+    directions = canary_directions(4, 8, seed=0)
+    torch.testing.assert_close(directions @ directions.T, torch.eye(4), atol=1e-5, rtol=0)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        head = DiracHead(torch.nn.Linear(8, 3), 0.0, directions)
+        row = torch.cat([directions[2] * 5.0, torch.tensor([2.0])]).unsqueeze(0)
+        loss = torch.nn.functional.cross_entropy(head(row), torch.zeros(1, dtype=torch.long))
+        loss.backward()
+        expected = (2 / 3) * torch.ones(3, 1) * (directions[2] * 5.0)
+        torch.testing.assert_close(head.classifier.weight.grad, expected, atol=1e-5, rtol=0)
+
+
+def test_real_record_gradients_are_orthogonal_to_every_canary_direction() -> None:
+    directions = canary_directions(6, 8, seed=1)
+    head = DiracHead(torch.nn.Linear(8, 3), 0.0, directions)
+    rows = torch.cat([torch.randn(5, 8), -torch.ones(5, 1)], dim=1)
+    torch.nn.functional.cross_entropy(head(rows), torch.tensor([0, 1, 2, 1, 0])).backward()
+    along = head.classifier.weight.grad.sum(dim=0) @ directions.T
+    torch.testing.assert_close(along, torch.zeros(6), atol=1e-6, rtol=0)
+
+
+def test_ceiling_is_the_bound_at_the_expected_number_of_correct_guesses() -> None:
+    expected = math.floor(100 / (1 + math.exp(-2.0)))
+    assert ceiling_bound(1000, 100, 2.0, 1e-5, 0.95) == epsilon_lower_bound(1000, 100, expected, 1e-5, 0.95)
+    assert ceiling_bound(1000, 100, 1.0, 1e-5, 0.95) < ceiling_bound(1000, 100, 4.0, 1e-5, 0.95)
+    assert ceiling_bound(1000, 100, math.inf, 1e-5, 0.95) == epsilon_lower_bound(1000, 100, 100, 1e-5, 0.95)
+
+
+def test_the_dp_audit_of_a_head_only_run_is_white_box_and_passes(dp_run: Path) -> None:
+    result = run_dp_audit(dp_run, progress=False)
+    numbers = result.numbers
+    assert result.verdict == "pass", result.summary
+    assert numbers["mode"] == "white-box" and numbers["canary_space"] == "gradient"
+    assert numbers["claimed_epsilon"] == pytest.approx(1.0, abs=0.05)
+    # The ceiling is the bound at the *expected* count of correct guesses: a lucky run may pass it.
+    assert 0 <= numbers["empirical_epsilon_lower_bound"] <= numbers["claimed_epsilon"]
+    assert 0 <= numbers["ceiling_epsilon"] <= numbers["claimed_epsilon"]
+    assert json.loads((dp_run / "audit" / "dp.json").read_text())["numbers"]["mode"] == "white-box"
+    assert "ceiling" in result.tables[0].columns
+
+
+def test_the_cli_takes_the_mode(dp_run: Path) -> None:
+    runner = CliRunner()
+    done = runner.invoke(app, ["audit", "dp", "--run", str(dp_run), "--mode", "black-box", "--no-progress"])
+    assert done.exit_code == 0, done.output
+    assert json.loads((dp_run / "audit" / "dp.json").read_text())["numbers"]["mode"] == "black-box"
