@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from crosslm_secure.aggregation.plaintext import PlaintextAggregator
+from crosslm_secure.cache import default_cache
 from crosslm_secure.client.dp_trainer import DPTrainer
 from crosslm_secure.client.node import SLM, ClientNode, FeedbackKeys
 from crosslm_secure.client.synthetic_store import SyntheticStore
@@ -178,6 +179,7 @@ def drive_server(
         job.split.llm_test,
         store,
         log=log,
+        cache=default_cache(),
     )
     if state is not None:
         coordinator.restore(state["active"], state["excluded"], state.get("dropped", []))

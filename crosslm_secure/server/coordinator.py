@@ -7,6 +7,7 @@ client models, or (with a protecting aggregator) per-client scores.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import resource
 import time
@@ -16,10 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from crosslm_secure.aggregation.base import Aggregator
 from crosslm_secure.aggregation.ckks import CKKSAggregator
 from crosslm_secure.aggregation.plaintext import PlaintextAggregator
+from crosslm_secure.cache import ContentCache, content_key
 from crosslm_secure.config import Config
 from crosslm_secure.crypto.ceremony import accept_public_context
 from crosslm_secure.crypto.keys import Registry
@@ -103,8 +106,11 @@ class Coordinator:
         llm_test: Sequence[Example],
         store: RunStore,
         log: Callable[[str], None] = print,
+        cache: ContentCache | None = None,
     ) -> None:
         self.config = config
+        self.cache = cache
+        """Where round-0 LLM results (base weights, public settings, the evaluator's set) are reused."""
         self.party = party
         self.transport = transport
         self.registry = registry
@@ -243,7 +249,7 @@ class Coordinator:
         llm_changed = round_index == 0 or self.tunes_llm
         if llm_changed:
             with phases("evaluate_llm"):
-                self._evaluate_llm()
+                self._evaluate_llm(round_index)
         with phases("evaluate_slm"):
             client_metrics = self._evaluate_clients(round_index)
         row = self._metrics_row(round_index, client_metrics, synthetic, phases, round_start)
@@ -402,13 +408,31 @@ class Coordinator:
             result["synthetic_judge_agreement_rejected"] = float(np.mean(agrees[~keep]))
         return result
 
-    def _evaluate_llm(self) -> None:
+    def _evaluate_llm(self, round_index: int) -> None:
         cfg = self.config
-        task = llm_task_accuracy(self.llm, self.llm_test, cfg.task, cfg.eval, progress=cfg.run.progress)
+
+        def task() -> dict:
+            return llm_task_accuracy(self.llm, self.llm_test, cfg.task, cfg.eval, progress=cfg.run.progress)
+
+        def perplexity() -> float:
+            return llm_perplexity(self.llm, cfg.eval, progress=cfg.run.progress)
+
+        if round_index == 0 and self.cache is not None:
+            # Round 0 evaluates the untouched base weights (a fresh LoRA adapter adds exactly
+            # zero), so the result is a pure function of the weights, the data and the settings.
+            base = _base_model_key(self.llm)
+            ppl_key = content_key("llm_ppl", base, cfg.eval.perplexity_chunks, cfg.eval.perplexity_chunk_tokens)
+            data = hashlib.sha256(json.dumps([[e.uid, e.text, e.label] for e in self.llm_test]).encode()).hexdigest()
+            task_key = content_key("llm_task", base, cfg.task.model_dump(), cfg.eval.model_dump(), data)
+            results = self.cache.get_or_compute("llm_task", task_key, task)
+            ppl = self.cache.get_or_compute("llm_perplexity", ppl_key, perplexity)
+            self.store.event("llm_eval_cache", round=round_index, hits=self.cache.hits, misses=self.cache.misses)
+        else:
+            results, ppl = task(), perplexity()
         self._llm_metrics = {
-            "llm_accuracy": task["accuracy"],
-            "llm_macro_f1": task["macro_f1"],
-            "llm_perplexity": llm_perplexity(self.llm, cfg.eval, progress=cfg.run.progress),
+            "llm_accuracy": results["accuracy"],
+            "llm_macro_f1": results["macro_f1"],
+            "llm_perplexity": ppl,
         }
 
     def _evaluate_clients(self, round_index: int) -> dict[str, EvaluateReply]:
@@ -563,3 +587,11 @@ def _round_line(row: dict[str, Any]) -> str:
     if "synthetic_accepted" in row:
         parts.append(f"synthetic {row['synthetic_accepted']}/{row['synthetic_generated']} accepted")
     return "  " + ", ".join(parts)
+
+
+def _base_model_key(llm: LoadedLLM) -> list[str]:
+    """What a base-model result depends on besides data and settings: weights, dtype, device, libraries."""
+    import transformers
+
+    param = next(llm.model.parameters())
+    return [llm.fingerprint, str(param.dtype), param.device.type, torch.__version__, transformers.__version__]
