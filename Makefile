@@ -41,7 +41,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check crosslm_secure tests benchmarks protocols
 
 bench: $(STAMP)
-	$(BIN)/python -m crosslm_secure.cli bench
+	$(BIN)/crosslm bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
