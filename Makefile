@@ -41,8 +41,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check crosslm_secure tests benchmarks protocols
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/he_costs.py
-	$(BIN)/python benchmarks/dp_overhead.py
+	$(BIN)/crosslm bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

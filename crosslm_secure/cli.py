@@ -129,6 +129,20 @@ def protocol_schema() -> None:
     sys.stdout.write(schema_document())
 
 
+@app.command("bench")
+def bench(
+    examples: Annotated[int, typer.Option(help="Evaluator prompts for the LLM evaluation rows.")] = 48,
+    config: Annotated[Path, typer.Option(help="Job whose LLM, task and evaluator set are timed.")] = Path(
+        "experiments/configs/default.yaml"
+    ),
+    scale: Annotated[bool, typer.Option(help="Also time the CKKS round for K in 3..100 and N in 100..10000.")] = False,
+) -> None:
+    """Print each cost as a ratio against its baseline; write benchmarks/results/ and a README row."""
+    from crosslm_secure.bench import run_bench
+
+    run_bench(examples=examples, config=str(config), with_scale=scale)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from crosslm_secure.aggregation.schemes import FeedbackKeys, scheme_for
+from crosslm_secure.cache import default_cache
 from crosslm_secure.client.dp_trainer import DPTrainer
 from crosslm_secure.client.node import SLM, ClientNode
 from crosslm_secure.client.synthetic_store import SyntheticStore
@@ -196,7 +197,7 @@ def drive_server(
         party_of(server_keys, store.run_id, registry),
         transport,
         registry,
-        LocalLLM(config, llm, job.split.llm_test, store),
+        LocalLLM(config, llm, job.split.llm_test, store, cache=default_cache()),
         store,
         log=log,
     )

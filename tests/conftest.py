@@ -10,6 +10,14 @@ from crosslm_secure.models.llm import LoadedLLM, load_llm
 from tests.tiny_models import tiny_llm_dir
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_result_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never read or fill the user's result cache (crosslm_secure.cache)."""
+    import os
+
+    os.environ.setdefault("CROSSLM_CACHE_DIR", str(tmp_path_factory.mktemp("result-cache")))
+
+
 @pytest.fixture(scope="module")
 def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> LoadedLLM:
     """A tiny random causal LM through the real loader; module-scoped, so tests must not train it."""

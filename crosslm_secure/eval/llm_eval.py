@@ -6,6 +6,7 @@ text -> label pairs of tuning and this evaluation always agree.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -88,6 +89,7 @@ def llm_task_accuracy(
     cfg: EvalConfig,
     *,
     progress: bool = True,
+    fast: bool = True,
 ) -> dict:
     """Zero-shot accuracy of the LLM: one forward per example, likeliest label answer wins.
 
@@ -97,6 +99,8 @@ def llm_task_accuracy(
         task: labels, verbalizers and the classification template.
         cfg: batch size and the token limit per prompt.
         progress: show a progress bar.
+        fast: share the prompt prefix and bucket by length (see ``label_logits``); ``False``
+            runs the plain reference path (same predictions, for benchmarks and tests).
 
     Returns:
         ``{"accuracy": float, "macro_f1": float, "n": int}``.
@@ -105,21 +109,75 @@ def llm_task_accuracy(
         ConfigError: verbalizers share a first token, or the template does not fit.
     """
     tokenizer = llm.tokenizer
-    targets = torch.tensor(label_token_ids(tokenizer, task), device=llm.device)
-    predictions: list[int] = []
-    with eval_mode(llm.model), torch.no_grad():
-        for start in tqdm(range(0, len(examples), cfg.llm_batch_size), desc="LLM accuracy", disable=not progress):
-            batch = examples[start : start + cfg.llm_batch_size]
-            encoded = [classification_prompt(tokenizer, task, e.text, cfg.llm_max_length) for e in batch]
-            ids, mask, positions = left_pad(encoded, tokenizer.pad_token_id, llm.device)
-            logits = tail_logits(llm.model, ids, mask, positions, keep=1)[:, -1, :]
-            predictions.extend(logits.index_select(1, targets).argmax(dim=1).tolist())
+    targets = label_token_ids(tokenizer, task)
+    encoded = [classification_prompt(tokenizer, task, e.text, cfg.llm_max_length) for e in examples]
+    scores = label_logits(llm, encoded, targets, cfg.llm_batch_size, fast=fast, progress=progress)
+    predictions = scores.argmax(dim=1).tolist()
     truth = [e.label for e in examples]
     return {
         "accuracy": accuracy(truth, predictions),
         "macro_f1": macro_f1(truth, predictions, len(task.labels)),
         "n": len(truth),
     }
+
+
+def label_logits(
+    llm: LoadedLLM,
+    prompts: Sequence[list[int]],
+    targets: Sequence[int],
+    batch_size: int,
+    *,
+    fast: bool = True,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Next-token logits of the ``targets`` tokens after each prompt, ``[len(prompts), len(targets)]``.
+
+    The fast path does the same arithmetic on fewer tokens:
+
+    - the token prefix every prompt shares (chat template, system turn, the template's opening
+      words) is run once; its key/value cache is repeated for each batch;
+    - prompts are batched in order of length, so a batch pads only to its own longest prompt.
+
+    The reference path (``fast=False``) runs every full prompt in the given order. Both give
+    the same logits up to float rounding (the unit tests compare them).
+    """
+    count = len(prompts)
+    out = torch.zeros(count, len(targets))
+    if count == 0:
+        return out
+    model, device, pad = llm.model, llm.device, llm.tokenizer.pad_token_id
+    order = sorted(range(count), key=lambda i: len(prompts[i])) if fast else list(range(count))
+    shared = shared_prefix(prompts) if fast else 0
+    index = torch.tensor(list(targets), device=device)
+    with eval_mode(model), torch.inference_mode():
+        prefix_cache = None
+        if shared:
+            prefix_cache = model(input_ids=torch.tensor([prompts[0][:shared]], device=device), use_cache=True)
+            prefix_cache = prefix_cache.past_key_values
+        for start in tqdm(range(0, count, batch_size), desc="LLM accuracy", disable=not progress):
+            rows = order[start : start + batch_size]
+            ids, mask, positions = left_pad([prompts[i][shared:] for i in rows], pad, device)
+            past = None
+            if prefix_cache is not None:
+                past = copy.deepcopy(prefix_cache)
+                past.batch_repeat_interleave(len(rows))
+                mask = torch.cat([torch.ones(len(rows), shared, dtype=mask.dtype, device=device), mask], dim=1)
+                positions = positions + shared
+            logits = tail_logits(model, ids, mask, positions, keep=1, past_key_values=past)[:, -1, :]
+            out[rows] = logits.index_select(1, index).float().cpu()
+    return out
+
+
+def shared_prefix(prompts: Sequence[list[int]]) -> int:
+    """Length of the token prefix all ``prompts`` share, leaving at least one token of each."""
+    first = prompts[0]
+    length = min(len(p) for p in prompts) - 1
+    for prompt in prompts[1:]:
+        same = 0
+        while same < length and prompt[same] == first[same]:
+            same += 1
+        length = same
+    return max(length, 0)
 
 
 def perplexity_chunks(tokenizer: PreTrainedTokenizerBase, cfg: EvalConfig) -> list[list[int]]:
@@ -161,7 +219,7 @@ def llm_perplexity(llm: LoadedLLM, cfg: EvalConfig, *, progress: bool = True) ->
     """
     chunks = perplexity_chunks(llm.tokenizer, cfg)
     total_nll, total_tokens = 0.0, 0
-    with eval_mode(llm.model), torch.no_grad():
+    with eval_mode(llm.model), torch.inference_mode():
         for start in tqdm(range(0, len(chunks), cfg.llm_batch_size), desc="LLM perplexity", disable=not progress):
             ids = torch.tensor(chunks[start : start + cfg.llm_batch_size], device=llm.device)
             logits = llm.model(input_ids=ids).logits[:, :-1, :].float()

@@ -312,13 +312,18 @@ def tail_logits(
     attention_mask: torch.Tensor,
     position_ids: torch.Tensor,
     keep: int,
+    past_key_values: Any = None,
 ) -> torch.Tensor:
     """Logits of the last ``keep`` positions only, shape ``(batch, keep, vocab)``.
 
     With left padding the answers sit at the end, so skipping the vocabulary projection of
     the other positions saves most of the compute and memory of a forward pass.
+    ``past_key_values`` (a cache of a shared prefix) makes ``attention_mask`` cover the
+    prefix and the new tokens, and ``position_ids`` continue after the prefix.
     """
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    if past_key_values is not None:
+        kwargs["past_key_values"] = past_key_values
     if _accepts_logits_to_keep(model):
         kwargs["logits_to_keep"] = keep
     return model(**kwargs).logits[:, -keep:, :]

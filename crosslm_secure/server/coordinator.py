@@ -171,7 +171,7 @@ class Coordinator:
                     return stop
         if round_index == 0 or self.method.tunes_llm:
             with phases("evaluate_llm"):
-                self._llm_metrics = self.llm.evaluate()
+                self._llm_metrics = self.llm.evaluate(round_index)
         with phases("evaluate_slm"):
             client_metrics = self._evaluate_clients(round_index)
         row = self._metrics_row(round_index, client_metrics, synthetic, phases, round_start)

@@ -6,12 +6,16 @@ unit-tested) without a model; :class:`LocalLLM` is the real one over a loaded LL
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
+import torch
 
+from crosslm_secure.cache import ContentCache, content_key
 from crosslm_secure.config import Config
 from crosslm_secure.data.records import Example, SyntheticSample
 from crosslm_secure.eval.judge import Judge
@@ -25,7 +29,7 @@ from crosslm_secure.server.tuning import tune_llm
 class ServerLLM(Protocol):
     """What a round asks of the server's LLM. Each call returns metric-row entries."""
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, round_index: int) -> dict[str, float]:
         """Task macro-F1 and accuracy on the evaluator's split, and perplexity on general text."""
         ...
 
@@ -52,23 +56,46 @@ class LocalLLM:
         llm: the loaded LLM (LoRA-wrapped when the method tunes it).
         llm_test: the evaluator's test set; the first ``eval.llm_examples`` are used.
         store: the run folder (LoRA adapters go to ``llm/round-N``).
+        cache: where round-0 LLM results (base weights, public settings, the evaluator's set) are reused.
     """
 
-    def __init__(self, config: Config, llm: LoadedLLM, llm_test: Sequence[Example], store: RunStore) -> None:
+    def __init__(
+        self,
+        config: Config,
+        llm: LoadedLLM,
+        llm_test: Sequence[Example],
+        store: RunStore,
+        cache: ContentCache | None = None,
+    ) -> None:
         self.config = config
         self.llm = llm
         self.llm_test = list(llm_test)[: config.eval.llm_examples]
         self.store = store
+        self.cache = cache
         self._judge: Judge | None = None
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, round_index: int) -> dict[str, float]:
         cfg = self.config
-        task = llm_task_accuracy(self.llm, self.llm_test, cfg.task, cfg.eval, progress=cfg.run.progress)
-        return {
-            "llm_accuracy": task["accuracy"],
-            "llm_macro_f1": task["macro_f1"],
-            "llm_perplexity": llm_perplexity(self.llm, cfg.eval, progress=cfg.run.progress),
-        }
+
+        def task() -> dict:
+            return llm_task_accuracy(self.llm, self.llm_test, cfg.task, cfg.eval, progress=cfg.run.progress)
+
+        def perplexity() -> float:
+            return llm_perplexity(self.llm, cfg.eval, progress=cfg.run.progress)
+
+        if round_index == 0 and self.cache is not None:
+            # Round 0 evaluates the untouched base weights (a fresh LoRA adapter adds exactly
+            # zero), so the result is a pure function of the weights, the data and the settings.
+            base = _base_model_key(self.llm)
+            ppl_key = content_key("llm_ppl", base, cfg.eval.perplexity_chunks, cfg.eval.perplexity_chunk_tokens)
+            data = hashlib.sha256(json.dumps([[e.uid, e.text, e.label] for e in self.llm_test]).encode()).hexdigest()
+            task_key = content_key("llm_task", base, cfg.task.model_dump(), cfg.eval.model_dump(), data)
+            results = self.cache.get_or_compute("llm_task", task_key, task)
+            ppl = self.cache.get_or_compute("llm_perplexity", ppl_key, perplexity)
+            self.store.event("llm_eval_cache", round=round_index, hits=self.cache.hits, misses=self.cache.misses)
+        else:
+            results, ppl = task(), perplexity()
+        return {"llm_accuracy": results["accuracy"], "llm_macro_f1": results["macro_f1"], "llm_perplexity": ppl}
 
     def generate(self, round_index: int) -> list[SyntheticSample]:
         cfg = self.config
@@ -107,3 +134,11 @@ class LocalLLM:
         if (~keep).any():
             result["synthetic_judge_agreement_rejected"] = float(np.mean(agrees[~keep]))
         return result
+
+
+def _base_model_key(llm: LoadedLLM) -> list[str]:
+    """What a base-model result depends on besides data and settings: weights, dtype, device, libraries."""
+    import transformers
+
+    param = next(llm.model.parameters())
+    return [llm.fingerprint, str(param.dtype), param.device.type, torch.__version__, transformers.__version__]

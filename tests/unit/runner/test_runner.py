@@ -238,3 +238,28 @@ def test_a_crash_mid_run_resumes_from_the_last_completed_round(
 
 def json_rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_repeated_cell_reuses_round_zero_llm_results_from_the_cache(
+    job_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round 0 of the same base LLM on the same evaluator set is computed once; changed settings
+    elsewhere (here the SLM learning rate) do not matter; with the cache off the numbers are the same."""
+
+    def round_zero(name: str, lr: float) -> tuple[dict, list[dict]]:
+        path = write_config(job_files, name, run={"rounds": 0}, slm={"learning_rate": lr})
+        store = run_job(load_config(path), log=lambda _: None).store
+        row = store.rounds()[0]
+        llm = {k: row[k] for k in ("llm_accuracy", "llm_macro_f1", "llm_perplexity")}
+        return llm, [e for e in store.events() if e["event"] == "llm_eval_cache"]
+
+    monkeypatch.setenv("CROSSLM_CACHE_DIR", str(tmp_path / "cache"))
+    first, first_events = round_zero("cache-a", 0.01)
+    second, second_events = round_zero("cache-b", 0.02)
+    assert [(e["hits"], e["misses"]) for e in first_events] == [(0, 2)]
+    assert [(e["hits"], e["misses"]) for e in second_events] == [(2, 0)]
+    assert second == first
+    monkeypatch.setenv("CROSSLM_CACHE_DIR", "off")
+    fresh, fresh_events = round_zero("cache-off", 0.02)
+    assert fresh_events == []
+    assert fresh == pytest.approx(first, abs=1e-9)

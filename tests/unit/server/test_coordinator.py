@@ -102,7 +102,7 @@ class FakeLLM:
 
     calls: list[str] = field(default_factory=list)
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, round_index: int) -> dict[str, float]:
         self.calls.append("evaluate")
         return {"llm_accuracy": 0.6, "llm_macro_f1": 0.5, "llm_perplexity": 10.0}
 

@@ -1,0 +1,113 @@
+"""A content-addressed cache for pure, repeated work (same model weights, same data, same settings).
+
+A sweep repeats work that does not depend on its seed or epsilon: the round-0 evaluation of the
+same base LLM on the same evaluator set, and the perplexity of the same base model. Each result
+is stored under a key that hashes everything it depends on (the weights' sha256, the data, the
+settings, the library versions, and ``CODE_VERSION`` of the code that computes it), so a changed
+input is a different key and never a stale hit.
+
+Every entry carries the sha256 of its payload. An entry that is truncated, edited or otherwise
+does not match its hash is deleted and recomputed, never trusted. Entries are written atomically
+(temporary file, then rename), so a crash never leaves a half-written entry under a real name.
+
+Only public or server-side results belong in the shared cache. A client's private records (or
+features derived from them) must never be put in it: a client caches those in its own folder.
+
+The cache lives in ``$CROSSLM_CACHE_DIR`` when set (``off`` disables it), else in
+``$XDG_CACHE_HOME/crosslm-secure/results`` (``~/.cache/...`` when unset).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+CODE_VERSION = 1
+"""Bump when the code behind a cached result changes what it computes: old entries stop matching."""
+
+ENV_VAR = "CROSSLM_CACHE_DIR"
+_MAGIC = b"crosslm-cache-1\n"
+
+
+def content_key(*parts: Any) -> str:
+    """sha256 (hex) of ``parts`` as canonical JSON (sorted keys; anything not JSON via ``str``)."""
+    text = json.dumps([CODE_VERSION, *parts], sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class ContentCache:
+    """JSON results by content key, in ``root/<namespace>/<key[:2]>/<key>.json``."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).expanduser()
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, namespace: str, key: str) -> Path:
+        if not namespace.replace("_", "").replace("-", "").isalnum() or len(key) != 64:
+            raise ValueError(f"cache namespace {namespace!r} or key {key!r} is not valid")
+        return self.root / namespace / key[:2] / f"{key}.json"
+
+    def get(self, namespace: str, key: str) -> Any | None:
+        """The stored value, or None when there is none or it fails its hash check (then it is deleted)."""
+        path = self._path(namespace, key)
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            return None
+        header, _, payload = raw.removeprefix(_MAGIC).partition(b"\n")
+        try:
+            meta = json.loads(header)
+            if not raw.startswith(_MAGIC) or meta.get("key") != key:
+                raise ValueError("wrong header")
+            if meta.get("sha256") != hashlib.sha256(payload).hexdigest():
+                raise ValueError("payload does not match its hash")
+            return json.loads(payload)
+        except (ValueError, AttributeError):
+            path.unlink(missing_ok=True)
+            return None
+
+    def put(self, namespace: str, key: str, value: Any) -> None:
+        """Store ``value`` (JSON-serialisable) under ``key``, atomically."""
+        path = self._path(namespace, key)
+        payload = json.dumps(value, sort_keys=True).encode()
+        header = json.dumps({"key": key, "sha256": hashlib.sha256(payload).hexdigest()}).encode()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:8]}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(_MAGIC + header + b"\n" + payload)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_or_compute(self, namespace: str, key: str, compute: Callable[[], Any]) -> Any:
+        """The cached value for ``key``, or ``compute()`` stored under it (a failed write is not an error)."""
+        value = self.get(namespace, key)
+        if value is not None:
+            self.hits += 1
+            return value
+        self.misses += 1
+        value = compute()
+        try:
+            self.put(namespace, key, value)
+        except OSError:
+            pass  # a read-only or full cache folder costs speed, never the result
+        return value
+
+
+def default_cache() -> ContentCache | None:
+    """The cache named by ``$CROSSLM_CACHE_DIR`` (``off`` = none), else the per-user default folder."""
+    setting = os.environ.get(ENV_VAR, "").strip()
+    if setting.lower() in ("off", "0", "none", "false"):
+        return None
+    if setting:
+        return ContentCache(setting)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return ContentCache(Path(base) / "crosslm-secure" / "results")
