@@ -15,7 +15,7 @@ from typing import Any
 
 from crosslm_secure.config import Config
 from crosslm_secure.errors import CrossLMError
-from crosslm_secure.privacy.report import ClientBudget, run_budgets
+from crosslm_secure.report.budgets import ClientBudget, run_budgets
 from crosslm_secure.report.html import esc, figure_mpl, fmt, page, para, section, table
 from crosslm_secure.report.plots import draw_rounds, plt
 from crosslm_secure.report.summary import protections

@@ -86,3 +86,17 @@ def test_subpackages_import_each_other_without_cycles() -> None:
     cycle = find_cycle(graph)
     closing = [f"{a} -> {b} in {sorted(graph[a][b])}" for a, b in zip(cycle, cycle[1:], strict=False)]
     assert not cycle, "import cycle: " + "; ".join(closing)
+
+
+def test_every_module_imports() -> None:
+    """A module moved without its importers updated fails here, not in the one test that reaches it."""
+    import importlib
+
+    broken = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(("crosslm_secure", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - report every broken module at once
+            broken[name] = f"{type(exc).__name__}: {exc}"
+    assert not broken, broken
