@@ -8,11 +8,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 from rich.table import Table
 
 from crosslm_secure.report.budgets import NON_PRIVATE_LABEL, ClientBudget
-from crosslm_secure.report.plots import save_figure
 
 
 def budget_table(budgets: list[ClientBudget], *, title: str = "Privacy budget") -> Table:
@@ -56,6 +54,8 @@ def plot_epsilon(budgets: list[ClientBudget], out_path: str | Path, *, title: st
 
     Non-private clients are listed in the legend as epsilon = inf (no line).
     """
+    # Imported here, so `crosslm budget show` never loads matplotlib; report.plots selects Agg first.
+    from crosslm_secure.report.plots import plt, save_figure
     figure, axes = plt.subplots(figsize=(6, 4))
     budgets_drawn: set[float] = set()
     for b in budgets:

@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 
 from crosslm_secure.crypto.verify import SignedContribution
 from crosslm_secure.errors import ProtocolError
-from crosslm_secure.protocol.envelope import parse
+from crosslm_secure.protocol.envelope import VERSION, parse
 
 HEADER = {"type": "score.reply", "run_id": "r", "round": 1, "sender": "client-1", "recipient": "server", "seq": 0}
 
 
 def envelope_frame(header: bytes, blobs: tuple[bytes, ...] = ()) -> bytes:
-    parts = [struct.pack(">4sBI", b"CLMS", 1, len(header)), header, struct.pack(">H", len(blobs))]
+    parts = [struct.pack(">4sBI", b"CLMS", VERSION, len(header)), header, struct.pack(">H", len(blobs))]
     for blob in blobs:
         parts += [struct.pack(">I", len(blob)), blob]
     return b"".join(parts) + b"\0" * 64
