@@ -21,9 +21,9 @@ import torch
 
 from crosslm_secure.aggregation.schemes import FeedbackKeys, scheme_for
 from crosslm_secure.cache import default_cache
-from crosslm_secure.client.dp_trainer import DPTrainer
 from crosslm_secure.client.node import SLM, ClientNode
 from crosslm_secure.client.synthetic_store import SyntheticStore
+from crosslm_secure.client.trainers import slm_trainer
 from crosslm_secure.config import Config, config_from_dict, config_to_dict
 from crosslm_secure.crypto.keys import ParticipantKeys, Registry
 from crosslm_secure.crypto.noise import ScoreRelease
@@ -261,7 +261,7 @@ def _client_node(
     if resumed and checkpoint.is_dir():
         source = settings.model_copy(update={"model": str(checkpoint)})
     tokenizer, model = load_slm(source, num_labels, device, seed=client_seed)
-    trainer = DPTrainer(
+    trainer = slm_trainer(
         settings,
         config.privacy,
         ledger=Ledger(store.ledger_path(client.client_id), client_id=client.client_id, signer=signer),

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crosslm_secure.client.dp_trainer import DPTrainer
 from crosslm_secure.client.features import FeatureCache, own_head, set_public_centre
+from crosslm_secure.client.trainers import slm_trainer
 from crosslm_secure.config import load_config
 from crosslm_secure.eval.metrics import macro_f1
 from crosslm_secure.models.slm import load_slm
@@ -100,7 +100,7 @@ def _score(config, clients, update: dict, dp: bool, epsilon: float) -> float:
             head.classifier.reset_parameters()
         labels = torch.tensor([e.label for e in client.train])
         with tempfile.TemporaryDirectory() as folder:
-            trainer = DPTrainer(
+            trainer = slm_trainer(
                 settings,
                 privacy,
                 ledger=Ledger(Path(folder) / "ledger.jsonl", client_id=client.client_id),

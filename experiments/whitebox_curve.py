@@ -25,7 +25,7 @@ import torch
 from crosslm_secure.audit.canaries import inclusion
 from crosslm_secure.audit.population import client_mechanism, embed, feature_head, load_client_slm, open_run
 from crosslm_secure.audit.whitebox import run_whitebox
-from crosslm_secure.client.dp_trainer import DPTrainer
+from crosslm_secure.client.trainers import slm_trainer
 from crosslm_secure.privacy.ledger import Ledger
 
 
@@ -66,7 +66,7 @@ def main() -> None:
             )
             head = feature_head(model, fresh_seed=1000 + seed)
             with tempfile.TemporaryDirectory() as folder:
-                trainer = DPTrainer(
+                trainer = slm_trainer(
                     slm_run,
                     privacy,
                     ledger=Ledger(Path(folder) / "ledger.jsonl", client_id=client_id),

@@ -28,9 +28,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from crosslm_secure.audit.base import AuditError
-from crosslm_secure.client.dp_trainer import MECHANISM, DPTrainer
+from crosslm_secure.client.dp_trainer import MECHANISM
 from crosslm_secure.client.features import FeatureHead
 from crosslm_secure.client.schedule import private_schedule
+from crosslm_secure.client.scheduled import ScheduledTrainer
+from crosslm_secure.client.trainers import slm_trainer
 from crosslm_secure.config import AuditConfig, Config, SLMConfig, config_from_dict
 from crosslm_secure.data.loaders import cap_train, load_labelled_data
 from crosslm_secure.data.partition import partition_clients
@@ -297,8 +299,8 @@ def retrainer(
     *,
     seed: int,
     progress: bool,
-) -> Iterator[DPTrainer]:
-    """A DPTrainer that repeats the client's mechanism on ``num_records`` other records.
+) -> Iterator[ScheduledTrainer]:
+    """A trainer that repeats the client's mechanism on ``num_records`` other records.
 
     Same SLM settings, same sample rate (the expected batch scales with the record count),
     the ledger's noise multiplier and delta, the same clipping, optimizer and epochs. It keeps
@@ -318,7 +320,7 @@ def retrainer(
         update |= {"target_epsilon": None, "noise_multiplier": mechanism.noise_multiplier, "delta": mechanism.delta}
     privacy = run.config.privacy.model_copy(update=update)
     with tempfile.TemporaryDirectory(prefix="crosslm-audit-") as folder:
-        yield DPTrainer(
+        yield slm_trainer(
             slm,
             privacy,
             ledger=Ledger(Path(folder) / "ledger.jsonl", client_id=client_id),

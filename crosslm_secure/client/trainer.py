@@ -27,7 +27,7 @@ class TrainReport:
 
 
 class SLMTrainer(Protocol):
-    """Trains one client's SLM. Implementations: PlainTrainer, DPTrainer."""
+    """Trains one client's SLM. Implementations: PlainTrainer, DPTrainer, NonPrivateTrainer."""
 
     private: bool
     """True when ``train_private`` is differentially private."""

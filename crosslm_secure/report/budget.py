@@ -56,6 +56,7 @@ def plot_epsilon(budgets: list[ClientBudget], out_path: str | Path, *, title: st
     """
     # Imported here, so `crosslm budget show` never loads matplotlib; report.plots selects Agg first.
     from crosslm_secure.report.plots import plt, save_figure
+
     figure, axes = plt.subplots(figsize=(6, 4))
     budgets_drawn: set[float] = set()
     for b in budgets:

@@ -17,7 +17,7 @@ from crosslm_secure.audit.canaries import epsilon_lower_bound, inclusion
 from crosslm_secure.audit.dp_audit import run_dp_audit
 from crosslm_secure.audit.whitebox import DiracHead, canary_directions, ceiling_bound, run_whitebox
 from crosslm_secure.cli import app
-from crosslm_secure.client import dp_trainer
+from crosslm_secure.client import dp_trainer, scheduled
 from crosslm_secure.client.dp_trainer import DPTrainer
 from crosslm_secure.config import SLMConfig
 from crosslm_secure.privacy.ledger import Ledger
@@ -97,7 +97,7 @@ def test_sample_rate_recorded_at_half_the_true_one_fails(tmp_path: Path, monkeyp
         made.batch_sampler.__class__ = DoubleRate
         return made
 
-    monkeypatch.setattr(dp_trainer, "DPDataLoader", loader)
+    monkeypatch.setattr(scheduled, "DPDataLoader", loader)
     result = _audit(tmp_path)
     assert result.numbers["sample_rate"] == RATE  # the ledger's claim
     assert result.fail_mechanism

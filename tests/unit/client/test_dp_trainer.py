@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from crosslm_secure.client import dp_trainer
 from crosslm_secure.client.dp_preflight import check_weights_moved, preflight
-from crosslm_secure.client.dp_trainer import DPTrainer
+from crosslm_secure.client.trainers import slm_trainer
 from crosslm_secure.config import SLMConfig
 from crosslm_secure.data.public_text import public_texts
 from crosslm_secure.data.records import Example
@@ -52,7 +52,7 @@ def load(model_dir):
 
 def make_trainer(model_dir, root, privacy=PRIVACY, *, num_records=3 * N_PER_LABEL, run_id="run"):
     ledger = Ledger(ledger_path(root, "client-1"), client_id="client-1", clock=fixed_clock)
-    return DPTrainer(
+    return slm_trainer(
         slm_config(model_dir),
         privacy,
         ledger=ledger,
@@ -275,7 +275,7 @@ HEAD_PRIVACY = PrivacyConfig(target_epsilon=None, noise_multiplier=20.0, account
 def head_trainer(model_dir, root, privacy=HEAD_PRIVACY, **slm):
     cfg = SLMConfig(model=str(model_dir), max_length=24, trainable="head", private_steps=30, **slm)
     ledger = Ledger(ledger_path(root, "client-1"), client_id="client-1", clock=fixed_clock)
-    trainer = DPTrainer(
+    trainer = slm_trainer(
         cfg,
         privacy,
         ledger=ledger,
