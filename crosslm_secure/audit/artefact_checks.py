@@ -245,14 +245,20 @@ def _text(kind: ArtefactKind, data: bytes, client_ids: list[str]) -> list[str]:
     return _text_problems(data.decode("utf-8"))
 
 
-def _text_problems(text: str) -> list[str]:
+def _text_problems(text: str, *, bare_column_only: bool = False) -> list[str]:
+    """Lines with too many numbers, long runs of lines that each hold a lone number or two, encoded blobs.
+
+    ``bare_column_only``: only lines that hold nothing but numbers extend a column (a page's table
+    rows pair each number with words: a synthetic sample and its aggregate score)."""
     problems = []
     column = 0
     for number, line in enumerate(text.splitlines(), start=1):
         count = len(_NUMBER.findall(line))
         if count > MAX_NUMBERS_PER_LINE:
             problems.append(f"line {number} holds {count} numbers (a vector written as text)")
-        column = column + 1 if 1 <= count <= 2 else 0
+        bare = not _NUMBER.sub(" ", line).strip(" \t,;|[]()")
+        counts = 1 <= count <= 2 and (bare or not bare_column_only)
+        column = column + 1 if counts else 0
         if column == MAX_NUMBER_COLUMN + 1:
             problems.append(f"lines {number - MAX_NUMBER_COLUMN}-{number} hold a column of numbers (a vector)")
         if _BLOB.search(line):
@@ -263,14 +269,25 @@ def _text_problems(text: str) -> list[str]:
 _DATA_PNG = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
 
 
+_HTML_CODE = re.compile(r"<(style|script)\b.*?</\1\s*>", re.S | re.I)
+_HTML_BREAK = re.compile(r"</(tr|p|li|h[1-6]|div|caption|summary|pre|table|section)\s*>|<br\s*/?>", re.I)
+_HTML_TAG = re.compile(r"<[^>]*>")
+
+
 def _html(kind: ArtefactKind, data: bytes, client_ids: list[str]) -> list[str]:
+    """Embedded figures are checked as PNGs; the page's text is checked as its reader sees it: one
+    line per table row or block (a page writes whole tables on one source line), style sheets
+    and scripts set aside."""
     import base64
+    import html
 
     text = data.decode("utf-8")
     problems = []
-    for match in _DATA_PNG.finditer(text):  # embedded figures are validated as PNGs, then set aside
+    for match in _DATA_PNG.finditer(text):
         problems += [f"an embedded image {p}" for p in _png(kind, base64.b64decode(match.group(1)), client_ids)]
-    return problems + _text_problems(_DATA_PNG.sub("data:image/png;base64,", text))
+    text = _HTML_CODE.sub(" ", _DATA_PNG.sub("data:image/png;base64,", text))
+    visible = html.unescape(_HTML_TAG.sub(" ", _HTML_BREAK.sub("\n", text)))
+    return problems + _text_problems(visible, bare_column_only=True)
 
 
 def _png(kind: ArtefactKind, data: bytes, client_ids: list[str]) -> list[str]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from crosslm_secure.audit.transcript_checks import TRANSCRIPT, read_jsonl_rows
 from crosslm_secure.config import Config
-from crosslm_secure.errors import CrossLMError
+from crosslm_secure.errors import CrossLMError, RunError
 from crosslm_secure.privacy.ledger import LEDGER_FILE, LedgerEntry, LedgerError
 from crosslm_secure.report.run_ledgers import (
     configured_dp_sgd,
@@ -103,11 +103,13 @@ def config_findings(config: Config, ledgers: dict[str, list[LedgerEntry]]) -> li
 
 def round_findings(run_dir: Path, config: Config, ledgers: dict[str, list[LedgerEntry]]) -> list[str]:
     """Ledgers against ``state.json`` and the transcript: no completed round may lack its entries."""
-    store = RunStore(run_dir)
-    state = store.load_state() or {}
-    completed = state.get("completed_round")
-    if not isinstance(completed, int):
-        return ["state.json: missing or without completed_round; the ledgers cannot be matched to rounds"]
+    try:
+        state = RunStore(run_dir).load_state()
+    except RunError as exc:
+        return [f"state.json: {exc}"]
+    if state is None:
+        return ["state.json: missing; the ledgers cannot be matched to rounds"]
+    completed = state.completed_round
     rows = [r for r in read_jsonl_rows(run_dir / TRANSCRIPT) if isinstance(r, dict)]
     accepted = Counter(
         (r.get("type"), r.get("sender"), r.get("round"))
@@ -117,7 +119,7 @@ def round_findings(run_dir: Path, config: Config, ledgers: dict[str, list[Ledger
     findings: list[str] = []
     trained_rounds = {rnd for (kind, _, rnd) in accepted if kind == "train.reply"}
     for round_index in range(1, completed + 1):
-        if config.run.method != "llm_zero_shot" and round_index not in trained_rounds:
+        if round_index not in trained_rounds:  # llm_zero_shot completes only round 0
             findings.append(f"{TRANSCRIPT}: round {round_index} is completed in state.json but no train.reply of it")
     training = "dp-sgd" if config.privacy.dp else "non-private"
     for client_id, entries in ledgers.items():

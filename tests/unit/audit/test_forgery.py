@@ -370,7 +370,7 @@ def test_a_run_from_before_the_manifest_fails_with_a_sentence_saying_so(crosslm_
 def test_the_synthetic_release_kind_is_allowed_with_its_schema(crosslm_run: Path) -> None:
     """server/synthetic/round-<N>.jsonl (being added in parallel) passes when well-formed."""
     folder = crosslm_run / "server" / "synthetic"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)  # the run keeps its own batches there too
     row = {"index": 0, "text": "a fine film", "label": "positive", "score": 0.71, "accepted": True}
     (folder / "round-1.jsonl").write_text(json.dumps(row) + "\n")
     RunStore(crosslm_run).seal_manifest()
@@ -391,3 +391,20 @@ def test_the_dp_and_mia_audits_retrain_with_the_configs_noise_not_the_forged_led
     after = client_mechanism(open_run(crosslm_run, None), "client-1")
     assert after.noise_multiplier == pytest.approx(honest, rel=1e-9)  # the config's, not the ledger's 6x
     assert len(after.disagreements) == 1 and "noise_multiplier" in after.disagreements[0]
+
+
+@pytest.mark.parametrize("layout", ["column", "row"])
+def test_a_score_vector_hidden_in_the_run_report_is_found(crosslm_run: Path, layout: str) -> None:
+    """The run page writes whole tables on one source line; the audit reads it row by row."""
+    page = crosslm_run / "report.html"
+    assert page.is_file(), "the run writes its report page"
+    values = [f"{v:.4f}" for v in SCORES]
+    if layout == "column":
+        hidden = "<table>" + "".join(f"<tr><td>{v}</td></tr>" for v in values) + "</table>"
+    else:
+        hidden = "<table><tr>" + "".join(f"<td>{v}</td>" for v in values) + "</tr></table>"
+    page.write_text(page.read_text().replace("</body>", hidden + "</body>"))
+    RunStore(crosslm_run).seal_manifest()
+    result = run_protocol_audit(crosslm_run, progress=False)
+    assert result.verdict == "fail"
+    assert any(f.startswith("report.html") and "number" in f for f in result.findings), result.findings

@@ -9,9 +9,9 @@ import os
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from crosslm_secure.privacy import ledger as ledger_module
 from crosslm_secure.privacy.accounting import MechanismBlock, epsilon
 from crosslm_secure.privacy.ledger import Ledger, LedgerError, ledger_path, load_entries
+from crosslm_secure.privacy.ledger_format import entry_hash
 
 CLIENT = "client-1"
 DELTA = 1e-5
@@ -159,7 +159,7 @@ def test_rehashed_tampered_entry_breaks_the_chain(three_rounds):
     def forge(raw):
         raw["steps"] = 1
         body = {k: v for k, v in raw.items() if k not in ("hash", "signature")}
-        raw["hash"] = ledger_module._entry_hash(body)
+        raw["hash"] = entry_hash(body)
 
     rewrite_line(three_rounds.path, 1, forge)
     with pytest.raises(LedgerError, match="line 3 does not follow line 2"):
