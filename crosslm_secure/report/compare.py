@@ -171,9 +171,9 @@ def csv_rows(comparison: Comparison) -> list[dict[str, Any]]:
 
 def plot_curves(comparison: Comparison, out: Path) -> Path:
     """Per-round curves of every run, one panel per metric."""
-    from crosslm_secure.report.plots import plt, save_figure
-
     from matplotlib.ticker import MaxNLocator
+
+    from crosslm_secure.report.plots import plt, save_figure
 
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.6))
     for ax, (key, title) in zip(axes, CURVES, strict=True):
