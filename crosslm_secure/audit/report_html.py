@@ -19,8 +19,9 @@ from crosslm_secure.audit.report_sections import (
     counts,
     dp_sentences,
     explanations,
+    merged,
     mia_matrix_html,
-    mia_table,
+    mia_tables,
     summary_sentence,
 )
 from crosslm_secure.report.html import esc, figure_file, fmt, page, para, section, table
@@ -101,15 +102,15 @@ def _check_body(run_dir: Path, result: CheckResult) -> tuple[list[str], list[Tab
         parts.append("<p><b>Findings</b></p><ul>" + "".join(f"<li>{esc(f)}</li>" for f in result.findings) + "</ul>")
     figures = list(result.figures)
     shown: list[Table] = []
-    mia = mia_table(result)
-    if mia is not None:
-        shown.append(mia)
+    attack_tables = mia_tables(result)
+    if attack_tables:
+        shown += attack_tables
         rocs = [f for f in figures if "roc" in f]
         figures = [f for f in figures if f not in rocs]
         grid = "".join(f'<div style="flex:0 1 48%">{_figure(run_dir, f)}</div>' for f in rocs)
         parts.append(
             '<div class="side"><div style="flex:3 1 700px;overflow-x:auto">'
-            + mia_matrix_html(mia)
+            + mia_matrix_html(merged(attack_tables))
             + para(
                 "Intervals: 95% bootstrap. A TPR at a low FPR is shown only where the non-members resolve it "
                 "(n x FPR >= 1); an attack at chance has AUC 0.5 and TPR = FPR.",
@@ -119,13 +120,13 @@ def _check_body(run_dir: Path, result: CheckResult) -> tuple[list[str], list[Tab
         )
     sentences = dp_sentences(result.numbers)
     if sentences:
-        parts.append("<p><b>The epsilons shown</b></p><ul>" + "".join(f"<li>{esc(s)}</li>" for s in sentences))
-        parts.append("</ul>")
+        items = "".join(f"<li>{esc(sentence)}</li>" for sentence in sentences)
+        parts.append(f"<p><b>The epsilons shown</b></p><ul>{items}</ul>")
     tables, extra = body_tables(result, shown)
     for t in tables:
         parts += [f"<p><b>{esc(t.title)}</b></p>", table(t.columns, t.rows)]
     counted = counts(result.numbers)
-    if counted and mia is None:
+    if counted and not attack_tables:
         parts += ["<p><b>Counts</b></p>", table(["what was counted", "count"], counted)]
     if extra:
         parts.append(para("Longer tables: " + ", ".join(t.title for t in extra) + " (in the appendix).", "note"))

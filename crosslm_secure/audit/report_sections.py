@@ -90,12 +90,15 @@ def summary_sentence(state: str, summary: str, explain: Explanation | None) -> s
 _TPR_COLUMN = re.compile(r"TPR@([0-9.]+)%FPR")
 
 
-def mia_table(result: CheckResult) -> Table | None:
-    """The check's table of attacks (a column ``AUC`` and ``TPR@x%FPR`` columns), if it has one."""
-    for table in result.tables:
-        if "AUC" in table.columns and any(_TPR_COLUMN.fullmatch(c) for c in table.columns):
-            return table
-    return None
+def mia_tables(result: CheckResult) -> list[Table]:
+    """The check's tables of attacks: a column ``AUC`` and ``TPR@x%FPR`` columns, the same columns
+    as the first such table (a later attack saved as its own table joins the same matrix)."""
+    found = [t for t in result.tables if "AUC" in t.columns and any(_TPR_COLUMN.fullmatch(c) for c in t.columns)]
+    return [t for t in found if t.columns == found[0].columns]
+
+
+def merged(tables: Sequence[Table]) -> Table:
+    return Table(tables[0].title, tables[0].columns, [row for t in tables for row in t.rows])
 
 
 def mia_matrix_html(table: Table) -> str:

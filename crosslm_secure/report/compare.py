@@ -171,16 +171,23 @@ def csv_rows(comparison: Comparison) -> list[dict[str, Any]]:
 
 def plot_curves(comparison: Comparison, out: Path) -> Path:
     """Per-round curves of every run, one panel per metric."""
+    from matplotlib.ticker import MaxNLocator
+
     from crosslm_secure.report.plots import plt, save_figure
 
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.6))
     for ax, (key, title) in zip(axes, CURVES, strict=True):
+        infinite = []
         for index, (run, rows) in enumerate(zip(comparison.runs, comparison.rounds, strict=True)):
-            points = [(r["round"], _value(r, key)) for r in rows]
-            points = [(x, y) for x, y in points if y is not None and math.isfinite(y)]
+            values = [(r["round"], _value(r, key)) for r in rows]
+            points = [(x, y) for x, y in values if y is not None and math.isfinite(y)]
+            infinite += [_short(run)] if any(y is not None and math.isinf(y) for _, y in values) else []
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", color=f"C{index}", label=_short(run))
+        if infinite:  # a non-private run spends epsilon = inf: say so rather than drop it silently
+            ax.text(0.02, 0.95, "inf (no DP): " + ", ".join(infinite), transform=ax.transAxes, fontsize=7, va="top")
         ax.set(title=title, xlabel="round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()

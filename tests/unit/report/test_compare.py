@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from crosslm_secure.cli import app
-from crosslm_secure.report.compare import compare_runs
+from crosslm_secure.report.compare import compare_runs, markdown
 from crosslm_secure.runstore import RunStore
 
 
@@ -32,12 +33,13 @@ def make_run(root: Path, name: str, config: dict, f1: list[float], epsilon: floa
 
 def test_deltas_are_against_the_first_run_and_config_differences_are_listed(tmp_path: Path) -> None:
     dp = make_run(tmp_path, "dp", {"privacy": {"dp": True}, "run": {"rounds": 2}}, [0.50, 0.60, 0.70], 8.0)
-    plain = make_run(tmp_path, "plain", {"privacy": {"dp": False}, "run": {"rounds": 2}}, [0.50, 0.65, 0.80], 0.0)
+    plain = make_run(tmp_path, "plain", {"privacy": {"dp": False}, "run": {"rounds": 2}}, [0.50, 0.65, 0.80], math.inf)
     comparison = compare_runs([dp, plain])
     assert comparison.metrics["slm_macro_f1_mean"] == [0.70, 0.80]
     assert comparison.deltas["slm_macro_f1_mean"][1] == pytest.approx(0.10)
     assert comparison.metrics["slm_macro_f1_gain"] == pytest.approx([0.20, 0.30])
-    assert comparison.metrics["epsilon_max"] == [8.0, 0.0]
+    assert comparison.metrics["epsilon_max"] == [8.0, math.inf]  # a non-private run spends inf
+    assert "| epsilon spent (max over clients) | 8.000 | inf (inf) |" in markdown(comparison)
     assert comparison.metrics["synthetic_acceptance"] == [0.4, 0.4]
     assert comparison.config_differences == {"privacy.dp": ["True", "False"]}
 
