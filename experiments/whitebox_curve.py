@@ -29,6 +29,90 @@ from crosslm_secure.client.trainers import slm_trainer
 from crosslm_secure.privacy.ledger import Ledger
 
 
+def prepare(run_dir: Path) -> dict:
+    """Open the run, embed client-1's private records once with the run's SLM."""
+    run = open_run(run_dir, None)
+    client_id = run.config.client_ids()[0]
+    tokenizer, model, slm = load_client_slm(run, client_id)
+    train = run.client(client_id).train
+    return {
+        "run": run,
+        "client_id": client_id,
+        "mechanism": client_mechanism(run, client_id),
+        "model": model,
+        "slm": slm,
+        "features": embed(tokenizer, model, [ex.text for ex in train], slm, progress=False),
+        "labels": torch.tensor([ex.label for ex in train], dtype=torch.long),
+    }
+
+
+def audit_once(context: dict, eps_text: str, seed: int, *, sample_rate: float | None = None) -> dict:
+    """One white-box audit of the client's mechanism with noise for ``eps_text`` (``inf`` = no DP)."""
+    run, mechanism, features = context["run"], context["mechanism"], context["features"]
+    target = float(eps_text)
+    canaries = min(run.settings.canaries, features.shape[1])
+    count = len(features) + int(inclusion(canaries, seed).sum())
+    slm_run = context["slm"].model_copy(
+        update={
+            "private_sample_rate": mechanism.sample_rate if sample_rate is None else sample_rate,
+            "private_steps": mechanism.steps // max(1, mechanism.rounds),
+        }
+    )
+    privacy = run.config.privacy.model_copy(
+        update={
+            "dp": math.isfinite(target),
+            "target_epsilon": target if math.isfinite(target) else None,
+            "noise_multiplier": None if math.isfinite(target) else 1.0,
+            "delta": mechanism.delta,
+            "epsilon_max": 1e9,
+        }
+    )
+    head = feature_head(context["model"], fresh_seed=1000 + seed)
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = slm_trainer(
+            slm_run,
+            privacy,
+            ledger=Ledger(Path(folder) / "ledger.jsonl", client_id=context["client_id"]),
+            run_id="curve",
+            client_id=context["client_id"],
+            planned_rounds=max(1, mechanism.rounds),
+            num_records=count,
+            device="cpu",
+            seed=seed,
+            progress=False,
+        )
+        result = run_whitebox(
+            trainer,
+            head.classifier,
+            float(head.dropout.p),
+            features,
+            context["labels"],
+            canaries=canaries,
+            rounds=max(1, mechanism.rounds),
+            seed=seed,
+            guess_fraction=run.settings.whitebox_guess_fraction,
+            confidence=run.settings.confidence,
+        )
+    n = result.numbers
+    keys = (
+        "claimed_epsilon",
+        "empirical_epsilon_lower_bound",
+        "ceiling_epsilon",
+        "correct",
+        "guesses",
+        "canaries",
+        "sample_rate",
+        "measured_shift",
+        "claimed_shift",
+        "shift_ratio",
+        "measured_epsilon",
+        "mechanism_fail",
+    )
+    row = {"target_epsilon": eps_text, "seed": seed} | {k: n[k] for k in keys}
+    row["fail"] = bool(result.fail_bound or result.fail_mechanism)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True)
@@ -36,75 +120,11 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("experiments/whitebox_curve"))
     args = parser.parse_args()
-    run = open_run(args.run, None)
-    client_id = run.config.client_ids()[0]
-    mechanism = client_mechanism(run, client_id)
-    tokenizer, model, slm = load_client_slm(run, client_id)
-    features = embed(tokenizer, model, [ex.text for ex in run.client(client_id).train], slm, progress=False)
-    labels = torch.tensor([ex.label for ex in run.client(client_id).train], dtype=torch.long)
-    canaries = min(run.settings.canaries, features.shape[1])
+    context = prepare(args.run)
     rows = []
     for eps_text in args.epsilons:
-        target = float(eps_text)
         for seed in args.seeds:
-            included = inclusion(canaries, seed)
-            count = len(features) + int(included.sum())
-            slm_run = slm.model_copy(
-                update={
-                    "private_sample_rate": mechanism.sample_rate,
-                    "private_steps": mechanism.steps // max(1, mechanism.rounds),
-                }
-            )
-            privacy = run.config.privacy.model_copy(
-                update={
-                    "dp": math.isfinite(target),
-                    "target_epsilon": target if math.isfinite(target) else None,
-                    "noise_multiplier": None if math.isfinite(target) else 1.0,
-                    "delta": mechanism.delta,
-                    "epsilon_max": 1e9,
-                }
-            )
-            head = feature_head(model, fresh_seed=1000 + seed)
-            with tempfile.TemporaryDirectory() as folder:
-                trainer = slm_trainer(
-                    slm_run,
-                    privacy,
-                    ledger=Ledger(Path(folder) / "ledger.jsonl", client_id=client_id),
-                    run_id="curve",
-                    client_id=client_id,
-                    planned_rounds=max(1, mechanism.rounds),
-                    num_records=count,
-                    device="cpu",
-                    seed=seed,
-                    progress=False,
-                )
-                result = run_whitebox(
-                    trainer,
-                    head.classifier,
-                    float(head.dropout.p),
-                    features,
-                    labels,
-                    canaries=canaries,
-                    rounds=max(1, mechanism.rounds),
-                    seed=seed,
-                    guess_fraction=run.settings.whitebox_guess_fraction,
-                    confidence=run.settings.confidence,
-                )
-            n = result.numbers
-            row = {"target_epsilon": eps_text, "seed": seed} | {
-                k: n[k]
-                for k in (
-                    "claimed_epsilon",
-                    "empirical_epsilon_lower_bound",
-                    "ceiling_epsilon",
-                    "correct",
-                    "guesses",
-                    "canaries",
-                    "shift_ratio",
-                    "mechanism_fail",
-                )
-            }
-            row["fail"] = bool(result.fail_bound or result.fail_mechanism)
+            row = audit_once(context, eps_text, seed)
             rows.append(row)
             print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +139,7 @@ def table(rows: list[dict]) -> str:
         "canary shift / claimed | audit verdicts |",
         "|---|---|---|---|---|---|---|",
     ]
-    for eps in dict.fromkeys(r["target_epsilon"] for r in rows):
+    for eps in sorted(dict.fromkeys(r["target_epsilon"] for r in rows), key=float):
         group = [r for r in rows if r["target_epsilon"] == eps]
         lower = np.array([r["empirical_epsilon_lower_bound"] for r in group])
         ceiling = np.array([r["ceiling_epsilon"] for r in group])
@@ -138,9 +158,9 @@ def plot(rows: list[dict], out: Path) -> None:
     from crosslm_secure.report.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    epsilons = list(dict.fromkeys(r["target_epsilon"] for r in rows))
+    epsilons = sorted(dict.fromkeys(r["target_epsilon"] for r in rows), key=float)
     x = np.arange(len(epsilons))
-    for key, label in (("claimed_epsilon", "claimed eps"), ("ceiling_epsilon", "method ceiling")):
+    for key, label in (("claimed_epsilon", "claimed eps (inf drawn at 12)"), ("ceiling_epsilon", "method ceiling")):
         ax.plot(
             x,
             [min(12.0, rows[[r["target_epsilon"] for r in rows].index(e)][key]) for e in epsilons],

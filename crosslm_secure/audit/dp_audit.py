@@ -1,5 +1,9 @@
 """DP audit in one training run (Steinke, Nasr, Jagielski 2023) of a client's DP-SGD.
 
+This module is the black-box mode (input canaries, scored on the final model). With
+``audit.dp_mode`` auto (the default) a head-only SLM gets the white-box mode instead
+(gradient canaries, per-step updates: :mod:`crosslm_secure.audit.whitebox_audit`).
+
 The audit re-runs the mechanism the client used (``DPTrainer`` with the config's noise
 multiplier, sample rate, delta, clipping, optimizer, epochs and rounds) on the client's
 private records plus ``audit.canaries`` canaries, each included by a fair coin. With

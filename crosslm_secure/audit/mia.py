@@ -1,11 +1,12 @@
-"""Membership inference against each client SLM (LOSS, RMIA) and against the server LLM (LOSS).
+"""Membership inference against each client SLM (LOSS, RMIA, LiRA) and the server LLM (LOSS).
 
-Members of client k: its private training records. Non-members: population records (see
-:mod:`crosslm_secure.audit.population`), never trained on by anyone, same distribution; the
-two sides are balanced by a seeded subsample. RMIA's reference models are trained the way
-the client trained (same SLM settings, the config's noise multiplier, sample rate, clipping,
-epochs and rounds, through ``DPTrainer``) on random subsets of the reference pool with the
-client's record count (capped by the pool). The LLM is attacked with client records it never
+Members of client k: all its private training records. Non-members: all audited population
+records (see :mod:`crosslm_secure.audit.population`), never trained on by anyone, same
+distribution; the sides may differ in size (the LLM attack balances its own). RMIA's and
+LiRA's reference models are trained the way the client trained (same SLM settings, the
+config's noise multiplier, sample rate, clipping, epochs and rounds, through ``DPTrainer``)
+on random subsets of the reference pool with the client's record count (capped by the
+pool). The LLM is attacked with client records it never
 saw (members) against population records: it should sit at chance.
 
 Verdict: fail when some SLM attack's AUC lower bound exceeds ``audit.mia_max_auc``, or when
@@ -79,7 +80,9 @@ def run_mia_audit(run_dir: Path, settings: AuditConfig | None = None, *, progres
         cid = client.client_id
         mechanism = client_mechanism(run, cid)
         findings += [f"{cid}: {d}; the audit re-ran the configured mechanism" for d in mechanism.disagreements]
-        members, non_members = balanced(client.train, run.non_members, cfg.seed)
+        # Every member and every non-member: the sides need not be equal, and more non-members
+        # resolve lower FPRs (TPR at 0.1% FPR needs >= 1000 of them; see ``resolvable``).
+        members, non_members = list(client.train), list(run.non_members)
         try:
             target, refs, target_z, refs_z, features_path = _client_probabilities(
                 run, cid, mechanism, members, non_members, embedded, progress
@@ -115,7 +118,7 @@ def run_mia_audit(run_dir: Path, settings: AuditConfig | None = None, *, progres
         figures.append(figure.name)
         details["clients"][cid] = {
             "members": n,
-            "non_members": n,
+            "non_members": len(non_members),
             "reference_models": int(refs.shape[0]),
             "reference_records": _reference_size(run, client.train),
             "features_path": features_path,
@@ -168,7 +171,16 @@ def run_mia_audit(run_dir: Path, settings: AuditConfig | None = None, *, progres
     )
     table = Table(
         title=f"Membership inference ({int(cfg.confidence * 100)}% bootstrap intervals)",
-        columns=["target", "attack", "n (each side)", "AUC", "TPR@1%FPR", "TPR@0.1%FPR", "bal. acc.", "claimed eps"],
+        columns=[
+            "target",
+            "attack",
+            "members / non-members",
+            "AUC",
+            "TPR@1%FPR",
+            "TPR@0.1%FPR",
+            "bal. acc.",
+            "claimed eps",
+        ],
         rows=rows,
     )
     result = CheckResult(
@@ -415,7 +427,7 @@ def _row(target: str, attack: str, metrics: AttackMetrics, eps: float) -> list[s
     return [
         target,
         attack,
-        str(metrics.members),
+        f"{metrics.members} / {metrics.non_members}",
         metrics.auc.text(),
         metrics.tpr_at_fpr[0.01].text(),
         metrics.tpr_at_fpr[0.001].text() if resolvable(metrics.non_members, 0.001) else "n/a (<1000 non-members)",

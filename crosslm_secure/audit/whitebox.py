@@ -166,7 +166,8 @@ def run_whitebox(
     check = mechanism_check(standard, included, sigma, rate)
     shift = check["measured_shift"]
     effective = sigma * check["claimed_shift"] / shift if shift > 0 else math.inf
-    measured_eps = _epsilon_at(effective, rate, steps, delta, trainer)
+    # None: no noise was claimed (non-private run), so there is no claimed schedule to re-account.
+    measured_eps = _epsilon_at(effective, rate, steps, delta, trainer) if math.isfinite(sigma) else None
     numbers = {
         "mode": "white-box",
         "empirical_epsilon_lower_bound": lower,
