@@ -100,3 +100,16 @@ def test_every_module_imports() -> None:
         except Exception as exc:  # noqa: BLE001 - report every broken module at once
             broken[name] = f"{type(exc).__name__}: {exc}"
     assert not broken, broken
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_over_400_lines() -> None:
+    """A module a newcomer cannot read in one sitting is split along what it does."""
+    long = {
+        str(path.relative_to(PACKAGE)): count
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (count := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"over {MAX_MODULE_LINES} lines: {long}"
