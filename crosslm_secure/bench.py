@@ -77,7 +77,7 @@ def _plain_round(k: int, count: int) -> tuple[float, int]:
     sites = [f"client-{i}" for i in range(k)]
     scores = np.random.default_rng(k).random((k, count))
     start = time.perf_counter()
-    blobs = [agg.protect(s, round_index=0, participants=sites) for s in scores]
+    blobs = [agg.protect(s, round_index=0, participants=sites).contribution for s in scores]
     agg.reveal(agg.combine(blobs), blobs, count=count)
     return time.perf_counter() - start, len(blobs[0])
 

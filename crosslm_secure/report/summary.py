@@ -140,8 +140,11 @@ def protections(config: Config, rows: Sequence[dict[str, Any]]) -> list[tuple[st
 
 def _protections(config: Config, rows: Sequence[dict[str, Any]]) -> list[str]:
     lines = ["## Protections", "", "| protection | state |", "|---|---|"]
+    scheme = config.feedback.aggregator
     for name, state in protections(config, rows):
         bold = state.startswith("none") or "unprotected" in state
+        if name == "feedback aggregation" and state.startswith(scheme):
+            state = f"`{scheme}`{state[len(scheme) :]}"  # the config value, as the reader types it
         lines.append(f"| {name} | {'**' + state + '**' if bold else state} |")
     return lines
 
