@@ -107,16 +107,17 @@ def _check_body(run_dir: Path, result: CheckResult) -> tuple[list[str], list[Tab
         shown += attack_tables
         rocs = [f for f in figures if "roc" in f]
         figures = [f for f in figures if f not in rocs]
-        grid = "".join(f'<div style="flex:0 1 48%">{_figure(run_dir, f)}</div>' for f in rocs)
+        grid = "".join(f'<div style="flex:0 1 24%;min-width:280px">{_figure(run_dir, f)}</div>' for f in rocs)
         parts.append(
-            '<div class="side"><div style="flex:3 1 700px;overflow-x:auto">'
+            # The table takes the full width (three attacks x three metrics), the ROC curves a row below it.
+            '<div class="side"><div style="flex:1 1 100%;overflow-x:auto">'
             + mia_matrix_html(merged(attack_tables))
             + para(
                 "Intervals: 95% bootstrap. A TPR at a low FPR is shown only where the non-members resolve it "
                 "(n x FPR >= 1); an attack at chance has AUC 0.5 and TPR = FPR.",
                 "note",
             )
-            + f'</div><div style="flex:2 1 420px;display:flex;flex-wrap:wrap;gap:0.3em">{grid}</div></div>'
+            + f'</div><div style="flex:1 1 100%;display:flex;flex-wrap:wrap;gap:0.3em">{grid}</div></div>'
         )
     sentences = dp_sentences(result.numbers)
     if sentences:

@@ -109,7 +109,8 @@ def mia_matrix_html(table: Table) -> str:
     """
     col = {name: i for i, name in enumerate(table.columns)}
     tpr_columns = [c for c in table.columns if _TPR_COLUMN.fullmatch(c)]
-    n_column = next((c for c in table.columns if c.startswith("n")), None)
+    # "n" (older runs: per side) or "members / non-members" (both counts; the non-members resolve an FPR)
+    n_column = next((c for c in table.columns if c.startswith("n") or "non-members" in c), None)
     targets: list[str] = []
     attacks: list[str] = []
     cells: dict[tuple[str, str], list[str]] = {}
@@ -118,8 +119,8 @@ def mia_matrix_html(table: Table) -> str:
         target, attack = row[col.get("target", 0)], _attack_name(row[col.get("attack", 1)])
         targets += [target] if target not in targets else []
         attacks += [attack] if attack not in attacks else []
-        n = _int(row[col[n_column]]) if n_column else None
-        sizes[target] = str(n) if n is not None else "?"
+        n = _non_members(row[col[n_column]]) if n_column else None
+        sizes[target] = str(row[col[n_column]]) if n is not None and n_column else "?"
         values = [row[col["AUC"]]]
         for name in tpr_columns:
             fpr = float(_TPR_COLUMN.fullmatch(name).group(1)) / 100  # type: ignore[union-attr]
@@ -129,7 +130,7 @@ def mia_matrix_html(table: Table) -> str:
                 values.append(esc(row[col[name]]))
         cells[(target, attack)] = [esc(values[0])] + values[1:]
     metrics = ["AUC [95% CI]"] + [f"TPR@{_TPR_COLUMN.fullmatch(c).group(1)}%FPR [CI]" for c in tpr_columns]  # type: ignore[union-attr]
-    head1 = '<th rowspan="2">target</th><th rowspan="2">non-members (n)</th>' + "".join(
+    head1 = '<th rowspan="2">target</th><th rowspan="2">members / non-members (n)</th>' + "".join(
         f'<th colspan="{len(metrics)}">{esc(a)}</th>' for a in attacks
     )
     head2 = "".join(f"<th>{esc(m)}</th>" for _ in attacks for m in metrics)
@@ -148,11 +149,10 @@ def _attack_name(text: str) -> str:
     return str(text).split(" (", 1)[0]
 
 
-def _int(text: str) -> int | None:
-    try:
-        return int(str(text).split()[0])
-    except (ValueError, IndexError):
-        return None
+def _non_members(text: str) -> int | None:
+    """The non-member count of a size cell: ``2000``, or the last of ``600 / 2000``."""
+    found = re.findall(r"\d+", str(text))
+    return int(found[-1]) if found else None
 
 
 # -- DP: what each epsilon is ---------------------------------------------------------------

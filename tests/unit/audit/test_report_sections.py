@@ -51,3 +51,16 @@ def test_the_summary_names_the_run_threshold_and_falls_back_for_an_unknown_check
     assert "it does not mean that no attack could" in sentence
     assert summary_sentence("fail", "bad.", explain["ledger"]).endswith("the findings in its section say where.")
     assert summary_sentence("pass", "Signatures verify.", explain.get("signatures")) == "Signatures verify."
+
+
+def test_the_matrix_reads_the_non_member_count_of_a_members_slash_non_members_cell() -> None:
+    """The MIA audit's table gives both counts (``600 / 2000``); the non-members resolve the FPR."""
+    columns = ["target", "attack", "members / non-members", "AUC", "TPR@1%FPR", "TPR@0.1%FPR"]
+    rows = [
+        ["client-1 SLM", "LiRA", "600 / 2000", "0.59 [0.56, 0.62]", "0.016 [g]", "0.002 [h]"],
+        ["server LLM", "LOSS (LoRA round-2)", "100 / 100", "0.49 [0.38, 0.6]", "0.01 [i]", "0.0 [j]"],
+    ]
+    html = mia_matrix_html(Table("MIA", columns, rows))
+    assert '<td class="num">600 / 2000</td>' in html and "0.002 [h]" in html  # 2000 x 0.1% = 2: resolvable
+    assert "0.01 [i]" in html and "0.0 [j]" not in html and "not resolvable with n=100" in html
+    assert "n=?" not in html
