@@ -29,9 +29,6 @@ class Metric:
     def column(self) -> str:
         return self.round_column or self.short
 
-    def format(self, value: Any) -> str:
-        return self.fmt.format(value)
-
 
 _ALL = (
     Metric("round", "round", "round", fmt="{}"),
@@ -65,35 +62,8 @@ _ALL = (
 )
 METRICS: dict[str, Metric] = {m.key: m for m in _ALL}
 
-PER_CLIENT = {
-    "slm_macro_f1": Metric("slm_macro_f1", "SLM macro-F1", "client SLM macro-F1"),
-    "slm_accuracy": Metric("slm_accuracy", "SLM acc", "client SLM accuracy"),
-    "epsilon": Metric("epsilon", "epsilon", "cumulative record-level epsilon"),
-}
-"""Prefixes of per-client keys: ``slm_macro_f1/client-1`` and so on."""
-
-PHASE_PREFIX = "seconds_"
-"""``seconds_<phase>``: wall time of one phase of the round (train_private, generate, ...)."""
-
 TASK_METRICS = ("slm_macro_f1_mean", "llm_macro_f1", "slm_accuracy_mean", "llm_accuracy")
 """The task metrics: macro-F1 first."""
-
-
-def client_key(prefix: str, client_id: str) -> str:
-    """The row key of a per-client metric."""
-    return f"{prefix}/{client_id}"
-
-
-def short(key: str) -> str:
-    """A key's column title (per-client keys get the client in brackets; unknown keys as-is)."""
-    if key in METRICS:
-        return METRICS[key].short
-    prefix, _, client = key.partition("/")
-    if client and prefix in PER_CLIENT:
-        return f"{PER_CLIENT[prefix].short} ({client})"
-    if key.startswith(PHASE_PREFIX):
-        return f"{key.removeprefix(PHASE_PREFIX)} s"
-    return key
 
 
 def long(key: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 from crosslm_secure.errors import CrossLMError, ProtocolError
 from crosslm_secure.protocol.envelope import Envelope
 from crosslm_secure.protocol.envelope import parse as parse_envelope
-from crosslm_secure.protocol.messages import BODIES, TYPE_OF, EpsilonClaim, TrainReply, pack, type_name, unpack
+from crosslm_secure.protocol.messages import TYPE_OF, EpsilonClaim, TrainReply, pack, type_name, unpack
 from crosslm_secure.protocol.party import Party
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.transport.base import NodeUnavailable, Transport
@@ -107,7 +107,7 @@ class Messenger:
             raise ProtocolError(f"reply to {name} came from {envelope.sender}")
         if envelope.type == "error":
             raise ClientRefused(body.reason)
-        if envelope.type != expect or not isinstance(body, BODIES[expect]):
+        if envelope.type != expect:  # the body was decoded as this type's model
             raise ProtocolError(f"{name} answered {envelope.type}, expected {expect}")
         return Reply(envelope, body, unpack(envelope), raw)
 
