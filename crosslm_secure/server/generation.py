@@ -21,6 +21,7 @@ from crosslm_secure.config import GenerationConfig, TaskConfig
 from crosslm_secure.data.records import SyntheticSample
 from crosslm_secure.models.device import eval_mode
 from crosslm_secure.models.llm import LoadedLLM, encode_prompt, left_pad, render_prompt
+from crosslm_secure.models.sampling import sampling_processors
 
 log = logging.getLogger(__name__)
 
@@ -180,13 +181,16 @@ def generate_synthetic(
             ids, mask, _ = left_pad(encoded, tokenizer.pad_token_id, llm.device)
             with torch.random.fork_rng(devices=_cuda_devices(llm.device)), torch.no_grad():
                 torch.manual_seed(batch_seed(seed, round_index, batch_index))
+                # Temperature and top-p come from our processors (no full-vocabulary sort);
+                # generate's own warpers are switched off so they do not run twice.
                 out = model.generate(
                     input_ids=ids,
                     attention_mask=mask,
                     do_sample=True,
-                    temperature=gen.temperature,
-                    top_p=gen.top_p,
+                    temperature=1.0,
+                    top_p=1.0,
                     top_k=0,
+                    logits_processor=sampling_processors(gen.temperature, gen.top_p),
                     max_new_tokens=gen.max_new_tokens,
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=eos,
