@@ -11,7 +11,8 @@ does not match its hash is deleted and recomputed, never trusted. Entries are wr
 (temporary file, then rename), so a crash never leaves a half-written entry under a real name.
 
 Only public or server-side results belong in the shared cache. A client's private records (or
-features derived from them) must never be put in it: a client caches those in its own folder.
+features derived from them) must never be put in it: a site caches those in its own folder,
+``sites/<owner>/`` (:func:`site_cache`), on its own machine.
 
 The cache lives in ``$CROSSLM_CACHE_DIR`` when set (``off`` disables it), else in
 ``$XDG_CACHE_HOME/crosslm-secure/results`` (``~/.cache/...`` when unset).
@@ -31,6 +32,8 @@ CODE_VERSION = 1
 """Bump when the code behind a cached result changes what it computes: old entries stop matching."""
 
 ENV_VAR = "CROSSLM_CACHE_DIR"
+SITES = "sites"
+"""Subfolder of the cache root with one private folder per site (see :func:`site_cache`)."""
 _MAGIC = b"crosslm-cache-1\n"
 
 
@@ -55,6 +58,21 @@ class ContentCache:
 
     def get(self, namespace: str, key: str) -> Any | None:
         """The stored value, or None when there is none or it fails its hash check (then it is deleted)."""
+        payload = self.get_bytes(namespace, key)
+        if payload is None:
+            return None
+        try:
+            return json.loads(payload)
+        except ValueError:
+            self._path(namespace, key).unlink(missing_ok=True)
+            return None
+
+    def put(self, namespace: str, key: str, value: Any) -> None:
+        """Store ``value`` (JSON-serialisable) under ``key``, atomically."""
+        self.put_bytes(namespace, key, json.dumps(value, sort_keys=True).encode())
+
+    def get_bytes(self, namespace: str, key: str) -> bytes | None:
+        """The stored bytes, or None when there are none or they fail their hash check (then deleted)."""
         path = self._path(namespace, key)
         try:
             raw = path.read_bytes()
@@ -67,15 +85,14 @@ class ContentCache:
                 raise ValueError("wrong header")
             if meta.get("sha256") != hashlib.sha256(payload).hexdigest():
                 raise ValueError("payload does not match its hash")
-            return json.loads(payload)
         except (ValueError, AttributeError):
             path.unlink(missing_ok=True)
             return None
+        return payload
 
-    def put(self, namespace: str, key: str, value: Any) -> None:
-        """Store ``value`` (JSON-serialisable) under ``key``, atomically."""
+    def put_bytes(self, namespace: str, key: str, payload: bytes) -> None:
+        """Store ``payload`` under ``key`` with its sha256, atomically (temporary file, then rename)."""
         path = self._path(namespace, key)
-        payload = json.dumps(value, sort_keys=True).encode()
         header = json.dumps({"key": key, "sha256": hashlib.sha256(payload).hexdigest()}).encode()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{key[:8]}.", dir=path.parent)
@@ -104,10 +121,31 @@ class ContentCache:
 
 def default_cache() -> ContentCache | None:
     """The cache named by ``$CROSSLM_CACHE_DIR`` (``off`` = none), else the per-user default folder."""
+    root = _cache_root()
+    return None if root is None else ContentCache(root)
+
+
+def site_cache(owner: str) -> ContentCache | None:
+    """The private cache of one site (a client, or the auditor): ``<cache>/sites/<owner>/``.
+
+    It holds what is derived from that owner's records (the frozen SLM's sentence embeddings)
+    and sits on the machine where the owner runs, beside its data; nothing in it is ever sent.
+    None when caching is off.
+
+    Raises:
+        ValueError: ``owner`` is not a plain name (letters, digits, ``-``, ``_``, ``.``).
+    """
+    if not owner or not owner.replace("-", "").replace("_", "").replace(".", "").isalnum() or owner.startswith("."):
+        raise ValueError(f"cache owner {owner!r} is not a plain name")
+    root = _cache_root()
+    return None if root is None else ContentCache(root / SITES / owner)
+
+
+def _cache_root() -> Path | None:
     setting = os.environ.get(ENV_VAR, "").strip()
     if setting.lower() in ("off", "0", "none", "false"):
         return None
     if setting:
-        return ContentCache(setting)
+        return Path(setting).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return ContentCache(Path(base) / "crosslm-secure" / "results")
+    return Path(base) / "crosslm-secure" / "results"

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from crosslm_secure.audit.base import AuditError
 from crosslm_secure.client.dp_trainer import MECHANISM
-from crosslm_secure.client.features import FeatureHead
+from crosslm_secure.client.features import FeatureHead, feature_store
 from crosslm_secure.client.schedule import private_schedule
 from crosslm_secure.client.scheduled import ScheduledTrainer
 from crosslm_secure.client.trainers import slm_trainer
@@ -41,10 +41,14 @@ from crosslm_secure.data.site import own_data_marker
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.models.batches import encode_texts, forward_logits
 from crosslm_secure.models.device import resolve_device
+from crosslm_secure.models.pooling import MeanPoolingClassifier
 from crosslm_secure.models.slm import load_slm
 from crosslm_secure.privacy.ledger import Ledger, ledger_path
 from crosslm_secure.report.run_ledgers import configured_dp_sgd, mechanism_disagreements
 from crosslm_secure.runstore import CONFIG_FILE, RunStore
+
+AUDIT_OWNER = "audit"
+"""The auditor's site cache (``sites/audit/``): embeddings of the records it audits, on its machine."""
 
 MIN_HALF = 4
 """Fewest non-members / reference records an attack can work with."""
@@ -197,7 +201,23 @@ def feature_head(model: nn.Module, *, fresh_seed: int | None = None) -> FeatureH
 def embed(
     tokenizer: Any, model: nn.Module, texts: Sequence[str], settings: SLMConfig, *, progress: bool
 ) -> torch.Tensor:
-    """The classifier head's input for each text (eval mode: the sentence embedding), on the CPU."""
+    """The classifier head's input for each text (eval mode: the sentence embedding), on the CPU.
+
+    For a mean-pooling SLM that is the cached sentence embedding minus the model's public
+    centre: the auditor's site cache (``sites/audit/``) keeps the embeddings across audits, so a
+    sweep embeds its population once. Other classifiers are run with a hook on the head.
+    """
+    if isinstance(model, MeanPoolingClassifier):
+        store = feature_store(AUDIT_OWNER, tokenizer, model, max_length=settings.max_length)
+        vectors = store.embeddings(
+            tokenizer,
+            model,
+            texts,
+            max_length=settings.max_length,
+            batch_size=settings.eval_batch_size,
+            progress="audit: embed" if progress else None,
+        )
+        return vectors - model.feature_mean.detach().float().cpu()
     captured: list[torch.Tensor] = []
     hook = model.classifier.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().cpu()))
     model.eval()

@@ -96,7 +96,7 @@ class ScheduledTrainer:
         self.steps_per_round = self.schedule.steps
         self.seed = seed
         self._plain = PlainTrainer(slm, self.device, seed=seed, progress=progress)
-        self._features = FeatureCache()
+        self._features = FeatureCache(client_id)
         self.synthetic = synthetic_store if synthetic_store is not None else SyntheticStore()
         """Accepted synthetic (public) samples kept for joint training with a head-only SLM."""
 
