@@ -6,7 +6,12 @@ Rows (all measured in this process or its children, on this machine, now):
 - ``ckks_round``: a CKKS feedback round / a plaintext round, with bytes per score
   (``benchmarks/he_costs.py``);
 - ``llm_eval``: LLM label scoring, fast path (shared prefix, length buckets) / reference path;
-- ``sweep_cell_round0``: a cell's round-0 LLM evaluation with a warm cache / computing it.
+- ``sweep_cell_round0``: a cell's round-0 LLM evaluation with a warm cache / computing it;
+- ``generation``: a seeded synthetic batch with top-p on top-k candidates / transformers'
+  full-sort top-p (the note says whether the samples are the same);
+- ``sweep_cell``: a whole standalone cell (round 0 and one private round) at another epsilon
+  after a first cell filled the caches / the first cell (round-0 LLM results, public centre,
+  every client's embeddings from its site cache).
 
 ``--scale`` adds the aggregation scale grid: K clients x N scores per round (time and bytes
 per round, and the decryptor's share of the time). Results go to ``benchmarks/results/bench-<date>.json``
@@ -35,6 +40,8 @@ import numpy as np
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 TABLE_START = "<!-- bench-rows -->"
+COLUMNS = ("dp_step", "ckks_round", "llm_eval", "sweep_cell_round0", "generation", "sweep_cell")
+"""The ratio columns of the README's history table, in order."""
 
 
 def _script(name: str) -> Any:
@@ -157,6 +164,62 @@ def llm_eval_and_cache(examples: int, config: str) -> list[dict]:
     return [eval_row, cache_row]
 
 
+def generation(samples_per_label: int, config: str) -> dict:
+    """One seeded synthetic batch: top-p on top-k candidates / transformers' full-sort top-p."""
+    from crosslm_secure.models.sampling import reference_processors
+    from crosslm_secure.server.generation import generate_synthetic
+
+    cfg, llm, _, _ = _eval_inputs(0, config)
+    gen = cfg.generation.model_copy(update={"samples_per_label": samples_per_label})
+
+    def batch(**sampling: Any) -> list[tuple[str, str]]:
+        samples = generate_synthetic(llm, cfg.task, gen, round_index=1, seed=cfg.run.seed, progress=False, **sampling)
+        return [(s.sample_id, s.text) for s in samples]
+
+    ours, ours_s = _timed(batch)
+    theirs, theirs_s = _timed(lambda: batch(sampling=reference_processors))
+    return {
+        "name": "generation",
+        "baseline_s": theirs_s,
+        "measured_s": ours_s,
+        "note": f"{len(ours)} samples kept; same samples: {ours == theirs}",
+    }
+
+
+def sweep_cell(config: str) -> dict:
+    """A standalone cell at epsilon 4 after a cell at epsilon 8 filled the caches / that first cell."""
+    from crosslm_secure.cache import ENV_VAR
+    from crosslm_secure.config import load_config
+    from crosslm_secure.runner import run_job
+
+    before = os.environ.get(ENV_VAR)
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ[ENV_VAR] = str(Path(folder) / "cache")
+        try:
+            seconds = []
+            for epsilon in (8, 4):
+                overrides = [
+                    "run.method=standalone",
+                    "run.rounds=1",
+                    "run.progress=false",
+                    f"run.output_dir={Path(folder) / 'runs'}",
+                    f"privacy.target_epsilon={epsilon}",
+                ]
+                _, took = _timed(lambda o=overrides: run_job(load_config(config, o), log=lambda _line: None))
+                seconds.append(took)
+        finally:
+            if before is None:
+                os.environ.pop(ENV_VAR, None)
+            else:
+                os.environ[ENV_VAR] = before
+    return {
+        "name": "sweep_cell",
+        "baseline_s": seconds[0],
+        "measured_s": seconds[1],
+        "note": "standalone, 1 round: eps 4 with the caches eps 8 filled / eps 8 from empty caches",
+    }
+
+
 def scale(clients: tuple[int, ...] = (3, 10, 30, 100), counts: tuple[int, ...] = (100, 1000, 10000)) -> list[dict]:
     """CKKS feedback round time and bytes vs K clients and N scores; the decryptor's share of the time."""
     measure = _script("he_costs").measure
@@ -209,7 +272,14 @@ def run_bench(
     """Run every row, print the ratio table, write the JSON and append the dated README row."""
     load_before = os.getloadavg()[0]
     rows: list[dict] = []
-    for step in (lambda: [dp_step()], lambda: [ckks_round()], lambda: llm_eval_and_cache(examples, config)):
+    steps = (
+        lambda: [dp_step()],
+        lambda: [ckks_round()],
+        lambda: llm_eval_and_cache(examples, config),
+        lambda: [generation(16, config)],
+        lambda: [sweep_cell(config)],
+    )
+    for step in steps:
         for row in step():
             row["ratio"] = row["measured_s"] / row["baseline_s"] if row["baseline_s"] else float("nan")
             rows.append(row)
@@ -239,15 +309,15 @@ def append_row(readme: Path, result: dict) -> None:
     """Append one dated row of ratios under the ``bench-rows`` marker of ``readme`` (atomic rewrite)."""
     ratios = {r["name"]: r["ratio"] for r in result["rows"]}
     cells = [result["date"], f"{result['load_average'][0]:.1f}"] + [
-        f"{ratios[n]:.3f}" if n in ratios else "" for n in ("dp_step", "ckks_round", "llm_eval", "sweep_cell_round0")
+        f"{ratios[n]:.3f}" if n in ratios else "" for n in COLUMNS
     ]
     text = readme.read_text() if readme.is_file() else ""
     if TABLE_START not in text:
         text += (
             f"\n## `crosslm bench` history (ratio = measured / baseline)\n\n{TABLE_START}\n"
             "| date | load | DP step / plain | CKKS round / plaintext | eval fast / reference "
-            "| cell cached / computed |\n"
-            "|---|---|---|---|---|---|\n"
+            "| round 0 cached / computed | generation top-k / sort | sweep cell warm / cold |\n"
+            "|---|---|---|---|---|---|---|---|\n"
         )
     text = text.rstrip("\n") + "\n| " + " | ".join(cells) + " |\n"
     tmp = readme.with_suffix(".md.tmp")

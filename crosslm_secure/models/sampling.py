@@ -21,7 +21,7 @@ be applied here too: :func:`sampling_processors` gives both, in transformers' or
 from __future__ import annotations
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper
+from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 CANDIDATES = (256, 4096)
 """Top-k widths tried in turn before a full sort of the rows that still do not fit."""
@@ -86,4 +86,14 @@ def sampling_processors(temperature: float, top_p: float) -> LogitsProcessorList
         processors.append(TemperatureLogitsWarper(temperature))
     if top_p < 1.0:
         processors.append(NucleusWarper(top_p))
+    return processors
+
+
+def reference_processors(temperature: float, top_p: float) -> LogitsProcessorList:
+    """transformers' own temperature and top-p warpers (full sort): the baseline for tests and bench."""
+    processors = LogitsProcessorList()
+    if temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(temperature))
+    if top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p))
     return processors

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
+from transformers import LogitsProcessorList, PreTrainedTokenizerBase
 
 from crosslm_secure.config import GenerationConfig, TaskConfig
 from crosslm_secure.data.records import SyntheticSample
@@ -150,6 +150,7 @@ def generate_synthetic(
     round_index: int,
     seed: int,
     progress: bool = True,
+    sampling: Callable[[float, float], LogitsProcessorList] = sampling_processors,
 ) -> list[SyntheticSample]:
     """Write ``gen.samples_per_label`` label-conditioned samples per label, cleaned.
 
@@ -163,6 +164,8 @@ def generate_synthetic(
         round_index: the round, part of every sample id and of the sampling seed.
         seed: the run seed.
         progress: show a progress bar.
+        sampling: builds the temperature and top-p processors from ``(temperature, top_p)``;
+            ``models.sampling.reference_processors`` gives transformers' own (the baseline).
 
     Returns:
         The kept samples (fewer than asked when some were dropped), ids unique.
@@ -190,7 +193,7 @@ def generate_synthetic(
                     temperature=1.0,
                     top_p=1.0,
                     top_k=0,
-                    logits_processor=sampling_processors(gen.temperature, gen.top_p),
+                    logits_processor=sampling(gen.temperature, gen.top_p),
                     max_new_tokens=gen.max_new_tokens,
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=eos,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
 from crosslm_secure.config import GenerationConfig, TaskConfig
-from crosslm_secure.models.sampling import NucleusWarper, sampling_processors
-from crosslm_secure.server import generation
+from crosslm_secure.models.sampling import NucleusWarper, reference_processors, sampling_processors
 from crosslm_secure.server.generation import generate_synthetic
 
 VOCAB = 49152
@@ -57,18 +56,16 @@ def test_processors_apply_temperature_then_nucleus() -> None:
     processors = sampling_processors(0.7, 0.9)
     assert [type(p) for p in processors] == [TemperatureLogitsWarper, NucleusWarper]
     assert len(sampling_processors(1.0, 1.0)) == 0
+    assert [type(p) for p in reference_processors(0.7, 0.9)] == [TemperatureLogitsWarper, TopPLogitsWarper]
 
 
-def test_generation_draws_the_same_samples_as_transformers_top_p(tiny_llm, monkeypatch) -> None:
+def test_generation_draws_the_same_samples_as_transformers_top_p(tiny_llm) -> None:
     task = TaskConfig(labels=["negative", "positive"], generation_instructions=["Write a {label} review."])
     gen = GenerationConfig(samples_per_label=6, max_new_tokens=12, batch_size=4, min_chars=1, temperature=0.8)
     ours = generate_synthetic(tiny_llm, task, gen, round_index=1, seed=3, progress=False)
-
-    def reference(temperature: float, top_p: float) -> LogitsProcessorList:
-        return LogitsProcessorList([TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)])
-
-    monkeypatch.setattr(generation, "sampling_processors", reference)
-    theirs = generate_synthetic(tiny_llm, task, gen, round_index=1, seed=3, progress=False)
+    theirs = generate_synthetic(
+        tiny_llm, task, gen, round_index=1, seed=3, progress=False, sampling=reference_processors
+    )
     assert [(s.sample_id, s.text) for s in ours] == [(s.sample_id, s.text) for s in theirs]
     assert len(ours) > 0
 
