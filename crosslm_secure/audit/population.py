@@ -120,6 +120,11 @@ def open_run(run_dir: Path, settings: AuditConfig | None) -> AuditRun:
         left_out = [ex for ex in full_train if ex.uid not in used]  # records the cap dropped
     except CrossLMError as exc:
         raise AuditError(f"audit: cannot rebuild the data split of {root} ({exc})") from None
+    if config.run.threads:
+        # Retraining runs the run's own workload: keep its thread cap, so audits that a sweep
+        # runs side by side do not oversubscribe the cores (2 threads each on 2 cores made the
+        # reference models of two parallel cells 5x slower).
+        torch.set_num_threads(config.run.threads)
     settings = settings or config.audit
     private = {ex.uid for client in split.clients for ex in client.train}
     population = [ex for ex in [*test, *left_out] if ex.uid not in private]
