@@ -84,21 +84,18 @@ def _sorted_keep(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.empty_like(dropped).scatter(-1, order, ~dropped)
 
 
-def sampling_processors(temperature: float, top_p: float) -> LogitsProcessorList:
+def sampling_processors(
+    temperature: float, top_p: float, *, nucleus: type[LogitsProcessor] = NucleusWarper
+) -> LogitsProcessorList:
     """Temperature, then nucleus filtering: what ``generate(temperature=, top_p=)`` applies."""
     processors = LogitsProcessorList()
     if temperature != 1.0:
         processors.append(TemperatureLogitsWarper(temperature))
     if top_p < 1.0:
-        processors.append(NucleusWarper(top_p))
+        processors.append(nucleus(top_p))
     return processors
 
 
 def reference_processors(temperature: float, top_p: float) -> LogitsProcessorList:
     """transformers' own temperature and top-p warpers (full sort): the baseline for tests and bench."""
-    processors = LogitsProcessorList()
-    if temperature != 1.0:
-        processors.append(TemperatureLogitsWarper(temperature))
-    if top_p < 1.0:
-        processors.append(TopPLogitsWarper(top_p))
-    return processors
+    return sampling_processors(temperature, top_p, nucleus=TopPLogitsWarper)
