@@ -139,15 +139,16 @@ def plot(tasks: dict[str, list[dict]], out: Path) -> None:
             capsize=3,
             label=f"{name}: white-box 95% bound",
         )
-        left.plot(
-            xs,
-            [s["ceiling"] for s in rows],
-            linestyle="--",
-            marker=marker,
-            alpha=0.6,
-            label=f"{name}: method's ceiling",
-        )
         right.plot(xs, [s["tpr_mean"] for s in rows], marker=marker, label=f"{name}: best of LOSS/RMIA/LiRA")
+    # The ceiling depends only on the claimed epsilon, the canaries and the guesses: one line for every task.
+    first = next(iter(tasks.values()))
+    left.plot(
+        [inf_x if math.isinf(s["epsilon"]) else s["epsilon"] for s in first],
+        [s["ceiling"] for s in first],
+        color="grey",
+        linestyle="--",
+        label="method's ceiling (same canaries and guesses)",
+    )
     claimed_x = sorted(set(finite))
     left.plot(claimed_x, claimed_x, color="black", linewidth=1, label="claimed epsilon")
     right.axhline(0.01, color="grey", linestyle=":", label="chance (TPR = FPR)")
