@@ -216,27 +216,23 @@ def sentence_embeddings(
 ) -> torch.Tensor:
     """Unit-norm embeddings of ``texts`` (before centring), ``[len(texts), hidden]`` float32 on the CPU.
 
-    Texts are batched in order of length, so a batch pads only to its own longest text (a third
-    less time on the movie snippets; the embeddings agree with unsorted batches to 2e-7).
-    ``progress`` names a progress bar (none when None).
+    Every text is padded to ``max_length``, so each embedding is a function of its own text only:
+    bitwise the same whatever else shares its batch, the batch size or the torch thread count
+    (``tests/unit/models/test_batches.py``). That is what lets a site cache keep embeddings across
+    runs without a warm cache changing a run's numbers. ``progress`` names a progress bar.
     """
-    if not texts:
-        return torch.zeros(0, model.classifier.in_features)
     device = next(model.parameters()).device
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     chunks: list[torch.Tensor] = []
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            starts = range(0, len(order), batch_size)
+            starts = range(0, len(texts), batch_size)
             for start in tqdm(starts, desc=progress, disable=progress is None, leave=False):
-                chunk = [texts[i] for i in order[start : start + batch_size]]
-                inputs = encode_texts(tokenizer, chunk, max_length)
+                chunk = list(texts[start : start + batch_size])
+                inputs = encode_texts(tokenizer, chunk, max_length, pad_to_max_length=True)
                 inputs = {key: value.to(device) for key, value in inputs.items()}
                 chunks.append(model.embed(**inputs).float().cpu())
     finally:
         model.train(was_training)
-    embeddings = torch.empty(len(texts), chunks[0].shape[1])
-    embeddings[torch.tensor(order)] = torch.cat(chunks)
-    return embeddings
+    return torch.cat(chunks) if chunks else torch.zeros(0, model.classifier.in_features)

@@ -15,6 +15,7 @@ from crosslm_secure.models.batches import (
     model_inputs,
     num_batches,
     predict_proba,
+    sentence_embeddings,
 )
 from crosslm_secure.models.slm import load_slm
 from tests.tiny_models import tiny_bert_dir
@@ -86,3 +87,27 @@ def test_predict_proba_keeps_input_order_and_mode(tiny: tuple) -> None:
     np.testing.assert_allclose(batched, single, atol=1e-5)
     np.testing.assert_allclose(batched.sum(axis=1), 1.0, atol=1e-6)
     assert predict_proba(tokenizer, model, [], max_length=16, batch_size=2, device=CPU).shape == (0, 0)
+
+
+def test_a_sentence_embedding_depends_only_on_its_own_text(tiny: tuple) -> None:
+    # The site cache reuses embeddings across runs: a warm cache must not change a run's numbers,
+    # so an embedding may not depend on its batch-mates, the batch size or the thread count.
+    tokenizer, model = tiny
+    texts = [
+        "good",
+        "the drug helped my pain a lot and i slept well for the first time in weeks",
+        "no change",
+        "it made me dizzy and tired for two days",
+        "fine",
+    ]
+    together = sentence_embeddings(tokenizer, model, texts, max_length=24, batch_size=8)
+    for i, text in enumerate(texts):
+        alone = sentence_embeddings(tokenizer, model, [text], max_length=24, batch_size=1)
+        assert torch.equal(alone[0], together[i]), f"text {i} changed with its batch"
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = sentence_embeddings(tokenizer, model, texts[::-1], max_length=24, batch_size=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one_thread.flip(0), together)
