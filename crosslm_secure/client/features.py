@@ -9,7 +9,7 @@ Embeddings also outlive a run. The public centre goes to the shared cache (it is
 public text only); a client's own embeddings go to its site cache (``cache.site_cache``), keyed
 by each text's sha256 under a key of the encoder's weights and tokenizer, so a re-run or another
 sweep cell on the same records embeds nothing again. An embedding depends only on its own text
-(``sentence_embeddings`` pads every text to ``max_length``), so a warm cache gives a run bitwise
+(``sentence_embeddings`` pads each text to a length set by its own token count), so a warm cache gives a run bitwise
 the same features as a cold one. A store that fails its hash check is discarded and rebuilt.
 """
 
