@@ -27,8 +27,11 @@ from torch import nn
 
 from crosslm_secure.cache import ContentCache, content_key, default_cache, site_cache
 from crosslm_secure.data.public_text import public_texts
-from crosslm_secure.models.batches import sentence_embeddings
+from crosslm_secure.models.batches import EMBEDDING_BUCKET, sentence_embeddings
 from crosslm_secure.models.pooling import MeanPoolingClassifier
+
+EMBEDDING_SCHEME = f"pad-to-{EMBEDDING_BUCKET}"
+"""How ``sentence_embeddings`` computes: part of every cache key, so a change of scheme never reuses old vectors."""
 
 
 class FeatureHead(nn.Module):
@@ -71,7 +74,8 @@ def set_public_centre(tokenizer: Any, model: MeanPoolingClassifier, *, max_lengt
         centre = compute()
     else:
         texts_hash = hashlib.sha256("\x00".join(public_texts()).encode()).hexdigest()
-        key = content_key("public_centre", encoder_fingerprint(tokenizer, model), max_length, texts_hash)
+        fingerprint = encoder_fingerprint(tokenizer, model)
+        key = content_key("public_centre", EMBEDDING_SCHEME, fingerprint, max_length, texts_hash)
         centre = cache.get_or_compute("public_centre", key, compute)
     with torch.no_grad():
         model.feature_mean.copy_(torch.tensor(centre, dtype=torch.float32).to(model.feature_mean.device))
@@ -177,7 +181,7 @@ class FeatureStore:
 
 def feature_store(owner: str, tokenizer: Any, model: MeanPoolingClassifier, *, max_length: int) -> FeatureStore:
     """The store of ``owner``'s embeddings under this encoder and ``max_length`` (in-memory when caching is off)."""
-    key = content_key("slm_features", encoder_fingerprint(tokenizer, model), max_length)
+    key = content_key("slm_features", EMBEDDING_SCHEME, encoder_fingerprint(tokenizer, model), max_length)
     return FeatureStore(site_cache(owner), key)
 
 
