@@ -199,13 +199,24 @@ class FeatureCache:
         self._store: FeatureStore | None = None
 
     def features(
-        self, tokenizer: Any, model: MeanPoolingClassifier, uids: Sequence[str], texts: Sequence[str], **encode: int
+        self,
+        tokenizer: Any,
+        model: MeanPoolingClassifier,
+        uids: Sequence[str],
+        texts: Sequence[str],
+        *,
+        keep: bool = True,
+        **encode: int,
     ) -> torch.Tensor:
-        """``[len(uids), hidden]`` embeddings (uncentred), embedding only the uids not seen before."""
+        """``[len(uids), hidden]`` embeddings (uncentred), embedding only the uids not seen before.
+
+        ``keep=False`` holds them for this process only (texts that change every run, such as a
+        round's synthetic samples, would only grow the site cache).
+        """
         missing = [i for i, uid in enumerate(uids) if uid not in self._vectors]
         if missing:
             texts_missing = [texts[i] for i in missing]
-            if self.owner is None:
+            if self.owner is None or not keep:
                 fresh = sentence_embeddings(tokenizer, model, texts_missing, **encode)
             else:
                 if self._store is None:

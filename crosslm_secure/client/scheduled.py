@@ -146,7 +146,7 @@ class ScheduledTrainer:
         synthetic = self.synthetic.before(round_index)
         if synthetic and self.slm.synthetic_weight > 0:
             public_x = self._features.features(
-                tokenizer, model, [ex.uid for ex in synthetic], [ex.text for ex in synthetic], **encode
+                tokenizer, model, [ex.uid for ex in synthetic], [ex.text for ex in synthetic], keep=False, **encode
             )
             public = (public_x - centre, torch.tensor([ex.label for ex in synthetic], dtype=torch.long))
         report = self.train_private_features(

@@ -138,3 +138,12 @@ def test_the_store_keeps_one_vector_per_distinct_text(slm, cache_dir) -> None:
     got = store.embeddings(tokenizer, model, ["same text", "other", "same text"], **ENCODE)
     assert torch.equal(got[0], got[2]) and not torch.equal(got[0], got[1])
     assert isinstance(store, FeatureStore) and store.reused == 1
+
+
+def test_texts_of_one_run_only_are_not_kept(slm, cache_dir) -> None:
+    tokenizer, model = slm
+    uids, texts = _texts()
+    cache = FeatureCache("client-1")
+    synthetic = cache.features(tokenizer, model, uids, texts, keep=False, **ENCODE)
+    assert not (cache_dir / SITES / "client-1").exists(), "a round's synthetic samples stay out of the site cache"
+    assert torch.equal(synthetic, sentence_embeddings(tokenizer, model, texts, **ENCODE))
