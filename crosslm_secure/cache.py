@@ -135,7 +135,7 @@ def site_cache(owner: str) -> ContentCache | None:
     Raises:
         ValueError: ``owner`` is not a plain name (letters, digits, ``-``, ``_``, ``.``).
     """
-    if not owner or not owner.replace("-", "").replace("_", "").replace(".", "").isalnum() or owner.startswith("."):
+    if not owner or owner.startswith(".") or not all(c.isalnum() or c in "-_." for c in owner):
         raise ValueError(f"cache owner {owner!r} is not a plain name")
     root = _cache_root()
     return None if root is None else ContentCache(root / SITES / owner)

@@ -122,8 +122,8 @@ def open_run(run_dir: Path, settings: AuditConfig | None) -> AuditRun:
         raise AuditError(f"audit: cannot rebuild the data split of {root} ({exc})") from None
     if config.run.threads:
         # Retraining runs the run's own workload: keep its thread cap, so audits that a sweep
-        # runs side by side do not oversubscribe the cores (2 threads each on 2 cores made the
-        # reference models of two parallel cells crawl: 54 s each where the cell trains in 4 s).
+        # runs side by side do not oversubscribe the cores (with every core each, beside another
+        # cell, one reference model took 54 s under a profiler; capped, a cell's audits ~2 min).
         torch.set_num_threads(config.run.threads)
     settings = settings or config.audit
     private = {ex.uid for client in split.clients for ex in client.train}

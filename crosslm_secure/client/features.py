@@ -137,7 +137,11 @@ class FeatureStore:
         """
         stored = self._load()
         hashes = [text_hash(t) for t in texts]
-        missing = sorted({h: i for i, h in reversed(list(enumerate(hashes))) if h not in stored}.values())
+        first: dict[str, int] = {}  # each text the store lacks, at its first position
+        for i, h in enumerate(hashes):
+            if h not in stored:
+                first.setdefault(h, i)
+        missing = list(first.values())
         if missing:
             fresh = sentence_embeddings(
                 tokenizer,

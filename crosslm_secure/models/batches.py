@@ -225,7 +225,7 @@ def sentence_embeddings(
     length. An embedding is therefore a function of its own text only: bitwise the same
     whatever else is embedded with it, the batch size or the torch thread count
     (``tests/unit/models/test_batches.py``), which lets a site cache keep embeddings across runs
-    without a warm cache changing a run's numbers. Padding to the batch's longest text would make
+    without a warm cache changing a run's inputs. Padding to the batch's longest text would make
     it depend on its batch-mates; padding every text to ``max_length`` took twice the time on the
     movie snippets. ``progress`` names a progress bar over the batches.
     """
@@ -234,10 +234,12 @@ def sentence_embeddings(
     device = next(model.parameters()).device
     counts = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
     padded = [min(max_length, -(-count // EMBEDDING_BUCKET) * EMBEDDING_BUCKET) for count in counts]
+    by_length: dict[int, list[int]] = {}
+    for i, length in enumerate(padded):
+        by_length.setdefault(length, []).append(i)
     batches = [
         rows[start : start + batch_size]
-        for length in sorted(set(padded))
-        for rows in [[i for i, p in enumerate(padded) if p == length]]
+        for _, rows in sorted(by_length.items())
         for start in range(0, len(rows), batch_size)
     ]
     embeddings = torch.empty(len(texts), model.classifier.in_features)
