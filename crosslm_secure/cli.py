@@ -14,6 +14,7 @@ from crosslm_secure.clitools import console, fail
 from crosslm_secure.crypto.cli import keys_app
 from crosslm_secure.deploy.cli import deploy_app, pki_app
 from crosslm_secure.errors import CrossLMError
+from crosslm_secure.party_cli import sites_app
 from crosslm_secure.report.budget_cli import budget_app
 from crosslm_secure.sweep.cli import sweep_app
 
@@ -35,6 +36,7 @@ app.add_typer(pki_app, name="pki", help="Deployment PKI: CA, SuperLink certifica
 app.add_typer(
     audit_app, name="audit", help="Compliance audits of a finished run and their report (exit 1 on any failure)."
 )
+app.add_typer(sites_app, name="sites", help="Party folders: a simulated pilot's, or check your own.")
 app.add_typer(sweep_app, name="sweep", help="Grids of runs (epsilon x method x seed) with tables and plots.")
 
 
@@ -43,6 +45,14 @@ def run(
     config: Annotated[Path | None, typer.Argument(help="YAML config, e.g. experiments/configs/default.yaml")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: section.field=value")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue runs/<id> from its last completed round")] = None,
+    sites: Annotated[
+        Path | None,
+        typer.Option(
+            "--sites",
+            help="Folder of party folders (server/, client-1/, ...): each party's own keys and records, each "
+            "site's state in its own folder. Without it, the job's one data file is split into silos (a simulation).",
+        ),
+    ] = None,
 ) -> None:
     """Run a CrossLM job (or resume one) and write runs/<id>/ with summary.md and plots."""
     from crosslm_secure.config import load_config
@@ -50,13 +60,15 @@ def run(
 
     try:
         if resume is not None:
-            result = resume_job(resume, log=console.print)
+            result = resume_job(resume, sites=sites, log=console.print)
         else:
             if config is None:
                 raise CrossLMError(
                     "run: give a config file (e.g. experiments/configs/default.yaml) or --resume runs/<id>"
                 )
-            result = run_job(load_config(config, set_ or []), log=console.print)
+            if sites is None:
+                console.print("simulation: one data file split into silos; for party folders pass --sites DIR")
+            result = run_job(load_config(config, set_ or []), sites=sites, log=console.print)
     except CrossLMError as exc:
         fail(exc)
     if result.outcome.stopped_early:

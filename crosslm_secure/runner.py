@@ -29,7 +29,7 @@ from crosslm_secure.crypto.keys import ParticipantKeys, Registry
 from crosslm_secure.crypto.noise import ScoreRelease
 from crosslm_secure.data.loaders import load_labelled_data
 from crosslm_secure.data.partition import partition_clients
-from crosslm_secure.data.records import ClientData
+from crosslm_secure.data.records import ClientData, Example
 from crosslm_secure.errors import RunError
 from crosslm_secure.methods import method_for
 from crosslm_secure.models.device import resolve_device
@@ -39,7 +39,7 @@ from crosslm_secure.preflight import check_paths
 from crosslm_secure.privacy.ledger import Ledger
 from crosslm_secure.protocol.party import Party, in_memory_identities, party_of
 from crosslm_secure.report.summary import write_report
-from crosslm_secure.runstore import RunState, RunStore
+from crosslm_secure.runstore import PARTIES_SIMULATED, PARTIES_SITES, RunState, RunStore
 from crosslm_secure.server.coordinator import Coordinator, RoundOutcome
 from crosslm_secure.server.llm_side import LocalLLM
 from crosslm_secure.transport.base import Transport
@@ -54,17 +54,29 @@ class RunResult:
     outcome: RoundOutcome
 
 
-def run_job(config: Config, *, log: Callable[[str], None] = print) -> RunResult:
+def run_job(config: Config, *, sites: Path | None = None, log: Callable[[str], None] = print) -> RunResult:
     """Run a fresh job and write its run folder, summary and plots.
 
     The config's paths are checked before the folder is made; a job that fails before its
     round 0 is recorded removes the folder again, so failed starts leave no orphan run.
+
+    Args:
+        config: the job.
+        sites: a folder of party folders (``crosslm_secure/parties.py``): each party's own keys
+            and data, each site's state in its own folder. None: a simulation that splits the
+            job's one data file into silos.
+        log: where progress lines go.
     """
-    check_paths(config)
+    if sites is None:
+        check_paths(config)
+    else:
+        from crosslm_secure.party_run import check_sites
+
+        check_sites(config, sites)
     store = RunStore.create(config.run.output_dir, config.run.name, config.run.seed, config_to_dict(config))
     log(f"run folder: {store.root}")
     try:
-        return _execute(config, store, start_round=0, log=log)
+        return _execute(config, store, start_round=0, log=log, sites=sites)
     except BaseException:
         if not store.rounds():
             shutil.rmtree(store.root, ignore_errors=True)
@@ -72,16 +84,21 @@ def run_job(config: Config, *, log: Callable[[str], None] = print) -> RunResult:
         raise
 
 
-def resume_job(run_dir: Path, *, log: Callable[[str], None] = print) -> RunResult:
+def resume_job(run_dir: Path, *, sites: Path | None = None, log: Callable[[str], None] = print) -> RunResult:
     """Continue a run from its last completed round (after a crash or a stop).
 
     Raises:
-        RunError: the folder is not a run, or it has nothing to resume from.
+        RunError: the folder is not a run, it has nothing to resume from, or it was run with
+            party folders and ``sites`` is not given (or the other way round).
     """
     store, config, state, start = resume_point(run_dir)
+    parties = store.parties()
+    if (parties == PARTIES_SITES) != (sites is not None):
+        hint = "give the same --sites DIR it ran with" if sites is None else "it ran as a simulation: drop --sites"
+        raise RunError(f"run: {run_dir} was run with {parties}; {hint}")
     log(f"resuming {store.root} at round {start}")
     store.event("resumed", round=start)
-    return _execute(config, store, start_round=start, log=log, state=state)
+    return _execute(config, store, start_round=start, log=log, state=state, sites=sites)
 
 
 def _execute(
@@ -91,7 +108,13 @@ def _execute(
     start_round: int,
     log: Callable[[str], None],
     state: RunState | None = None,
+    sites: Path | None = None,
 ) -> RunResult:
+    if sites is not None:
+        from crosslm_secure.party_run import execute_sites
+
+        return execute_sites(config, store, sites, start_round=start_round, log=log, state=state)
+    store.record_parties(PARTIES_SIMULATED)
     job = prepare_job(config, store)
     keys, registry = in_memory_identities(SERVER, config.client_ids())
     # In-process, this process plays every site: keep the public keys each site signs its ledger
@@ -123,7 +146,16 @@ def _execute(
         return InProcessTransport({name: node.handle for name, node in nodes.items()}, restart=restart)
 
     return drive_server(
-        config, store, job, keys[SERVER], registry, transport_for, start_round=start_round, log=log, state=state
+        config,
+        store,
+        job.device,
+        job.split.llm_test,
+        keys[SERVER],
+        registry,
+        transport_for,
+        start_round=start_round,
+        log=log,
+        state=state,
     )
 
 
@@ -174,7 +206,8 @@ def resume_point(run_dir: Path) -> tuple[RunStore, Config, RunState, int]:
 def drive_server(
     config: Config,
     store: RunStore,
-    job: PreparedJob,
+    device: torch.device,
+    llm_test: list[Example],
     server_keys: ParticipantKeys,
     registry: Registry,
     transport_for: Callable[[LoadedLLM], Transport],
@@ -182,9 +215,14 @@ def drive_server(
     start_round: int,
     log: Callable[[str], None],
     state: RunState | None = None,
+    ledger_copies: bool = False,
 ) -> RunResult:
-    """The server side of a job: load the LLM, run the coordinator over a transport, write the report."""
-    llm = load_llm(config.llm, job.device)
+    """The server side of a job: load the LLM, run the coordinator over a transport, write the report.
+
+    ``llm_test`` is the evaluator's labelled set; ``ledger_copies``: the sites keep their
+    ledgers on their own machines, so the server keeps copies from what they send.
+    """
+    llm = load_llm(config.llm, device)
     log(f"LLM: {llm.source}")
     if method_for(config.run.method).tunes_llm:
         llm.model = add_lora(llm.model, config.llm.lora, seed=config.run.seed)
@@ -197,13 +235,14 @@ def drive_server(
         party_of(server_keys, store.run_id, registry),
         transport,
         registry,
-        LocalLLM(config, llm, job.split.llm_test, store, cache=default_cache()),
+        LocalLLM(config, llm, llm_test, store, cache=default_cache()),
         store,
         log=log,
+        ledger_copies=ledger_copies,
     )
     if state is not None:
         coordinator.restore(state)
-    store.event("run_started", round=start_round, method=config.run.method, device=str(job.device))
+    store.event("run_started", round=start_round, method=config.run.method, device=str(device))
     outcome = coordinator.run(start_round)
     store.event("run_finished", completed_round=outcome.completed_rounds, stopped_early=outcome.stopped_early)
     write_report(store, config, outcome, llm=llm, slm_sources=_slm_sources(config))

@@ -80,6 +80,8 @@ class RunState:
 
 RUN_FILE = "run.json"
 RUN_SCHEMA = "crosslm-run/1"
+PARTIES_SIMULATED = "one data file split into silos (simulation)"
+PARTIES_SITES = "party folders (each site's own keys, records and state)"
 
 
 class RunStore:
@@ -111,6 +113,16 @@ class RunStore:
         if not isinstance(meta, dict) or meta.get("schema") != RUN_SCHEMA or not isinstance(meta.get("run_id"), str):
             raise RunError(f"run: {path} is not {RUN_SCHEMA} metadata with a run_id")
         return meta
+
+    def record_parties(self, parties: str) -> None:
+        """Say in ``run.json`` who held the data: :data:`PARTIES_SITES` or :data:`PARTIES_SIMULATED`."""
+        meta = self.metadata() or {"schema": RUN_SCHEMA, "run_id": self.run_id}
+        atomic_write_json(self.root / RUN_FILE, {**meta, "parties": parties})
+
+    def parties(self) -> str:
+        """Who held the data (runs made before this was recorded were simulations)."""
+        meta = self.metadata() or {}
+        return str(meta.get("parties", PARTIES_SIMULATED))
 
     def record_identities(self, identities: list[dict[str, str]], *, first_round: int) -> None:
         """Keep the public keys the sites sign with from ``first_round`` on (each start of an

@@ -220,13 +220,17 @@ def _yaml(kind: ArtefactKind, data: bytes, client_ids: list[str]) -> list[str]:
 def _run_metadata(kind: ArtefactKind, data: bytes, client_ids: list[str]) -> list[str]:
     from crosslm_secure.crypto.keys import PublicIdentity
     from crosslm_secure.errors import CryptoError
+    from crosslm_secure.runstore import PARTIES_SIMULATED, PARTIES_SITES
 
     raw = json.loads(data.decode("utf-8"))
     if not isinstance(raw, dict):
         return ["is not a JSON object"]
     problems = _field_problems(
-        {k: v for k, v in raw.items() if k != "identities"}, {"schema": (str,), "run_id": (str,), "created": (str,)}
+        {k: v for k, v in raw.items() if k not in ("identities", "parties")},
+        {"schema": (str,), "run_id": (str,), "created": (str,)},
     )
+    if "parties" in raw and raw["parties"] not in (PARTIES_SIMULATED, PARTIES_SITES):
+        problems.append("says the data was held by parties other than the two kinds a run records")
     for batch in raw.get("identities", []):
         if not isinstance(batch, dict) or set(batch) != {"first_round", "participants"}:
             problems.append("has an identities entry other than {first_round, participants}")

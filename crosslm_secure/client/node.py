@@ -23,6 +23,7 @@ from crosslm_secure.crypto.noise import ScoreRelease
 from crosslm_secure.data.records import ClientData
 from crosslm_secure.errors import CrossLMError, ProtocolError
 from crosslm_secure.eval.slm_eval import evaluate_slm
+from crosslm_secure.privacy.ledger_format import entry_line
 from crosslm_secure.protocol.envelope import Envelope, verify
 from crosslm_secure.protocol.messages import (
     EnhanceReply,
@@ -280,12 +281,14 @@ class ClientNode:
         )
         if self.on_round_end is not None:
             self.on_round_end(envelope.round, self.slm)
+        shared = [] if body.ledger_from is None else self.trainer.ledger.entries[body.ledger_from :]
         return (
             EvaluateReply(
                 accuracy=metrics["accuracy"],
                 macro_f1=metrics["macro_f1"],
                 n=metrics["n"],
                 epsilon=finite_or_none(self.epsilon),
+                ledger=[entry_line(entry) for entry in shared],
             ),
             {},
         )

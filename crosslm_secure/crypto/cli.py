@@ -9,14 +9,9 @@ from typing import Annotated
 import typer
 
 from crosslm_secure.clitools import fail
-from crosslm_secure.crypto.keys import (
-    IDENTITY_FILE,
-    ParticipantKeys,
-    Registry,
-    load_identity,
-    read_json_text,
-    save_participant_keys,
-)
+from crosslm_secure.crypto.keys import IDENTITY_FILE, Registry, load_identity, read_json_text
+from crosslm_secure.enrolment import enroll as enroll_identity
+from crosslm_secure.enrolment import init_party_keys
 from crosslm_secure.errors import CryptoError
 
 keys_app = typer.Typer(help="Participant keys: init, fingerprint, enroll.", no_args_is_help=True)
@@ -33,21 +28,23 @@ def init(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing keys in --out.")] = False,
 ) -> None:
-    """Generate an Ed25519 signing key and an X25519 exchange key for one site."""
+    """Generate this party's keys on its own machine: Ed25519 signing, X25519 exchange, and for a
+    client its SuperNode authentication key. Private files stay in --out (mode 0600)."""
     try:
         if role not in ("client", "server"):
             raise CryptoError(f"keys: --role must be client or server (got {role!r})")
         if (out / IDENTITY_FILE).exists() and not force:
             raise CryptoError(f"keys: {out} already holds keys; pass --force to replace them")
         passphrase = _passphrase(passphrase_env)
-        keys = ParticipantKeys.generate(site, role)  # type: ignore[arg-type]
-        identity_path = save_participant_keys(keys, out, passphrase)
+        identity = init_party_keys(out, site, role, passphrase)  # type: ignore[arg-type]
     except CryptoError as exc:
         fail(exc)
     state = "encrypted" if passphrase else "NOT encrypted (no passphrase)"
     typer.echo(f"wrote keys for {site} ({role}) to {out}; private keys {state}, mode 0600")
-    typer.echo(f"public identity: {identity_path}")
-    typer.echo(f"fingerprint: {keys.public().fingerprint}")
+    typer.echo(f"public identity: {out / IDENTITY_FILE}  <- send it to the coordinator")
+    if role == "client":
+        typer.echo(f"SuperNode key: {out / 'auth_key.pub'}  <- send it with identity.json")
+    typer.echo(f"fingerprint: {identity.fingerprint}  <- read it to the coordinator out of band")
 
 
 @keys_app.command("fingerprint")
@@ -75,14 +72,9 @@ def enroll(
         typer.Option("--expect", help="Fingerprint confirmed out of band; enrollment is refused if it differs."),
     ] = None,
 ) -> None:
-    """Add a public identity to the registry."""
+    """Add a party's public identity to the registry (a site's auth_key.pub beside it goes to supernodes/)."""
     try:
-        identity = load_identity(identity_path)
-        if expect is not None and expect.replace(":", "").lower() != identity.fingerprint.replace(":", ""):
-            raise CryptoError(f"keys: {identity.site}'s fingerprint differs from --expect; do not enroll it")
-        registry = Registry.load(registry_path) if registry_path.exists() else Registry()
-        registry.enroll(identity)
-        registry.save(registry_path)
+        identity = enroll_identity(identity_path, registry_path, expect)
     except CryptoError as exc:
         fail(exc)
     typer.echo(f"enrolled {identity.site} ({identity.role}) in {registry_path}")

@@ -93,6 +93,16 @@ def load_labelled_data(data: DataConfig, task: TaskConfig, *, seed: int) -> tupl
     return cap_train(train, data, seed=seed), _cap_test(test, data, seed=seed)
 
 
+def read_examples(data: DataConfig, task: TaskConfig) -> list[Example]:
+    """Every record of ``data.path`` (a csv, jsonl or datasets source), unsplit and uncapped.
+
+    Raises:
+        DataError: the file is missing or unreadable, a column is missing, or a label is not a task label.
+    """
+    table, _ = _read_source(data.model_copy(update={"test_path": None}))
+    return _to_examples(table, data, task, f"{data.source}:all")
+
+
 def cap_train(train: list[Example], data: DataConfig, *, seed: int) -> list[Example]:
     """``data.max_train_records`` of ``train`` (stratified, seeded), as :func:`load_labelled_data` keeps them.
 

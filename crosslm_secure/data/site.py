@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Literal
 
 from crosslm_secure.config import DataConfig, TaskConfig
-from crosslm_secure.data.loaders import TooFewRecordsError, load_labelled_data
+from crosslm_secure.data.loaders import TooFewRecordsError, load_labelled_data, read_examples
 from crosslm_secure.data.partition import MIN_TRAIN_PER_CLIENT
-from crosslm_secure.data.records import ClientData
+from crosslm_secure.data.records import ClientData, Example
 from crosslm_secure.errors import DataError
 from crosslm_secure.storage import atomic_write_json
 
@@ -109,3 +109,22 @@ def mark_own_data(client_folder: Path, path: Path, client: ClientData) -> None:
         Path(client_folder) / OWN_DATA_FILE,
         {"file": Path(path).name, "train": len(client.train), "test": len(client.test)},
     )
+
+
+def load_evaluator_set(path: Path, data: DataConfig, task: TaskConfig) -> list[Example]:
+    """Every record of the coordinator's own labelled evaluator set (``DIR/server/eval.csv``), unsplit.
+
+    Read with the job's columns, text cut and task labels, like a site's records.
+
+    Raises:
+        DataError: the file is missing or of an unknown type, a column is missing, a label is
+            not a task label, or it holds no records.
+    """
+    path = Path(path)
+    own = data.model_copy(
+        update={"source": site_source(path), "path": path, "test_path": None, "max_test_records": None}
+    )
+    examples = read_examples(own, task)
+    if not examples:
+        raise DataError(f"data: the evaluator set {path} holds no records with text; add labelled records to it")
+    return examples

@@ -73,7 +73,7 @@ def superlink_command(pki: PKI, port: int, host: str = "127.0.0.1") -> list[str]
     return [
         flower_bin("flower-superlink"),
         "--host", host, "--port", str(port),
-        "--ssl-ca-certfile", str(pki.root / "superlink" / "ca.pem"),
+        "--ssl-ca-certfile", str(pki.superlink_ca),
         "--ssl-certfile", str(pki.superlink_cert),
         "--ssl-keyfile", str(pki.superlink_key),
         "--enable-supernode-auth",
@@ -151,7 +151,7 @@ class Deployment:
     def register(self, site: str) -> None:
         """Register a site's SuperNode authentication key with the SuperLink (``flwr supernode register``)."""
         assert self.pki is not None
-        key = self.pki.site(site).auth_pub
+        key = self.pki.auth_pub(site)
         done = self.flwr(["supernode", "register", str(key), CONNECTION, "--name", site])
         if done.returncode != 0:
             raise DeployError(f"registering {site}'s SuperNode key failed; flwr said: {done.stdout[-600:]}")

@@ -27,9 +27,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from crosslm_secure.crypto.keys import ParticipantKeys, Registry, check_site_name, save_participant_keys
 from crosslm_secure.crypto.storage import write_secret_file
 from crosslm_secure.errors import CryptoError
+from crosslm_secure.parties import SERVER, PartyFolder, Sites
 from crosslm_secure.storage import atomic_write_bytes
 
-SERVER = "server"
 CA_CERT = "ca.pem"
 AUTH_KEY = "auth_key"
 AUTH_PUB = "auth_key.pub"
@@ -79,6 +79,10 @@ class PKI:
         return self.root / "ca" / CA_CERT
 
     @property
+    def superlink_ca(self) -> Path:
+        return self.root / "superlink" / CA_CERT
+
+    @property
     def superlink_cert(self) -> Path:
         return self.root / "superlink" / "server.pem"
 
@@ -98,6 +102,10 @@ class PKI:
             )
         return files
 
+    def auth_pub(self, name: str) -> Path:
+        """The SuperNode public key the coordinator registers for ``name``."""
+        return self.site(name).auth_pub
+
     def sites(self) -> list[str]:
         folder = self.root / "sites"
         return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
@@ -107,6 +115,73 @@ class PKI:
         pki = cls(Path(root))
         if not pki.ca.is_file() or not (pki.root / REGISTRY).is_file():
             raise CryptoError(f"pki: {root} is not a PKI folder; create it with `crosslm pki init --out {root}`")
+        return pki
+
+
+@dataclass(frozen=True)
+class PartySiteFiles(SiteFiles):
+    """A site's credentials in its own party folder ``DIR/<site>/`` (its SuperNode key sits in ``keys/``)."""
+
+    @property
+    def auth_key(self) -> Path:
+        return PartyFolder(self.folder).auth_key
+
+    @property
+    def auth_pub(self) -> Path:
+        return PartyFolder(self.folder).auth_pub
+
+
+@dataclass(frozen=True)
+class SitesPKI:
+    """The deployment view of a folder of party folders: the coordinator's TLS in ``server/tls/``,
+    the sites' SuperNode public keys it enrolled in ``server/supernodes/``, each site's own folder."""
+
+    root: Path
+
+    @property
+    def _server(self) -> PartyFolder:
+        return PartyFolder(self.root / SERVER)
+
+    @property
+    def ca(self) -> Path:
+        return self._server.tls / CA_CERT
+
+    @property
+    def superlink_ca(self) -> Path:
+        return self.ca
+
+    @property
+    def superlink_cert(self) -> Path:
+        return self._server.tls / "superlink.pem"
+
+    @property
+    def superlink_key(self) -> Path:
+        return self._server.tls / "superlink.key"
+
+    @property
+    def server(self) -> SiteFiles:
+        return SiteFiles(self._server.root)
+
+    def site(self, name: str) -> SiteFiles:
+        return PartySiteFiles(Sites(self.root).party(name).root)
+
+    def auth_pub(self, name: str) -> Path:
+        path = self._server.supernode_key(name)
+        if not path.is_file():
+            raise CryptoError(
+                f"pki: the coordinator has no SuperNode key for {name} ({path}); enrol the site with "
+                f"`crosslm keys enroll <its keys>/identity.json --registry {self._server.registry}`"
+            )
+        return path
+
+    @classmethod
+    def open(cls, root: Path) -> SitesPKI:
+        pki = cls(Path(root).resolve())
+        if not pki.ca.is_file() or not pki.superlink_cert.is_file():
+            raise CryptoError(
+                f"pki: {pki._server.tls} holds no coordinator TLS; on the coordinator run "
+                f"`crosslm pki coordinator --out {pki._server.root} --host <its host name>`"
+            )
         return pki
 
 
@@ -147,16 +222,45 @@ def init_pki(out: Path, sites: list[str], hosts: list[str], *, force: bool = Fal
         registry.save(files.registry)
         _write_public(files.ca, ca_pem)
         if name != SERVER:
-            auth = ec.generate_private_key(ec.SECP384R1())
-            _write_private(
-                files.auth_key,
-                auth.private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-                ),
-            )
-            public = auth.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-            _write_public(files.auth_pub, public + f" crosslm-{name}\n".encode())
+            write_supernode_key(files.auth_key, files.auth_pub, name)
     return pki
+
+
+def write_supernode_key(private_path: Path, public_path: Path, site: str) -> None:
+    """A site's SuperNode authentication key pair (NIST P-384, OpenSSH): private 0600, public 0644."""
+    auth = ec.generate_private_key(ec.SECP384R1())
+    _write_private(
+        private_path,
+        auth.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        ),
+    )
+    public = auth.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    _write_public(public_path, public + f" crosslm-{site}\n".encode())
+
+
+def init_coordinator_tls(folder: Path, hosts: list[str], *, force: bool = False) -> Path:
+    """The coordinator's own CA and SuperLink certificate in ``folder`` (``DIR/server/tls/``).
+
+    Writes ``ca.pem`` (give it to every site), ``ca.key`` (private; signs nothing else),
+    ``superlink.pem`` and ``superlink.key``. Returns the CA certificate's path.
+
+    Raises:
+        CryptoError: ``folder`` already holds a CA and ``force`` is off.
+    """
+    folder = Path(folder)
+    if (folder / CA_CERT).exists() and not force:
+        raise CryptoError(
+            f"pki: {folder} already holds a CA; pass --force to replace it (every site then needs the new ca.pem)"
+        )
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_cert = _ca_certificate(ca_key)
+    link_key = ec.generate_private_key(ec.SECP384R1())
+    _write_private(folder / "ca.key", _pem_key(ca_key))
+    _write_private(folder / "superlink.key", _pem_key(link_key))
+    _write_public(folder / "superlink.pem", _leaf(link_key, ca_key, ca_cert, hosts or ["127.0.0.1"]))
+    _write_public(folder / CA_CERT, ca_cert.public_bytes(serialization.Encoding.PEM))
+    return folder / CA_CERT
 
 
 def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:

@@ -12,7 +12,7 @@ from crosslm_secure.config import config_from_dict, config_to_dict
 from crosslm_secure.crypto.keys import Registry, load_participant_keys
 from crosslm_secure.deploy import DeployError
 from crosslm_secure.runner import RunResult, drive_server, prepare_job, resume_point
-from crosslm_secure.runstore import RunStore
+from crosslm_secure.runstore import PARTIES_SIMULATED, RunStore
 from crosslm_secure.storage import atomic_write_json
 from crosslm_secure.transport.flower import FlowerTransport, discover_sites
 
@@ -43,6 +43,7 @@ def serve(grid, run_config: dict[str, Any], log: Callable[[str], None] = print) 
     log(f"run folder: {store.root}")
     store.record_identities([identity.to_dict() for identity in registry], first_round=start)
     job = prepare_job(config, store)
+    store.record_parties(PARTIES_SIMULATED)
     timeout = float(run_config["timeout"])
     expected = config.client_ids()
 
@@ -61,4 +62,15 @@ def serve(grid, run_config: dict[str, Any], log: Callable[[str], None] = print) 
         store.event("sites_joined", sites=dict(sorted(names.items())), transport="flower")
         return FlowerTransport(grid, names, timeout)
 
-    return drive_server(config, store, job, keys, registry, transport_for, start_round=start, log=log, state=state)
+    return drive_server(
+        config,
+        store,
+        job.device,
+        job.split.llm_test,
+        keys,
+        registry,
+        transport_for,
+        start_round=start,
+        log=log,
+        state=state,
+    )

@@ -124,6 +124,17 @@ def load_entries(path: str | Path, *, client_id: str | None = None, finished: bo
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise LedgerError(f"ledger {path} cannot be read ({exc}); restore it from a backup") from None
+    entries = parse_ledger_text(text, path, client_id=client_id)
+    _check_head(path, head_path, entries)
+    return entries
+
+
+def parse_ledger_text(text: str, path: Path, *, client_id: str | None = None) -> list[LedgerEntry]:
+    """Parse and verify a ledger's lines (``path`` names it in errors); see :func:`load_entries`.
+
+    Raises:
+        LedgerError: a line is malformed, a hash or the chain does not verify, or a key repeats.
+    """
     if text and not text.endswith("\n"):
         raise LedgerError(f"ledger {path} is truncated (its last line is incomplete); restore it")
     entries: list[LedgerEntry] = []
@@ -147,7 +158,6 @@ def load_entries(path: str | Path, *, client_id: str | None = None, finished: bo
         seen.add(key)
         entries.append(entry)
         prev_hash = entry.hash
-    _check_head(path, head_path, entries)
     return entries
 
 

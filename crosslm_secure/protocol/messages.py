@@ -137,8 +137,20 @@ class EnhanceReply(_Body):
     stats: TrainingStats
 
 
+MAX_LEDGER_LINES = 10_000
+MAX_LEDGER_LINE_CHARS = 20_000
+
+
 class EvaluateRequest(_Body):
-    """Server -> client: evaluate your SLM on your held-out split."""
+    """Server -> client: evaluate your SLM on your held-out split.
+
+    With ``ledger_from`` set, also send your ledger's entries from that position on: the
+    server keeps a copy of every site's ledger (sites that keep their state on their own
+    machines); a site's copy and the server's are compared at the site's audit."""
+
+    ledger_from: int | None = Field(
+        None, ge=0, description="Entries of your ledger the server already holds; null = send none."
+    )
 
 
 class EvaluateReply(_Body):
@@ -146,6 +158,11 @@ class EvaluateReply(_Body):
     macro_f1: float = Field(ge=0, le=1)
     n: int = Field(ge=0)
     epsilon: float | None = None
+    ledger: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_LEDGER_LINES,
+        description="The requested ledger entries, one signed JSON line each, in order.",
+    )
 
 
 class KeysDealRequest(_Body):

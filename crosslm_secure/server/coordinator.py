@@ -21,8 +21,11 @@ import numpy as np
 from crosslm_secure.aggregation.schemes import scheme_for
 from crosslm_secure.config import Config
 from crosslm_secure.crypto.keys import Registry
+from crosslm_secure.errors import RunError
 from crosslm_secure.methods import method_for
 from crosslm_secure.metrics import round_line
+from crosslm_secure.privacy.ledger_copy import extend_copy, held_entries
+from crosslm_secure.privacy.ledger_format import LedgerError
 from crosslm_secure.protocol.messages import (
     EnhanceReply,
     EnhanceRequest,
@@ -75,6 +78,8 @@ class Coordinator:
         llm: the server's LLM side (evaluate, generate, tune, judge).
         store: the run folder.
         log: where one-line progress messages go.
+        ledger_copies: the sites keep their ledgers on their own machines: ask each for the
+            entries the run folder's copy lacks (``privacy/ledger_copy.py``).
     """
 
     def __init__(
@@ -86,8 +91,12 @@ class Coordinator:
         llm: ServerLLM,
         store: RunStore,
         log: Callable[[str], None] = print,
+        *,
+        ledger_copies: bool = False,
     ) -> None:
         self.config = config
+        self.registry = registry
+        self.ledger_copies = ledger_copies
         self.transport = transport
         self.llm = llm
         self.store = store
@@ -231,11 +240,32 @@ class Coordinator:
 
     def _evaluate_clients(self, round_index: int) -> dict[str, EvaluateReply]:
         results = {}
-        requests = dict.fromkeys(self.members.active, Request(EvaluateRequest()))
+        requests = {name: Request(EvaluateRequest(ledger_from=self._ledger_held(name))) for name in self.members.active}
         for name, reply in self.messenger.ask_all(requests, round_index, EvaluateReply).items():
             results[name] = reply.body
             self._epsilon[name] = reply.body.epsilon
+            if self.ledger_copies:
+                self._copy_ledger(name, round_index, reply.body.ledger)
         return results
+
+    def _ledger_held(self, name: str) -> int | None:
+        """Entries of ``name``'s ledger the run folder's copy holds (None: no copies are kept)."""
+        if not self.ledger_copies:
+            return None
+        try:
+            return held_entries(self.store.ledger_path(name), name)
+        except LedgerError as exc:
+            raise RunError(f"run: the server's copy of {name}'s ledger is damaged ({exc})") from None
+
+    def _copy_ledger(self, name: str, round_index: int, lines: list[str]) -> None:
+        try:
+            held = extend_copy(self.store.ledger_path(name), name, lines, self.registry.get(name))
+        except LedgerError as exc:
+            self.store.event("ledger_copy_refused", round=round_index, client=name, reason=str(exc))
+            self.log(f"{name}: ledger entries refused: {exc}")
+            return
+        if lines:
+            self.store.event("ledger_copied", round=round_index, client=name, entries=held)
 
     # -- metrics -------------------------------------------------------------------------
 
