@@ -16,7 +16,7 @@ from crosslm_secure.runstore import RunStore
 
 if TYPE_CHECKING:
     from crosslm_secure.deploy.local import Deployment
-    from crosslm_secure.deploy.pki import PKI
+    from crosslm_secure.deploy.pki import PKI, SitesPKI
 
 
 pki_app = typer.Typer(help="TLS certificates, SuperNode keys and protocol identities.", no_args_is_help=True)
@@ -32,19 +32,30 @@ def _job(config: Path | None, overrides: list[str] | None, resume: Path | None) 
     return load_config(config, overrides or [])
 
 
-def _pki(folder: Path) -> PKI:
-    from crosslm_secure.deploy.pki import PKI
+def _pki(folder: Path) -> PKI | SitesPKI:
+    """A ``crosslm pki init`` folder, or the coordinator's party folder (``DIR/server`` with ``tls/``)."""
+    from crosslm_secure.deploy.pki import PKI, SitesPKI
+    from crosslm_secure.parties import PartyFolder
 
-    return PKI.open(folder.resolve())
+    folder = folder.resolve()
+    if PartyFolder(folder).tls.is_dir():
+        return SitesPKI.open(folder.parent)
+    return PKI.open(folder)
 
 
-def _admin(keys: PKI, superlink: str, job: Config | None) -> Deployment:
+def _admin(keys: PKI | SitesPKI, superlink: str, job: Config | None) -> Deployment:
     """The server machine's handle on a SuperLink started with ``crosslm deploy superlink``."""
     from crosslm_secure.deploy.local import Deployment
+    from crosslm_secure.deploy.pki import SitesPKI
 
-    admin = Deployment(keys.root / "admin", job, log=console.print)
+    sites = keys.root if isinstance(keys, SitesPKI) else None
+    workdir = keys.server.folder / "admin" if sites is not None else keys.root / "admin"
+    admin = Deployment(workdir, job, log=console.print, sites_root=sites)
     admin.attach(keys, superlink)
     return admin
+
+
+PKI_HELP = "The PKI folder from `crosslm pki init`, or the coordinator's party folder (DIR/server, with tls/)."
 
 
 @pki_app.command("init")
@@ -63,10 +74,35 @@ def pki_init(
         pki = init_pki(out, [f"client-{i + 1}" for i in range(clients)], host or ["127.0.0.1"], force=force)
     except CrossLMError as exc:
         fail(exc)
-    console.print(f"wrote {pki.root}: copy superlink/, server/ and ca/ca.pem to the server, sites/<site>/ to each site")
+    console.print(
+        f"wrote {pki.root}: a loopback or demo PKI (every site's private keys were made here); for a pilot, "
+        "each site runs `crosslm keys init` on its own machine and the coordinator `crosslm pki coordinator`"
+    )
+    console.print("copy superlink/, server/ and ca/ca.pem to the server, sites/<site>/ to each site")
     console.print(
         "then, on the server: `crosslm deploy superlink --pki PKI` and `crosslm deploy register --pki PKI ...`"
     )
+
+
+@pki_app.command("coordinator")
+def pki_coordinator(
+    out: Annotated[Path, typer.Option("--out", help="The coordinator's party folder, e.g. sites/server.")],
+    host: Annotated[
+        list[str] | None, typer.Option("--host", help="SuperLink host name or IP for its certificate (repeat).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the coordinator's CA (every site needs the new ca.pem).")
+    ] = False,
+) -> None:
+    """Make the coordinator's own CA and SuperLink certificate in OUT/tls/ (no site's key is made here)."""
+    from crosslm_secure.deploy.pki import init_coordinator_tls
+    from crosslm_secure.parties import PartyFolder
+
+    try:
+        ca = init_coordinator_tls(PartyFolder(out).tls, host or ["127.0.0.1"], force=force)
+    except CrossLMError as exc:
+        fail(exc)
+    console.print(f"wrote {ca.parent}: give {ca} to every site (its ca.pem); ca.key and superlink.key stay here")
 
 
 @deploy_app.command("local")
@@ -79,14 +115,28 @@ def local(
     ] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue runs/<id> from its last round.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds a site may take per request.")] = 1800.0,
+    sites: Annotated[
+        Path | None,
+        typer.Option(
+            "--sites",
+            help="Folder of party folders (server/, client-1/, ...): each party's own keys and records; the "
+            "coordinator's TLS in server/tls/. Without it, a loopback PKI is made and the data file split "
+            "(a simulation).",
+        ),
+    ] = None,
 ) -> None:
     """Start a SuperLink and one SuperNode per client on loopback with TLS, run one job, stop them."""
     from crosslm_secure.deploy.local import deploy_local
 
     try:
         job = _job(config, set_, resume)
+        if sites is not None:
+            from crosslm_secure.party_run import check_sites
+
+            check_sites(job, sites)
+            clients = job.partition.clients
         folder = workdir or Path(job.run.output_dir) / f"deploy-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = deploy_local(job, clients, folder, resume=resume, log=console.print, timeout=timeout)
+        run_dir = deploy_local(job, clients, folder, resume=resume, log=console.print, timeout=timeout, sites=sites)
     except CrossLMError as exc:
         fail(exc)
     console.print(f"[green]done:[/] {run_dir / 'summary.md'}")
@@ -94,7 +144,7 @@ def local(
 
 @deploy_app.command("register")
 def register(
-    pki: Annotated[Path, typer.Option("--pki", help="The PKI folder from `crosslm pki init`.")],
+    pki: Annotated[Path, typer.Option("--pki", help=PKI_HELP)],
     superlink: Annotated[str, typer.Option("--superlink", help="SuperLink address host:port.")],
     site: Annotated[list[str] | None, typer.Option("--site", help="Site to register (repeat); default all.")] = None,
 ) -> None:
@@ -104,7 +154,10 @@ def register(
         admin = _admin(keys, superlink, None)
         names = site or keys.sites()
         if not names:
-            raise CrossLMError(f"deploy register: {keys.root} has no sites/<site>/auth_key.pub; copy them from the PKI")
+            raise CrossLMError(
+                f"deploy register: {keys.root} holds no site's SuperNode key; "
+                "enrol each site with `crosslm keys enroll`"
+            )
         for name in names:
             admin.register(name)
             console.print(f"registered {name}")
@@ -115,7 +168,7 @@ def register(
 @deploy_app.command("submit")
 def submit(
     config: Annotated[Path | None, typer.Argument(help="The job YAML every site agreed on.")] = None,
-    pki: Annotated[Path, typer.Option("--pki", help="The PKI folder (its server/ part and ca/ca.pem).")] = Path("pki"),
+    pki: Annotated[Path, typer.Option("--pki", help=PKI_HELP)] = Path("pki"),
     superlink: Annotated[str, typer.Option("--superlink", help="SuperLink address host:port.")] = "127.0.0.1:9093",
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue runs/<id> from its last round.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds a site may take per request.")] = 1800.0,
@@ -133,10 +186,22 @@ def submit(
 
 @deploy_app.command("site")
 def site(
-    site_dir: Annotated[Path, typer.Option("--site-dir", help="This site's folder from `crosslm pki init`.")],
     config: Annotated[Path, typer.Option("--config", help="The job YAML every site agreed on.")],
     superlink: Annotated[str, typer.Option("--superlink", help="SuperLink address host:port.")],
-    state_dir: Annotated[Path, typer.Option("--state-dir", help="Where this site keeps checkpoints and ledgers.")],
+    party: Annotated[
+        Path | None,
+        typer.Option(
+            "--site",
+            help="This site's party folder (DIR/client-1): its keys, registry, ca.pem and records; its state "
+            "is kept in its state/.",
+        ),
+    ] = None,
+    site_dir: Annotated[
+        Path | None, typer.Option("--site-dir", help="Instead of --site: this site's folder from `crosslm pki init`.")
+    ] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="With --site-dir: where this site keeps checkpoints and ledgers.")
+    ] = None,
     max_wait: Annotated[
         float,
         typer.Option(
@@ -155,11 +220,20 @@ def site(
 ) -> None:
     """Run one client site: its worker (holds the node) and its SuperNode."""
     from crosslm_secure.config import load_config
-    from crosslm_secure.deploy.pki import SiteFiles
+    from crosslm_secure.deploy.pki import PartySiteFiles, SiteFiles
     from crosslm_secure.deploy.site import run_site
+    from crosslm_secure.parties import STATE_DIR, PartyFolder
 
     try:
-        files = SiteFiles(site_dir.resolve())
+        if (party is None) == (site_dir is None):
+            raise CrossLMError("deploy site: give --site DIR/<site> (its party folder), or --site-dir and --state-dir")
+        if party is not None:
+            folder = PartyFolder(party.resolve())
+            files, state_dir = PartySiteFiles(folder.root), folder.root / STATE_DIR
+        else:
+            if state_dir is None:
+                raise CrossLMError("deploy site: --site-dir needs --state-dir (where the site keeps its state)")
+            files, folder = SiteFiles(site_dir.resolve()), None
         run_site(
             load_config(config),
             files,
@@ -168,6 +242,7 @@ def site(
             max_wait=max_wait,
             log=console.print,
             data=data,
+            party=folder,
         )
     except CrossLMError as exc:
         fail(exc)
@@ -175,7 +250,7 @@ def site(
 
 @deploy_app.command("superlink")
 def superlink(
-    pki: Annotated[Path, typer.Option("--pki", help="The PKI folder (its superlink/ part is enough).")],
+    pki: Annotated[Path, typer.Option("--pki", help=PKI_HELP)],
     port: Annotated[int, typer.Option("--port", help="Port for the Fleet, Control and Runtime APIs.")] = 9093,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "0.0.0.0",
 ) -> None:
@@ -183,8 +258,10 @@ def superlink(
     from crosslm_secure.deploy.local import superlink_command
     from crosslm_secure.deploy.pki import PKI
     from crosslm_secure.deploy.site import flower_env
+    from crosslm_secure.parties import PartyFolder
 
-    command = superlink_command(PKI(pki.resolve()), port, host)
+    keys = _pki(pki) if PartyFolder(pki.resolve()).tls.is_dir() else PKI(pki.resolve())
+    command = superlink_command(keys, port, host)
     console.print(" ".join(command))
     raise typer.Exit(subprocess.call(command, env=flower_env()))
 

@@ -23,7 +23,7 @@ import yaml
 
 from crosslm_secure.config import Config, config_to_dict
 from crosslm_secure.deploy import DeployError
-from crosslm_secure.deploy.pki import PKI, SiteFiles, init_pki
+from crosslm_secure.deploy.pki import PKI, SiteFiles, SitesPKI, init_pki
 from crosslm_secure.deploy.site import flower_bin, flower_env, free_port, wait_until
 from crosslm_secure.metrics import round_line
 from crosslm_secure.runstore import RunStore
@@ -57,6 +57,7 @@ job = ""
 resume = ""
 server_dir = ""
 announce = ""
+sites = ""
 timeout = 600.0
 join_wait = 120.0
 """
@@ -90,7 +91,9 @@ class Deployment:
     log: Callable[[str], None] = print
     port: int = 0
     host: str = "127.0.0.1"
-    pki: PKI | None = None
+    pki: PKI | SitesPKI | None = None
+    sites_root: Path | None = None
+    """A folder of party folders: sites start from their own folder, the server from ``server/``."""
     superlink: subprocess.Popen | None = None
     sites: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -162,22 +165,12 @@ class Deployment:
         """Start ``crosslm deploy site`` for one site as its own process group (``data``: its ``--data`` file)."""
         assert self.pki is not None
         files = files or self.pki.site(site)
-        command = [
-            sys.executable,
-            "-m",
-            "crosslm_secure.deploy.cli",
-            "site",
-            "--site-dir",
-            str(files.folder),
-            "--config",
-            str(self.job_file),
-            "--superlink",
-            self.address,
-            "--state-dir",
-            str(Path(self.config.run.output_dir).resolve()),
-            "--max-wait",
-            str(max_wait),
-        ]
+        command = [sys.executable, "-m", "crosslm_secure.deploy.cli", "site"]
+        command += ["--config", str(self.job_file), "--superlink", self.address, "--max-wait", str(max_wait)]
+        if self.sites_root is not None:
+            command += ["--site", str(files.folder)]
+        else:
+            command += ["--site-dir", str(files.folder), "--state-dir", str(Path(self.config.run.output_dir).resolve())]
         if data is not None:
             command += ["--data", str(Path(data).resolve())]
         process = self._spawn(command, f"site-{site}")
@@ -211,6 +204,7 @@ class Deployment:
             "job": json.dumps(config_to_dict(config or self.config), default=str),
             "resume": str(resume or ""),
             "server_dir": str(self.pki.server.folder),
+            "sites": "true" if self.sites_root is not None else "",
             "announce": str(announce),
             "timeout": float(timeout),
             "join_wait": float(join_wait),
@@ -329,15 +323,23 @@ def deploy_local(
     resume: Path | None = None,
     log: Callable[[str], None] = print,
     timeout: float = 600.0,
+    sites: Path | None = None,
 ) -> Path:
     """``crosslm deploy local``: PKI, SuperLink, one SuperNode per client, one job, then stop everything.
+
+    With ``sites`` (a folder of party folders) the coordinator's own TLS and enrolled SuperNode
+    keys are used, each site starts from its own folder with its own keys and records, and no
+    PKI is made; else a loopback PKI is made for a simulation.
 
     Returns the run folder (laid out as an in-process run's).
     """
     if config.partition.clients != clients:
         config = config.model_copy(update={"partition": config.partition.model_copy(update={"clients": clients})})
-    with Deployment(workdir, config, log=log) as deployment:
-        deployment.init_pki(config.client_ids())
+    with Deployment(workdir, config, log=log, sites_root=sites) as deployment:
+        if sites is None:
+            deployment.init_pki(config.client_ids())
+        else:
+            deployment.pki = SitesPKI.open(sites)
         deployment.start_superlink()
         for site in config.client_ids():
             deployment.register(site)

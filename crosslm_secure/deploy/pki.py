@@ -174,6 +174,11 @@ class SitesPKI:
             )
         return path
 
+    def sites(self) -> list[str]:
+        """The sites whose SuperNode keys the coordinator enrolled."""
+        folder = self._server.supernodes
+        return sorted(p.stem for p in folder.glob("*.pub")) if folder.is_dir() else []
+
     @classmethod
     def open(cls, root: Path) -> SitesPKI:
         pki = cls(Path(root).resolve())

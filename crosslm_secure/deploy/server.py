@@ -11,8 +11,10 @@ from typing import Any
 from crosslm_secure.config import config_from_dict, config_to_dict
 from crosslm_secure.crypto.keys import Registry, load_participant_keys
 from crosslm_secure.deploy import DeployError
-from crosslm_secure.runner import RunResult, drive_server, prepare_job, resume_point
-from crosslm_secure.runstore import PARTIES_SIMULATED, RunStore
+from crosslm_secure.parties import PartyFolder
+from crosslm_secure.party_run import open_coordinator
+from crosslm_secure.runner import RunResult, drive_server, prepare_job, resume_point, start_job
+from crosslm_secure.runstore import PARTIES_SIMULATED, PARTIES_SITES, RunStore
 from crosslm_secure.storage import atomic_write_json
 from crosslm_secure.transport.flower import FlowerTransport, discover_sites
 
@@ -22,7 +24,8 @@ def serve(grid, run_config: dict[str, Any], log: Callable[[str], None] = print) 
 
     ``run_config`` (Flower run config: the app pyproject's defaults, overridden by ``flwr run
     --run-config``): ``job`` the job config as JSON, ``resume`` a run folder to continue (or ""),
-    ``server_dir`` the server's PKI folder (keys/ and registry.json), ``timeout`` seconds per
+    ``server_dir`` the server's folder (keys/ and registry.json; with ``sites`` "true" also its
+    evaluator set eval.csv: the coordinator's party folder), ``timeout`` seconds per
     request, ``join_wait`` seconds to wait for SuperNodes, ``announce`` a file to write the run
     folder path and this process's id into (or "").
     """
@@ -42,8 +45,16 @@ def serve(grid, run_config: dict[str, Any], log: Callable[[str], None] = print) 
         atomic_write_json(Path(announce), {"run_dir": str(store.root), "start_round": start, "pid": os.getpid()})
     log(f"run folder: {store.root}")
     store.record_identities([identity.to_dict() for identity in registry], first_round=start)
-    job = prepare_job(config, store)
-    store.record_parties(PARTIES_SIMULATED)
+    sites = str(run_config.get("sites", "")) == "true"
+    if sites:  # party folders: the evaluator set is the coordinator's own; no site's records are read
+        device = start_job(config)
+        llm_test = open_coordinator(PartyFolder(server_dir), config).llm_test
+        store.record_parties(PARTIES_SITES)
+        store.event("data", llm_test=len(llm_test), parties=PARTIES_SITES)
+    else:  # a simulation: the job's one data file, split as every site splits it
+        job = prepare_job(config, store)
+        device, llm_test = job.device, job.split.llm_test
+        store.record_parties(PARTIES_SIMULATED)
     timeout = float(run_config["timeout"])
     expected = config.client_ids()
 
@@ -65,12 +76,13 @@ def serve(grid, run_config: dict[str, Any], log: Callable[[str], None] = print) 
     return drive_server(
         config,
         store,
-        job.device,
-        job.split.llm_test,
+        device,
+        llm_test,
         keys,
         registry,
         transport_for,
         start_round=start,
         log=log,
         state=state,
+        ledger_copies=sites,
     )

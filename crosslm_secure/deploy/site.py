@@ -4,8 +4,9 @@
 socket; ``flower-supernode`` (started as a child, TLS and node authentication on) connects
 to the SuperLink and starts a ClientApp process per message that forwards to the worker.
 
-The site trains on its silo of the job's data, or with ``--data FILE`` on its own records
-(``crosslm_secure.data.site``): then the job's data file need not exist on the site machine.
+With ``--site DIR/<site>`` the site is a party folder (``crosslm_secure/parties.py``): its own
+keys, registry and records, its state under ``DIR/<site>/state/``. Without it (a simulation),
+the site trains on its silo of the job's data, or with ``--data FILE`` on its own records.
 
 The site's state is kept like an in-process run keeps it, under ``<state_dir>/<run_id>/clients/<site>/``:
 the SLM checkpoint after every evaluated round and the privacy ledger. A new Flower run
@@ -34,6 +35,7 @@ from crosslm_secure.deploy import DeployError
 from crosslm_secure.deploy.pki import SiteFiles
 from crosslm_secure.deploy.wire import FAILED, OK, recv_frame, send_frame
 from crosslm_secure.errors import CrossLMError
+from crosslm_secure.parties import PartyFolder
 
 
 class SiteWorker:
@@ -46,6 +48,8 @@ class SiteWorker:
         state_dir: Path,
         log: Callable[[str], None] = print,
         data: Path | None = None,
+        *,
+        party: PartyFolder | None = None,
     ) -> None:
         """Check the site's keys and load its records.
 
@@ -57,9 +61,27 @@ class SiteWorker:
             data: the site's own labelled records (``.csv``, ``.jsonl`` or a datasets folder),
                 read with the job's columns and labels; the job's data file is then not read.
                 Default: the site's silo of the job's data.
+            party: the site's party folder (``crosslm_secure/parties.py``): its keys, registry
+                and records are read from it, and ``state_dir`` is its ``state/``.
         """
         self.config = config
         self.site = files.site
+        self.state_dir = Path(state_dir)
+        self.log = log
+        self.data = None if data is None else Path(data)
+        if party is not None:
+            from crosslm_secure.party_run import open_site
+            from crosslm_secure.runner import start_job
+
+            opened = open_site(party, config)
+            self.keys, self.registry, self.client = opened.keys, opened.registry, opened.data
+            self.device = start_job(config)
+            log(f"{self.site}: its own records: {len(self.client.train)} train / {len(self.client.test)} test")
+            self._node = None
+            self._session: tuple[int, str] | None = None
+            self._retired: set[int] = set()
+            self._lock = threading.Lock()
+            return
         if self.site not in config.client_ids():
             raise DeployError(
                 f"site {self.site!r} is not one of the job's clients {config.client_ids()}; "
@@ -69,8 +91,6 @@ class SiteWorker:
         if self.keys.site != self.site:
             raise DeployError(f"{files.keys} holds the keys of {self.keys.site}, not {self.site}; point at its folder")
         self.registry = Registry.load(files.registry)
-        self.state_dir = Path(state_dir)
-        self.log = log
         if data is None:
             from crosslm_secure.runner import prepare_job
 
@@ -90,7 +110,6 @@ class SiteWorker:
                 f"{self.site}: using its own data {data}: "
                 f"{len(self.client.train)} train / {len(self.client.test)} test records"
             )
-        self.data = None if data is None else Path(data)
         self._node = None
         self._session: tuple[int, str] | None = None
         self._retired: set[int] = set()
@@ -202,10 +221,12 @@ def run_site(
     max_wait: float | None = 120.0,
     log: Callable[[str], None] = print,
     data: Path | None = None,
+    party: PartyFolder | None = None,
 ) -> int:
     """Run a site until its SuperNode exits (Ctrl-C or SIGTERM stops both); return 0 on a clean stop.
 
-    ``data`` is the site's own labelled records (see ``SiteWorker``); default its silo of the job's data.
+    ``data`` is the site's own labelled records, ``party`` its party folder (see ``SiteWorker``);
+    default its silo of the job's data.
 
     Raises:
         DeployError: the SuperNode could not join (wrong certificate, unregistered key, SuperLink unreachable).
@@ -213,7 +234,7 @@ def run_site(
             seconds until ``max_wait`` passes: after a crash, the site's earlier SuperNode counts as
             online for about a minute.
     """
-    worker = SiteWorker(config, files, state_dir, log, data)
+    worker = SiteWorker(config, files, state_dir, log, data, party=party)
     path, server = serve_worker(worker)
     home = Path(tempfile.mkdtemp(prefix="crosslm-flwr-"))
     env = flower_env(FLWR_HOME=str(home), FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.1")

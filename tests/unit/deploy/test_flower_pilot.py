@@ -1,0 +1,90 @@
+"""A pilot on real Flower processes (TLS, SuperNode auth): each party in its own process and folder.
+
+``crosslm sites split`` makes the party folders (each party's own keys, the coordinator's TLS,
+three sites' records, the coordinator's evaluator set); ``crosslm deploy local --sites`` runs
+the job. Every process the deployment starts loads ``open_watch/sitecustomize.py``, a Python
+audit hook that records each ``open`` under the sites folder: the ServerApp and SuperLink may
+never open a site's file, and a site never another party's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crosslm_secure.config import Config
+from crosslm_secure.deploy.local import deploy_local
+from crosslm_secure.parties import SERVER, PartyFolder
+from crosslm_secure.privacy.ledger_format import load_entries
+from crosslm_secure.runstore import PARTIES_SITES, RunStore
+from crosslm_secure.simulate import split_into_sites
+from tests.unit.parties.pilot_job import tiny_job
+
+WATCH = Path(__file__).parent / "open_watch"
+
+
+@pytest.fixture(scope="module")
+def pilot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Config, Path, Path, list[dict]]]:
+    root = tmp_path_factory.mktemp("flower-pilot")
+    config = tiny_job(root, "flower-pilot", rounds=1)
+    sites = root / "sites"
+    split_into_sites(config, sites)
+    log = root / "opens.jsonl"
+    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "CROSSLM_WATCH_SITES", "CROSSLM_WATCH_LOG")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(WATCH), saved["PYTHONPATH"]) if p)
+    os.environ["CROSSLM_WATCH_SITES"] = str(sites.resolve())
+    os.environ["CROSSLM_WATCH_LOG"] = str(log)
+    try:
+        run_dir = deploy_local(config, 3, root / "deploy", sites=sites, log=lambda _: None, timeout=600)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    yield config, sites.resolve(), run_dir, records
+
+
+def test_the_job_ran_with_the_parties_own_folders(pilot: tuple) -> None:
+    _, _, run_dir, _ = pilot
+    store = RunStore(run_dir)
+    assert [row["round"] for row in store.rounds()] == [0, 1]
+    assert store.parties() == PARTIES_SITES
+
+
+def test_the_server_process_was_watched_and_read_only_the_coordinator_s_folder(pilot: tuple) -> None:
+    _, sites, _, records = pilot
+    server = [r for r in records if r["process"] == "flwr-serverapp"]
+    assert any(r.get("armed") for r in server), "the audit hook never ran in the ServerApp process"
+    opened = {r["path"] for r in server if "path" in r}
+    assert str(sites / SERVER / "eval.csv") in opened  # not vacuous: it read its own evaluator set there
+    assert all(Path(p).relative_to(sites).parts[0] == SERVER for p in opened)
+
+
+def test_no_process_opened_a_folder_of_a_party_it_does_not_act_for(pilot: tuple) -> None:
+    config, sites, _, records = pilot
+    breaches = []
+    for record in records:
+        if "path" not in record:
+            continue
+        owner = Path(record["path"]).relative_to(sites).parts[0]
+        acts_for = record["names"] or [SERVER]  # a process that names no party folder is the coordinator's
+        if len(acts_for) > 1 or owner not in acts_for:
+            breaches.append(record)
+    assert breaches == []
+    for name in config.client_ids():  # each site read its own records, in its own process
+        assert any(r.get("path") == str(sites / name / "data.csv") and r["names"] == [name] for r in records)
+
+
+def test_the_server_s_ledger_copies_equal_the_sites_own(pilot: tuple) -> None:
+    config, sites, run_dir, _ = pilot
+    run_id = RunStore(run_dir).run_id
+    for name in config.client_ids():
+        own = RunStore(PartyFolder(sites / name).state_root(run_id)).ledger_path(name)
+        mine = [e.hash for e in load_entries(own, client_id=name, finished=True)]
+        assert mine and [e.hash for e in load_entries(RunStore(run_dir).ledger_path(name), finished=True)] == mine
