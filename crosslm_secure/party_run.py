@@ -70,7 +70,7 @@ class Site:
     data: ClientData
 
 
-def open_site(folder: PartyFolder, config: Config) -> Site:
+def open_site(folder: PartyFolder, config: Config, passphrase: str | None = None) -> Site:
     """A site's keys, the registry it trusts and its records, each checked against the job.
 
     Raises:
@@ -82,7 +82,7 @@ def open_site(folder: PartyFolder, config: Config) -> Site:
             f"sites: {folder.root} is {folder.name!r}, not one of the job's clients {config.client_ids()}; "
             "name the folder after its site or change partition.clients"
         )
-    keys = _own_keys(folder, "client")
+    keys = _own_keys(folder, "client", passphrase)
     registry = _registry(folder)
     _matches_registry(keys, registry, folder)
     data = load_site_data(folder.data(), config.data, config.task, seed=config.run.seed, client_id=folder.name)
@@ -180,8 +180,8 @@ def execute_sites(
             )
 
 
-def _own_keys(folder: PartyFolder, role: str) -> ParticipantKeys:
-    keys = load_participant_keys(folder.require_keys())
+def _own_keys(folder: PartyFolder, role: str, passphrase: str | None = None) -> ParticipantKeys:
+    keys = load_participant_keys(folder.require_keys(), passphrase)
     if keys.site != folder.name or keys.role != role:
         raise PartyError(
             f"sites: {folder.keys} holds the keys of {keys.site} ({keys.role}), not of {folder.name}; "

@@ -88,3 +88,19 @@ def _passphrase(variable: str | None) -> str | None:
     if not value:
         raise CryptoError(f"keys: environment variable {variable} is unset or empty; export the passphrase there")
     return value
+
+
+@keys_app.command("remove")
+def remove(
+    site: Annotated[str, typer.Argument(help="The party to take out, e.g. client-2.")],
+    registry_path: Annotated[Path, typer.Option("--registry", help="Registry JSON file.")],
+) -> None:
+    """Take a party out of the registry (its key was lost or rotated); enrol its new identity after."""
+    try:
+        registry = Registry.load(registry_path)
+        identity = registry.remove(site)
+        registry.save(registry_path)
+    except CryptoError as exc:
+        fail(exc)
+    typer.echo(f"removed {site} (fingerprint {identity.fingerprint}) from {registry_path}")
+    typer.echo("keep the registry each finished run was audited against with that run: its ledgers need the old key")

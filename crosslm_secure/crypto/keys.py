@@ -180,6 +180,16 @@ class Registry:
             )
         self._by_site[identity.site] = identity
 
+    def remove(self, site: str) -> PublicIdentity:
+        """Take ``site`` out (its keys were lost or rotated); return the identity removed.
+
+        Raises:
+            CryptoError: ``site`` is not enrolled.
+        """
+        identity = self.get(site)
+        del self._by_site[site]
+        return identity
+
     def get(self, site: str) -> PublicIdentity:
         """The identity of ``site``.
 

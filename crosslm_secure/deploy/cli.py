@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -53,6 +54,17 @@ def _admin(keys: PKI | SitesPKI, superlink: str, job: Config | None) -> Deployme
     admin = Deployment(workdir, job, log=console.print, sites_root=sites)
     admin.attach(keys, superlink)
     return admin
+
+
+def _passphrase(variable: str | None) -> str | None:
+    if variable is None:
+        return None
+    value = os.environ.get(variable)
+    if not value:
+        raise CrossLMError(
+            f"deploy site: environment variable {variable} is unset or empty; export the passphrase there"
+        )
+    return value
 
 
 PKI_HELP = "The PKI folder from `crosslm pki init`, or the coordinator's party folder (DIR/server, with tls/)."
@@ -209,6 +221,10 @@ def site(
             help="Give up connecting after this many seconds (a site restarted after a crash may need a minute).",
         ),
     ] = 120.0,
+    passphrase_env: Annotated[
+        str | None,
+        typer.Option("--passphrase-env", help="With --site: environment variable holding the keys' passphrase."),
+    ] = None,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -243,6 +259,7 @@ def site(
             log=console.print,
             data=data,
             party=folder,
+            passphrase=_passphrase(passphrase_env),
         )
     except CrossLMError as exc:
         fail(exc)

@@ -50,6 +50,7 @@ class SiteWorker:
         data: Path | None = None,
         *,
         party: PartyFolder | None = None,
+        passphrase: str | None = None,
     ) -> None:
         """Check the site's keys and load its records.
 
@@ -63,6 +64,7 @@ class SiteWorker:
                 Default: the site's silo of the job's data.
             party: the site's party folder (``crosslm_secure/parties.py``): its keys, registry
                 and records are read from it, and ``state_dir`` is its ``state/``.
+            passphrase: opens the party's keys when they were sealed with one.
         """
         self.config = config
         self.site = files.site
@@ -73,7 +75,7 @@ class SiteWorker:
             from crosslm_secure.party_run import open_site
             from crosslm_secure.runner import start_job
 
-            opened = open_site(party, config)
+            opened = open_site(party, config, passphrase)
             self.keys, self.registry, self.client = opened.keys, opened.registry, opened.data
             self.device = start_job(config)
             log(f"{self.site}: its own records: {len(self.client.train)} train / {len(self.client.test)} test")
@@ -222,6 +224,7 @@ def run_site(
     log: Callable[[str], None] = print,
     data: Path | None = None,
     party: PartyFolder | None = None,
+    passphrase: str | None = None,
 ) -> int:
     """Run a site until its SuperNode exits (Ctrl-C or SIGTERM stops both); return 0 on a clean stop.
 
@@ -234,7 +237,7 @@ def run_site(
             seconds until ``max_wait`` passes: after a crash, the site's earlier SuperNode counts as
             online for about a minute.
     """
-    worker = SiteWorker(config, files, state_dir, log, data, party=party)
+    worker = SiteWorker(config, files, state_dir, log, data, party=party, passphrase=passphrase)
     path, server = serve_worker(worker)
     home = Path(tempfile.mkdtemp(prefix="crosslm-flwr-"))
     env = flower_env(FLWR_HOME=str(home), FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.1")

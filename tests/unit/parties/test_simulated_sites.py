@@ -95,3 +95,25 @@ def test_enrolment_refuses_a_fingerprint_that_differs_from_the_one_read_out_of_b
     assert done.exit_code == 0, done.output
     assert "client-7" in Registry.load(registry)
     assert (tmp_path / "server" / "supernodes" / "client-7.pub").is_file()
+
+
+def test_a_lost_key_is_removed_then_the_new_identity_enrolled(tmp_path: Path) -> None:
+    runner = CliRunner()
+    registry = tmp_path / "registry.json"
+    for attempt in ("old", "new"):
+        keys = tmp_path / attempt / "keys"
+        assert runner.invoke(app, ["keys", "init", "--site", "client-2", "--out", str(keys)]).exit_code == 0
+        done = runner.invoke(app, ["keys", "enroll", str(keys), "--registry", str(registry)])
+        if attempt == "old":
+            assert done.exit_code == 0, done.output
+    assert done.exit_code != 0 and "already enrolled" in " ".join(done.output.split())
+    done = runner.invoke(app, ["keys", "remove", "client-2", "--registry", str(registry)])
+    assert done.exit_code == 0, done.output
+    assert "client-2" not in Registry.load(registry)
+    assert (
+        runner.invoke(app, ["keys", "enroll", str(tmp_path / "new" / "keys"), "--registry", str(registry)]).exit_code
+        == 0
+    )
+    assert Registry.load(registry).get("client-2") == load_identity(tmp_path / "new" / "keys")
+    done = runner.invoke(app, ["keys", "remove", "client-9", "--registry", str(registry)])
+    assert done.exit_code != 0 and "'client-9' is not enrolled" in " ".join(done.output.split())
