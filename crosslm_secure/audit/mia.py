@@ -149,7 +149,7 @@ def _run_outcome(
     for client in clients:
         cid, eps = client.client_id, client.mechanism.ledger_epsilon
         for name, metrics in client.metrics.items():
-            _put_metrics(numbers, f"{cid}/slm_{name.lower()}", metrics)
+            put_metrics(numbers, f"{cid}/slm_{name.lower()}", metrics)
             rows.append(_row(f"{cid} SLM", name, metrics, eps))
         figures[f"mia_roc_{cid}.png"] = partial(plot_roc, client.curves, f"MIA on {cid} SLM (eps={eps_text(eps)})")
     best = _slm_means(numbers, clients, cfg)
@@ -160,7 +160,7 @@ def _run_outcome(
     }
     if llm is not None:
         metrics, curve, adapter = llm
-        _put_metrics(numbers, "llm", metrics)
+        put_metrics(numbers, "llm", metrics)
         rows.append(_row("server LLM", f"LOSS ({adapter})", metrics, math.nan))
         if metrics.auc.low > cfg.mia_max_auc:
             findings.append(
@@ -259,7 +259,7 @@ def _verdict_rules(
     return found
 
 
-def _put_metrics(numbers: dict[str, Any], prefix: str, metrics: AttackMetrics) -> None:
+def put_metrics(numbers: dict[str, Any], prefix: str, metrics: AttackMetrics) -> None:
     numbers[f"{prefix}_auc"] = metrics.auc.value
     numbers[f"{prefix}_auc_low"] = metrics.auc.low
     numbers[f"{prefix}_auc_high"] = metrics.auc.high
