@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -226,3 +228,35 @@ def test_the_sides_are_disjoint(dp_run: Path, site) -> None:
     others = [ex.uid for ex in opened.audit.non_members + opened.audit.reference_pool]
     assert not set(members) & set(others) and len(set(others)) == len(others)
     assert not {ex.uid for ex in opened.audit.non_members} & {ex.uid for ex in opened.audit.reference_pool}
+
+
+_OPENED: list[str] | None = None
+"""Paths opened while a test records them (a process-wide audit hook can only be added, never removed)."""
+
+
+def _record_open(event: str, args: tuple) -> None:
+    if event == "open" and _OPENED is not None and isinstance(args[0], str | bytes | os.PathLike):
+        _OPENED.append(os.path.abspath(os.fsdecode(args[0])))
+
+
+sys.addaudithook(_record_open)
+
+
+def test_the_site_opens_only_its_own_folder_and_its_ledger_copy_in_the_run(dp_run: Path, tmp_path: Path) -> None:
+    global _OPENED
+    run_copy = tmp_path / dp_run.name
+    shutil.copytree(dp_run, run_copy, ignore=shutil.ignore_patterns("audit"))
+    party, _ = _lay_out_site(run_copy, tmp_path / "sites")
+    other, _ = _lay_out_site(run_copy, tmp_path / "sites", name="client-2")
+    job_data = Path(open_run(run_copy, None).config.data.path).resolve()
+    _OPENED = []
+    try:
+        audit = run_site_audit(party.root, run_copy, ["audit.mia_max_auc=0.8"], progress=False)
+    finally:
+        opened, _OPENED = _OPENED, None
+    assert audit.verdict == "pass"
+    in_run = {Path(p).relative_to(run_copy.resolve()).as_posix() for p in opened if Path(p).is_relative_to(run_copy)}
+    assert in_run == {"config.yaml", "run.json", "clients/client-1/ledger.jsonl"}, in_run
+    assert not [p for p in opened if Path(p).is_relative_to(other.root)]
+    assert str(job_data) not in opened  # the site never reads the job's data file: it has its own
+    assert any(Path(p).is_relative_to(party.root) for p in opened)
