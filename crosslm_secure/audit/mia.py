@@ -9,6 +9,9 @@ on random subsets of the reference pool with the client's record count (capped b
 pool). The LLM is attacked with client records it never
 saw (members) against population records: it should sit at chance.
 
+:func:`attack_client` attacks one client of an :class:`AuditRun`; the run-level audit runs it on
+every client of a run, and a site on itself (:mod:`crosslm_secure.audit.site_checks`).
+
 Verdict: fail when some SLM attack's AUC lower bound exceeds ``audit.mia_max_auc``, or when
 its TPR lower bound at a low FPR exceeds what the run's claimed epsilon allows
 (``TPR <= e^eps * FPR + delta``); the LLM attack is held to the AUC rule too.

@@ -10,6 +10,9 @@ draw). Shuffled with ``audit.seed`` and cut to ``audit.population_records``, it 
 * ``non_members``: the attacks' non-members (and RMIA's population samples z);
 * ``reference_pool``: what reference models train on (disjoint from every audited record,
   so each reference model is OUT for every member and non-member: the offline setting).
+
+:func:`audit_run` builds the same :class:`AuditRun` from any clients' records and population; a
+site auditing itself builds it from its own records and state (:mod:`crosslm_secure.audit.site_run`).
 """
 
 from __future__ import annotations

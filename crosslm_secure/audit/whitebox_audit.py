@@ -117,20 +117,7 @@ def _result(n: dict, fail_bound: bool, fail_mechanism: bool, *, disagreements: t
         n["claimed_epsilon"],
         n["ceiling_epsilon"],
     )
-    findings = []
-    if fail_bound:
-        findings.append(
-            f"{client}: empirical epsilon lower bound {lower:.2f} ({n['confidence']:.0%} confidence) exceeds the "
-            f"claimed epsilon {claimed:.2f}: the training does not give the DP it accounts"
-        )
-    if fail_mechanism:
-        findings.append(
-            f"{client}: an included canary moved the model {n['shift_ratio']:.2f}x as far as the ledger's noise "
-            f"multiplier {n['noise_multiplier']:.3g} and sample rate {n['sample_rate']:.3g} allow (measured shift "
-            f"{n['measured_shift']:.3f} vs {n['claimed_shift']:.3f}, p < {n['mechanism_alpha']:g}): the training adds "
-            "less noise, samples more often or clips less than it records"
-        )
-    findings += [f"{client}: {problem}" for problem in disagreements]
+    findings = _findings(n, fail_bound, fail_mechanism, disagreements)
     summary = (
         f"{client} (white-box, gradient canaries): {n['correct']}/{n['guesses']} guesses right -> epsilon >= "
         f"{lower:.2f} ({n['confidence']:.0%}) vs claimed {eps_text(claimed)}; the method's ceiling for "
@@ -187,6 +174,25 @@ def _result(n: dict, fail_bound: bool, fail_mechanism: bool, *, disagreements: t
             "included canaries move the model significantly more than the recorded noise and rate allow.",
         },
     )
+
+
+def _findings(n: dict, fail_bound: bool, fail_mechanism: bool, disagreements: tuple[str, ...]) -> list[str]:
+    client, lower, claimed = n["client"], n["empirical_epsilon_lower_bound"], n["claimed_epsilon"]
+    findings = []
+    if fail_bound:
+        findings.append(
+            f"{client}: empirical epsilon lower bound {lower:.2f} ({n['confidence']:.0%} confidence) exceeds the "
+            f"claimed epsilon {claimed:.2f}: the training does not give the DP it accounts"
+        )
+    if fail_mechanism:
+        findings.append(
+            f"{client}: an included canary moved the model {n['shift_ratio']:.2f}x as far as the ledger's noise "
+            f"multiplier {n['noise_multiplier']:.3g} and sample rate {n['sample_rate']:.3g} allow (measured shift "
+            f"{n['measured_shift']:.3f} vs {n['claimed_shift']:.3f}, p < {n['mechanism_alpha']:g}): the training adds "
+            "less noise, samples more often or clips less than it records"
+        )
+    findings += [f"{client}: {problem}" for problem in disagreements]
+    return findings
 
 
 def _plot(scores: np.ndarray, included: np.ndarray, lower: float, claimed: float, ceiling: float, out: Path) -> None:

@@ -166,6 +166,15 @@ def test_too_few_held_out_records_are_not_resolvable_not_a_pass(dp_run: Path, si
     assert body["verdict"] == "not resolvable"
 
 
+def test_a_dp_audit_with_too_few_canaries_to_show_the_claim_is_not_resolvable(dp_run: Path, site) -> None:
+    party, _ = site
+    audit = run_site_audit(party.root, dp_run, ["audit.mia_max_auc=0.8", "audit.canaries=10"], progress=False)
+    dp = audit.body["checks"]["dp"]
+    assert (dp["canaries"], dp["guesses"]) == (10, 2)  # all 2 guesses right cannot show epsilon 1
+    assert dp["verdict"] == "not resolvable" and "too few canaries to decide" in dp["summary"]
+    assert audit.verdict == "not resolvable"
+
+
 def _no_keys(party: PartyFolder, run_dir: Path) -> None:
     shutil.rmtree(party.keys)
 
