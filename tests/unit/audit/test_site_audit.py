@@ -23,12 +23,13 @@ from typer.testing import CliRunner
 
 from crosslm_secure.audit.population import open_run
 from crosslm_secure.audit.site_audit import DOCUMENT_KIND, SCHEMA, model_sha256, run_site_audit
+from crosslm_secure.audit.site_ledger import first_difference
 from crosslm_secure.cli import app
 from crosslm_secure.crypto.keys import ParticipantKeys, Registry, save_participant_keys
 from crosslm_secure.crypto.signed import verify_document
 from crosslm_secure.data.partition import stratified_mask
 from crosslm_secure.data.records import Example
-from crosslm_secure.data.site import load_site_data
+from crosslm_secure.data.site import OWN_DATA_FILE, load_site_data
 from crosslm_secure.parties import PartyFolder
 from crosslm_secure.runstore import RunStore
 
@@ -198,6 +199,11 @@ def _no_state(party: PartyFolder, run_dir: Path) -> None:
     shutil.rmtree(party.state_root(RunStore(run_dir).run_id))
 
 
+def _other_file_than_trained_on(party: PartyFolder, run_dir: Path) -> None:
+    client = RunStore(party.state_root(RunStore(run_dir).run_id)).client_dir(SITE)
+    (client / OWN_DATA_FILE).write_text(json.dumps({"file": "data.csv", "train": 500, "test": 100}))
+
+
 @pytest.mark.parametrize(
     ("break_site", "said"),
     [
@@ -206,8 +212,12 @@ def _no_state(party: PartyFolder, run_dir: Path) -> None:
         (_other_columns, r"column 'note' is not in .*data.csv.*the site's file must have the job's columns 'note'"),
         (_other_labels, r"label 'unsure' in .*data.csv row \d+ is not a task label.*must .* labels negative, neutral"),
         (_no_state, r"state/.* holds no state of client-1 for run .*; pass a run this site took part in"),
+        (
+            _other_file_than_trained_on,
+            r"data.csv gives \d+ training .* but the site trained on 500 .*; restore the file",
+        ),
     ],
-    ids=["no-keys", "another-sites-keys", "other-columns", "other-labels", "no-state"],
+    ids=["no-keys", "another-sites-keys", "other-columns", "other-labels", "no-state", "other-file"],
 )
 def test_bad_input_is_one_sentence_and_writes_nothing(dp_run: Path, site, break_site, said: str) -> None:
     party, _ = site
@@ -269,3 +279,17 @@ def test_the_site_opens_only_its_own_folder_and_its_ledger_copy_in_the_run(dp_ru
     assert not [p for p in opened if Path(p).is_relative_to(other.root)]
     assert str(job_data) not in opened  # the site never reads the job's data file: it has its own
     assert any(Path(p).is_relative_to(party.root) for p in opened)
+
+
+def test_the_first_difference_names_a_missing_or_an_extra_entry(tmp_path: Path) -> None:
+    own = [
+        {"seq": 0, "round": 1, "mechanism": "dp-sgd", "hash": "a"},
+        {"seq": 1, "round": 1, "mechanism": "score", "hash": "b"},
+    ]
+    copy = tmp_path / "ledger.jsonl"
+    assert first_difference(own, own, copy) == ""
+    assert first_difference(own, own[:1], copy) == f"entry 1 (round 1, score) is missing from the server's copy {copy}"
+    extra = [*own, {"seq": 2, "round": 2, "mechanism": "dp-sgd", "hash": "c"}]
+    assert first_difference(own, extra, copy) == (
+        f"the server's copy {copy} has an entry 2 (round 2, dp-sgd) the site never wrote"
+    )
