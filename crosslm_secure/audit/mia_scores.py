@@ -9,7 +9,8 @@ the client's record count (capped by the pool): each is OUT for every audited re
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from crosslm_secure.audit.population import (
     true_label_probability,
     uses_features,
 )
+from crosslm_secure.client.scheduled import ScheduledTrainer
 from crosslm_secure.data.records import Example
 from crosslm_secure.models.batches import predict_proba
 
@@ -58,6 +60,26 @@ def client_index(client_id: str) -> int:
     return int(tail) if tail.isdigit() else zlib.crc32(client_id.encode("utf-8"))
 
 
+@dataclass(frozen=True)
+class _References:
+    """The reference models to train for one client: the client's mechanism on each subset."""
+
+    run: AuditRun
+    client_id: str
+    mechanism: Mechanism
+    subsets: list[list[Example]]
+    seeds: list[int]
+    progress: bool
+
+    def each(self) -> Iterator[tuple[list[Example], int]]:
+        """(subset, seed) per reference model, with a progress bar."""
+        pairs = list(zip(self.subsets, self.seeds, strict=True))
+        yield from tqdm(pairs, desc=f"audit: {self.client_id} references", disable=not self.progress, leave=False)
+
+    def trainer(self, records: int, seed: int) -> AbstractContextManager[ScheduledTrainer]:
+        return retrainer(self.run, self.client_id, self.mechanism, records, seed=seed, progress=self.progress)
+
+
 def score_records(
     run: AuditRun,
     client_id: str,
@@ -82,71 +104,60 @@ def score_records(
         for _ in range(cfg.reference_models)
     ]
     seeds = [_seed(cfg.seed, index, k) for k in range(len(subsets))]
+    references = _References(run, client_id, mechanism, subsets, seeds, progress)
     features_path = uses_features(run, settings, target_model)
-    train = _feature_references if features_path else _text_references
     target = (tokenizer, target_model, settings)
-    probabilities = train(run, client_id, mechanism, target, scored, subsets, seeds, embedded, progress)
+    if features_path:
+        probabilities = _feature_references(references, target, len(members), scored, embedded)
+    else:
+        probabilities = _text_references(references, target, scored)
     table = np.array(probabilities)  # [1 + reference models, len(scored)]
     z = slice(len(members), None)
     return ScoredRecords(table[0], table[1:], table[0, z], table[1:, z], features_path)
 
 
 def _feature_references(
-    run: AuditRun,
-    client_id: str,
-    mechanism: Mechanism,
+    references: _References,
     target: tuple[Any, Any, Any],
+    members: int,
     scored: list[Example],
-    subsets: list[list[Example]],
-    seeds: list[int],
     embedded: dict[tuple[str, int], torch.Tensor],
-    progress: bool,
 ) -> list[np.ndarray]:
+    """P(true label) under the target's head and under a fresh head per reference model, on frozen features."""
     tokenizer, target_model, settings = target
+    run = references.run
     population = run.non_members
-    members = scored[: len(scored) - len(population)]
     key = (settings.model, settings.max_length)
     if key not in embedded:
         texts = [ex.text for ex in population + run.reference_pool]
-        embedded[key] = embed(tokenizer, target_model, texts, settings, progress=progress)
-    f_members = embed(tokenizer, target_model, [ex.text for ex in members], settings, progress=progress)
+        embedded[key] = embed(tokenizer, target_model, texts, settings, progress=references.progress)
+    texts = [ex.text for ex in scored[:members]]
+    f_members = embed(tokenizer, target_model, texts, settings, progress=references.progress)
     f_scored = torch.cat([f_members, embedded[key][: len(population)]])
     f_pool = embedded[key][len(population) :]
     position = {ex.uid: i for i, ex in enumerate(run.reference_pool)}
     probabilities = [true_label_probability(head_probabilities(feature_head(target_model), f_scored), scored)]
-    for subset, seed in tqdm(
-        list(zip(subsets, seeds, strict=True)), desc=f"audit: {client_id} references", disable=not progress, leave=False
-    ):
+    for subset, seed in references.each():
         index = torch.tensor([position[ex.uid] for ex in subset], dtype=torch.long)
         labels = torch.tensor([ex.label for ex in subset], dtype=torch.long)
         head = feature_head(target_model, fresh_seed=seed)
-        with retrainer(run, client_id, mechanism, len(subset), seed=seed, progress=progress) as trainer:
-            for round_index in range(1, mechanism.rounds + 1):
+        with references.trainer(len(subset), seed) as trainer:
+            for round_index in range(1, references.mechanism.rounds + 1):
                 trainer.train_private_features(head, f_pool[index], labels, round_index=round_index)
         probabilities.append(true_label_probability(head_probabilities(head, f_scored), scored))
     return probabilities
 
 
-def _text_references(
-    run: AuditRun,
-    client_id: str,
-    mechanism: Mechanism,
-    target: tuple[Any, Any, Any],
-    scored: list[Example],
-    subsets: list[list[Example]],
-    seeds: list[int],
-    embedded: dict[tuple[str, int], torch.Tensor],
-    progress: bool,
-) -> list[np.ndarray]:
+def _text_references(references: _References, target: tuple[Any, Any, Any], scored: list[Example]) -> list[np.ndarray]:
+    """P(true label) under the target SLM and under a fresh SLM per reference model, trained on texts."""
     tokenizer, target_model, settings = target
+    run = references.run
     probabilities = [_text_probabilities(tokenizer, target_model, settings, scored, run)]
-    for subset, seed in tqdm(
-        list(zip(subsets, seeds, strict=True)), desc=f"audit: {client_id} references", disable=not progress, leave=False
-    ):
+    for subset, seed in references.each():
         ref_tokenizer, model = fresh_slm(run, settings, seed)
-        with retrainer(run, client_id, mechanism, len(subset), seed=seed, progress=progress) as trainer:
+        with references.trainer(len(subset), seed) as trainer:
             trainer.prepare_model(model)
-            for round_index in range(1, mechanism.rounds + 1):
+            for round_index in range(1, references.mechanism.rounds + 1):
                 trainer.train_private(model, ref_tokenizer, subset, round_index=round_index)
         probabilities.append(_text_probabilities(ref_tokenizer, model, settings, scored, run))
     return probabilities
