@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +71,31 @@ class CheckResult:
     def from_dict(cls, raw: dict[str, Any]) -> CheckResult:
         tables = [Table(**t) for t in raw.get("tables", [])]
         return cls(**{**raw, "tables": tables})
+
+
+Figure = Callable[[Path], None]
+"""Draws one figure into the file it is given."""
+
+
+@dataclass
+class Outcome:
+    """A check's result before it is kept, and its figures, not yet drawn.
+
+    The checks compute; where the result goes is the caller's: a run-level audit keeps it with
+    its figures in ``runs/<id>/audit/`` (:meth:`save`), a site audit signs its verdict and numbers.
+    """
+
+    result: CheckResult
+    figures: dict[str, Figure] = field(default_factory=dict)
+    """File name (in the run's ``audit/``) -> what draws it."""
+
+    def save(self, run_dir: Path) -> CheckResult:
+        """Draw the figures into ``audit/``, write ``audit/<name>.json``, return the result."""
+        for name, draw in self.figures.items():
+            draw(audit_dir(run_dir) / name)
+        self.result.figures = list(self.figures)
+        save_result(run_dir, self.result)
+        return self.result
 
 
 def eps_text(eps: float) -> str:

@@ -5,8 +5,17 @@
 ``audit/report.html``, ``crosslm audit report --run DIR`` rebuilds the report from saved
 results. The scripts in ``audits/`` call :func:`script_main` and behave the same.
 
-Exit codes (for pipelines): 0 every check passed; 1 a check failed; 2 the audit could not
-run (a check that could not run, or a bad run folder), with one sentence on stderr.
+``crosslm audit site --site DIR/<site> --run DIR [--set audit.x=y]`` runs on a site's machine:
+the membership attacks and the DP audit of the site's own model on its own records (its
+training split against its held-out split), and a check that the server's copy of its ledger
+in the run folder holds exactly the site's entries. It writes ``DIR/<site>/audit/<run-id>.json``
+signed with the site's key, for the reviewer; no record leaves the site. A run whose sites
+trained on their own files is audited this way, at each site, not with ``mia``/``dp``. A
+check whose interval is too wide to decide (too few records) is ``not resolvable``, not a pass.
+
+Exit codes (for pipelines): 0 every check passed; 1 a check failed (for ``site``: or could
+not be decided); 2 the audit could not run (a check that could not run, or a bad run or site
+folder), with one sentence on stderr.
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ from crosslm_secure.audit.registry import (
     CHECK_HELP,
     CHECKS,
     EXIT_ERROR,
+    EXIT_FAIL,
+    EXIT_PASS,
     RUN_ORDER,
     CheckOutcome,
     overall_exit_code,
@@ -39,7 +50,8 @@ for _variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE
     os.environ.setdefault(_variable, "1")  # the attacks load models; never from a hub
 
 audit_app = typer.Typer(
-    help="Compliance audits of a finished run: membership inference, DP, protocol, ledger; one report.",
+    help="Compliance audits of a finished run: membership inference, DP, protocol, ledger; one report; "
+    "and a site's signed audit of itself (site).",
     no_args_is_help=True,
 )
 
@@ -153,6 +165,31 @@ for _name in CHECKS:
 def all_command(run: RunOption, set_: SetOption = None, progress: ProgressOption = True) -> None:
     """Run every check and write audit/report.md and .html (exit 1: a check failed; 2: one could not run)."""
     raise typer.Exit(audit_all(run, set_ or [], progress=progress))
+
+
+SiteDirOption = Annotated[Path, typer.Option("--site", help="The site's own folder, e.g. sites/client-1.")]
+
+
+def audit_site(site_dir: Path, run_dir: Path, overrides: Sequence[str] = (), *, progress: bool = True) -> int:
+    """Run the site audit, print each check's verdict and where the signed result is, return the exit code."""
+    from crosslm_secure.audit.site_audit import run_site_audit
+
+    try:
+        audit = run_site_audit(site_dir, run_dir, overrides, progress=progress)
+    except CrossLMError as exc:
+        return _error(str(exc))
+    for name, check in audit.body["checks"].items():
+        typer.echo(f"{name}: {check['verdict'].upper()}: {check['summary']}")
+    typer.echo(f"overall: {audit.verdict}; signed result: {audit.path}")
+    return EXIT_PASS if audit.verdict == "pass" else EXIT_FAIL
+
+
+@audit_app.command("site")
+def site_command(site: SiteDirOption, run: RunOption, set_: SetOption = None, progress: ProgressOption = True) -> None:
+    """At a site: MIA and DP audits of its own model on its own records and its ledger against the server's
+    copy; writes DIR/<site>/audit/<run-id>.json signed with the site's key (exit 1: a check failed or
+    could not be decided)."""
+    raise typer.Exit(audit_site(site, run, set_ or [], progress=progress))
 
 
 @audit_app.command("report")

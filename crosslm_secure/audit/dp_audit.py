@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from crosslm_secure.audit.attacks import FLOOR
-from crosslm_secure.audit.base import AuditError, CheckResult, Table, audit_dir, eps_text, save_result
+from crosslm_secure.audit.base import AuditError, CheckResult, Outcome, Table, eps_text
 from crosslm_secure.audit.canaries import (
     epsilon_lower_bound,
     feature_canaries,
@@ -60,7 +61,8 @@ NAME = "dp"
 
 
 def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress: bool = True) -> CheckResult:
-    """Run the one-run DP audit on one client of a finished run; write ``audit/dp.json``.
+    """Run the one-run DP audit on one client (``audit.dp_client``, default the first) of a finished
+    run; write ``audit/dp.json`` and its figure.
 
     Args:
         run_dir: ``runs/<run-id>``.
@@ -70,14 +72,30 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
     Raises:
         AuditError: the run folder lacks its config, the client's checkpoint or ledger.
     """
-    started = time.perf_counter()
     run = open_run(Path(run_dir), settings)
-    cfg = run.settings
-    if cfg.dp_mode == "white-box" or (cfg.dp_mode == "auto" and head_only(run)):
-        from crosslm_secure.audit.whitebox_audit import whitebox_audit
+    client_id = run.settings.dp_client or run.config.client_ids()[0]
+    return dp_outcome(run, client_id, progress=progress).save(run.root)
 
-        return whitebox_audit(run, progress=progress)
-    client_id = cfg.dp_client or run.config.client_ids()[0]
+
+def dp_outcome(run: AuditRun, client_id: str, *, progress: bool = True) -> Outcome:
+    """The one-run DP audit of ``client_id``: white-box where ``audit.dp_mode`` asks for it or,
+    with ``auto``, where the client trains only a linear head; black-box otherwise.
+
+    Raises:
+        AuditError: a missing checkpoint or ledger, or retraining with canaries failed.
+    """
+    mode = run.settings.dp_mode
+    if mode == "white-box" or (mode == "auto" and head_only(run, client_id)):
+        from crosslm_secure.audit.whitebox_audit import whitebox_outcome
+
+        return whitebox_outcome(run, client_id, progress=progress)
+    return black_box_outcome(run, client_id, progress=progress)
+
+
+def black_box_outcome(run: AuditRun, client_id: str, *, progress: bool = True) -> Outcome:
+    """The black-box one-run DP audit of ``client_id`` (input canaries, scored on the final model)."""
+    started = time.perf_counter()
+    cfg = run.settings
     client = run.client(client_id)
     mechanism = client_mechanism(run, client_id)
     included = inclusion(cfg.canaries, cfg.seed)
@@ -91,21 +109,8 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
         ) from None
     guesses = max(1, min(cfg.canaries, round(cfg.canary_guess_fraction * cfg.canaries)))
     made = guess(scores, guesses)
-    truth = np.where(included, 1, -1)
-    correct = int(((made != 0) & (made == truth)).sum())
+    correct = int(((made != 0) & (made == np.where(included, 1, -1))).sum())
     lower = epsilon_lower_bound(cfg.canaries, guesses, correct, mechanism.delta, cfg.confidence)
-    fail = math.isfinite(claimed) and lower > claimed
-    findings = (
-        [
-            f"{client_id}: empirical epsilon lower bound {lower:.2f} ({cfg.confidence:.0%} confidence) exceeds "
-            f"the claimed epsilon {claimed:.2f}: the training does not give the DP it accounts"
-        ]
-        if fail
-        else []
-    )
-    findings += [f"{client_id}: {d}; the audit re-ran the configured mechanism" for d in mechanism.disagreements]
-    figure = audit_dir(run.root) / "dp_canary_scores.png"
-    _plot_scores(scores, included, lower, claimed, figure)
     numbers = {
         "client": client_id,
         "empirical_epsilon_lower_bound": lower,
@@ -125,6 +130,24 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
         "mode": "black-box",
         "seconds": time.perf_counter() - started,
     }
+    result = _black_box_result(numbers, cfg, mechanism)
+    draw = partial(_plot_scores, scores, included, lower, claimed)
+    return Outcome(result, {"dp_canary_scores.png": draw})
+
+
+def _black_box_result(numbers: dict[str, Any], cfg: AuditConfig, mechanism: Mechanism) -> CheckResult:
+    client_id, lower, claimed = numbers["client"], numbers["empirical_epsilon_lower_bound"], numbers["claimed_epsilon"]
+    guesses, correct = numbers["guesses"], numbers["correct"]
+    fail = math.isfinite(claimed) and lower > claimed
+    findings = (
+        [
+            f"{client_id}: empirical epsilon lower bound {lower:.2f} ({cfg.confidence:.0%} confidence) exceeds "
+            f"the claimed epsilon {claimed:.2f}: the training does not give the DP it accounts"
+        ]
+        if fail
+        else []
+    )
+    findings += [f"{client_id}: {d}; the audit re-ran the configured mechanism" for d in mechanism.disagreements]
     summary = (
         f"{client_id}: {correct}/{guesses} canary guesses right -> empirical epsilon >= {lower:.2f} "
         f"({cfg.confidence:.0%} confidence) vs claimed {eps_text(claimed)} "
@@ -138,7 +161,7 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
         rows=[
             [
                 client_id,
-                f"{cfg.canaries} ({int(included.sum())})",
+                f"{numbers['canaries']} ({numbers['canaries_included']})",
                 str(guesses),
                 str(correct),
                 f"{lower:.2f}",
@@ -147,29 +170,26 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
             ]
         ],
     )
-    result = CheckResult(
+    return CheckResult(
         name=NAME,
         title="DP audit in one training run (black-box)",
         verdict="fail" if findings else "pass",
         summary=summary,
         numbers=numbers,
         tables=[table],
-        figures=[figure.name],
         findings=findings,
         details={
-            "canary_space": space,
+            "canary_space": numbers["canary_space"],
             "note": "Each canary is included by a fair coin; the top/bottom "
             f"{cfg.canary_guess_fraction:.0%} of scores (fixed before scoring) are guessed in/out. "
             "Scores: trained minus initial log-probability of the canary's label.",
         },
     )
-    save_result(run.root, result)
-    return result
 
 
-def head_only(run: AuditRun) -> bool:
-    """The audited client trains only a linear head (frozen encoder, no LoRA): white-box canaries fit."""
-    settings = run.config.slm_for(run.settings.dp_client or run.config.client_ids()[0])
+def head_only(run: AuditRun, client_id: str) -> bool:
+    """The client trains only a linear head (frozen encoder, no LoRA): white-box canaries fit."""
+    settings = run.config.slm_for(client_id)
     return settings.trainable == "head" and run.config.privacy.lora_rank == 0
 
 

@@ -10,6 +10,9 @@ draw). Shuffled with ``audit.seed`` and cut to ``audit.population_records``, it 
 * ``non_members``: the attacks' non-members (and RMIA's population samples z);
 * ``reference_pool``: what reference models train on (disjoint from every audited record,
   so each reference model is OUT for every member and non-member: the offline setting).
+
+:func:`audit_run` builds the same :class:`AuditRun` from any clients' records and population; a
+site auditing itself builds it from its own records and state (:mod:`crosslm_secure.audit.site_run`).
 """
 
 from __future__ import annotations
@@ -106,9 +109,9 @@ def open_run(run_dir: Path, settings: AuditConfig | None) -> AuditRun:
         own = own_data_marker(folder)
         if own is not None:
             raise AuditError(
-                f"audit: {folder.name} trained on its own file {own['file']} (crosslm deploy site --data), not on "
-                "its silo of the job's data, so its members cannot be rebuilt from data.path; this audit does not "
-                "cover sites that trained on their own files"
+                f"audit: {folder.name} trained on its own file {own['file']} (crosslm deploy site --data), which "
+                f"this run folder does not hold; audit it at the site: `crosslm audit site --site DIR/{folder.name} "
+                f"--run {root}` on that site's machine"
             )
     try:
         config = config_from_dict(store.config_dict())
@@ -120,25 +123,42 @@ def open_run(run_dir: Path, settings: AuditConfig | None) -> AuditRun:
         left_out = [ex for ex in full_train if ex.uid not in used]  # records the cap dropped
     except CrossLMError as exc:
         raise AuditError(f"audit: cannot rebuild the data split of {root} ({exc})") from None
+    private = {ex.uid for client in split.clients for ex in client.train}
+    population = [ex for ex in [*test, *left_out] if ex.uid not in private]
+    return audit_run(
+        root,
+        config,
+        settings or config.audit,
+        split,
+        population,
+        too_few="lie outside the clients' training data; raise audit.population_records or give the run more test data",
+    )
+
+
+def audit_run(
+    root: Path, config: Config, settings: AuditConfig, split: TaskData, population: list[Example], *, too_few: str
+) -> AuditRun:
+    """An :class:`AuditRun` of ``split``'s clients, whose state is laid out as a run folder at ``root``.
+
+    ``population`` (records none of the clients trained on) is shuffled with ``audit.seed``, cut
+    to ``audit.population_records`` and halved into non-members and reference pool.
+
+    Raises:
+        AuditError: fewer than ``2 * MIN_HALF`` population records; the sentence ends with ``too_few``.
+    """
     if config.run.threads:
         # Retraining runs the run's own workload: keep its thread cap, so audits that a sweep
         # runs side by side do not oversubscribe the cores (with every core each, beside another
         # cell, one reference model took 54 s under a profiler; capped, a cell's audits ~2 min).
         torch.set_num_threads(config.run.threads)
-    settings = settings or config.audit
-    private = {ex.uid for client in split.clients for ex in client.train}
-    population = [ex for ex in [*test, *left_out] if ex.uid not in private]
     order = np.random.default_rng([settings.seed, 21]).permutation(len(population))
     population = [population[i] for i in order[: settings.population_records]]
     half = len(population) // 2
     if half < MIN_HALF:
-        raise AuditError(
-            f"audit: only {len(population)} records lie outside the clients' training data; "
-            "raise audit.population_records or give the run more test data"
-        )
+        raise AuditError(f"audit: only {len(population)} records {too_few}")
     return AuditRun(
         root=root,
-        store=store,
+        store=RunStore(root),
         config=config,
         settings=settings,
         split=split,

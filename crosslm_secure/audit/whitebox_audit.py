@@ -13,12 +13,13 @@ linear head, whose parameter space the canaries live in. Other SLMs need ``--mod
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from crosslm_secure.audit.base import AuditError, CheckResult, Table, audit_dir, eps_text, save_result
+from crosslm_secure.audit.base import AuditError, CheckResult, Outcome, Table, eps_text
 from crosslm_secure.audit.canaries import inclusion
 from crosslm_secure.audit.population import (
     AuditRun,
@@ -43,21 +44,26 @@ def run_whitebox_audit(run_dir: Path, settings: AuditConfig | None = None, *, pr
     Raises:
         AuditError: a missing run part, an SLM whose encoder trains, or a failed retraining.
     """
-    return whitebox_audit(open_run(Path(run_dir), settings), progress=progress)
+    run = open_run(Path(run_dir), settings)
+    client_id = run.settings.dp_client or run.config.client_ids()[0]
+    return whitebox_outcome(run, client_id, progress=progress).save(run.root)
 
 
-def whitebox_audit(run: AuditRun, *, progress: bool = True) -> CheckResult:
-    """:func:`run_whitebox_audit` on an opened run."""
+def whitebox_outcome(run: AuditRun, client_id: str, *, progress: bool = True) -> Outcome:
+    """The white-box one-run DP audit of ``client_id`` on an opened run (result and figure, not yet kept).
+
+    Raises:
+        AuditError: a missing checkpoint or ledger, an SLM whose encoder trains, or a failed retraining.
+    """
     started = time.perf_counter()
     cfg = run.settings
-    client_id = cfg.dp_client or run.config.client_ids()[0]
     client = run.client(client_id)
     mechanism = client_mechanism(run, client_id)
     tokenizer, model, slm = load_client_slm(run, client_id)
     if not uses_features(run, slm, model):
         raise AuditError(
             "audit: the white-box DP audit places canaries in a linear head's parameters, but this SLM's "
-            "encoder trains too; run `crosslm audit dp --mode black-box`"
+            "encoder trains too; set audit.dp_mode=black-box (`crosslm audit dp --mode black-box`)"
         )
     features = embed(tokenizer, model, [ex.text for ex in client.train], slm, progress=progress)
     labels = torch.tensor([ex.label for ex in client.train], dtype=torch.long)
@@ -92,49 +98,26 @@ def whitebox_audit(run: AuditRun, *, progress: bool = True) -> CheckResult:
         "canary_space": "gradient",
         "seconds": time.perf_counter() - started,
     }
-    return _result(
-        run.root,
-        numbers,
+    checked = _result(numbers, result.fail_bound, result.fail_mechanism, disagreements=mechanism.disagreements)
+    draw = partial(
+        _plot,
         result.scores,
         result.included,
-        result.fail_bound,
-        result.fail_mechanism,
-        disagreements=mechanism.disagreements,
+        numbers["empirical_epsilon_lower_bound"],
+        numbers["claimed_epsilon"],
+        numbers["ceiling_epsilon"],
     )
+    return Outcome(checked, {"dp_canary_scores.png": draw})
 
 
-def _result(
-    root: Path,
-    n: dict,
-    scores: np.ndarray,
-    included: np.ndarray,
-    fail_bound: bool,
-    fail_mechanism: bool,
-    *,
-    disagreements: tuple[str, ...] = (),
-) -> CheckResult:
+def _result(n: dict, fail_bound: bool, fail_mechanism: bool, *, disagreements: tuple[str, ...] = ()) -> CheckResult:
     client, lower, claimed, ceiling = (
         n["client"],
         n["empirical_epsilon_lower_bound"],
         n["claimed_epsilon"],
         n["ceiling_epsilon"],
     )
-    findings = []
-    if fail_bound:
-        findings.append(
-            f"{client}: empirical epsilon lower bound {lower:.2f} ({n['confidence']:.0%} confidence) exceeds the "
-            f"claimed epsilon {claimed:.2f}: the training does not give the DP it accounts"
-        )
-    if fail_mechanism:
-        findings.append(
-            f"{client}: an included canary moved the model {n['shift_ratio']:.2f}x as far as the ledger's noise "
-            f"multiplier {n['noise_multiplier']:.3g} and sample rate {n['sample_rate']:.3g} allow (measured shift "
-            f"{n['measured_shift']:.3f} vs {n['claimed_shift']:.3f}, p < {n['mechanism_alpha']:g}): the training adds "
-            "less noise, samples more often or clips less than it records"
-        )
-    findings += [f"{client}: {problem}" for problem in disagreements]
-    figure = audit_dir(root) / "dp_canary_scores.png"
-    _plot(scores, included, lower, claimed, ceiling, figure)
+    findings = _findings(n, fail_bound, fail_mechanism, disagreements)
     summary = (
         f"{client} (white-box, gradient canaries): {n['correct']}/{n['guesses']} guesses right -> epsilon >= "
         f"{lower:.2f} ({n['confidence']:.0%}) vs claimed {eps_text(claimed)}; the method's ceiling for "
@@ -172,14 +155,13 @@ def _result(
             ]
         ],
     )
-    result = CheckResult(
+    return CheckResult(
         name=NAME,
         title="DP audit in one training run (white-box)",
         verdict="fail" if findings else "pass",
         summary=summary,
         numbers=n,
         tables=[table],
-        figures=[figure.name],
         findings=findings,
         details={
             "mode": "white-box",
@@ -192,8 +174,25 @@ def _result(
             "included canaries move the model significantly more than the recorded noise and rate allow.",
         },
     )
-    save_result(root, result)
-    return result
+
+
+def _findings(n: dict, fail_bound: bool, fail_mechanism: bool, disagreements: tuple[str, ...]) -> list[str]:
+    client, lower, claimed = n["client"], n["empirical_epsilon_lower_bound"], n["claimed_epsilon"]
+    findings = []
+    if fail_bound:
+        findings.append(
+            f"{client}: empirical epsilon lower bound {lower:.2f} ({n['confidence']:.0%} confidence) exceeds the "
+            f"claimed epsilon {claimed:.2f}: the training does not give the DP it accounts"
+        )
+    if fail_mechanism:
+        findings.append(
+            f"{client}: an included canary moved the model {n['shift_ratio']:.2f}x as far as the ledger's noise "
+            f"multiplier {n['noise_multiplier']:.3g} and sample rate {n['sample_rate']:.3g} allow (measured shift "
+            f"{n['measured_shift']:.3f} vs {n['claimed_shift']:.3f}, p < {n['mechanism_alpha']:g}): the training adds "
+            "less noise, samples more often or clips less than it records"
+        )
+    findings += [f"{client}: {problem}" for problem in disagreements]
+    return findings
 
 
 def _plot(scores: np.ndarray, included: np.ndarray, lower: float, claimed: float, ceiling: float, out: Path) -> None:

@@ -1,0 +1,141 @@
+"""A site's own view of a run, for the audits it runs on its machine.
+
+The site reads only its own folder (``DIR/<site>/``: its keys, its records, its state for the
+run under ``state/<run-id>/``) and the coordinator's run folder (its config and the server's
+copy of the site's ledger). Members are the site's training split of its own records;
+non-members and the reference models' pool are its held-out split, halved: the three never
+overlap. Every problem is one sentence naming the file and the fix, raised before anything is
+written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from crosslm_secure.audit.base import AuditError
+from crosslm_secure.audit.population import AuditRun, audit_run
+from crosslm_secure.audit.runinfo import run_config
+from crosslm_secure.config import Config
+from crosslm_secure.crypto.keys import ParticipantKeys, load_identity, load_participant_keys
+from crosslm_secure.data.records import ClientData, TaskData
+from crosslm_secure.data.site import load_site_data, own_data_marker
+from crosslm_secure.errors import CrossLMError
+from crosslm_secure.parties import PartyFolder
+from crosslm_secure.runstore import RunStore
+
+
+@dataclass(frozen=True)
+class SiteRun:
+    """One site's records and state for one run, opened for its audits."""
+
+    party: PartyFolder
+    keys: ParticipantKeys
+    run_id: str
+    audit: AuditRun
+    """The site alone, its state as the run folder: what the attacks read."""
+    server_ledger: Path
+    """The server's copy of the site's ledger, in the coordinator's run folder."""
+
+    @property
+    def site(self) -> str:
+        return self.party.name
+
+    @property
+    def ledger(self) -> Path:
+        """The site's own, authoritative ledger."""
+        return self.audit.store.ledger_path(self.site)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.audit.store.slm_dir(self.site)
+
+
+def open_site_run(site_dir: Path, run_dir: Path, overrides: Sequence[str] = ()) -> SiteRun:
+    """Open ``site_dir`` (``DIR/<site>``) for the audits of the run in ``run_dir``.
+
+    Raises:
+        AuditError: the site has no keys or another site's keys, the run folder is not a run,
+            the site is not one of its clients or holds no state for it, or the site's records
+            do not fit the job (columns, labels, count).
+    """
+    party = PartyFolder(Path(site_dir))
+    if not party.root.is_dir():
+        raise AuditError(f"audit site: {party.root} is not a folder; pass --site DIR/<site>, the site's own folder")
+    keys = _site_keys(party)
+    config = run_config(run_dir, overrides)
+    run_id = RunStore(Path(run_dir)).run_id
+    if party.name not in config.client_ids():
+        raise AuditError(
+            f"audit site: {party.name} is not a client of run {run_id} ({Path(run_dir) / 'config.yaml'} lists "
+            f"{', '.join(config.client_ids())}); pass the run this site took part in"
+        )
+    state = party.state_root(run_id)
+    if not RunStore(state).client_dir(party.name).is_dir():
+        raise AuditError(
+            f"audit site: {state} holds no state of {party.name} for run {run_id}; pass a run this site "
+            f"took part in, or put its state for that run in {state}"
+        )
+    client = _site_records(party, config, state)
+    audit = audit_run(
+        state,
+        config,
+        config.audit,
+        TaskData(clients=[client]),
+        list(client.test),
+        too_few=f"of {party.name} are held out from training; add records to {party.data()}",
+    )
+    return SiteRun(party, keys, run_id, audit, RunStore(Path(run_dir)).ledger_path(party.name))
+
+
+def _site_keys(party: PartyFolder) -> ParticipantKeys:
+    """The site's own signing keys.
+
+    Raises:
+        AuditError: no keys, unreadable keys, or the keys of another site.
+    """
+    try:
+        folder = party.require_keys()
+        identity = load_identity(folder)
+    except CrossLMError as exc:
+        raise AuditError(f"audit site: {exc}") from None
+    if identity.site != party.name:
+        raise AuditError(
+            f"audit site: {folder} holds the keys of {identity.site}, not of {party.name}; put "
+            f"{party.name}'s own keys there (`crosslm keys init --site {party.name} --out {folder}`) "
+            f"or pass {identity.site}'s folder"
+        )
+    try:
+        return load_participant_keys(folder)
+    except CrossLMError as exc:
+        raise AuditError(f"audit site: {exc}") from None
+
+
+def _site_records(party: PartyFolder, config: Config, state: Path) -> ClientData:
+    """The site's own records, split as the job splits a site's file.
+
+    Raises:
+        AuditError: no records, columns or labels that do not match the job, or record counts
+            other than those the site recorded when it trained.
+    """
+    try:
+        path = party.data()
+    except CrossLMError as exc:
+        raise AuditError(f"audit site: {exc}") from None
+    try:
+        client = load_site_data(path, config.data, config.task, seed=config.run.seed, client_id=party.name)
+    except CrossLMError as exc:
+        raise AuditError(
+            f"audit site: {exc}; the site's file must have the job's columns {config.data.text_column!r} and "
+            f"{config.data.label_column!r} and labels {', '.join(config.task.labels)}"
+        ) from None
+    recorded = own_data_marker(RunStore(state).client_dir(party.name))
+    counts = (len(client.train), len(client.test))
+    if recorded is not None and (recorded.get("train"), recorded.get("test")) != counts:
+        raise AuditError(
+            f"audit site: {path} gives {counts[0]} training and {counts[1]} held-out records, but the site "
+            f"trained on {recorded.get('train')} and held out {recorded.get('test')} ({recorded.get('file')}); "
+            "restore the file it trained on"
+        )
+    return client
