@@ -48,7 +48,7 @@ from crosslm_secure.models.pooling import MeanPoolingClassifier
 from crosslm_secure.models.slm import load_slm
 from crosslm_secure.privacy.ledger import Ledger, ledger_path
 from crosslm_secure.report.run_ledgers import configured_dp_sgd, mechanism_disagreements
-from crosslm_secure.runstore import CONFIG_FILE, RunStore
+from crosslm_secure.runstore import CONFIG_FILE, PARTIES_SITES, RunStore
 
 AUDIT_OWNER = "audit"
 """The auditor's site cache (``sites/audit/``): embeddings of the records it audits, on its machine."""
@@ -105,6 +105,11 @@ def open_run(run_dir: Path, settings: AuditConfig | None) -> AuditRun:
     if not (root / CONFIG_FILE).is_file():
         raise AuditError(f"audit: {root / CONFIG_FILE} not found; pass a finished run folder such as runs/<run-id>")
     store = RunStore(root)
+    if store.parties() == PARTIES_SITES:
+        raise AuditError(
+            f"audit: {root} was run with party folders: each site's records and model stay at the site, so "
+            f"audit each there: `crosslm audit site --site DIR/<site> --run {root}` on that site's machine"
+        )
     for folder in sorted((root / "clients").glob("*")):
         own = own_data_marker(folder)
         if own is not None:

@@ -187,3 +187,29 @@ def test_the_cli_runs_with_sites_and_says_a_plain_run_is_a_simulation(fresh_site
     shutil.rmtree(sites / "client-1" / "keys")
     done = CliRunner().invoke(app, ["sites", "check", str(job), str(sites / "client-1")])
     assert done.exit_code != 0 and "has no keys" in " ".join(done.output.split())
+
+
+def test_the_run_level_membership_audit_points_to_the_sites(pilot: tuple) -> None:
+    _, _, result, _ = pilot
+    done = CliRunner().invoke(app, ["audit", "mia", "--run", str(result.store.root), "--no-progress"])
+    assert done.exit_code == 2
+    assert "crosslm audit site --site DIR/<site>" in " ".join(done.output.split())
+
+
+def test_each_site_audits_its_own_model_and_signs_the_result(pilot: tuple) -> None:
+    config, sites, result, _ = pilot
+    import json
+
+    from crosslm_secure.crypto.keys import Registry
+    from crosslm_secure.crypto.signed import verify_document
+
+    site = PartyFolder(sites / "client-2")
+    done = CliRunner().invoke(
+        app,
+        ["audit", "site", "--site", str(site.root), "--run", str(result.store.root), "--set", "audit.mia_max_auc=0.9"],
+    )
+    assert done.exit_code in (0, 1), done.output  # pass, or too few records to decide; never "could not run"
+    document = json.loads(site.audit_file(result.store.run_id).read_text())
+    body = verify_document(document, "site-audit", Registry.load(sites / "reviewer" / "registry.json"))
+    assert body["site"] == "client-2" and body["run_id"] == result.store.run_id
+    assert body["ledger"]["matches_server_copy"] is True
