@@ -66,9 +66,10 @@ def run(
                 raise CrossLMError(
                     "run: give a config file (e.g. experiments/configs/default.yaml) or --resume runs/<id>"
                 )
+            job = load_config(config, set_ or [])
             if sites is None:
                 console.print("simulation: one data file split into silos; for party folders pass --sites DIR")
-            result = run_job(load_config(config, set_ or []), sites=sites, log=console.print)
+            result = run_job(job, sites=sites, log=console.print)
     except CrossLMError as exc:
         fail(exc)
     if result.outcome.stopped_early:

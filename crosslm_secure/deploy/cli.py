@@ -17,7 +17,8 @@ from crosslm_secure.runstore import RunStore
 
 if TYPE_CHECKING:
     from crosslm_secure.deploy.local import Deployment
-    from crosslm_secure.deploy.pki import PKI, SitesPKI
+    from crosslm_secure.deploy.pki import PKI, SiteFiles
+    from crosslm_secure.parties import PartyFolder, SitesPKI
 
 
 pki_app = typer.Typer(help="TLS certificates, SuperNode keys and protocol identities.", no_args_is_help=True)
@@ -54,6 +55,23 @@ def _admin(keys: PKI | SitesPKI, superlink: str, job: Config | None) -> Deployme
     admin = Deployment(workdir, job, log=console.print, sites_root=sites)
     admin.attach(keys, superlink)
     return admin
+
+
+def _site_files(
+    party: Path | None, site_dir: Path | None, state_dir: Path | None
+) -> tuple[SiteFiles, PartyFolder | None, Path]:
+    """A site's credentials, its party folder (or None) and its state folder, from `deploy site`'s options."""
+    from crosslm_secure.deploy.pki import PartySiteFiles, SiteFiles
+    from crosslm_secure.parties import STATE_DIR, PartyFolder
+
+    if (party is None) == (site_dir is None):
+        raise CrossLMError("deploy site: give --site DIR/<site> (its party folder), or --site-dir and --state-dir")
+    if party is not None:
+        folder = PartyFolder(party.resolve())
+        return PartySiteFiles(folder.root), folder, folder.root / STATE_DIR
+    if state_dir is None:
+        raise CrossLMError("deploy site: --site-dir needs --state-dir (where the site keeps its state)")
+    return SiteFiles(site_dir.resolve()), None, state_dir
 
 
 def _passphrase(variable: str | None) -> str | None:
@@ -236,20 +254,10 @@ def site(
 ) -> None:
     """Run one client site: its worker (holds the node) and its SuperNode."""
     from crosslm_secure.config import load_config
-    from crosslm_secure.deploy.pki import PartySiteFiles, SiteFiles
     from crosslm_secure.deploy.site import run_site
-    from crosslm_secure.parties import STATE_DIR, PartyFolder
 
     try:
-        if (party is None) == (site_dir is None):
-            raise CrossLMError("deploy site: give --site DIR/<site> (its party folder), or --site-dir and --state-dir")
-        if party is not None:
-            folder = PartyFolder(party.resolve())
-            files, state_dir = PartySiteFiles(folder.root), folder.root / STATE_DIR
-        else:
-            if state_dir is None:
-                raise CrossLMError("deploy site: --site-dir needs --state-dir (where the site keeps its state)")
-            files, folder = SiteFiles(site_dir.resolve()), None
+        files, folder, state_dir = _site_files(party, site_dir, state_dir)
         run_site(
             load_config(config),
             files,

@@ -6,10 +6,11 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from crosslm_secure.config import config_from_dict, config_to_dict
+from crosslm_secure.config import Config, config_from_dict, config_to_dict
 from crosslm_secure.crypto.keys import Registry, load_participant_keys
+from crosslm_secure.data.records import Example
 from crosslm_secure.deploy import DeployError
 from crosslm_secure.parties import PartyFolder
 from crosslm_secure.party_run import open_coordinator
@@ -17,6 +18,9 @@ from crosslm_secure.runner import RunResult, drive_server, prepare_job, resume_p
 from crosslm_secure.runstore import PARTIES_SIMULATED, PARTIES_SITES, RunStore
 from crosslm_secure.storage import atomic_write_json
 from crosslm_secure.transport.flower import FlowerTransport, discover_sites
+
+if TYPE_CHECKING:
+    import torch
 
 
 def serve(grid, run_config: dict[str, Any], log: Callable[[str], None] = print) -> RunResult:
@@ -46,15 +50,7 @@ def serve(grid, run_config: dict[str, Any], log: Callable[[str], None] = print) 
     log(f"run folder: {store.root}")
     store.record_identities([identity.to_dict() for identity in registry], first_round=start)
     sites = str(run_config.get("sites", "")) == "true"
-    if sites:  # party folders: the evaluator set is the coordinator's own; no site's records are read
-        device = start_job(config)
-        llm_test = open_coordinator(PartyFolder(server_dir), config).llm_test
-        store.record_parties(PARTIES_SITES)
-        store.event("data", llm_test=len(llm_test), parties=PARTIES_SITES)
-    else:  # a simulation: the job's one data file, split as every site splits it
-        job = prepare_job(config, store)
-        device, llm_test = job.device, job.split.llm_test
-        store.record_parties(PARTIES_SIMULATED)
+    device, llm_test = _evaluator_set(config, store, server_dir if sites else None)
     timeout = float(run_config["timeout"])
     expected = config.client_ids()
 
@@ -86,3 +82,16 @@ def serve(grid, run_config: dict[str, Any], log: Callable[[str], None] = print) 
         state=state,
         ledger_copies=sites,
     )
+
+
+def _evaluator_set(config: Config, store: RunStore, party: Path | None) -> tuple[torch.device, list[Example]]:
+    """The device and the LLM's evaluator set: the coordinator's own (``party``: its folder), or in a
+    simulation its share of the job's one data file, split as every simulated site splits it."""
+    if party is None:
+        job = prepare_job(config, store)
+        store.record_parties(PARTIES_SIMULATED)
+        return job.device, job.split.llm_test
+    llm_test = open_coordinator(PartyFolder(party), config).llm_test
+    store.record_parties(PARTIES_SITES)
+    store.event("data", llm_test=len(llm_test), parties=PARTIES_SITES)
+    return start_job(config), llm_test

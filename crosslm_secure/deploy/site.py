@@ -28,14 +28,19 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crosslm_secure.config import Config
-from crosslm_secure.crypto.keys import Registry, load_participant_keys
+from crosslm_secure.crypto.keys import ParticipantKeys, Registry, load_participant_keys
+from crosslm_secure.data.records import ClientData
 from crosslm_secure.deploy import DeployError
 from crosslm_secure.deploy.pki import SiteFiles
 from crosslm_secure.deploy.wire import FAILED, OK, recv_frame, send_frame
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.parties import PartyFolder
+
+if TYPE_CHECKING:
+    import torch
 
 
 class SiteWorker:
@@ -72,46 +77,9 @@ class SiteWorker:
         self.log = log
         self.data = None if data is None else Path(data)
         if party is not None:
-            from crosslm_secure.party_run import open_site
-            from crosslm_secure.runner import start_job
-
-            opened = open_site(party, config, passphrase)
-            self.keys, self.registry, self.client = opened.keys, opened.registry, opened.data
-            self.device = start_job(config)
-            log(f"{self.site}: its own records: {len(self.client.train)} train / {len(self.client.test)} test")
-            self._node = None
-            self._session: tuple[int, str] | None = None
-            self._retired: set[int] = set()
-            self._lock = threading.Lock()
-            return
-        if self.site not in config.client_ids():
-            raise DeployError(
-                f"site {self.site!r} is not one of the job's clients {config.client_ids()}; "
-                "use the credentials of a listed site or change partition.clients"
-            )
-        self.keys = load_participant_keys(files.keys)
-        if self.keys.site != self.site:
-            raise DeployError(f"{files.keys} holds the keys of {self.keys.site}, not {self.site}; point at its folder")
-        self.registry = Registry.load(files.registry)
-        if data is None:
-            from crosslm_secure.runner import prepare_job
-
-            log(f"{self.site}: loading its data silo")
-            job = prepare_job(config, None)
-            (self.client,) = [c for c in job.split.clients if c.client_id == self.site]
-            self.device = job.device
+            self.keys, self.registry, self.client, self.device = _open_party(config, party, passphrase, log)
         else:
-            from crosslm_secure.data.site import load_site_data
-            from crosslm_secure.runner import start_job
-
-            self.device = start_job(config)
-            self.client = load_site_data(
-                Path(data), config.data, config.task, seed=config.run.seed, client_id=self.site
-            )
-            log(
-                f"{self.site}: using its own data {data}: "
-                f"{len(self.client.train)} train / {len(self.client.test)} test records"
-            )
+            self.keys, self.registry, self.client, self.device = _open_silo(config, files, self.data, log)
         self._node = None
         self._session: tuple[int, str] | None = None
         self._retired: set[int] = set()
@@ -151,6 +119,47 @@ class SiteWorker:
                     mark_own_data(RunStore(root).client_dir(self.site), self.data, self.client)
                 self._session = session
             return self._node.handle(message)
+
+
+Opened = tuple[ParticipantKeys, Registry, ClientData, "torch.device"]
+
+
+def _open_party(config: Config, party: PartyFolder, passphrase: str | None, log: Callable[[str], None]) -> Opened:
+    """A site's keys, registry, records and device from its party folder."""
+    from crosslm_secure.party_run import open_site
+    from crosslm_secure.runner import start_job
+
+    opened = open_site(party, config, passphrase)
+    log(f"{party.name}: its own records: {len(opened.data.train)} train / {len(opened.data.test)} test")
+    return opened.keys, opened.registry, opened.data, start_job(config)
+
+
+def _open_silo(config: Config, files: SiteFiles, data: Path | None, log: Callable[[str], None]) -> Opened:
+    """A simulated site's keys and registry from its PKI folder, and its silo of the job's data (or ``data``)."""
+    site = files.site
+    if site not in config.client_ids():
+        raise DeployError(
+            f"site {site!r} is not one of the job's clients {config.client_ids()}; "
+            "use the credentials of a listed site or change partition.clients"
+        )
+    keys = load_participant_keys(files.keys)
+    if keys.site != site:
+        raise DeployError(f"{files.keys} holds the keys of {keys.site}, not {site}; point at its folder")
+    registry = Registry.load(files.registry)
+    if data is None:
+        from crosslm_secure.runner import prepare_job
+
+        log(f"{site}: loading its data silo")
+        job = prepare_job(config, None)
+        (client,) = [c for c in job.split.clients if c.client_id == site]
+        return keys, registry, client, job.device
+    from crosslm_secure.data.site import load_site_data
+    from crosslm_secure.runner import start_job
+
+    device = start_job(config)
+    client = load_site_data(data, config.data, config.task, seed=config.run.seed, client_id=site)
+    log(f"{site}: using its own data {data}: {len(client.train)} train / {len(client.test)} test records")
+    return keys, registry, client, device
 
 
 class _Handler(socketserver.BaseRequestHandler):

@@ -1,44 +1,88 @@
-"""A pilot on real Flower processes (TLS, SuperNode auth): each party in its own process and folder.
+"""A pilot as docs/pilot.md runs it, on real Flower processes (TLS, SuperNode authentication).
 
-``crosslm sites split`` makes the party folders (each party's own keys, the coordinator's TLS,
-three sites' records, the coordinator's evaluator set); ``crosslm deploy local --sites`` runs
-the job. Every process the deployment starts loads ``open_watch/sitecustomize.py``, a Python
-audit hook that records each ``open`` under the sites folder: the ServerApp and SuperLink may
-never open a site's file, and a site never another party's.
+The folders are made the guide's way, by each party's own commands: every site runs
+``crosslm keys init`` in its folder and holds its own CSV (three different files); the
+coordinator runs ``keys init``, ``pki coordinator`` and ``keys enroll --expect`` with the
+fingerprints the sites "read out", writes its own evaluator set, and hands each site the
+registry and ``ca.pem``; the reviewer keeps its copy of the registry. Then ``deploy`` starts
+each party as its own process. Every process the deployment starts loads
+``open_watch/sitecustomize.py``, a Python audit hook that records each ``open`` under the sites
+folder: the ServerApp and SuperLink may never open a site's file, and a site never another
+party's.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from crosslm_secure.cli import app
 from crosslm_secure.config import Config
 from crosslm_secure.deploy.local import deploy_local
 from crosslm_secure.parties import SERVER, PartyFolder
 from crosslm_secure.privacy.ledger_format import load_entries
 from crosslm_secure.runstore import PARTIES_SITES, RunStore
-from crosslm_secure.simulate import split_into_sites
 from tests.unit.parties.pilot_job import tiny_job
 
 WATCH = Path(__file__).parent / "open_watch"
+
+
+def _cli(*args: str) -> str:
+    done = CliRunner().invoke(app, list(args))
+    assert done.exit_code == 0, done.output
+    return done.output
+
+
+def _fingerprint(output: str) -> str:
+    return next(line.split()[1] for line in output.splitlines() if line.startswith("fingerprint:"))
+
+
+def make_pilot_folders(root: Path, config: Config) -> Path:
+    """Each party's folder, made by that party's own commands (docs/pilot.md, steps 1-4)."""
+    sites = root / "sites"
+    rows = (root / "notes.csv").read_text().splitlines()
+    header, body = rows[0], rows[1:]
+    read_out = {}
+    for index, name in enumerate(config.client_ids()):  # step 1, at each site
+        read_out[name] = _fingerprint(_cli("keys", "init", "--site", name, "--out", str(sites / name / "keys")))
+        mine = body[:99][index::3][: 25 + 4 * index]  # three different files of different sizes
+        (sites / name / "data.csv").write_text("\n".join([header, *mine]) + "\n")
+    server = sites / SERVER  # step 2, at the coordinator
+    _cli("keys", "init", "--site", SERVER, "--role", "server", "--out", str(server / "keys"))
+    _cli("pki", "coordinator", "--out", str(server), "--host", "127.0.0.1")
+    _cli("keys", "enroll", str(server / "keys"), "--registry", str(server / "registry.json"))
+    for name, fingerprint in read_out.items():
+        identity = sites / name / "keys" / "identity.json"
+        _cli("keys", "enroll", str(identity), "--registry", str(server / "registry.json"), "--expect", fingerprint)
+    (server / "eval.csv").write_text("\n".join([header, *body[99:]]) + "\n")  # its own rows, none of a site's
+    for name in config.client_ids():
+        shutil.copyfile(server / "registry.json", sites / name / "registry.json")
+        shutil.copyfile(server / "tls" / "ca.pem", sites / name / "ca.pem")
+    (root / "reviewer").mkdir()  # step 3: the reviewer pins its copy
+    shutil.copyfile(server / "registry.json", root / "reviewer" / "registry.json")
+    job = root / "flower-pilot.yaml"
+    for party in [SERVER, *config.client_ids()]:  # step 4, each party on its own folder
+        _cli("sites", "check", str(job), str(sites / party))
+    return sites
 
 
 @pytest.fixture(scope="module")
 def pilot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Config, Path, Path, list[dict]]]:
     root = tmp_path_factory.mktemp("flower-pilot")
     config = tiny_job(root, "flower-pilot", rounds=1)
-    sites = root / "sites"
-    split_into_sites(config, sites)
+    sites = make_pilot_folders(root, config)
     log = root / "opens.jsonl"
     saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "CROSSLM_WATCH_SITES", "CROSSLM_WATCH_LOG")}
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(WATCH), saved["PYTHONPATH"]) if p)
     os.environ["CROSSLM_WATCH_SITES"] = str(sites.resolve())
     os.environ["CROSSLM_WATCH_LOG"] = str(log)
-    try:
+    try:  # step 5: deploy local starts the SuperLink, registers, starts each site, submits
         run_dir = deploy_local(config, 3, root / "deploy", sites=sites, log=lambda _: None, timeout=600)
     finally:
         for name, value in saved.items():
