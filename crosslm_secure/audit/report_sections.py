@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from crosslm_secure.audit.base import CheckResult, Table
+from crosslm_secure.audit.trust import SELF_ATTESTED_SENTENCE
 from crosslm_secure.report.html import esc
+
+VERDICT_MEANINGS = {
+    "PASS": "every check ran and passed, every signature checked against the registry the reviewer pinned",
+    "SELF-ATTESTED": f"every check passed, but {SELF_ATTESTED_SENTENCE}; this is not a PASS",
+    "FAIL": "at least one check failed",
+    "INCOMPLETE": "a check could not run or was not run, or a client's site audit is missing or not resolvable",
+}
+"""The overall verdicts (``crosslm audit`` exit codes 0, 3, 1, 2) in words."""
 
 BODY_TABLE_ROWS = 12
 """Tables longer than this move to the appendix; the body keeps what a reviewer reads."""
