@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
@@ -120,6 +121,18 @@ _RUN_KEYS: dict[Path, dict[str, ParticipantKeys]] = {}
 def crosslm_run_keys(crosslm_run_template: Path) -> dict[str, ParticipantKeys]:
     """The private keys the finished CrossLM run's parties signed with (in a pilot each party keeps its own)."""
     return _RUN_KEYS[crosslm_run_template]
+
+
+@pytest.fixture(scope="session")
+def reseal(crosslm_run_keys: dict[str, ParticipantKeys]) -> Callable[[Path], None]:
+    """Re-seal a copy of the CrossLM run as its coordinator would (its own key), after a legitimate edit."""
+
+    def as_coordinator(run_dir: Path) -> None:
+        store = RunStore(run_dir)
+        store.sign_with(crosslm_run_keys["server"])
+        store.seal_manifest()
+
+    return as_coordinator
 
 
 @pytest.fixture
