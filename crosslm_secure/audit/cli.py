@@ -49,7 +49,7 @@ from crosslm_secure.audit.registry import (
 )
 from crosslm_secure.audit.report import overall_verdict, remember_command, require_results, row_state, write_report
 from crosslm_secure.audit.runinfo import run_config
-from crosslm_secure.audit.site_audits import run_site_audits_check
+from crosslm_secure.audit.site_audits import require_site_audits, run_site_audits_check
 from crosslm_secure.audit.trust import SELF_ATTESTED_SENTENCE, TrustAnchor, is_self_attested
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.runstore import RunStore
@@ -105,14 +105,8 @@ def audit_all(
     """Run every check (and the site audits' check), write the report, print the verdicts, return the exit code."""
     try:
         anchor = _anchor(run_dir, overrides, registry)
-        if site_audits is not None and not anchor.pinned:
-            raise AuditError(
-                "audit: --site-audits needs --registry: a site audit is worth only the key it is checked with"
-            )
-        if site_audits is not None and not site_audits.is_dir():
-            raise AuditError(
-                f"audit: --site-audits {site_audits} is not a folder; pass the folder holding the sites' audits"
-            )
+        if site_audits is not None:
+            require_site_audits(anchor, site_audits)
     except AuditError as exc:
         return _error(str(exc))
     remember_command(run_dir, _command("all", run_dir, overrides, registry, site_audits))

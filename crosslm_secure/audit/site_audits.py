@@ -33,6 +33,7 @@ from typing import Any
 from crosslm_secure.audit.base import AuditError, CheckResult, Table, Verdict, save_result
 from crosslm_secure.audit.runinfo import run_config
 from crosslm_secure.audit.trust import TrustAnchor
+from crosslm_secure.crypto.keys import Registry
 from crosslm_secure.crypto.signed import SCHEMA as SIGNED_SCHEMA
 from crosslm_secure.crypto.signed import verify_document
 from crosslm_secure.errors import CryptoError
@@ -69,31 +70,34 @@ def find_site_audits(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
     return found
 
 
-def check_site_audit(path: Path, document: dict[str, Any], anchor: TrustAnchor, run_dir: Path) -> SiteAudit:
-    """One site audit against the registry, this run and the server's copy of the site's ledger."""
+def check_site_audit(
+    path: Path, document: dict[str, Any], registry: Registry, run_dir: Path, clients: list[str]
+) -> SiteAudit:
+    """One site audit against the registry, this run (its ``clients``) and the server's copy of the site's ledger."""
     audit = SiteAudit(path)
-    if anchor.registry is None:
-        raise AuditError("audit: --site-audits needs --registry: a site audit is only worth the key it is checked with")
     try:
-        body = verify_document(document, SITE_AUDIT_KIND, anchor.registry, where=str(path))
+        body = verify_document(document, SITE_AUDIT_KIND, registry, where=str(path))
     except CryptoError as exc:
         audit.problems.append(f"refused: {exc}")
         return audit
-    store, signer = RunStore(run_dir), str(document["signer"])
     audit.site = str(body.get("site"))
-    problem = _body_problem(body, signer, run_config(run_dir).client_ids())
+    problem = _body_problem(body, str(document["signer"]), clients)
     if problem is not None:
         audit.problems.append(f"{path}: refused: {problem}")
-    elif body["run_id"] != store.run_id:
+    elif body["run_id"] != RunStore(run_dir).run_id:
         audit.other_run = str(body["run_id"])
     else:
         audit.verdict = str(body["verdict"])
         audit.entries = int(body["ledger"]["entries"])
         audit.problems += _ledger_problems(path, body, run_dir)
         if audit.verdict == "fail":
-            failed = [f"{name}: {c.get('summary')}" for name, c in body["checks"].items() if c.get("verdict") == "fail"]
+            failed = [f"{name}: {c.get('summary')}" for name, c in body["checks"].items() if _failed(c)]
             audit.problems.append(f"{path}: {audit.site}'s own audit failed ({'; '.join(failed) or 'no check named'})")
     return audit
+
+
+def _failed(check: Any) -> bool:
+    return isinstance(check, dict) and check.get("verdict") == "fail"
 
 
 def _body_problem(body: dict[str, Any], signer: str, clients: list[str]) -> str | None:
@@ -107,10 +111,9 @@ def _body_problem(body: dict[str, Any], signer: str, clients: list[str]) -> str 
         return f"{body['site']} is not a client of this run"
     if body.get("verdict") not in SITE_VERDICTS or not isinstance(body.get("checks"), dict):
         return f"verdict {body.get('verdict')!r} is not one of {', '.join(SITE_VERDICTS)}, or it has no checks"
-    if not isinstance(ledger, dict) or not isinstance(ledger.get("entries"), int):
-        return "its ledger summary lacks entries, last_hash and matches_server_copy"
-    if not isinstance(ledger.get("last_hash"), str) or not isinstance(ledger.get("matches_server_copy"), bool):
-        return "its ledger summary lacks entries, last_hash and matches_server_copy"
+    fields = {"entries": int, "last_hash": str, "matches_server_copy": bool}
+    if not isinstance(ledger, dict) or not all(isinstance(ledger.get(k), kind) for k, kind in fields.items()):
+        return "its ledger summary lacks entries (int), last_hash (str) or matches_server_copy (bool)"
     return None
 
 
@@ -135,18 +138,32 @@ def _ledger_problems(path: Path, body: dict[str, Any], run_dir: Path) -> list[st
     return problems
 
 
+def require_site_audits(anchor: TrustAnchor, folder: Path) -> Registry:
+    """The registry site audits are checked with.
+
+    Raises:
+        AuditError: no registry (a site audit is worth only the key it is checked with), or no folder.
+    """
+    if anchor.registry is None:
+        raise AuditError("audit: --site-audits needs --registry: a site audit is worth only the key it is checked with")
+    if not Path(folder).is_dir():
+        raise AuditError(f"audit: --site-audits {folder} is not a folder; pass the folder the sites' audits are in")
+    return anchor.registry
+
+
 def run_site_audits_check(run_dir: Path, anchor: TrustAnchor, folder: Path) -> CheckResult:
     """Check every site audit under ``folder`` and save the result as ``audit/sites.json``.
 
     Raises:
         AuditError: no registry (site audits are checked only against pinned keys), or no folder.
     """
-    if not Path(folder).is_dir():
-        raise AuditError(f"audit: --site-audits {folder} is not a folder; pass the folder the sites' audits are in")
-    audits = [check_site_audit(path, document, anchor, run_dir) for path, document in find_site_audits(folder)]
+    registry = require_site_audits(anchor, folder)
+    clients = run_config(run_dir).client_ids()
+    audits = [
+        check_site_audit(path, document, registry, run_dir, clients) for path, document in find_site_audits(folder)
+    ]
     counted = {a.site: a for a in audits if a.other_run is None and a.verdict != "refused"}
     findings = [problem for a in audits for problem in a.problems]
-    clients = run_config(run_dir).client_ids()
     missing = [c for c in clients if c not in counted]
     unresolved = [s for s, a in counted.items() if a.verdict == "not resolvable"]
     verdict: Verdict = "fail" if findings else ("incomplete" if missing or unresolved else "pass")

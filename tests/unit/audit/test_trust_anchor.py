@@ -224,6 +224,8 @@ def test_a_registry_that_lacks_a_party_is_refused_in_one_sentence(crosslm_run: P
     message = result.output.strip()
     assert message.count("\n") == 0 and str(partial) in message and "client-2" in message
     assert "crosslm keys enroll" in message
+    unpinned = _audit("all", "--run", str(crosslm_run), "--site-audits", str(registry_file.parent))
+    assert unpinned.exit_code == 2 and "--site-audits needs --registry" in unpinned.output
 
 
 def _site_audits(run: Path, keys: dict[str, ParticipantKeys], folder: Path, **overrides: dict) -> Path:
