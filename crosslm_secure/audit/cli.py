@@ -41,7 +41,6 @@ from crosslm_secure.audit.registry import (
     EXIT_ERROR,
     RUN_ORDER,
     SITES,
-    TRUSTING_CHECKS,
     CheckOutcome,
     overall_exit_code,
     run_check,
@@ -50,7 +49,7 @@ from crosslm_secure.audit.registry import (
 from crosslm_secure.audit.report import overall_verdict, remember_command, require_results, row_state, write_report
 from crosslm_secure.audit.runinfo import run_config
 from crosslm_secure.audit.site_audits import require_site_audits, run_site_audits_check
-from crosslm_secure.audit.trust import SELF_ATTESTED_SENTENCE, TrustAnchor, is_self_attested
+from crosslm_secure.audit.trust import SELF_ATTESTED_SENTENCE, TRUSTING_CHECKS, TrustAnchor, is_self_attested
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.runstore import RunStore
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from crosslm_secure.audit.base import AUDIT_DIR, AuditError, CheckResult, audit_dir
 from crosslm_secure.audit.runinfo import audit_settings
-from crosslm_secure.audit.trust import TrustAnchor, is_self_attested
+from crosslm_secure.audit.trust import TRUSTING_CHECKS, TrustAnchor, is_self_attested
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.storage import atomic_write_json
 
@@ -36,8 +36,6 @@ CHECK_HELP = {
     "ledger": "Ledger hash chains intact, epsilon recomputed with dp-accounting, no client over budget.",
 }
 RUN_ORDER = ("protocol", "ledger", "mia", "dp")
-TRUSTING_CHECKS = ("protocol", "ledger")
-"""Checks whose signatures are checked against the reviewer's trust anchor (``--registry``)."""
 SITES = "sites"
 """The site audits' result (``--site-audits``, audit/site_audits.py): reported when checked."""
 ERRORS_FILE = "errors.json"

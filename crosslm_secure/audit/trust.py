@@ -24,6 +24,8 @@ from crosslm_secure.runstore import RUN_FILE, RunStore
 
 PINNED = "pinned"
 SELF_ATTESTED = "self-attested"
+TRUSTING_CHECKS = ("protocol", "ledger")
+"""Checks whose signatures are checked against the trust anchor (``--registry``)."""
 SELF_ATTESTED_SENTENCE = (
     "identities are self-attested by the run folder: run.json names the keys every signature is checked "
     "against, and whoever can write the folder can re-key it and re-sign its ledgers and seal; pass "
@@ -96,8 +98,9 @@ class TrustAnchor:
 
 
 def is_self_attested(result: CheckResult) -> bool:
-    """Whether a check's result rests on keys the run folder names itself (no pinned registry)."""
-    return result.details.get("identities") == SELF_ATTESTED
+    """Whether a check's result rests on keys the run folder names itself: a check of signatures
+    that did not record a pinned registry (results saved before registries count as unpinned)."""
+    return result.name in TRUSTING_CHECKS and result.details.get("identities") != PINNED
 
 
 def identity_findings(store: RunStore, anchor: TrustAnchor) -> list[str]:
