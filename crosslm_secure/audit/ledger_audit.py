@@ -3,7 +3,8 @@
 For every configured client's ``clients/<id>/ledger.jsonl``:
 
 1. the hash chain and head verify, the ledger is complete (not missing, empty or headless),
-   every entry is of this run (``run.json``'s id) and signed by the client's enrolled key;
+   every entry is of this run (``run.json``'s id) and signed by the client's key (the pinned
+   registry's with ``--registry``, else the one ``run.json`` names: self-attested, audit/trust.py);
    the entries agree with the resolved config and with the rounds ``state.json`` and the
    transcript show (audit/ledger_crosschecks.py); each problem is a finding, not a crash;
 2. every entry's recorded cumulative epsilon is recomputed from the recorded mechanisms

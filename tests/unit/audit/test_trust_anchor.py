@@ -196,11 +196,13 @@ def test_a_forgery_that_cannot_re_sign_fails_even_without_a_registry(crosslm_run
     assert protocol or ledger
 
 
-def test_an_honest_run_passes_with_the_registry_and_is_self_attested_without(
+def test_an_honest_run_passes_with_the_registry_after_its_report_is_rebuilt_and_is_self_attested_without(
     crosslm_run: Path,
     registry_file: Path,
     stand_ins,  # noqa: F811
 ) -> None:
+    rebuilt = CliRunner().invoke(app, ["report", str(crosslm_run)])  # without the coordinator's key
+    assert rebuilt.exit_code == 0, rebuilt.output
     pinned = _audit("all", "--run", str(crosslm_run), "--registry", str(registry_file))
     assert pinned.exit_code == 0, pinned.output
     report = (crosslm_run / "audit" / "report.md").read_text()
