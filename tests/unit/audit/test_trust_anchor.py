@@ -9,19 +9,23 @@ the parties' real keys (site_audit_docs.py).
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from crosslm_secure.audit.ledger_audit import run_ledger_audit
 from crosslm_secure.audit.protocol_audit import run_protocol_audit
 from crosslm_secure.audit.trust import TrustAnchor, is_self_attested
 from crosslm_secure.cli import app
-from crosslm_secure.crypto.keys import ParticipantKeys, Registry
+from crosslm_secure.config import config_from_dict
+from crosslm_secure.crypto.keys import ParticipantKeys, PublicIdentity, Registry
 from crosslm_secure.privacy.accounting import MechanismBlock, accountant_for
 from crosslm_secure.privacy.ledger import signed_message
+from crosslm_secure.runner import run_job
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.seal import write_seal
 from tests.unit.audit.site_audit_docs import hand_in, site_audit
@@ -228,6 +232,45 @@ def test_a_registry_that_lacks_a_party_is_refused_in_one_sentence(crosslm_run: P
     assert "crosslm keys enroll" in message
     unpinned = _audit("all", "--run", str(crosslm_run), "--site-audits", str(registry_file.parent))
     assert unpinned.exit_code == 2 and "--site-audits needs --registry" in unpinned.output
+
+
+@pytest.fixture(scope="module")
+def two_round_run(crosslm_run_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CrossLM run's config for two rounds, run once for this module; never modify it, copy it."""
+    raw = yaml.safe_load((crosslm_run_template / "config.yaml").read_text())
+    raw["run"].update(rounds=2, output_dir=str(tmp_path_factory.mktemp("two-rounds")))
+    return run_job(config_from_dict(raw), log=lambda _: None).store.root
+
+
+def _last_round_refused(run: Path) -> None:
+    """client-2's last-round train.reply and score.reply marked refused, its ledger cut to round 1."""
+    rows = _rows(run)
+    last = max(row["round"] for row in rows)
+    for row in rows:
+        if row["sender"] == "client-2" and row["round"] == last and row["type"] in ("train.reply", "score.reply"):
+            row["status"] = "refused"
+            row.pop("claim", None)
+    _write_rows(run, rows)
+    ledger = run / "clients" / "client-2" / "ledger.jsonl"
+    kept = [line for line in ledger.read_text().splitlines() if json.loads(line)["round"] < last]
+    ledger.write_text("\n".join(kept) + "\n")
+    head = {"entries": len(kept), "hash": json.loads(kept[-1])["hash"]}
+    ledger.with_name("ledger.jsonl.head").write_text(json.dumps(head) + "\n")
+
+
+def test_a_round_cut_from_transcript_and_ledger_fails_against_the_seal(two_round_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / two_round_run.name
+    shutil.copytree(two_round_run, run)
+    registry = tmp_path / "two-rounds-registry.json"
+    enrolled = RunStore(run).enrolled_keys()
+    Registry(PublicIdentity.from_dict(raws[-1]) for raws in enrolled.values()).save(registry)
+    assert not any(_audits(run, registry))  # the honest two-round run passes
+    _last_round_refused(run)
+    RunStore(run).seal_manifest()
+    for anchor in (registry, None):
+        protocol, _ = _audits(run, anchor)
+        assert any("transcript.jsonl: changed after the coordinator sealed the run" in f for f in protocol), protocol
+        assert any("clients/client-2/ledger.jsonl: changed after the coordinator sealed" in f for f in protocol)
 
 
 def _site_audits(run: Path, keys: dict[str, ParticipantKeys], folder: Path, **overrides: dict) -> Path:
