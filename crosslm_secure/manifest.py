@@ -43,9 +43,11 @@ class ArtefactKind:
         format: how its content is validated: ``jsonl-rows`` (``row_fields``: exactly these
             fields, each of its types), ``aggregate-jsonl``/``aggregate-json``/``aggregate-csv``
             (records of aggregate numbers only), ``json``, ``yaml``, ``text``, ``html``, ``png``,
-            ``safetensors-lora``, ``ckks-public-context``, ``transcript``.
+            ``safetensors-lora``, ``ckks-public-context``, ``transcript``, ``run-seal``.
         row_fields: for ``jsonl-rows`` and ``json-object``: field -> allowed types.
         release: a short note on why a per-sample field in it is an aggregate release.
+        sealed: whether the coordinator's seal (``seal.py``) covers it; reports and plots that
+            ``crosslm report`` rebuilds without the coordinator's key are not sealed.
     """
 
     name: str
@@ -54,6 +56,7 @@ class ArtefactKind:
     description: str
     row_fields: dict[str, Field] | None = None
     release: str = ""
+    sealed: bool = True
 
 
 KINDS: tuple[ArtefactKind, ...] = (
@@ -70,10 +73,13 @@ KINDS: tuple[ArtefactKind, ...] = (
         "last completed round and the participant set (resume)",
         row_fields={"active": (list,), "completed_round": _INT, "dropped": (list,), "excluded": (dict,)},
     ),
-    ArtefactKind("summary", ("summary.md",), "text", "the run's Markdown summary"),
-    ArtefactKind("report", ("report.html",), "html", "the run's HTML report"),
-    ArtefactKind("plot", ("plots/*.png",), "png", "a figure"),
-    ArtefactKind("plot page", ("plots/*.html",), "html", "an interactive figure"),
+    ArtefactKind("summary", ("summary.md",), "text", "the run's Markdown summary", sealed=False),
+    ArtefactKind("report", ("report.html",), "html", "the run's HTML report", sealed=False),
+    ArtefactKind("plot", ("plots/*.png",), "png", "a figure", sealed=False),
+    ArtefactKind("plot page", ("plots/*.html",), "html", "an interactive figure", sealed=False),
+    ArtefactKind(
+        "seal", ("seal.json",), "run-seal", "the coordinator's signature over the sealed files' hashes", sealed=False
+    ),
     ArtefactKind("adapter", ("llm/round-*/adapter_model.safetensors",), "safetensors-lora", "LLM LoRA weights"),
     ArtefactKind("adapter config", ("llm/round-*/adapter_config.json",), "json", "peft's adapter config"),
     ArtefactKind("adapter card", ("llm/round-*/README.md",), "text", "peft's model card"),

@@ -117,6 +117,7 @@ def _execute(
     store.record_parties(PARTIES_SIMULATED)
     job = prepare_job(config, store)
     keys, registry = in_memory_identities(SERVER, config.client_ids())
+    store.sign_with(keys[SERVER])
     # In-process, this process plays every site: keep the public keys each site signs its ledger
     # with, so the run can be re-verified later (SECURITY.md: who can forge what).
     store.record_identities([identity.to_dict() for identity in registry], first_round=start_round)

@@ -5,6 +5,7 @@ Layout::
     run.json             run metadata: the run id, and the public keys every site signed with
     config.yaml          the resolved configuration
     manifest.json        every server-side file: its kind and sha256 (crosslm_secure/manifest.py)
+    seal.json            the coordinator's signature over the run's record (crosslm_secure/seal.py)
     events.jsonl         what happened, when (phase starts/ends, dropouts, declines)
     metrics.jsonl/.csv   one row per round (round 0 = before any training)
     transcript.jsonl     the server's message log: types, sizes and hashes only
@@ -28,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from crosslm_secure.crypto.keys import ParticipantKeys
 from crosslm_secure.errors import RunError
 from crosslm_secure.privacy.ledger import LEDGER_FILE
 from crosslm_secure.storage import (
@@ -89,6 +91,12 @@ class RunStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._signer: ParticipantKeys | None = None
+
+    def sign_with(self, keys: ParticipantKeys) -> None:
+        """Seal the run folder with the coordinator's ``keys`` from now on: every state save and
+        manifest seal also writes ``seal.json`` (crosslm_secure/seal.py)."""
+        self._signer = keys
 
     @property
     def run_id(self) -> str:
@@ -276,9 +284,15 @@ class RunStore:
 
     def seal_manifest(self) -> None:
         """Rewrite ``manifest.json``: the kind and sha256 of every server-side file the run
-        wrote. Call it after writing server files outside this store (reports, plots)."""
-        from crosslm_secure.manifest import write_manifest
+        wrote. Call it after writing server files outside this store (reports, plots).
 
+        With a signer (:meth:`sign_with`) the seal is written first, so the manifest lists it.
+        """
+        from crosslm_secure.manifest import write_manifest
+        from crosslm_secure.seal import write_seal
+
+        if self._signer is not None:
+            write_seal(self.root, self.run_id, self._signer)
         write_manifest(self.root)
 
     def load_state(self) -> RunState | None:

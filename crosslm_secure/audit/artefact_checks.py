@@ -10,6 +10,7 @@ at ``IEND``; safetensors that hold only LoRA tensors; CKKS contexts that load as
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
 import json
 import re
@@ -245,6 +246,31 @@ def _run_metadata(kind: ArtefactKind, data: bytes, client_ids: list[str]) -> lis
     return problems
 
 
+_SIGNED_FIELDS = ("schema", "kind", "signer", "body", "sha256", "signature")
+
+
+def _run_seal(kind: ArtefactKind, data: bytes, client_ids: list[str]) -> list[str]:
+    """A signed seal (seal.py) holds a run id, a time and path -> sha256 of sealed files, nothing else."""
+    from crosslm_secure.seal import SEAL_SCHEMA, SERVER_LEDGER_COPIES
+
+    raw = json.loads(data.decode("utf-8"))
+    if not isinstance(raw, dict) or not isinstance(raw.get("body"), dict):
+        return ["is not a signed document with a body"]
+    body = raw["body"]
+    problems = _field_problems(raw, {name: (dict,) if name == "body" else (str,) for name in _SIGNED_FIELDS})
+    problems += _field_problems(body, {"schema": (str,), "run_id": (str,), "files": (dict,), "sealed": (str,)})
+    if body.get("schema") != SEAL_SCHEMA:
+        problems.append(f"body is not a {SEAL_SCHEMA} seal")
+    if not re.fullmatch(r"[0-9a-f]{128}", str(raw.get("signature"))):
+        problems.append("its signature is not an Ed25519 signature in hex")
+    for path, digest in dict(body.get("files") or {}).items():
+        kind_of = classify(str(path))
+        sealable = (kind_of is not None and kind_of.sealed) or fnmatch.fnmatchcase(str(path), SERVER_LEDGER_COPIES)
+        if not sealable or not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            problems.append(f"seals {str(path)[:80]!r}, which is not a sealed file with a sha256")
+    return problems
+
+
 def _text(kind: ArtefactKind, data: bytes, client_ids: list[str]) -> list[str]:
     return _text_problems(data.decode("utf-8"))
 
@@ -352,6 +378,7 @@ def _public_context(kind: ArtefactKind, data: bytes, client_ids: list[str]) -> l
 
 _VALIDATORS: dict[str, Callable[[ArtefactKind, bytes, list[str]], list[str]]] = {
     "run-metadata": _run_metadata,
+    "run-seal": _run_seal,
     "yaml": _yaml,
     "aggregate-jsonl": _aggregate_jsonl,
     "aggregate-csv": _aggregate_csv,

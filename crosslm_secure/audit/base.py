@@ -17,7 +17,7 @@ from typing import Any, Literal
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.storage import atomic_write_json
 
-Verdict = Literal["pass", "fail"]
+Verdict = Literal["pass", "fail", "incomplete"]
 AUDIT_DIR = "audit"
 
 
@@ -41,7 +41,8 @@ class CheckResult:
     Attributes:
         name: short id (``mia``, ``dp``, ``protocol``, ``ledger``); also the JSON file name.
         title: heading in the report.
-        verdict: ``pass`` or ``fail``; any ``fail`` makes ``crosslm audit all`` exit non-zero.
+        verdict: ``pass`` or ``fail``; any ``fail`` makes ``crosslm audit all`` exit non-zero;
+            ``incomplete`` when the evidence is missing rather than wrong (a site audit not handed in).
         summary: one sentence a reviewer reads first, with the key numbers.
         numbers: flat name -> number/string for tables and sweeps (e.g. ``slm_auc_mean``).
         tables: tables shown in the report.

@@ -1,9 +1,10 @@
 """``crosslm audit``: run the compliance checks on a finished run and write the report.
 
 ``crosslm audit <mia|dp|protocol|ledger> --run DIR [--set audit.x=y]`` runs one check,
-``crosslm audit all --run DIR`` runs every check and writes ``audit/report.md`` and
-``audit/report.html``, ``crosslm audit report --run DIR`` rebuilds the report from saved
-results. The scripts in ``audits/`` call :func:`script_main` and behave the same.
+``crosslm audit all --run DIR [--registry FILE] [--site-audits DIR]`` runs every check and
+writes ``audit/report.md`` and ``audit/report.html``, ``crosslm audit report --run DIR``
+rebuilds the report from saved results. The scripts in ``audits/`` call :func:`script_main`
+and behave the same.
 
 ``crosslm audit site --site DIR/<site> --run DIR [--set audit.x=y]`` runs on a site's machine:
 the membership attacks and the DP audit of the site's own model on its own records (its
@@ -13,9 +14,22 @@ signed with the site's key, for the reviewer; no record leaves the site. A run w
 trained on their own files is audited this way, at each site, not with ``mia``/``dp``. A
 check whose interval is too wide to decide (too few records) is ``not resolvable``, not a pass.
 
-Exit codes (for pipelines): 0 every check passed; 1 a check failed (for ``site``: or could
-not be decided); 2 the audit could not run (a check that could not run, or a bad run or site
-folder), with one sentence on stderr.
+``--registry FILE`` (on ``all``, ``protocol`` and ``ledger``) is the reviewer's trust anchor: a
+registry of public keys (``crosslm keys enroll``) whose fingerprints were compared out of band.
+Every identity in ``run.json`` must be the registry's, every party of the run must be in it,
+and ledger entries, transcript claims and the coordinator's seal are verified with its keys.
+Without it the keys are the ones ``run.json`` names: self-attested by the run folder, which
+anyone who can write it can re-key. A check that passes that way prints ``SELF-ATTESTED``, and
+the report's overall verdict is ``SELF-ATTESTED``, never ``PASS``.
+``--site-audits DIR`` (with ``--registry``) checks every signed site audit under DIR
+(audit/site_audits.py); a client without one makes the result ``INCOMPLETE``.
+
+Exit codes (for pipelines): 0 PASS: every check passed with a pinned registry; 1 FAIL: a check
+failed (a forged or refused document included); 2 INCOMPLETE or could not run: a check that
+could not run, a missing or unresolvable site audit, or bad input (a bad run folder, a registry
+that lacks a party), with one sentence on stderr; 3 SELF-ATTESTED: every check passed, but no
+``--registry`` pinned the keys they were checked against. ``site``: 0 pass, 1 fail or not
+resolvable, 2 could not run.
 """
 
 from __future__ import annotations
@@ -29,7 +43,7 @@ from typing import Annotated
 
 import typer
 
-from crosslm_secure.audit.base import AuditError
+from crosslm_secure.audit.base import AUDIT_DIR, AuditError
 from crosslm_secure.audit.registry import (
     CHECK_HELP,
     CHECKS,
@@ -37,14 +51,18 @@ from crosslm_secure.audit.registry import (
     EXIT_FAIL,
     EXIT_PASS,
     RUN_ORDER,
+    SITES,
     CheckOutcome,
     overall_exit_code,
     run_check,
     saved_outcomes,
 )
-from crosslm_secure.audit.report import overall_verdict, remember_command, require_results, write_report
+from crosslm_secure.audit.report import overall_verdict, remember_command, require_results, row_state, write_report
 from crosslm_secure.audit.runinfo import run_config
+from crosslm_secure.audit.site_audits import require_site_audits, run_site_audits_check
+from crosslm_secure.audit.trust import SELF_ATTESTED_SENTENCE, TRUSTING_CHECKS, TrustAnchor, is_self_attested
 from crosslm_secure.errors import CrossLMError
+from crosslm_secure.runstore import RunStore
 
 for _variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_variable, "1")  # the attacks load models; never from a hub
@@ -60,31 +78,58 @@ SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Override an audit setting: audit.field=value (repeatable).")
 ]
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")]
+RegistryOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--registry",
+        help="The registry of public keys you pinned (fingerprints compared out of band); without it the "
+        "run folder's own keys are used and a pass is reported as SELF-ATTESTED (exit 3).",
+    ),
+]
+SiteAuditsOption = Annotated[
+    Path | None,
+    typer.Option("--site-audits", help="A folder of the sites' signed audits (needs --registry)."),
+]
 
 
-def audit_one(name: str, run_dir: Path, overrides: Sequence[str] = (), *, progress: bool = True) -> int:
+def audit_one(
+    name: str, run_dir: Path, overrides: Sequence[str] = (), *, progress: bool = True, registry: Path | None = None
+) -> int:
     """Run one check, print its verdict and findings, and return the exit code."""
     try:
-        run_config(run_dir, overrides)
+        anchor = _anchor(run_dir, overrides, registry)
     except AuditError as exc:
         return _error(str(exc))
-    outcome = run_check(name, run_dir, overrides, progress=progress)
+    outcome = run_check(name, run_dir, overrides, progress=progress, anchor=anchor)
     _print_outcome(outcome)
     return outcome.exit_code
 
 
-def audit_all(run_dir: Path, overrides: Sequence[str] = (), *, progress: bool = True) -> int:
-    """Run every check, write the report, print the verdicts, and return the exit code."""
+def audit_all(
+    run_dir: Path,
+    overrides: Sequence[str] = (),
+    *,
+    progress: bool = True,
+    registry: Path | None = None,
+    site_audits: Path | None = None,
+) -> int:
+    """Run every check (and the site audits' check), write the report, print the verdicts, return the exit code."""
     try:
-        run_config(run_dir, overrides)
+        anchor = _anchor(run_dir, overrides, registry)
+        if site_audits is not None:
+            require_site_audits(anchor, site_audits)
     except AuditError as exc:
         return _error(str(exc))
-    remember_command(run_dir, _command("all", run_dir, overrides))
+    remember_command(run_dir, _command("all", run_dir, overrides, registry, site_audits))
     outcomes = {}
     for name in RUN_ORDER:
-        outcomes[name] = run_check(name, run_dir, overrides, progress=progress)
+        outcomes[name] = run_check(name, run_dir, overrides, progress=progress, anchor=anchor)
         _print_outcome(outcomes[name])
     ordered = [outcomes[name] for name in CHECKS]
+    (Path(run_dir) / AUDIT_DIR / f"{SITES}.json").unlink(missing_ok=True)  # never a stale site check
+    if site_audits is not None:
+        ordered.append(CheckOutcome(SITES, result=run_site_audits_check(run_dir, anchor, site_audits)))
+        _print_outcome(ordered[-1])
     try:
         md_path, html_path = write_report(run_dir, ordered)
     except CrossLMError as exc:
@@ -108,14 +153,28 @@ def rebuild_report(run_dir: Path) -> int:
     return overall_exit_code(outcomes)
 
 
+def _anchor(run_dir: Path, overrides: Sequence[str], registry: Path | None) -> TrustAnchor:
+    """The reviewer's trust anchor, refused when it lacks a party of the run.
+
+    Raises:
+        AuditError: not a run folder, a bad override, or a registry that is missing, malformed or incomplete.
+    """
+    config = run_config(run_dir, overrides)
+    anchor = TrustAnchor.load(registry)
+    anchor.require_parties(RunStore(run_dir), config)
+    return anchor
+
+
 def _print_outcome(outcome: CheckOutcome) -> None:
     if outcome.result is None:
         typer.echo(f"{outcome.name}: ERROR: {outcome.error}", err=True)
         return
     result = outcome.result
-    typer.echo(f"{outcome.name}: {result.verdict.upper()}: {result.summary}")
+    typer.echo(f"{outcome.name}: {row_state(outcome).upper()}: {result.summary}")
     for finding in result.findings:
         typer.echo(f"  - {finding}")
+    if result.passed and is_self_attested(result):
+        typer.echo(f"  note: {SELF_ATTESTED_SENTENCE}")
 
 
 def _error(message: str) -> int:
@@ -123,10 +182,14 @@ def _error(message: str) -> int:
     return EXIT_ERROR
 
 
-def _command(name: str, run_dir: Path, overrides: Sequence[str]) -> str:
+def _command(
+    name: str, run_dir: Path, overrides: Sequence[str], registry: Path | None = None, site_audits: Path | None = None
+) -> str:
     words = ["crosslm", "audit", name, "--run", str(run_dir)]
     for item in overrides:
         words += ["--set", item]
+    words += ["--registry", str(registry)] if registry is not None else []
+    words += ["--site-audits", str(site_audits)] if site_audits is not None else []
     return shlex.join(words)
 
 
@@ -144,6 +207,11 @@ def _register(name: str) -> None:
     def command(run: RunOption, set_: SetOption = None, progress: ProgressOption = True) -> None:
         raise typer.Exit(audit_one(name, run, set_ or [], progress=progress))
 
+    def trusting_command(
+        run: RunOption, set_: SetOption = None, progress: ProgressOption = True, registry: RegistryOption = None
+    ) -> None:
+        raise typer.Exit(audit_one(name, run, set_ or [], progress=progress, registry=registry))
+
     def dp_command(
         run: RunOption, set_: SetOption = None, progress: ProgressOption = True, mode: ModeOption = None
     ) -> None:
@@ -152,6 +220,8 @@ def _register(name: str) -> None:
 
     if name == "dp":
         command = dp_command  # noqa: F811 - the DP audit alone takes --mode
+    if name in TRUSTING_CHECKS:
+        command = trusting_command  # noqa: F811 - checks of signatures take the reviewer's --registry
 
     command.__doc__ = f"{CHECK_HELP[name]} Writes audit/{name}.json."
     audit_app.command(name)(command)
@@ -162,9 +232,15 @@ for _name in CHECKS:
 
 
 @audit_app.command("all")
-def all_command(run: RunOption, set_: SetOption = None, progress: ProgressOption = True) -> None:
-    """Run every check and write audit/report.md and .html (exit 1: a check failed; 2: one could not run)."""
-    raise typer.Exit(audit_all(run, set_ or [], progress=progress))
+def all_command(
+    run: RunOption,
+    set_: SetOption = None,
+    progress: ProgressOption = True,
+    registry: RegistryOption = None,
+    site_audits: SiteAuditsOption = None,
+) -> None:
+    """Run every check and write audit/report.md and .html (exit 0 PASS, 1 FAIL, 2 INCOMPLETE, 3 SELF-ATTESTED)."""
+    raise typer.Exit(audit_all(run, set_ or [], progress=progress, registry=registry, site_audits=site_audits))
 
 
 SiteDirOption = Annotated[Path, typer.Option("--site", help="The site's own folder, e.g. sites/client-1.")]
@@ -208,9 +284,20 @@ def script_main(name: str, argv: Sequence[str] | None = None) -> int:
     if name != "report":
         parser.add_argument("--set", action="append", default=[], dest="overrides", help="audit.field=value")
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if name in (*TRUSTING_CHECKS, "all"):
+        parser.add_argument("--registry", type=Path, default=None, help="the registry of public keys you pinned")
+    if name == "all":
+        parser.add_argument("--site-audits", type=Path, default=None, help="a folder of signed site audits")
     args = parser.parse_args(argv)
     if name == "report":
         return rebuild_report(args.run)
     if name == "all":
-        return audit_all(args.run, args.overrides, progress=not args.no_progress)
-    return audit_one(name, args.run, args.overrides, progress=not args.no_progress)
+        return audit_all(
+            args.run,
+            args.overrides,
+            progress=not args.no_progress,
+            registry=args.registry,
+            site_audits=args.site_audits,
+        )
+    registry = getattr(args, "registry", None)
+    return audit_one(name, args.run, args.overrides, progress=not args.no_progress, registry=registry)

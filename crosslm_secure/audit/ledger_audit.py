@@ -3,7 +3,8 @@
 For every configured client's ``clients/<id>/ledger.jsonl``:
 
 1. the hash chain and head verify, the ledger is complete (not missing, empty or headless),
-   every entry is of this run (``run.json``'s id) and signed by the client's enrolled key;
+   every entry is of this run (``run.json``'s id) and signed by the client's key (the pinned
+   registry's with ``--registry``, else the one ``run.json`` names: self-attested, audit/trust.py);
    the entries agree with the resolved config and with the rounds ``state.json`` and the
    transcript show (audit/ledger_crosschecks.py); each problem is a finding, not a crash;
 2. every entry's recorded cumulative epsilon is recomputed from the recorded mechanisms
@@ -41,9 +42,10 @@ from crosslm_secure.audit.ledger_crosschecks import (
 )
 from crosslm_secure.audit.progress import progress_bar
 from crosslm_secure.audit.runinfo import run_config
+from crosslm_secure.audit.trust import TrustAnchor, identity_findings
 from crosslm_secure.config import AuditConfig
 from crosslm_secure.privacy.accounting import MechanismBlock, merge_history
-from crosslm_secure.privacy.ledger import LEDGER_FILE, LedgerEntry, ledger_path
+from crosslm_secure.privacy.ledger import LEDGER_FILE, LedgerEntry, LedgerError, ledger_path
 from crosslm_secure.runstore import RunStore
 
 RDP_TOLERANCE = 0.01
@@ -122,13 +124,16 @@ def _quiet() -> Any:
         logger.setLevel(level)
 
 
-def run_ledger_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress: bool = True) -> CheckResult:
+def run_ledger_audit(
+    run_dir: Path, settings: AuditConfig | None = None, *, progress: bool = True, anchor: TrustAnchor | None = None
+) -> CheckResult:
     """Verify each client's ledger chain, recompute its epsilon independently, check the budget.
 
     Args:
         run_dir: ``runs/<id>``.
         settings: unused (the ledger audit has no knobs); accepted for a uniform signature.
         progress: show a progress bar over the recomputations.
+        anchor: the keys signatures are checked against (default: ``run.json``'s, self-attested).
 
     Raises:
         AuditError: not a run folder, or it holds no client ledgers.
@@ -143,13 +148,16 @@ def run_ledger_audit(run_dir: Path, settings: AuditConfig | None = None, *, prog
         )
     epsilon_max = config.privacy.epsilon_max
     store = RunStore(run_dir)
-    entries_by_client, findings = load_verified_ledgers(store, config)
+    anchor = anchor or TrustAnchor()
+    identities, findings = _trusted_identities(store, anchor)
+    entries_by_client, ledger_findings = load_verified_ledgers(store, config, identities)
+    findings += ledger_findings
     for client_id in sorted(set(ledgers) - set(config.client_ids())):
         findings.append(f"clients/{client_id}/{LEDGER_FILE}: a ledger of {client_id}, who is not a client of this run")
     ledgers = {c: ledger_path(run_dir, c) for c in sorted(set(ledgers) | set(config.client_ids()))}
     findings += config_findings(config, entries_by_client)
     findings += round_findings(run_dir, config, entries_by_client)
-    findings += claim_findings(run_dir, entries_by_client)
+    findings += claim_findings(run_dir, entries_by_client, identities)
     # A ledger "verifies" when it loads and nothing above was found in it (signatures, run, rounds, claims).
     verified = [c for c in entries_by_client if not any(f"clients/{c}/{LEDGER_FILE}" in f for f in findings)]
 
@@ -232,10 +240,20 @@ def run_ledger_audit(run_dir: Path, settings: AuditConfig | None = None, *, prog
         details={
             "tolerances": {"rdp_vs_rdp": RDP_TOLERANCE, "prv_vs_pld": PLD_TOLERANCE, "absolute": ABSOLUTE_SLACK},
             "independent_accountant": f"dp-accounting {getattr(dp_accounting, '__version__', '0.6.0')}",
+            **anchor.details(),
         },
     )
     save_result(run_dir, result)
     return result
+
+
+def _trusted_identities(store: RunStore, anchor: TrustAnchor) -> tuple[dict[str, list[Any]], list[str]]:
+    """The keys ledger entries and claims are checked against, and why ``run.json`` disagrees with them."""
+    try:
+        identities = anchor.identities(store)
+    except LedgerError as exc:
+        return {}, [str(exc)]
+    return identities, identity_findings(store, anchor)
 
 
 def _recompute_entry(client_id: str, line: int, entry: LedgerEntry, earlier: list[LedgerEntry]) -> list[Recomputation]:

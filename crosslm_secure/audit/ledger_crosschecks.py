@@ -8,7 +8,9 @@ Each check returns one finding per disagreement:
 * **config**: every DP-SGD entry's noise multiplier, sample rate and delta are the ones the
   resolved config gives for the client's record count (noise recomputed from
   ``target_epsilon`` over the planned steps), its steps within the planned steps per round,
-  its accountant and budget the configured ones;
+  its accountant and budget the configured ones; every score-release entry's noise sigma is
+  ``feedback.noise_sigma``, and its noise and sensitivity are what that sigma gives for its
+  count and contributors;
 * **rounds**: every round ``state.json`` says completed has, for each client whose
   ``train.reply`` the server accepted, a training entry; every accepted ``score.reply`` of a
   noised release has its score-release entry; no entry lies beyond the last round;
@@ -25,25 +27,27 @@ from pathlib import Path
 
 from crosslm_secure.audit.transcript_checks import TRANSCRIPT, read_jsonl_rows
 from crosslm_secure.config import Config
+from crosslm_secure.crypto.keys import PublicIdentity
 from crosslm_secure.errors import CrossLMError, RunError
 from crosslm_secure.privacy.ledger import LEDGER_FILE, LedgerEntry, LedgerError
 from crosslm_secure.report.run_ledgers import (
     configured_dp_sgd,
-    enrolled_identities,
     ledger_problems,
     mechanism_disagreements,
+    score_release_disagreements,
 )
 from crosslm_secure.runstore import RunStore
 
 
-def load_verified_ledgers(store: RunStore, config: Config) -> tuple[dict[str, list[LedgerEntry]], list[str]]:
+def load_verified_ledgers(
+    store: RunStore, config: Config, identities: dict[str, list[PublicIdentity]]
+) -> tuple[dict[str, list[LedgerEntry]], list[str]]:
     """Every configured client's chain-verified ledger, and one finding per refused ledger or
-    untrustworthy entry (its entries are still recomputed, so every problem is shown)."""
+    untrustworthy entry (its entries are still recomputed, so every problem is shown).
+
+    ``identities`` are the keys signatures are checked against (audit/trust.py: the pinned
+    registry's, or the run folder's own)."""
     findings: list[str] = []
-    try:
-        identities = enrolled_identities(store)
-    except LedgerError as exc:
-        return {}, [str(exc)]
     if not identities:
         findings.append(
             "run.json: records no enrolled public keys, so no ledger entry can be shown to be its client's "
@@ -71,8 +75,8 @@ def record_counts(config: Config) -> dict[str, int]:
 
 
 def config_findings(config: Config, ledgers: dict[str, list[LedgerEntry]]) -> list[str]:
-    """DP-SGD entries against the mechanism the config prescribes."""
-    findings: list[str] = []
+    """DP-SGD entries against the mechanism the config prescribes, score releases against its feedback noise."""
+    findings = release_findings(config, ledgers)
     if not config.privacy.dp:
         return findings
     try:
@@ -98,6 +102,23 @@ def config_findings(config: Config, ledgers: dict[str, list[LedgerEntry]]) -> li
                 continue
             for problem in mechanism_disagreements(entry, expected):
                 findings.append(f"{name} line {number} (round {entry.round}): {problem}")
+    return findings
+
+
+def release_findings(config: Config, ledgers: dict[str, list[LedgerEntry]]) -> list[str]:
+    """Score-release entries against ``feedback.noise_sigma`` and the run's number of clients."""
+    findings = []
+    clients = len(config.client_ids())
+    for client_id, entries in ledgers.items():
+        name = f"clients/{client_id}/{LEDGER_FILE}"
+        for number, entry in enumerate(entries, start=1):
+            if entry.mechanism != "gaussian-score-release":
+                continue
+            problems = score_release_disagreements(entry, config.feedback.noise_sigma)
+            contributors = entry.details.get("contributors")
+            if isinstance(contributors, int) and contributors > clients:
+                problems.append(f"{contributors} contributors, but the run has {clients} clients")
+            findings += [f"{name} line {number} (round {entry.round}): {problem}" for problem in problems]
     return findings
 
 
@@ -150,16 +171,13 @@ def _trains(config: Config, client_id: str) -> bool:
     return config.slm_for(client_id).private_epochs > 0
 
 
-def claim_findings(run_dir: Path, ledgers: dict[str, list[LedgerEntry]]) -> list[str]:
-    """The signed epsilon claims of the transcript against the clients' enrolled keys and ledgers."""
+def claim_findings(
+    run_dir: Path, ledgers: dict[str, list[LedgerEntry]], identities: dict[str, list[PublicIdentity]]
+) -> list[str]:
+    """The signed epsilon claims of the transcript against the clients' keys (``identities``) and ledgers."""
     from crosslm_secure.privacy.ledger import signed_message
-    from crosslm_secure.report.run_ledgers import enrolled_identities
 
     findings: list[str] = []
-    try:
-        identities = enrolled_identities(RunStore(run_dir))
-    except LedgerError as exc:
-        return [str(exc)]
     rows = read_jsonl_rows(run_dir / TRANSCRIPT)
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict) or not isinstance(row.get("claim"), dict):
@@ -173,7 +191,7 @@ def claim_findings(run_dir: Path, ledgers: dict[str, list[LedgerEntry]]) -> list
             findings.append(f"{where}: malformed")
             continue
         if not any(_verifies(i, signature, message) for i in identities.get(sender, [])):
-            findings.append(f"{where}: the signature does not verify as {sender}'s enrolled key")
+            findings.append(f"{where}: the signature does not verify as {sender}'s enrolled key (forged or re-signed)")
         entries = ledgers.get(sender)
         if entries is None:
             continue

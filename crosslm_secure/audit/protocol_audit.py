@@ -25,6 +25,11 @@ Five sub-checks, each finding one line naming the file:
 5. *signed, accepted once*: every transcript row has its envelope routing; every incoming
    message the server used was ``accepted`` (signature verified, sequence fresh); no
    ``(sender, seq)`` and no message hash was accepted twice; ``seq`` grows per sender.
+6. *sealed, keys pinned*: ``seal.json`` verifies as the coordinator's key and every file it
+   seals (state, transcript, run.json, config, logs, ledger copies) is unchanged
+   (audit/seal_checks.py); with ``--registry`` every identity ``run.json`` records is the
+   registry's. Without a registry the keys are the folder's own: the result says so
+   (audit/trust.py), and it is never a plain PASS.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from crosslm_secure.audit.artefact_checks import check_manifest
 from crosslm_secure.audit.base import AuditError, CheckResult, Table, save_result
 from crosslm_secure.audit.progress import progress_bar
 from crosslm_secure.audit.runinfo import run_config
+from crosslm_secure.audit.seal_checks import check_seal
 from crosslm_secure.audit.secret_scan import scan_bytes
 from crosslm_secure.audit.transcript_checks import (
     TRANSCRIPT,
@@ -50,6 +56,7 @@ from crosslm_secure.audit.transcript_checks import (
     read_jsonl_rows,
     transcript_row_problems,
 )
+from crosslm_secure.audit.trust import TrustAnchor
 from crosslm_secure.config import AuditConfig, Config
 from crosslm_secure.crypto.ckks import SEAL_128_BIT_MAX_MODULUS, ScoreContext
 from crosslm_secure.errors import CryptoError
@@ -73,13 +80,16 @@ def server_artefacts(run_dir: Path) -> list[Path]:
     return sorted([*server_files(run_dir), *([manifest] if manifest.is_file() else [])])
 
 
-def run_protocol_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress: bool = True) -> CheckResult:
+def run_protocol_audit(
+    run_dir: Path, settings: AuditConfig | None = None, *, progress: bool = True, anchor: TrustAnchor | None = None
+) -> CheckResult:
     """Audit what the server held and how messages were accepted, from the run folder.
 
     Args:
         run_dir: ``runs/<id>``.
         settings: unused (the protocol audit has no knobs); accepted for a uniform signature.
         progress: show a progress bar over the scanned files.
+        anchor: the keys to trust (default: the run folder's own, reported as self-attested).
 
     Raises:
         AuditError: the folder is not a run folder or has no transcript.
@@ -98,7 +108,9 @@ def run_protocol_audit(run_dir: Path, settings: AuditConfig | None = None, *, pr
     secrets_check, kinds, scanned_bytes = _check_no_secrets(run_dir, files, progress=progress)
     scores_check = _check_no_scores(run_dir, config)
     signing_check, counts = check_signed_once(run_dir)
-    checks = [context_check, secrets_check, scores_check, he_check, signing_check, manifest_check]
+    anchor = anchor or TrustAnchor()
+    seal_check = check_seal(run_dir, anchor)
+    checks = [context_check, secrets_check, scores_check, he_check, signing_check, manifest_check, seal_check]
     findings = [line for check in checks for line in check.findings]
     verdict = "pass" if not findings else "fail"
     numbers: dict[str, Any] = {
@@ -136,7 +148,7 @@ def run_protocol_audit(run_dir: Path, settings: AuditConfig | None = None, *, pr
             ),
         ],
         findings=findings,
-        details={"server_artefacts": SERVER_DEFINITION, "uses_ckks": uses_ckks},
+        details={"server_artefacts": SERVER_DEFINITION, "uses_ckks": uses_ckks, **anchor.details()},
     )
     save_result(run_dir, result)
     return result

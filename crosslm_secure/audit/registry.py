@@ -17,6 +17,7 @@ from pathlib import Path
 
 from crosslm_secure.audit.base import AUDIT_DIR, AuditError, CheckResult, audit_dir
 from crosslm_secure.audit.runinfo import audit_settings
+from crosslm_secure.audit.trust import TRUSTING_CHECKS, TrustAnchor, is_self_attested
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.storage import atomic_write_json
 
@@ -35,9 +36,11 @@ CHECK_HELP = {
     "ledger": "Ledger hash chains intact, epsilon recomputed with dp-accounting, no client over budget.",
 }
 RUN_ORDER = ("protocol", "ledger", "mia", "dp")
+SITES = "sites"
+"""The site audits' result (``--site-audits``, audit/site_audits.py): reported when checked."""
 ERRORS_FILE = "errors.json"
 
-EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+EXIT_PASS, EXIT_FAIL, EXIT_ERROR, EXIT_SELF_ATTESTED = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -50,9 +53,12 @@ class CheckOutcome:
 
     @property
     def exit_code(self) -> int:
-        if self.result is None:
+        """0 pass; 1 fail; 2 could not run, or incomplete; 3 passed on self-attested keys (no registry)."""
+        if self.result is None or self.result.verdict == "incomplete":
             return EXIT_ERROR
-        return EXIT_PASS if self.result.passed else EXIT_FAIL
+        if not self.result.passed:
+            return EXIT_FAIL
+        return EXIT_SELF_ATTESTED if is_self_attested(self.result) else EXIT_PASS
 
 
 def check_function(name: str) -> Callable[..., CheckResult]:
@@ -78,16 +84,25 @@ def check_function(name: str) -> Callable[..., CheckResult]:
     return found
 
 
-def run_check(name: str, run_dir: Path, overrides: Sequence[str] = (), *, progress: bool = True) -> CheckOutcome:
+def run_check(
+    name: str,
+    run_dir: Path,
+    overrides: Sequence[str] = (),
+    *,
+    progress: bool = True,
+    anchor: TrustAnchor | None = None,
+) -> CheckOutcome:
     """Run one check, save its result (or record its error) under ``audit/``, and return it.
 
     Any exception becomes an error outcome (one sentence) so that ``audit all`` still reports
-    the other checks; the run folder itself must exist.
+    the other checks; the run folder itself must exist. ``anchor`` (the reviewer's registry)
+    goes to the checks in :data:`TRUSTING_CHECKS`.
     """
     run_dir = Path(run_dir)
     try:
         settings = audit_settings(run_dir, overrides)
-        result = check_function(name)(run_dir, settings, progress=progress)
+        pinned = {"anchor": anchor} if anchor is not None and name in TRUSTING_CHECKS else {}
+        result = check_function(name)(run_dir, settings, progress=progress, **pinned)
         if result.name != name:
             raise AuditError(f"audit {name}: the check returned a result named {result.name!r}; fix the check")
     except CrossLMError as exc:
@@ -115,7 +130,8 @@ def saved_outcomes(run_dir: Path) -> list[CheckOutcome]:
         result = load_result(run_dir, name)
         if result is not None:
             out.append(CheckOutcome(name, result=result))
-    return out
+    sites = load_result(run_dir, SITES)
+    return out + ([CheckOutcome(SITES, result=sites)] if sites is not None else [])
 
 
 def load_errors(run_dir: Path) -> dict[str, dict[str, str]]:
@@ -143,8 +159,10 @@ def _record_error(run_dir: Path, name: str, message: str | None) -> None:
 
 
 def overall_exit_code(outcomes: Sequence[CheckOutcome]) -> int:
-    """2 if a check could not run, else 1 if a check failed, else 0."""
+    """2 if a check could not run (or is incomplete), else 1 if one failed, else 3 if one passed on
+    self-attested keys, else 0."""
     codes = [o.exit_code for o in outcomes]
-    if EXIT_ERROR in codes:
-        return EXIT_ERROR
-    return EXIT_FAIL if EXIT_FAIL in codes else EXIT_PASS
+    for code in (EXIT_ERROR, EXIT_FAIL, EXIT_SELF_ATTESTED):
+        if code in codes:
+            return code
+    return EXIT_PASS

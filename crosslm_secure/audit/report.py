@@ -21,9 +21,10 @@ from typing import Any
 
 import crosslm_secure
 from crosslm_secure.audit.base import AUDIT_DIR, AuditError, audit_dir
-from crosslm_secure.audit.registry import CHECKS, CheckOutcome, saved_outcomes
-from crosslm_secure.audit.report_sections import explanations, summary_sentence
+from crosslm_secure.audit.registry import CHECKS, SITES, CheckOutcome, saved_outcomes
+from crosslm_secure.audit.report_sections import VERDICT_MEANINGS, explanations, summary_sentence
 from crosslm_secure.audit.runinfo import run_config
+from crosslm_secure.audit.trust import SELF_ATTESTED, is_self_attested
 from crosslm_secure.config import config_to_dict
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.runstore import RunStore
@@ -58,13 +59,36 @@ def reproduce_command(run_dir: Path) -> str:
 
 
 def overall_verdict(outcomes: Sequence[CheckOutcome]) -> str:
-    """``FAIL`` if any check failed, else ``INCOMPLETE`` if any could not run or never ran, else ``PASS``."""
+    """``FAIL`` if any check failed; else ``INCOMPLETE`` if any could not run, never ran, or lacks
+    evidence (a site audit not handed in); else ``SELF-ATTESTED`` if a check passed on keys the run
+    folder names itself (no ``--registry``); else ``PASS``."""
     by_name = {o.name: o for o in outcomes}
-    if any(o.result is not None and not o.result.passed for o in outcomes):
+    if any(o.result is not None and o.result.verdict == "fail" for o in outcomes):
         return "FAIL"
     if any(by_name.get(name) is None or by_name[name].result is None for name in CHECKS):
         return "INCOMPLETE"
+    if any(o.result is not None and o.result.verdict == "incomplete" for o in outcomes):
+        return "INCOMPLETE"
+    if any(o.result is not None and is_self_attested(o.result) for o in outcomes):
+        return "SELF-ATTESTED"
     return "PASS"
+
+
+def row_state(outcome: CheckOutcome) -> str:
+    """How a check's verdict is shown: its verdict, or ``self-attested`` for a pass on the folder's own keys."""
+    if outcome.result is None:
+        return "error"
+    if outcome.result.passed and is_self_attested(outcome.result):
+        return SELF_ATTESTED
+    return outcome.result.verdict
+
+
+def trust_anchor_line(outcomes: Sequence[CheckOutcome]) -> str:
+    """What the signatures were checked against, as the checks recorded it."""
+    anchors = sorted(
+        {str(o.result.details["trust_anchor"]) for o in outcomes if o.result and "trust_anchor" in o.result.details}
+    )
+    return " / ".join(anchors) or "not recorded (run the protocol and ledger checks)"
 
 
 def write_report(run_dir: Path, outcomes: Sequence[CheckOutcome] | None = None) -> tuple[Path, Path]:
@@ -80,7 +104,7 @@ def write_report(run_dir: Path, outcomes: Sequence[CheckOutcome] | None = None) 
     run_dir = Path(run_dir)
     config = run_config(run_dir)
     outcomes = list(outcomes) if outcomes is not None else saved_outcomes(run_dir)
-    provenance = _provenance(run_dir, config_to_dict(config))
+    provenance = _provenance(run_dir, config_to_dict(config), outcomes)
     models = model_hashes(run_dir, config)
     folder = audit_dir(run_dir)
     md_path, html_path = folder / REPORT_MD, folder / REPORT_HTML
@@ -92,10 +116,11 @@ def write_report(run_dir: Path, outcomes: Sequence[CheckOutcome] | None = None) 
 # -- provenance ----------------------------------------------------------------------------
 
 
-def _provenance(run_dir: Path, resolved: dict[str, Any]) -> list[tuple[str, str]]:
+def _provenance(run_dir: Path, resolved: dict[str, Any], outcomes: Sequence[CheckOutcome]) -> list[tuple[str, str]]:
     canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":")).encode()
     return [
         ("run", RunStore(run_dir).run_id),
+        ("trust anchor", trust_anchor_line(outcomes)),
         ("run folder", str(run_dir)),
         ("config sha256 (resolved, canonical JSON)", hashlib.sha256(canonical).hexdigest()),
         ("config.yaml sha256 (file)", _sha256_file(run_dir / "config.yaml")),
@@ -186,14 +211,14 @@ def _sha256_file(path: Path) -> str:
 def _rows(outcomes: Sequence[CheckOutcome]) -> list[tuple[str, str, str, CheckOutcome | None]]:
     by_name = {o.name: o for o in outcomes}
     rows = []
-    for name in CHECKS:
+    for name in [*CHECKS, *([SITES] if SITES in by_name else [])]:
         outcome = by_name.get(name)
         if outcome is None:
             rows.append((name, "not run", f"run `crosslm audit {name} --run <run>`", None))
         elif outcome.result is None:
             rows.append((name, "error", outcome.error or "could not run", outcome))
         else:
-            rows.append((name, outcome.result.verdict, outcome.result.summary, outcome))
+            rows.append((name, row_state(outcome), outcome.result.summary, outcome))
     return rows
 
 
@@ -212,6 +237,7 @@ def render_markdown(
 ) -> str:
     verdict = overall_verdict(outcomes)
     lines = [f"# Audit report: {run_dir.name}", "", f"**Overall verdict: {verdict}**", ""]
+    lines += [f"{verdict}: {VERDICT_MEANINGS[verdict]}.", ""]
     lines += _md_table(["check", "verdict", "summary"], [(n, v.upper(), s) for n, v, s, _ in _rows(outcomes)])
     lines += ["## Executive summary", ""]
     explain = explanations(run_config(run_dir).audit)

@@ -15,6 +15,7 @@ from typing import Any
 from crosslm_secure.audit.base import AUDIT_DIR, CheckResult, Table
 from crosslm_secure.audit.registry import CheckOutcome
 from crosslm_secure.audit.report_sections import (
+    VERDICT_MEANINGS,
     body_tables,
     counts,
     dp_sentences,
@@ -39,6 +40,7 @@ def render_audit_html(
     settings: Any,
 ) -> str:
     """The whole page from the verdict rows (name, state, summary, outcome) and provenance."""
+
     explain = explanations(settings)
     summary_items = "".join(
         f"<li><b>{esc(name)}</b> {_state(state)}: {esc(summary_sentence(state, summary, explain.get(name)))}</li>"
@@ -51,9 +53,8 @@ def render_audit_html(
             "Verdict",
             f'<p style="font-size:1.25em">Overall: <span class="{_css(verdict)}">{esc(verdict)}</span></p>',
             para(
-                "PASS: every check ran and none failed. FAIL: at least one check failed. INCOMPLETE: a check could "
-                "not run or was not run. Each check below says what it tested and what its verdict does and does "
-                "not mean.",
+                " ".join(f"{name}: {meaning}." for name, meaning in VERDICT_MEANINGS.items())
+                + " Each check below says what it tested and what its verdict does and does not mean.",
                 "note",
             ),
             table(

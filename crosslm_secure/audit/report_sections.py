@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from crosslm_secure.audit.base import CheckResult, Table
+from crosslm_secure.audit.trust import SELF_ATTESTED, SELF_ATTESTED_SENTENCE
 from crosslm_secure.report.html import esc
+
+VERDICT_MEANINGS = {
+    "PASS": "every check ran and passed, every signature checked against the registry the reviewer pinned",
+    "SELF-ATTESTED": f"every check passed, but {SELF_ATTESTED_SENTENCE}; this is not a PASS",
+    "FAIL": "at least one check failed",
+    "INCOMPLETE": "a check could not run or was not run, or a client's site audit is missing or not resolvable",
+}
+"""The overall verdicts (``crosslm audit`` exit codes 0, 3, 1, 2) in words."""
 
 BODY_TABLE_ROWS = 12
 """Tables longer than this move to the appendix; the body keeps what a reviewer reads."""
@@ -75,14 +84,14 @@ def explanations(settings: Any) -> dict[str, Explanation]:
 
 def summary_sentence(state: str, summary: str, explain: Explanation | None) -> str:
     """One plain paragraph for the executive summary: tested, threshold, result, what it means."""
-    if state not in ("pass", "fail") or explain is None:
+    if state not in ("pass", "fail", SELF_ATTESTED) or explain is None:
         return summary
-    meaning = (
-        f"PASS means {explain.passing_means}; it does not mean {explain.not_means}."
-        if state == "pass"
-        else "FAIL means the run does not meet this check; the findings in its section say where."
-    )
-    return f"Tested {explain.tested}; {explain.threshold}. Result: {summary} {meaning}"
+    meanings = {
+        "pass": f"PASS means {explain.passing_means}; it does not mean {explain.not_means}.",
+        SELF_ATTESTED: f"It passed, but {SELF_ATTESTED_SENTENCE}.",
+        "fail": "FAIL means the run does not meet this check; the findings in its section say where.",
+    }
+    return f"Tested {explain.tested}; {explain.threshold}. Result: {summary} {meanings[state]}"
 
 
 # -- MIA: one table, target x attack --------------------------------------------------------

@@ -48,6 +48,7 @@ def serve(grid, run_config: dict[str, Any], log: Callable[[str], None] = print) 
     if announce:
         atomic_write_json(Path(announce), {"run_dir": str(store.root), "start_round": start, "pid": os.getpid()})
     log(f"run folder: {store.root}")
+    store.sign_with(keys)
     store.record_identities([identity.to_dict() for identity in registry], first_round=start)
     sites = str(run_config.get("sites", "")) == "true"
     device, llm_test = _evaluator_set(config, store, server_dir if sites else None)

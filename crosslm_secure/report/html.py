@@ -23,7 +23,7 @@ STYLE = (
     "td,th{border:1px solid #c8c8c8;padding:3px 8px;font-size:0.9em;text-align:left;vertical-align:top}"
     "th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}"
     ".pass{color:#126b12;font-weight:bold}.fail,.error{color:#b00;font-weight:bold}"
-    ".notrun,.incomplete{color:#a60;font-weight:bold}"
+    ".notrun,.incomplete,.self-attested{color:#a60;font-weight:bold}"
     ".note{color:#555;font-size:0.92em}.muted{color:#777}"
     ".side{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}.side>div{flex:1 1 480px;min-width:0}"
     "img{max-width:100%;height:auto}figure{margin:0.6em 0}figcaption{font-size:0.85em;color:#555}"

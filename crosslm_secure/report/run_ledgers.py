@@ -145,3 +145,33 @@ def mechanism_disagreements(entry: LedgerEntry, expected: ConfiguredDPSGD) -> li
     if entry.steps > expected.steps_per_round:
         out.append(f"{entry.steps} steps but the config plans {expected.steps_per_round} per round")
     return out
+
+
+def score_release_disagreements(entry: LedgerEntry, noise_sigma: float) -> list[str]:
+    """Where a score-release entry differs from the release ``feedback.noise_sigma`` gives (empty when it agrees).
+
+    The entry's count and contributors (its ``details``) with the configured sigma give the
+    noise and sensitivity it must record (crypto/noise.py); they are recomputed, not read back.
+    """
+    from crosslm_secure.crypto.noise import release_parameters
+
+    details = entry.details
+    try:
+        count, contributors = int(details["count"]), int(details["contributors"])
+        recorded_sigma = float(details["sigma_total"])
+        expected = release_parameters(sigma_total=noise_sigma, contributors=contributors, count=count)
+    except (KeyError, TypeError, ValueError, CryptoError) as exc:
+        return [f"the release cannot be recomputed from its count, contributors and sigma_total ({exc})"]
+    out = []
+    if not math.isclose(recorded_sigma, noise_sigma, rel_tol=1e-9):
+        out.append(f"noise sigma {recorded_sigma:g} but the config's feedback.noise_sigma is {noise_sigma:g}")
+    for name, recorded, wanted in (
+        ("noise_std", entry.noise_std, expected.honest_share_only),
+        ("sensitivity", entry.sensitivity, expected.l2_sensitivity),
+    ):
+        if recorded is None or not math.isclose(float(recorded), wanted, rel_tol=1e-6):
+            out.append(
+                f"{name} {recorded} but the config gives {wanted:.6g} (feedback.noise_sigma {noise_sigma:g}, "
+                f"{count} scores, {contributors} contributors)"
+            )
+    return out

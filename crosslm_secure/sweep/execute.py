@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from crosslm_secure.audit.base import load_result
+from crosslm_secure.audit.registry import EXIT_FAIL, EXIT_PASS, EXIT_SELF_ATTESTED
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_json, read_jsonl
 from crosslm_secure.sweep.spec import Cell, Sweep, job_dict, same_job
@@ -233,14 +234,15 @@ def _run_audits(sweep: Sweep, folder: Path, processes: _Processes, log: Path) ->
     """Run each configured audit the cell's run lacks; the first that could not run, as one line, else None.
 
     An audit that ran and failed its verdict (exit code 1, e.g. a no-DP cell's MIA) is a result,
-    kept in ``audit/<name>.json`` and in ``results.csv``, not an error.
+    kept in ``audit/<name>.json`` and in ``results.csv``, not an error; so is a pass on the run's
+    own keys (exit code 3, SELF-ATTESTED: a sweep pins no registry).
     """
     run_dir = cell_run_dir(folder)
     for name in sweep.spec.audits:
         if run_dir is None or load_result(run_dir, name) is not None:
             continue
         code, _ = processes.run([sys.executable, "-c", CLI, "audit", name, "--run", str(run_dir)], log, None)
-        if code not in (0, 1) or load_result(run_dir, name) is None:
+        if code not in (EXIT_PASS, EXIT_FAIL, EXIT_SELF_ATTESTED) or load_result(run_dir, name) is None:
             return f"audit {name} exit code {code}: {_last_error(log)}"
     return None
 

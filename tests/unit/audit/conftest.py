@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
 
 from crosslm_secure.config import load_config
+from crosslm_secure.crypto.keys import ParticipantKeys, PublicIdentity, Registry
+from crosslm_secure.protocol.party import in_memory_identities
 from crosslm_secure.runner import run_job
+from crosslm_secure.runstore import RunStore
 from tests.tiny_models import FILLER_WORDS, SENTIMENT_WORDS, tiny_bert_dir, tiny_llm_dir, write_sentiment_csv
 
 LABELS = ["negative", "neutral", "positive"]
@@ -96,7 +101,49 @@ def crosslm_run_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     path = root / "audited.yaml"
     path.write_text(yaml.safe_dump(raw))
-    return run_job(load_config(path), log=lambda _: None).store.root
+    keys: dict[str, ParticipantKeys] = {}
+
+    def keep_keys(server: str, clients: list[str]) -> tuple[dict[str, ParticipantKeys], Registry]:
+        made, registry = in_memory_identities(server, clients)
+        keys.update(made)
+        return made, registry
+
+    with mock.patch("crosslm_secure.runner.in_memory_identities", keep_keys):
+        run_dir = run_job(load_config(path), log=lambda _: None).store.root
+    _RUN_KEYS[run_dir] = keys
+    return run_dir
+
+
+_RUN_KEYS: dict[Path, dict[str, ParticipantKeys]] = {}
+
+
+@pytest.fixture(scope="session")
+def crosslm_run_keys(crosslm_run_template: Path) -> dict[str, ParticipantKeys]:
+    """The private keys the finished CrossLM run's parties signed with (in a pilot each party keeps its own)."""
+    return _RUN_KEYS[crosslm_run_template]
+
+
+@pytest.fixture(scope="session")
+def reseal(crosslm_run_keys: dict[str, ParticipantKeys]) -> Callable[[Path], None]:
+    """Re-seal a copy of the CrossLM run as its coordinator would (its own key), after a legitimate edit."""
+
+    def as_coordinator(run_dir: Path) -> None:
+        store = RunStore(run_dir)
+        store.sign_with(crosslm_run_keys["server"])
+        store.seal_manifest()
+
+    return as_coordinator
+
+
+@pytest.fixture
+def registry_file(crosslm_run_template: Path, tmp_path: Path) -> Path:
+    """The registry a reviewer pinned for the CrossLM run: its parties' public keys, kept outside the run folder."""
+    enrolled = RunStore(crosslm_run_template).enrolled_keys()
+    registry = Registry(PublicIdentity.from_dict(raws[-1]) for raws in enrolled.values())
+    path = tmp_path / "reviewer" / "registry.json"
+    path.parent.mkdir()
+    registry.save(path)
+    return path
 
 
 @pytest.fixture

@@ -80,8 +80,8 @@ def audit(*args: str):
     return CliRunner().invoke(app, ["audit", *args])
 
 
-def test_audit_all_passes_and_writes_a_self_contained_report(crosslm_run: Path, stand_ins) -> None:
-    result = audit("all", "--run", str(crosslm_run), "--no-progress")
+def test_audit_all_passes_and_writes_a_self_contained_report(crosslm_run: Path, registry_file: Path, stand_ins) -> None:
+    result = audit("all", "--run", str(crosslm_run), "--no-progress", "--registry", str(registry_file))
     assert result.exit_code == 0, result.output
     md = (crosslm_run / "audit" / "report.md").read_text()
     page = (crosslm_run / "audit" / "report.html").read_text()
@@ -97,7 +97,8 @@ def test_audit_all_passes_and_writes_a_self_contained_report(crosslm_run: Path, 
     expected = digest.hexdigest()
     assert f"| SLM checkpoint client-1 | clients/client-1/slm | `{expected}` |" in md
     assert "LLM LoRA adapter (last round) | llm/round-1" in md
-    assert f"crosslm audit all --run {crosslm_run}" in md and "Server artefacts: every file" in md
+    assert f"crosslm audit all --run {crosslm_run} --registry {registry_file}" in md
+    assert "Server artefacts: every file" in md
     assert "dp-accounting " in md and "tenseal " in md  # tool versions
     assert "![ledger_epsilon.png](ledger_epsilon.png)" in md
     assert page.count("data:image/png;base64,") == 1
@@ -132,8 +133,10 @@ def test_a_failing_and_an_unrunnable_check_are_rows_and_the_report_rebuilds(cros
     assert "| mia | PASS |" in md and "ERROR" not in md
 
 
-def test_single_checks_settings_and_bad_input_exit_codes(crosslm_run: Path, tmp_path: Path) -> None:
-    one = audit("ledger", "--run", str(crosslm_run), "--no-progress")
+def test_single_checks_settings_and_bad_input_exit_codes(
+    crosslm_run: Path, registry_file: Path, tmp_path: Path
+) -> None:
+    one = audit("ledger", "--run", str(crosslm_run), "--no-progress", "--registry", str(registry_file))
     assert one.exit_code == 0, one.output
     assert one.output.startswith("ledger: PASS: 2 of 2 ledgers verify")
     assert json.loads((crosslm_run / "audit" / "ledger.json").read_text())["verdict"] == "pass"
@@ -161,8 +164,8 @@ def test_the_audits_scripts_run_as_python_files_with_the_same_exit_codes(
         text=True,
         check=False,
     )
-    assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.startswith("protocol: PASS")
+    assert ok.returncode == 3, ok.stderr  # passed, on the keys the run folder names itself
+    assert ok.stdout.startswith("protocol: SELF-ATTESTED") and "pass --registry FILE" in ok.stdout
     (crosslm_run / "clients" / "client-2" / "ledger.jsonl.head").unlink()
     bad = script_main("ledger", ["--run", str(crosslm_run), "--no-progress"])
     assert bad == 1

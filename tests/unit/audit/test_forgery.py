@@ -367,16 +367,16 @@ def test_a_run_from_before_the_manifest_fails_with_a_sentence_saying_so(crosslm_
     assert any("predates the manifest" in f and "re-run it" in f for f in result.findings)
 
 
-def test_the_synthetic_release_kind_is_allowed_with_its_schema(crosslm_run: Path) -> None:
-    """server/synthetic/round-<N>.jsonl (being added in parallel) passes when well-formed."""
+def test_the_synthetic_release_kind_is_allowed_with_its_schema(crosslm_run: Path, reseal: Callable) -> None:
+    """server/synthetic/round-<N>.jsonl passes when well-formed (sealed by the coordinator, as a run writes it)."""
     folder = crosslm_run / "server" / "synthetic"
     folder.mkdir(exist_ok=True)  # the run keeps its own batches there too
     row = {"index": 0, "text": "a fine film", "label": "positive", "score": 0.71, "accepted": True}
     (folder / "round-1.jsonl").write_text(json.dumps(row) + "\n")
-    RunStore(crosslm_run).seal_manifest()
+    reseal(crosslm_run)
     assert run_protocol_audit(crosslm_run, progress=False).verdict == "pass"
     (folder / "round-1.jsonl").write_text(json.dumps({**row, "scores": SCORES}) + "\n")
-    RunStore(crosslm_run).seal_manifest()
+    reseal(crosslm_run)
     result = run_protocol_audit(crosslm_run, progress=False)
     assert any("round-1.jsonl: line 1 has field 'scores'" in f for f in result.findings), result.findings
 

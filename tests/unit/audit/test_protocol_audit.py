@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -13,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from crosslm_secure.audit.protocol_audit import run_protocol_audit
 from crosslm_secure.crypto.ckks import ScoreContext
 from crosslm_secure.crypto.storage import seal
-from crosslm_secure.runstore import RunStore
 
 
 def test_an_honest_ckks_run_passes_every_subcheck(crosslm_run: Path) -> None:
@@ -25,7 +25,7 @@ def test_an_honest_ckks_run_passes_every_subcheck(crosslm_run: Path) -> None:
         result.numbers["messages_total"] - result.numbers["messages_out"]
     )
     subchecks = result.tables[0].rows
-    assert len(subchecks) == 6 and all(row[1] == "pass" for row in subchecks)
+    assert len(subchecks) == 7 and all(row[1] == "pass" for row in subchecks)
     scanned = {row[0] for row in result.tables[1].rows}
     assert "server/ckks_public_context.bin" in scanned and not any(p.startswith("clients/") for p in scanned)
 
@@ -121,11 +121,11 @@ def test_a_replayed_message_in_the_transcript_is_caught(crosslm_run: Path) -> No
     assert any("was already logged at line" in f for f in result.findings)
 
 
-def test_a_legacy_transcript_is_read_but_cannot_show_signing(crosslm_run: Path) -> None:
+def test_a_legacy_transcript_is_read_but_cannot_show_signing(crosslm_run: Path, reseal: Callable) -> None:
     rows = [json.loads(r) for r in (crosslm_run / "transcript.jsonl").read_text().splitlines()]
     legacy = [{k: v for k, v in r.items() if k not in ("status", "sender", "recipient", "seq", "claim")} for r in rows]
     (crosslm_run / "transcript.jsonl").write_text("".join(json.dumps(r) + "\n" for r in legacy))
-    RunStore(crosslm_run).seal_manifest()  # only the transcript's form is under test, not its hash
+    reseal(crosslm_run)  # only the transcript's form is under test, not its hash
     result = run_protocol_audit(crosslm_run, progress=False)
     assert result.verdict == "fail"
     assert [f for f in result.findings if "cannot be shown" in f] == [result.findings[0]]

@@ -152,8 +152,11 @@ def test_the_run_report_reads_in_a_browser(crosslm_run: Path, tmp_path: Path) ->
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_audit_report_reads_in_a_browser(crosslm_run: Path, tmp_path: Path, shaped_checks: None) -> None:
-    result = CliRunner().invoke(app, ["audit", "all", "--run", str(crosslm_run), "--no-progress"])
+def test_the_audit_report_reads_in_a_browser(
+    crosslm_run: Path, registry_file: Path, tmp_path: Path, shaped_checks: None
+) -> None:
+    args = ["audit", "all", "--run", str(crosslm_run), "--no-progress", "--registry", str(registry_file)]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     page = crosslm_run / "audit" / "report.html"
     report = inspect_page(page)
