@@ -141,6 +141,7 @@ def execute_sites(
     with walls({name: folder.root for name, folder in folders.items()}):
         with acting_as(SERVER):
             coordinator = open_coordinator(folders[SERVER], config)
+            store.sign_with(coordinator.keys)  # the coordinator seals its run folder with its own key
         opened: dict[str, Site] = {}
         nodes: dict[str, ClientNode] = {}
         for name in names:

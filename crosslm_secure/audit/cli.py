@@ -59,7 +59,13 @@ from crosslm_secure.audit.registry import (
 )
 from crosslm_secure.audit.report import overall_verdict, remember_command, require_results, row_state, write_report
 from crosslm_secure.audit.runinfo import run_config
-from crosslm_secure.audit.site_audits import require_site_audits, run_site_audits_check
+from crosslm_secure.audit.site_audits import (
+    AT_THE_SITES,
+    at_the_sites,
+    audited_at_the_sites,
+    require_site_audits,
+    run_site_audits_check,
+)
 from crosslm_secure.audit.trust import SELF_ATTESTED_SENTENCE, TRUSTING_CHECKS, TrustAnchor, is_self_attested
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.runstore import RunStore
@@ -121,15 +127,23 @@ def audit_all(
     except AuditError as exc:
         return _error(str(exc))
     remember_command(run_dir, _command("all", run_dir, overrides, registry, site_audits))
+    at_sites = audited_at_the_sites(run_dir)
     outcomes = {}
     for name in RUN_ORDER:
-        outcomes[name] = run_check(name, run_dir, overrides, progress=progress, anchor=anchor)
-        _print_outcome(outcomes[name])
-    ordered = [outcomes[name] for name in CHECKS]
+        if not (at_sites and name in AT_THE_SITES):
+            outcomes[name] = run_check(name, run_dir, overrides, progress=progress, anchor=anchor)
+            _print_outcome(outcomes[name])
     (Path(run_dir) / AUDIT_DIR / f"{SITES}.json").unlink(missing_ok=True)  # never a stale site check
-    if site_audits is not None:
-        ordered.append(CheckOutcome(SITES, result=run_site_audits_check(run_dir, anchor, site_audits)))
-        _print_outcome(ordered[-1])
+    sites = (
+        None if site_audits is None else CheckOutcome(SITES, result=run_site_audits_check(run_dir, anchor, site_audits))
+    )
+    if at_sites:
+        for name, row in at_the_sites(run_dir, sites and sites.result).items():
+            outcomes[name] = CheckOutcome(name, error=row) if isinstance(row, str) else CheckOutcome(name, result=row)
+            _print_outcome(outcomes[name])
+    ordered = [outcomes[name] for name in CHECKS] + ([sites] if sites is not None else [])
+    if sites is not None:
+        _print_outcome(sites)
     try:
         md_path, html_path = write_report(run_dir, ordered)
     except CrossLMError as exc:

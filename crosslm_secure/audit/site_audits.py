@@ -38,7 +38,7 @@ from crosslm_secure.crypto.signed import SCHEMA as SIGNED_SCHEMA
 from crosslm_secure.crypto.signed import verify_document
 from crosslm_secure.errors import CryptoError
 from crosslm_secure.privacy.ledger import LedgerError, ledger_path, load_entries
-from crosslm_secure.runstore import RunStore
+from crosslm_secure.runstore import PARTIES_SITES, RunStore
 
 SITE_AUDIT_KIND = "site-audit"
 SITE_AUDIT_SCHEMA = "crosslm-site-audit/1"
@@ -189,4 +189,38 @@ def _rows(audits: list[SiteAudit]) -> list[list[str]]:
     for a in audits:
         note = f"refused: of run {a.other_run}, not this one" if a.other_run else ("; ".join(a.problems) or "ok")
         rows.append([str(a.path), a.site, a.verdict, "-" if a.entries is None else str(a.entries), note])
+    return rows
+
+
+AT_THE_SITES = ("mia", "dp")
+"""Checks that need a site's records and model: in a run with party folders they run at each site."""
+
+
+def audited_at_the_sites(run_dir: Path) -> bool:
+    """Whether the run's sites kept their records and models (``crosslm run/deploy --sites``)."""
+    return RunStore(run_dir).parties() == PARTIES_SITES
+
+
+def at_the_sites(run_dir: Path, sites: CheckResult | None) -> dict[str, CheckResult | str]:
+    """The ``mia`` and ``dp`` rows of a run with party folders: each site ran them on its own model
+    (``crosslm audit site``), so they stand or fall with the verified site audits; without any,
+    the sentence saying what to hand in."""
+    if sites is None:
+        return {
+            name: f"audit {name}: {run_dir} was run with party folders, so each site ran this check on its own "
+            "model (`crosslm audit site`); pass --site-audits DIR with the sites' signed results"
+            for name in AT_THE_SITES
+        }
+    rows: dict[str, CheckResult | str] = {}
+    for name in AT_THE_SITES:
+        result = CheckResult(
+            name=name,
+            title=f"{name.upper()} at the sites: each site's own model, on its own records",
+            verdict=sites.verdict,
+            summary=f"Run by each site on its own model and records (crosslm audit site); {sites.summary}",
+            findings=list(sites.findings),
+            details={**sites.details, "at_the_sites": True},
+        )
+        save_result(run_dir, result)
+        rows[name] = result
     return rows

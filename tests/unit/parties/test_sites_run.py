@@ -88,11 +88,15 @@ def test_the_server_s_copy_of_each_ledger_equals_the_site_s(pilot: tuple) -> Non
         assert {e.round for e in site_entries} == {1, 2}
 
 
-def test_the_ledger_audit_passes_on_the_copies(pilot: tuple) -> None:
-    _, _, result, _ = pilot
-    done = CliRunner().invoke(app, ["audit", "ledger", "--run", str(result.store.root), "--no-progress"])
+def test_the_ledger_audit_passes_on_the_copies_against_the_reviewer_s_registry(pilot: tuple) -> None:
+    _, sites, result, _ = pilot
+    run = str(result.store.root)
+    pinned = ["--registry", str(sites / "reviewer" / "registry.json")]
+    done = CliRunner().invoke(app, ["audit", "ledger", "--run", run, "--no-progress", *pinned])
     assert done.exit_code == 0, done.output
     assert "3 of 3 ledgers verify" in " ".join(done.output.split())
+    done = CliRunner().invoke(app, ["audit", "ledger", "--run", run, "--no-progress"])
+    assert done.exit_code == 3 and "SELF-ATTESTED" in done.output  # the run folder's own keys: never a plain PASS
 
 
 def test_resuming_a_sites_run_needs_its_sites(pilot: tuple) -> None:
