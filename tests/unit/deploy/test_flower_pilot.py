@@ -51,7 +51,7 @@ def make_pilot_folders(root: Path, config: Config) -> Path:
     read_out = {}
     for index, name in enumerate(config.client_ids()):  # step 1, at each site
         read_out[name] = _fingerprint(_cli("keys", "init", "--site", name, "--out", str(sites / name / "keys")))
-        mine = body[:99][index::3][: 25 + 4 * index]  # three different files of different sizes
+        mine = body[:300][index::3][: 80 + 10 * index]  # three different files of different sizes
         (sites / name / "data.csv").write_text("\n".join([header, *mine]) + "\n")
     server = sites / SERVER  # step 2, at the coordinator
     _cli("keys", "init", "--site", SERVER, "--role", "server", "--out", str(server / "keys"))
@@ -60,7 +60,7 @@ def make_pilot_folders(root: Path, config: Config) -> Path:
     for name, fingerprint in read_out.items():
         identity = sites / name / "keys" / "identity.json"
         _cli("keys", "enroll", str(identity), "--registry", str(server / "registry.json"), "--expect", fingerprint)
-    (server / "eval.csv").write_text("\n".join([header, *body[99:]]) + "\n")  # its own rows, none of a site's
+    (server / "eval.csv").write_text("\n".join([header, *body[300:]]) + "\n")  # its own rows, none of a site's
     for name in config.client_ids():
         shutil.copyfile(server / "registry.json", sites / name / "registry.json")
         shutil.copyfile(server / "tls" / "ca.pem", sites / name / "ca.pem")
@@ -75,7 +75,7 @@ def make_pilot_folders(root: Path, config: Config) -> Path:
 @pytest.fixture(scope="module")
 def pilot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Config, Path, Path, list[dict]]]:
     root = tmp_path_factory.mktemp("flower-pilot")
-    config = tiny_job(root, "flower-pilot", rounds=1)
+    config = tiny_job(root, "flower-pilot", rounds=1, rows=330, auditable=True)
     sites = make_pilot_folders(root, config)
     log = root / "opens.jsonl"
     saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "CROSSLM_WATCH_SITES", "CROSSLM_WATCH_LOG")}
@@ -132,3 +132,44 @@ def test_the_server_s_ledger_copies_equal_the_sites_own(pilot: tuple) -> None:
         own = RunStore(PartyFolder(sites / name).state_root(run_id)).ledger_path(name)
         mine = [e.hash for e in load_entries(own, client_id=name, finished=True)]
         assert mine and [e.hash for e in load_entries(RunStore(run_dir).ledger_path(name), finished=True)] == mine
+
+
+# -- steps 6 and 7: each site audits its own model; the reviewer audits against its registry ---------------
+
+
+@pytest.fixture(scope="module")
+def reviewed(pilot: tuple) -> tuple[Path, Path, Path]:
+    config, sites, run_dir, _ = pilot
+    reviewer = sites.parent / "reviewer"
+    received = reviewer / "received"
+    received.mkdir()
+    for name in config.client_ids():  # step 6, at each site: only the signed file leaves it
+        _cli("audit", "site", "--site", str(sites / name), "--run", str(run_dir), "--no-progress")
+        audit = PartyFolder(sites / name).audit_file(RunStore(run_dir).run_id)
+        shutil.copyfile(audit, received / f"{name}.json")
+    return run_dir, reviewer / "registry.json", received
+
+
+def _audit_all(run_dir: Path, registry: Path, received: Path) -> tuple[int, str]:
+    args = ["audit", "all", "--run", str(run_dir), "--registry", str(registry), "--site-audits", str(received)]
+    done = CliRunner().invoke(app, [*args, "--no-progress"])
+    return done.exit_code, " ".join(done.output.split())
+
+
+def test_the_reviewer_s_audit_passes_against_the_pinned_registry(reviewed: tuple[Path, Path, Path]) -> None:
+    code, output = _audit_all(*reviewed)
+    assert code == 0, output
+    assert "overall: PASS" in output
+    assert "3 of 3 clients handed a site audit of this run" in output
+
+
+def test_a_forged_copy_of_the_run_fails_the_reviewer_s_audit(reviewed: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    run_dir, registry, received = reviewed
+    forged = tmp_path / run_dir.name
+    shutil.copytree(run_dir, forged, ignore=shutil.ignore_patterns("audit"))
+    state = json.loads((forged / "state.json").read_text())
+    state["completed_round"] = 0  # the coordinator's state rewritten without its key
+    (forged / "state.json").write_text(json.dumps(state))
+    code, output = _audit_all(forged, registry, received)
+    assert code == 1, output
+    assert "overall: FAIL" in output and "state.json" in output
