@@ -183,10 +183,15 @@ def execute_sites(
 
 def _own_keys(folder: PartyFolder, role: str, passphrase: str | None = None) -> ParticipantKeys:
     keys = load_participant_keys(folder.require_keys(), passphrase)
-    if keys.site != folder.name or keys.role != role:
+    make = f"`crosslm keys init --site {folder.name}{' --role server' if role == 'server' else ''} --out {folder.keys}`"
+    if keys.site != folder.name:
         raise PartyError(
-            f"sites: {folder.keys} holds the keys of {keys.site} ({keys.role}), not of {folder.name}; "
-            f"put {folder.name}'s own keys there (`crosslm keys init --site {folder.name} --out {folder.keys}`)"
+            f"sites: {folder.keys} holds the keys of {keys.site}, not of {folder.name}; "
+            f"put {folder.name}'s own keys there ({make})"
+        )
+    if keys.role != role:
+        raise PartyError(
+            f"sites: {folder.keys} holds {keys.role} keys, but {folder.name} is a {role}; make them with {make}"
         )
     return keys
 

@@ -18,11 +18,12 @@ from crosslm_secure.audit.base import AuditError
 from crosslm_secure.audit.population import AuditRun, audit_run
 from crosslm_secure.audit.runinfo import run_config
 from crosslm_secure.config import Config
-from crosslm_secure.crypto.keys import ParticipantKeys, load_identity, load_participant_keys
+from crosslm_secure.crypto.keys import ParticipantKeys
 from crosslm_secure.data.records import ClientData, TaskData
-from crosslm_secure.data.site import load_site_data, own_data_marker
-from crosslm_secure.errors import CrossLMError
+from crosslm_secure.data.site import own_data_marker
+from crosslm_secure.errors import CrossLMError, DataError
 from crosslm_secure.parties import PartyFolder
+from crosslm_secure.party_run import Site, open_site
 from crosslm_secure.runstore import RunStore
 
 
@@ -56,14 +57,13 @@ def open_site_run(site_dir: Path, run_dir: Path, overrides: Sequence[str] = ()) 
     """Open ``site_dir`` (``DIR/<site>``) for the audits of the run in ``run_dir``.
 
     Raises:
-        AuditError: the site has no keys or another site's keys, the run folder is not a run,
-            the site is not one of its clients or holds no state for it, or the site's records
-            do not fit the job (columns, labels, count).
+        AuditError: the site has no keys or another site's keys, no registry holding its key,
+            the run folder is not a run, the site is not one of its clients or holds no state for
+            it, or the site's records do not fit the job (columns, labels, count).
     """
     party = PartyFolder(Path(site_dir))
     if not party.root.is_dir():
         raise AuditError(f"audit site: {party.root} is not a folder; pass --site DIR/<site>, the site's own folder")
-    keys = _site_keys(party)
     config = run_config(run_dir, overrides)
     run_id = RunStore(Path(run_dir)).run_id
     if party.name not in config.client_ids():
@@ -71,13 +71,14 @@ def open_site_run(site_dir: Path, run_dir: Path, overrides: Sequence[str] = ()) 
             f"audit site: {party.name} is not a client of run {run_id} ({Path(run_dir) / 'config.yaml'} lists "
             f"{', '.join(config.client_ids())}); pass the run this site took part in"
         )
+    site = _open(party, config)
     state = party.state_root(run_id)
     if not RunStore(state).client_dir(party.name).is_dir():
         raise AuditError(
             f"audit site: {state} holds no state of {party.name} for run {run_id}; pass a run this site "
             f"took part in, or put its state for that run in {state}"
         )
-    client = _site_records(party, config, state)
+    client = _trained_on(site.data, party, state)
     audit = audit_run(
         state,
         config,
@@ -86,55 +87,38 @@ def open_site_run(site_dir: Path, run_dir: Path, overrides: Sequence[str] = ()) 
         list(client.test),
         too_few=f"of {party.name} are held out from training; add records to {party.data()}",
     )
-    return SiteRun(party, keys, run_id, audit, RunStore(Path(run_dir)).ledger_path(party.name))
+    return SiteRun(party, site.keys, run_id, audit, RunStore(Path(run_dir)).ledger_path(party.name))
 
 
-def _site_keys(party: PartyFolder) -> ParticipantKeys:
-    """The site's own signing keys.
-
-    Raises:
-        AuditError: no keys, unreadable keys, or the keys of another site.
-    """
-    try:
-        folder = party.require_keys()
-        identity = load_identity(folder)
-    except CrossLMError as exc:
-        raise AuditError(f"audit site: {exc}") from None
-    if identity.site != party.name:
-        raise AuditError(
-            f"audit site: {folder} holds the keys of {identity.site}, not of {party.name}; put "
-            f"{party.name}'s own keys there (`crosslm keys init --site {party.name} --out {folder}`) "
-            f"or pass {identity.site}'s folder"
-        )
-    try:
-        return load_participant_keys(folder)
-    except CrossLMError as exc:
-        raise AuditError(f"audit site: {exc}") from None
-
-
-def _site_records(party: PartyFolder, config: Config, state: Path) -> ClientData:
-    """The site's own records, split as the job splits a site's file.
+def _open(party: PartyFolder, config: Config) -> Site:
+    """The site's keys, registry and records, opened as the site opens them to train.
 
     Raises:
-        AuditError: no records, columns or labels that do not match the job, or record counts
-            other than those the site recorded when it trained.
+        AuditError: no keys or another site's, no registry holding its key, or records whose
+            columns or labels do not match the job.
     """
     try:
-        path = party.data()
-    except CrossLMError as exc:
-        raise AuditError(f"audit site: {exc}") from None
-    try:
-        client = load_site_data(path, config.data, config.task, seed=config.run.seed, client_id=party.name)
-    except CrossLMError as exc:
+        return open_site(party, config)
+    except DataError as exc:
         raise AuditError(
             f"audit site: {exc}; the site's file must have the job's columns {config.data.text_column!r} and "
             f"{config.data.label_column!r} and labels {', '.join(config.task.labels)}"
         ) from None
+    except CrossLMError as exc:
+        raise AuditError(f"audit site: {exc}") from None
+
+
+def _trained_on(client: ClientData, party: PartyFolder, state: Path) -> ClientData:
+    """``client``, once its record counts are those the site recorded when it trained (when it did).
+
+    Raises:
+        AuditError: the file gives other counts than the site trained on.
+    """
     recorded = own_data_marker(RunStore(state).client_dir(party.name))
     counts = (len(client.train), len(client.test))
     if recorded is not None and (recorded.get("train"), recorded.get("test")) != counts:
         raise AuditError(
-            f"audit site: {path} gives {counts[0]} training and {counts[1]} held-out records, but the site "
+            f"audit site: {party.data()} gives {counts[0]} training and {counts[1]} held-out records, but the site "
             f"trained on {recorded.get('train')} and held out {recorded.get('test')} ({recorded.get('file')}); "
             "restore the file it trained on"
         )

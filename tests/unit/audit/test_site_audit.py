@@ -68,6 +68,7 @@ def _lay_out_site(run_dir: Path, root: Path, name: str = SITE) -> tuple[PartyFol
     party = PartyFolder(root / name)
     keys = ParticipantKeys.generate(name)
     save_participant_keys(keys, party.keys)
+    Registry([keys.public()]).save(party.registry)  # the registry the coordinator sent it
     rows = _site_rows(list(run.client(SITE).train), run.population, config.data.test_fraction, config.run.seed)
     with (party.root / "data.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
