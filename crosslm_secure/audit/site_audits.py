@@ -55,6 +55,8 @@ class SiteAudit:
     entries: int | None = None
     problems: list[str] = field(default_factory=list)
     other_run: str | None = None
+    checks: dict[str, str] = field(default_factory=dict)
+    """Each of the site's own checks and its verdict (``mia``, ``dp``, ``ledger``)."""
 
 
 def find_site_audits(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -88,6 +90,7 @@ def check_site_audit(
         audit.other_run = str(body["run_id"])
     else:
         audit.verdict = str(body["verdict"])
+        audit.checks = {str(k): str(c.get("verdict")) for k, c in body["checks"].items() if isinstance(c, dict)}
         audit.entries = int(body["ledger"]["entries"])
         audit.problems += _ledger_problems(path, body, run_dir)
         if audit.verdict == "fail":
@@ -178,7 +181,11 @@ def run_site_audits_check(run_dir: Path, anchor: TrustAnchor, folder: Path) -> C
         numbers={"site_audits_found": len(audits), "clients": len(clients), "missing": len(missing)},
         tables=[Table("Site audits found", ["file", "site", "verdict", "ledger entries", "note"], _rows(audits))],
         findings=findings + gaps if verdict == "fail" else gaps,
-        details={**anchor.details(), "site_audits": str(folder)},
+        details={
+            **anchor.details(),
+            "site_audits": str(folder),
+            "site_checks": {site: a.checks for site, a in sorted(counted.items())},
+        },
     )
     save_result(run_dir, result)
     return result
@@ -211,14 +218,27 @@ def at_the_sites(run_dir: Path, sites: CheckResult | None) -> dict[str, CheckRes
             "model (`crosslm audit site`); pass --site-audits DIR with the sites' signed results"
             for name in AT_THE_SITES
         }
+    clients = run_config(run_dir).client_ids()
+    by_site: dict[str, dict[str, str]] = sites.details.get("site_checks", {})
     rows: dict[str, CheckResult | str] = {}
     for name in AT_THE_SITES:
+        verdicts = {site: by_site.get(site, {}).get(name, "missing") for site in clients}
+        if sites.verdict == "fail" or "fail" in verdicts.values():
+            verdict: Verdict = "fail"
+        else:
+            verdict = "pass" if set(verdicts.values()) == {"pass"} else "incomplete"
+        shown = ", ".join(f"{site} {v}" for site, v in verdicts.items())
         result = CheckResult(
             name=name,
             title=f"{name.upper()} at the sites: each site's own model, on its own records",
-            verdict=sites.verdict,
-            summary=f"Run by each site on its own model and records (crosslm audit site); {sites.summary}",
-            findings=list(sites.findings),
+            verdict=verdict,
+            summary=f"Run by each site on its own model and records (crosslm audit site): {shown}.",
+            findings=[f"{site}: its {name} check is {v}" for site, v in verdicts.items() if v != "pass"]
+            + (
+                ["the site audits were refused or do not match the server's ledgers: see the sites row"]
+                if sites.verdict == "fail"
+                else []
+            ),
             details={**sites.details, "at_the_sites": True},
         )
         save_result(run_dir, result)
