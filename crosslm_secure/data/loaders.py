@@ -31,6 +31,8 @@ import csv
 import html
 import io
 import json
+import re
+import sys
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +51,9 @@ from crosslm_secure.errors import DataError
 EMBEDDED_TRAIN = "drugsComTrain.tsv"
 EMBEDDED_TEST = "drugsComTest.tsv"
 EMBEDDED_CREDIT = "UCI Drug Review dataset (Grässer, Kallumadi, Malberg, Zaunseder 2018), CC BY 4.0"
+# A label given as a number in text: an ASCII integer short enough to be a class index
+# ("١", Arabic-Indic one, is no index; 5,000 digits would overflow int()'s digit limit).
+_INDEX_TEXT = re.compile(r"-?[0-9]{1,18}")
 
 
 class TooFewRecordsError(DataError):
@@ -85,8 +90,9 @@ def load_labelled_data(data: DataConfig, task: TaskConfig, *, seed: int) -> tupl
         ``(train, test)``, each in source row order.
 
     Raises:
-        DataError: a file is missing or unreadable, a column is missing, a label is not a
-            task label, or a split is empty.
+        DataError: a file is missing, unreadable or malformed (an unnamed column, a lone
+            surrogate, a number too long to read), a column is missing, a label is not a task
+            label, the training records carry a single label, or a split is empty.
         ModelError: the package holding the embedded task is not installed.
     """
     train, test = _split(data, task, seed=seed)
@@ -130,7 +136,20 @@ def _split(data: DataConfig, task: TaskConfig, *, seed: int) -> tuple[list[Examp
         test = _to_examples(test_table, data, task, f"{data.source}:test")
         if not test:
             raise DataError(f"data: test data {test_table.name} has no records with text; check data.test_path")
+    _require_two_labels([*train, *test] if test_table is None else train, train_table.name, task)
     return train, test
+
+
+def _require_two_labels(examples: Sequence[Example], name: str, task: TaskConfig) -> None:
+    """Training records that all carry one label teach no classification (a small test file may hold one)."""
+    present = {ex.label for ex in examples}
+    if len(present) == 1:
+        only = task.labels[present.pop()]
+        others = ", ".join(label for label in task.labels if label != only)
+        raise DataError(
+            f"data: {name} holds only the label {only!r}; a classifier needs records of at least two labels, "
+            f"so add records labelled {others}"
+        )
 
 
 # --- reading -------------------------------------------------------------------------
@@ -196,6 +215,7 @@ def _read_csv(path: Path) -> _Table:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle, delimiter=delimiter)
             columns = list(reader.fieldnames or [])
+            _require_named_columns(columns, path)
             duplicated = sorted({c for c in columns if columns.count(c) > 1})
             if duplicated:
                 raise DataError(
@@ -212,6 +232,24 @@ def _read_csv(path: Path) -> _Table:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"data: cannot read CSV file {path} ({exc}); save it as UTF-8 with a header row") from None
     return _Table(str(path), columns, rows)
+
+
+def _require_named_columns(columns: Sequence[str], where: object) -> None:
+    unnamed = [position for position, column in enumerate(columns, start=1) if not column.strip()]
+    if unnamed:
+        raise DataError(
+            f"data: {where} has a column with an empty name (column {unnamed[0]} of {len(columns)}); "
+            "name every column in the header, or drop the empty one (a trailing delimiter makes one)"
+        )
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    """A JSON ``\\ud800`` escape without its pair decodes to a str that no UTF-8 tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -242,8 +280,23 @@ def _read_jsonl(path: Path) -> _Table:
                     ) from None
                 except (json.JSONDecodeError, RecursionError):
                     record = None
+                except ValueError:  # the only other one: an integer over int()'s digit limit
+                    raise DataError(
+                        f"data: {path} line {number} holds a number too long to read (over "
+                        f"{sys.get_int_max_str_digits():,} digits); write labels as names or short indices"
+                    ) from None
                 if not isinstance(record, dict):
                     raise DataError(f"data: {path} line {number} is not a JSON object; write one object per line")
+                if any(not key.strip() for key in record):
+                    raise DataError(
+                        f"data: {path} line {number} has a key with an empty name; name every field of the object"
+                    )
+                strings = [*record, *(value for value in record.values() if isinstance(value, str))]
+                if any(_has_lone_surrogate(text) for text in strings):
+                    raise DataError(
+                        f"data: {path} line {number} holds a lone surrogate (a \\ud800-\\udfff escape without "
+                        "its pair), which is no text; write the character itself or its full surrogate pair"
+                    )
                 columns.update(dict.fromkeys(record))
                 rows.append(record)
     except (OSError, UnicodeDecodeError) as exc:
@@ -287,6 +340,7 @@ def _read_hf_disk(path: Path, test_path: Path | None, data: DataConfig) -> tuple
 def _hf_table(dataset: Any, name: str, data: DataConfig) -> _Table:
     """A ``datasets.Dataset`` as a table; ClassLabel integers become their names."""
     columns = list(dataset.column_names)
+    _require_named_columns(columns, name)
     wanted = [data.text_column, data.label_column]
     if not all(column in columns for column in wanted):
         return _Table(name, columns, [])
@@ -353,7 +407,7 @@ def _label_index(value: Any, labels: Sequence[str], lookup: Mapping[str, int], w
         for key in (text, text.casefold()):
             if key in lookup:
                 return lookup[key]
-        if text.lstrip("-").isascii() and text.lstrip("-").isdigit():  # "١" (Arabic-Indic one) is no index
+        if _INDEX_TEXT.fullmatch(text):
             index = int(text)
     if index is not None and 0 <= index < len(labels):
         return index
