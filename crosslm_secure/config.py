@@ -208,12 +208,34 @@ class Config(_Section):
     slm: SLMConfig = Field(default_factory=SLMConfig)
     slm_overrides: dict[str, SLMConfig] = Field(
         default_factory=dict,
-        description="Per-client SLM settings by client id (client-1, client-2, ...); sites may differ.",
+        description="Per-client SLM settings by client id (client-1, client-2, ...); sites may differ. Each names "
+        "only the fields that differ; the others are the slm section's.",
     )
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _overrides_on_top_of_slm(cls, raw: Any) -> Any:
+        """Each ``slm_overrides`` entry as the ``slm`` section with the entry's fields replaced.
+
+        Merged before validation, so a bad field is reported where the user wrote it, and the
+        resolved config holds every client's whole section (it loads back the same).
+        """
+        if not isinstance(raw, dict) or not isinstance(raw.get("slm_overrides"), dict):
+            return raw
+        base = raw.get("slm", {})
+        if isinstance(base, BaseModel):
+            base = base.model_dump()
+        if not isinstance(base, dict):
+            return raw  # the slm section's own validation says what is wrong with it
+        merged = {
+            client: {**base, **fields} if isinstance(fields, dict) else fields
+            for client, fields in raw["slm_overrides"].items()
+        }
+        return {**raw, "slm_overrides": merged}
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -238,6 +260,7 @@ class Config(_Section):
         return [f"client-{i + 1}" for i in range(self.partition.clients)]
 
     def slm_for(self, client_id: str) -> SLMConfig:
+        """The SLM settings of one client: its ``slm_overrides`` entry (merged onto ``slm``) or ``slm``."""
         return self.slm_overrides.get(client_id, self.slm)
 
 
