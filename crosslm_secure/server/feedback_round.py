@@ -169,9 +169,9 @@ class FeedbackRounds:
         try:
             if reply.body.count != count:
                 raise ProtocolError(f"reveal.reply: {reply.body.count} means for {count} samples")
-            means = decode_means(reply.attachments["means"], count)
-        except ProtocolError:
-            self.members.exclude(decryptor, "returned a malformed aggregate")
+            means = decode_means(reply.attachments["means"], count, noise_sigma=self.config.feedback.noise_sigma)
+        except ProtocolError as exc:  # the next attempt has another decryptor (fresh masks)
+            self.members.exclude(decryptor, f"returned a malformed aggregate: {exc}")
             return None
         self.store.event("revealed", round=round_index, decryptor=decryptor, contributors=reply.body.contributors)
         return means

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from crosslm_secure.config import FeedbackConfig
+from crosslm_secure.errors import ProtocolError
 from crosslm_secure.server.acceptance import accept_samples
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
@@ -45,8 +46,16 @@ def test_noise_outside_0_1_is_clipped_not_trusted() -> None:
     assert accept_samples(scores - 2.0, LABELS, 3, FeedbackConfig()).sum() == 0
 
 
-def test_bad_input_is_refused() -> None:
-    with pytest.raises(ValueError, match="scores"):
-        accept_samples(np.ones(3), LABELS, 3, FeedbackConfig())
-    with pytest.raises(ValueError, match="finite"):
-        accept_samples(np.full(12, np.nan), LABELS, 3, FeedbackConfig())
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_mean_is_refused_as_a_protocol_error(bad: float) -> None:
+    scores = np.full(12, 0.5)
+    scores[3] = bad
+    with pytest.raises(ProtocolError, match="mean score of sample 3 is not a finite number") as refused:
+        accept_samples(scores, LABELS, 3, FeedbackConfig())
+    assert not isinstance(refused.value, ValueError)
+
+
+def test_means_and_labels_of_different_lengths_are_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="11 mean scores for 12 samples") as refused:
+        accept_samples(np.full(11, 0.5), LABELS, 3, FeedbackConfig())
+    assert not isinstance(refused.value, ValueError)

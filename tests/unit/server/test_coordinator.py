@@ -39,6 +39,8 @@ from crosslm_secure.transport.inprocess import InProcessTransport
 CLIENTS = ["client-1", "client-2", "client-3"]
 LABELS = 3
 STATS = TrainingStats(steps=1, examples=4, mean_loss=0.5, seconds=0.0)
+POISON = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "1e308": 1e308, "-1e308": -1e308}
+"""Means a lying or broken decryptor could return, by fault name."""
 
 
 @dataclass
@@ -47,7 +49,8 @@ class FakeSite:
 
     ``fault(kind, round, attempt)`` returns ``"crash"`` (raise: the transport marks the site
     down), ``"refuse"`` (a signed error reply), ``"decline"`` (train only), ``"garble"``
-    (reveal only: means of the wrong length), ``"wrong_type"``, or None.
+    (reveal only: means of the wrong length), a key of ``POISON`` (reveal only: the first mean
+    replaced by that value), ``"wrong_type"``, or None.
     """
 
     party: Party
@@ -84,6 +87,8 @@ class FakeSite:
             means = PlaintextAggregator().reveal(attached["aggregate"], contributions, count=body.count)
             if fault == "garble":
                 means = means[:-1]
+            if fault in POISON:
+                means[0] = POISON[fault]
             reply = RevealReply(count=body.count, contributors=len(contributions))
             return self._reply(round_index, reply, means=encode_means(means))
         if envelope.type == "enhance.request":
@@ -118,12 +123,20 @@ class FakeLLM:
         return {}
 
 
-def job(tmp_path: Path, *, method: str = "crosslm", min_clients: int = 2, rejoin: bool = True, **faults) -> dict:
+def job(
+    tmp_path: Path,
+    *,
+    method: str = "crosslm",
+    min_clients: int = 2,
+    rejoin: bool = True,
+    max_attempts: int = 3,
+    **faults,
+) -> dict:
     """A coordinator over three fake sites; ``faults`` maps a client to its fault function."""
     config = Config.model_validate(
         {
             "run": {"method": method, "rounds": 2, "min_clients": min_clients, "rejoin": rejoin, "progress": False},
-            "feedback": {"aggregator": "plaintext", "max_attempts": 3},
+            "feedback": {"aggregator": "plaintext", "max_attempts": max_attempts},
             "task": {"labels": ["a", "b", "c"]},
         }
     )
@@ -195,10 +208,57 @@ def test_a_decryptor_returning_garbled_means_is_excluded_and_the_next_one_decryp
     # Round 1, attempt 0: the decryptor is participants[(1 + 0) % 3] = client-2.
     run = job(tmp_path, client_2=lambda kind, r, attempt: "garble" if kind == "reveal.request" else None)
     outcome = run["coordinator"].run()
-    assert outcome.excluded == {"client-2": "returned a malformed aggregate"}
+    assert outcome.excluded["client-2"].startswith("returned a malformed aggregate: reveal.reply: holds 64 bytes")
     revealed = [e for e in run["store"].events() if e["event"] == "revealed"]
     assert revealed[0]["round"] == 1 and revealed[0]["decryptor"] != "client-2"
     assert run["store"].rounds()[1]["synthetic_generated"] == 9 and "synthetic_accepted" in run["store"].rounds()[1]
+
+
+@pytest.mark.parametrize(
+    ("poison", "why"),
+    [
+        ("nan", "mean score nan of sample 0 is not a finite number"),
+        ("inf", "mean score inf of sample 0 is not a finite number"),
+        ("-inf", "mean score -inf of sample 0 is not a finite number"),
+        ("1e308", "mean score 1e+308 of sample 0 is outside [-1.5, 2.5]"),
+        ("-1e308", "mean score -1e+308 of sample 0 is outside [-1.5, 2.5]"),
+    ],
+)
+def test_a_decryptor_revealing_an_impossible_mean_is_excluded_and_the_next_one_decrypts(
+    tmp_path: Path, poison: str, why: str
+) -> None:
+    run = job(tmp_path, client_2=lambda kind, r, attempt: poison if kind == "reveal.request" else None)
+    outcome = run["coordinator"].run()
+    assert outcome.completed_rounds == 2 and outcome.stopped_early is None
+    reason = outcome.excluded["client-2"]
+    assert reason.startswith(f"returned a malformed aggregate: reveal.reply: {why}") and "\n" not in reason
+    assert list(outcome.excluded) == ["client-2"]
+    revealed = [e for e in run["store"].events() if e["event"] == "revealed"]
+    assert revealed[0]["round"] == 1 and revealed[0]["decryptor"] != "client-2"
+    assert run["store"].rounds()[1]["synthetic_accepted"] > 0
+
+
+def test_decryptors_that_all_lie_stop_the_run_cleanly_once_too_few_remain(tmp_path: Path) -> None:
+    def lie(kind: str, r: int, attempt: int) -> str | None:
+        return "nan" if kind == "reveal.request" else None
+
+    run = job(tmp_path, client_1=lie, client_2=lie, client_3=lie)
+    outcome = run["coordinator"].run()
+    # Attempt 0: client-2 decrypts and is excluded; attempt 1: client-1; then one client is left.
+    assert list(outcome.excluded) == ["client-2", "client-1"]
+    assert outcome.completed_rounds == 0
+    assert "only 1 client(s) remain, fewer than run.min_clients=2" in outcome.stopped_early
+    assert "client-2: returned a malformed aggregate: reveal.reply: mean score nan" in outcome.stopped_early
+    assert not [e for e in run["store"].events() if e["event"] == "revealed"]
+
+
+def test_a_round_whose_attempts_run_out_goes_on_without_synthetic_data(tmp_path: Path) -> None:
+    run = job(tmp_path, max_attempts=1, client_2=lambda kind, r, attempt: "inf" if kind == "reveal.request" else None)
+    outcome = run["coordinator"].run()
+    assert outcome.completed_rounds == 2 and list(outcome.excluded) == ["client-2"]
+    assert [e["round"] for e in run["store"].events() if e["event"] == "aggregation_failed"] == [1]
+    rows = run["store"].rounds()
+    assert "synthetic_accepted" not in rows[1] and rows[2]["synthetic_accepted"] > 0
 
 
 def test_a_reply_of_the_wrong_type_excludes_its_sender(tmp_path: Path) -> None:
