@@ -29,6 +29,7 @@ from crosslm_secure.errors import ConfigError
 from crosslm_secure.privacy.settings import PrivacyConfig
 
 __all__ = [
+    "MIN_QUORUM",
     "AuditConfig",
     "Config",
     "DataConfig",
@@ -59,6 +60,9 @@ Method = Literal["crosslm", "standalone", "data_free_kd", "llm_zero_shot"]
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 """Devices a run accepts: what :func:`crosslm_secure.runner.resolve_device` can resolve."""
 
+MIN_QUORUM = 2
+"""Fewest contributors an aggregate may be decrypted from: one contributor's "aggregate" is its own scores."""
+
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*")
 """A run name is one folder name under ``output_dir``: no separators, no ``..``, no leading dot."""
 
@@ -77,8 +81,8 @@ class RunConfig(_Section):
     )
     min_clients: Annotated[int, Field(ge=1)] = Field(
         2,
-        description="Fewest clients a round may run with; also the quorum for decrypting an aggregate. "
-        "Below it the run ends cleanly with the reason in the summary.",
+        description="Fewest clients a round may run with; also the quorum for decrypting an aggregate (at least "
+        "2 there). Below it the run ends cleanly with the reason in the summary.",
     )
     rejoin: bool = Field(
         True,
@@ -88,6 +92,14 @@ class RunConfig(_Section):
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
     threads: Annotated[int, Field(ge=0)] = Field(0, description="torch CPU threads; 0 = all cores.")
     progress: bool = Field(True, description="Show progress bars.")
+
+    def decryption_quorum(self) -> int:
+        """Fewest participants whose summed scores may be decrypted: ``min_clients``, never below :data:`MIN_QUORUM`.
+
+        The one definition: the server announces it and deals keys for it, each client node
+        checks the announcement against its own and its decryptor's verifier refuses fewer.
+        """
+        return max(MIN_QUORUM, self.min_clients)
 
     @field_validator("name")
     @classmethod

@@ -56,6 +56,8 @@ class FakeSite:
     party: Party
     fault: Callable[[str, int, int], str | None] = lambda kind, round_index, attempt: None
     seen: list[tuple[str, int, int, tuple[str, ...]]] = field(default_factory=list)
+    quorums: list[int] = field(default_factory=list)
+    """The quorum each reveal request announced."""
 
     def handle(self, message: bytes) -> bytes:
         envelope, body = self.party.open(message)
@@ -80,6 +82,7 @@ class FakeSite:
             reply = ScoreReply(count=len(body.samples), aggregator="plaintext")
             return self._reply(round_index, reply, contribution=protected.contribution)
         if envelope.type == "reveal.request":
+            self.quorums.append(body.quorum)
             attached = unpack(envelope)
             contributions = [
                 unpack(verify(m, self.party.directory))["contribution"] for m in attached["signed_replies"]
@@ -313,3 +316,26 @@ def test_an_exclusion_mid_round_is_saved_before_the_round_ends(tmp_path: Path) -
     # Saved when client-3 was excluded in round 2 (completed_round still 1), then at the round's end.
     assert any(s.completed_round == 1 and "client-3" in s.excluded for s in saved)
     assert saved[-1].completed_round == 2 and "client-3" in saved[-1].excluded
+
+
+@pytest.mark.parametrize(("min_clients", "quorum"), [(1, 2), (2, 2), (3, 3)])
+def test_the_server_announces_the_configs_decryption_quorum(tmp_path: Path, min_clients: int, quorum: int) -> None:
+    run = job(tmp_path, min_clients=min_clients)
+    assert run["coordinator"].run().completed_rounds == 2
+    announced = [q for site in run["sites"].values() for q in site.quorums]
+    assert announced and set(announced) == {quorum}
+
+
+def test_no_reveal_is_asked_of_fewer_clients_than_the_quorum(tmp_path: Path) -> None:
+    # run.min_clients 1 lets a round run with one client, but one client's scores are no aggregate.
+    def decline(kind: str, r: int, attempt: int) -> str | None:
+        return "decline" if (kind, r) == ("train.request", 1) else None
+
+    run = job(tmp_path, min_clients=1, rejoin=False, client_2=decline, client_3=decline)
+    outcome = run["coordinator"].run()
+    assert outcome.completed_rounds == 2 and set(outcome.excluded) == {"client-2", "client-3"}
+    reveals = [parts for kind, _, _, parts in run["sites"]["client-1"].seen if kind == "reveal.request"]
+    assert reveals == []
+    skipped = [e for e in run["store"].events() if e["event"] == "aggregation_skipped"]
+    assert [e["round"] for e in skipped] == [1, 2]
+    assert skipped[0]["reason"] == "1 participant(s), fewer than the decryption quorum of 2"
