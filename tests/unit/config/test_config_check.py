@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from crosslm_secure.config import load_config
-from crosslm_secure.errors import ConfigError
+from crosslm_secure.errors import ConfigError, CrossLMError
 
 MAX_SENTENCE = 400
 
@@ -91,3 +91,109 @@ def test_a_yaml_alias_bomb_is_refused_in_one_short_sentence(tmp_path: Path) -> N
 def test_a_huge_refused_value_is_not_repeated_in_the_sentence(tmp_path: Path) -> None:
     message = refused(tmp_path, "run:\n  name: [" + ", ".join(["xxxxxxxxxx"] * 5_000) + "]\n")
     assert message.startswith("config: run.name")
+
+
+# --- the preflight: this machine's model folders and data ------------------------------------
+
+ROOT = Path(__file__).resolve().parents[3]
+ROWS = "".join(f"review number {i},{['negative', 'positive'][i % 2]}\n" for i in range(60))
+
+
+def preflight_refusal(tmp_path: Path, text: str) -> str:
+    from crosslm_secure.preflight import check_config
+
+    config = load_config(write(tmp_path, text))
+    with pytest.raises(CrossLMError) as caught:
+        check_config(config)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) <= MAX_SENTENCE, message[:500]
+    return message
+
+
+def _model_folder(tmp_path: Path, name: str, *, config_json: bool = True) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    if config_json:
+        (folder / "config.json").write_text("{}")
+    return folder
+
+
+def _csv(tmp_path: Path, header: str = "review,rating", rows: str = ROWS) -> Path:
+    path = tmp_path / "data.csv"
+    path.write_text(f"{header}\n{rows}", encoding="utf-8")
+    return path
+
+
+CSV_TASK = "task:\n  labels: [negative, positive]\n"
+
+
+def test_a_missing_slm_folder_is_refused(tmp_path: Path) -> None:
+    message = preflight_refusal(tmp_path, f"slm:\n  model: {tmp_path / 'no-such-bert'}\n")
+    assert "slm.model folder" in message and "no-such-bert not found" in message
+
+
+def test_an_slm_folder_without_config_json_is_refused(tmp_path: Path) -> None:
+    folder = _model_folder(tmp_path, "bert", config_json=False)
+    assert "has no config.json" in preflight_refusal(tmp_path, f"slm:\n  model: {folder}\n")
+
+
+def test_a_client_s_own_slm_folder_is_checked_under_its_own_name(tmp_path: Path) -> None:
+    message = preflight_refusal(tmp_path, f"slm_overrides:\n  client-2:\n    model: {tmp_path / 'gone'}\n")
+    assert message.startswith("slm_overrides.client-2.model folder")
+
+
+def test_a_missing_llm_folder_or_gguf_file_is_refused(tmp_path: Path) -> None:
+    assert "LLM folder" in preflight_refusal(tmp_path, f"llm:\n  model: {tmp_path / 'no-llm'}\n")
+    folder = _model_folder(tmp_path, "llm")
+    text = f"llm:\n  model: {folder}\n  gguf_file: model-q8.gguf\n"
+    assert "model-q8.gguf not found" in preflight_refusal(tmp_path, text)
+
+
+def test_a_text_column_not_in_the_file_is_refused(tmp_path: Path) -> None:
+    path = _csv(tmp_path)
+    text = f"data:\n  source: csv\n  path: {path}\n  text_column: note\n{CSV_TASK}"
+    assert "column 'note' is not in" in preflight_refusal(tmp_path, text)
+
+
+def test_labels_that_are_not_the_file_s_are_refused(tmp_path: Path) -> None:
+    path = _csv(tmp_path)
+    text = f"data:\n  source: csv\n  path: {path}\ntask:\n  labels: [good, bad]\n"
+    assert "label 'negative'" in preflight_refusal(tmp_path, text) and "not a task label" in preflight_refusal(
+        tmp_path, text
+    )
+
+
+def test_more_clients_than_the_records_can_serve_are_refused(tmp_path: Path) -> None:
+    path = _csv(tmp_path)
+    text = f"data:\n  source: csv\n  path: {path}\npartition:\n  clients: 30\n{CSV_TASK}"
+    assert "cannot give 30 clients 4 each" in preflight_refusal(tmp_path, text)
+
+
+def test_a_delta_too_large_for_a_client_s_records_is_refused(tmp_path: Path) -> None:
+    path = _csv(tmp_path)
+    text = f"data:\n  source: csv\n  path: {path}\nprivacy:\n  delta: 0.1\n{CSV_TASK}"
+    assert "privacy.delta (0.1) must be below 1/n" in preflight_refusal(tmp_path, text)
+
+
+def test_a_good_csv_job_passes_the_preflight(tmp_path: Path) -> None:
+    from crosslm_secure.preflight import check_config
+
+    path = _csv(tmp_path)
+    check_config(load_config(write(tmp_path, f"data:\n  source: csv\n  path: {path}\n{CSV_TASK}")))
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "quick.yaml"])
+def test_the_shipped_configs_pass_the_preflight(name: str) -> None:
+    from crosslm_secure.preflight import check_config
+
+    check_config(load_config(ROOT / "experiments" / "configs" / name))
+
+
+def test_cli_config_check_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from crosslm_secure.cli import app
+
+    path = write(tmp_path, f"slm:\n  model: {tmp_path / 'no-such-bert'}\n")
+    result = CliRunner().invoke(app, ["config", "--check", str(path)])
+    assert result.exit_code == 2 and "no-such-bert not found" in result.output
