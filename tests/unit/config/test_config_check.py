@@ -10,6 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from crosslm_secure.config import load_config
 from crosslm_secure.errors import ConfigError, CrossLMError
@@ -224,3 +227,21 @@ def test_paths_the_filesystem_cannot_hold_are_refused(
 ) -> None:
     message = refused(tmp_path, f'{section}:\n  {field}: "{value}"\n')
     assert message.startswith(f"config: {section}.{field}: ") and needle in message
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    field=st.sampled_from(PATH_FIELDS),
+    value=st.text(max_size=40) | st.text(alphabet="ab/.\\\x00", min_size=250, max_size=5_000),
+)
+def test_any_path_value_is_checked_or_refused_in_one_sentence(tmp_path: Path, field: tuple, value: str) -> None:
+    from crosslm_secure.preflight import check_config
+
+    section, name = field
+    raw = {section: {name: value}} | ({"data": {"source": "csv", name: value}} if section == "data" else {})
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    try:
+        check_config(load_config(path))
+    except CrossLMError as refusal:
+        assert "\n" not in str(refusal) and len(str(refusal)) <= MAX_SENTENCE
