@@ -29,11 +29,15 @@ def accept_samples(mean_scores: np.ndarray, labels: np.ndarray, num_labels: int,
             ``balance``.
 
     Raises:
-        ProtocolError: scores and labels differ in length, or a score is not finite (the
-            reveal refuses both; this guards any other caller).
+        ProtocolError: scores or labels are not numbers, they differ in length, a score is not
+            finite (the reveal refuses these; this guards any other caller), or a label is no
+            index of the task's labels.
     """
-    scores = np.asarray(mean_scores, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
+    try:
+        scores = np.asarray(mean_scores, dtype=np.float64)
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"acceptance: mean scores and labels must be numbers ({exc}); refused") from None
     if scores.shape != labels.shape or scores.ndim != 1:
         raise ProtocolError(
             f"acceptance: {scores.size} mean scores for {labels.size} samples (shapes {scores.shape} and "
@@ -44,6 +48,12 @@ def accept_samples(mean_scores: np.ndarray, labels: np.ndarray, num_labels: int,
         raise ProtocolError(
             f"acceptance: the mean score of sample {bad[0]} is not a finite number ({float(scores[bad[0]]):g}); "
             "only a checked reveal may be accepted"
+        )
+    outside = np.flatnonzero((labels < 0) | (labels >= num_labels))
+    if outside.size:
+        raise ProtocolError(
+            f"acceptance: sample {outside[0]} has label index {labels[outside[0]]}, outside 0..{num_labels - 1}; "
+            "every synthetic sample must carry one of the task's labels"
         )
     scores = np.clip(scores, 0.0, 1.0)
     if cfg.threshold is not None:

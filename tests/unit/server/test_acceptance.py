@@ -59,3 +59,17 @@ def test_means_and_labels_of_different_lengths_are_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="11 mean scores for 12 samples") as refused:
         accept_samples(np.full(11, 0.5), LABELS, 3, FeedbackConfig())
     assert not isinstance(refused.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("scores", "labels", "needle"),
+    [
+        (np.full(12, 0.5), np.array([0] * 11 + [3]), "sample 11 has label index 3, outside 0..2"),
+        (np.full(12, 0.5), np.array([-1] + [0] * 11), "sample 0 has label index -1, outside 0..2"),
+        (["high"] * 12, LABELS, "mean scores and labels must be numbers"),
+        (np.full(12, 0.5), [2**70] * 12, "mean scores and labels must be numbers"),
+    ],
+)
+def test_input_that_is_no_score_per_labelled_sample_is_a_protocol_error(scores, labels, needle: str) -> None:
+    with pytest.raises(ProtocolError, match=needle):
+        accept_samples(scores, labels, 3, FeedbackConfig())
