@@ -223,6 +223,10 @@ class LLMConfig(_Section):
     gguf_file: Annotated[str, FitsFilesystem] | None = Field(
         None, description="GGUF file name inside the model folder, if any."
     )
+    cache_dir: Annotated[Path, FitsFilesystem] | None = Field(
+        None, description="Where the converted safetensors cache lives (default: user cache dir)."
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig)
 
     @field_validator("gguf_file")
     @classmethod
@@ -233,11 +237,6 @@ class LLMConfig(_Section):
                 "put a GGUF file from elsewhere into the model folder"
             )
         return name
-
-    cache_dir: Annotated[Path, FitsFilesystem] | None = Field(
-        None, description="Where the converted safetensors cache lives (default: user cache dir)."
-    )
-    lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
 class GenerationConfig(_Section):
