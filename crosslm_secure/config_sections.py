@@ -49,10 +49,17 @@ PATH_MAX_BYTES = 4096
 
 
 def _fits_filesystem(value: str | Path) -> str | Path:
-    """A path (or a model spec that may be one) the filesystem can hold: no NUL, names and length in bounds."""
+    """A path (or a model spec that may be one) the filesystem can hold: no NUL, names and length in bounds.
+
+    Other control characters (a newline, a tab) are legal in Linux names, but no config needs one
+    and each would break the one-line sentences that quote the path; they are refused too.
+    """
     text = str(value)
     if "\0" in text:
         raise ValueError("holds a NUL character, which no file name may; remove it")
+    control = next((char for char in text if ord(char) < 32 or ord(char) == 127), None)
+    if control is not None:
+        raise ValueError(f"holds the control character {control!r}; rename the file or folder without it")
     size = len(text.encode("utf-8", "surrogatepass"))
     longest = max((len(part.encode("utf-8", "surrogatepass")) for part in Path(text).parts), default=0)
     if size > PATH_MAX_BYTES or longest > NAME_MAX_BYTES:

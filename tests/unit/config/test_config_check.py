@@ -220,6 +220,7 @@ PATH_FIELDS = [
         ("n" * 300, "a name of 300 bytes"),
         ("/".join(["d" * 200] * 25), "a path of 5,024 bytes"),
         ("bad\\0name", "holds a NUL character"),
+        ("two\\nlines", "holds the control character '\\n'"),
     ],
 )
 def test_paths_the_filesystem_cannot_hold_are_refused(
