@@ -54,7 +54,9 @@ class TooFewRecordsError(DataError):
         self.records = records
 
 
-def load_labelled_data(data: DataConfig, task: TaskConfig, *, seed: int) -> tuple[list[Example], list[Example]]:
+def load_labelled_data(
+    data: DataConfig, task: TaskConfig, *, seed: int, silo: bool = False
+) -> tuple[list[Example], list[Example]]:
     """Read the configured dataset and return ``(train, test)`` examples.
 
     When the source has no test split of its own, ``data.test_fraction`` of the records
@@ -66,6 +68,8 @@ def load_labelled_data(data: DataConfig, task: TaskConfig, *, seed: int) -> tupl
         data: where the data lives and which columns hold text and label.
         task: the task's label names (class index = position in ``task.labels``).
         seed: seeds the held-out split and the caps.
+        silo: the data is one site's own records, which may carry a single label (label skew
+            across sites); the data of a whole task must teach at least two.
 
     Returns:
         ``(train, test)``, each in source row order.
@@ -73,10 +77,10 @@ def load_labelled_data(data: DataConfig, task: TaskConfig, *, seed: int) -> tupl
     Raises:
         DataError: a file is missing, unreadable or malformed (an unnamed column, a lone
             surrogate, a number too long to read), a column is missing, a label is not a task
-            label, the training records carry a single label, or a split is empty.
+            label, the training records of a whole task carry a single label, or a split is empty.
         ModelError: the package holding the embedded task is not installed.
     """
-    train, test = _split(data, task, seed=seed)
+    train, test = _split(data, task, seed=seed, silo=silo)
     return cap_train(train, data, seed=seed), _cap_test(test, data, seed=seed)
 
 
@@ -97,7 +101,7 @@ def _cap_test(test: list[Example], data: DataConfig, *, seed: int) -> list[Examp
     return _stratified_subsample(test, data.max_test_records, np.random.default_rng([seed, 3]))
 
 
-def _split(data: DataConfig, task: TaskConfig, *, seed: int) -> tuple[list[Example], list[Example]]:
+def _split(data: DataConfig, task: TaskConfig, *, seed: int, silo: bool) -> tuple[list[Example], list[Example]]:
     """The uncapped ``(train, test)`` examples of the source."""
     if data.source == "embedded" and data.embedded in EMBEDDED_TASKS:
         return load_embedded_task(EMBEDDED_TASKS[data.embedded], data, task, seed=seed)
@@ -117,7 +121,8 @@ def _split(data: DataConfig, task: TaskConfig, *, seed: int) -> tuple[list[Examp
         test = _to_examples(test_table, data, task, f"{data.source}:test")
         if not test:
             raise DataError(f"data: test data {test_table.name} has no records with text; check data.test_path")
-    _require_two_labels([*train, *test] if test_table is None else train, train_table.name, task)
+    if not silo:
+        _require_two_labels([*train, *test] if test_table is None else train, train_table.name, task)
     return train, test
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from crosslm_secure.config import DataConfig, TaskConfig
 from crosslm_secure.data.loaders import load_labelled_data
+from crosslm_secure.data.site import load_site_data
 from crosslm_secure.errors import DataError
 
 TASK = TaskConfig()
@@ -165,3 +166,11 @@ def test_any_json_value_in_any_column_loads_or_raises_a_data_error(tmp_path: Pat
         _load(path, "jsonl")
     except DataError as refused:
         assert "\n" not in str(refused) and len(str(refused)) < 1_000
+
+
+def test_one_site_s_own_file_may_hold_a_single_label(tmp_path: Path) -> None:
+    # Label skew across sites is the federated case: a clinic may see one outcome only.
+    path = tmp_path / "site.csv"
+    path.write_text("review,rating\n" + "".join(f"review {i},positive\n" for i in range(30)))
+    client = load_site_data(path, DataConfig(), TASK, seed=0, client_id="client-1")
+    assert {ex.label for ex in client.train + client.test} == {2}
