@@ -46,6 +46,15 @@ EMBEDDED_CREDIT = "UCI Drug Review dataset (Grässer, Kallumadi, Malberg, Zaunse
 _INDEX_TEXT = re.compile(r"-?[0-9]{1,18}")
 
 
+_COLUMNS_SHOWN = 8
+"""A refusal names this many of a file's columns; a sentence of a thousand names is no sentence."""
+
+
+def _short(value: object, limit: int = 40) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[: limit - 4]}...{shown[-1]}"
+
+
 class TooFewRecordsError(DataError):
     """The source has too few records to hold out a test split (``records`` says how many it has)."""
 
@@ -147,7 +156,9 @@ def _to_examples(table: Table, data: DataConfig, task: TaskConfig, uid_prefix: s
         (data.label_column, "data.label_column"),
     ):
         if column not in table.columns:
-            shown = ", ".join(repr(c) for c in table.columns) or "none"
+            shown = ", ".join(_short(c) for c in table.columns[:_COLUMNS_SHOWN]) or "none"
+            if len(table.columns) > _COLUMNS_SHOWN:
+                shown += f", ... ({len(table.columns)} in all)"
             raise DataError(f"data: column {column!r} is not in {table.name}; its columns are {shown} (set {field})")
     lookup = _label_lookup(task.labels)
     examples = []

@@ -174,3 +174,13 @@ def test_one_site_s_own_file_may_hold_a_single_label(tmp_path: Path) -> None:
     path.write_text("review,rating\n" + "".join(f"review {i},positive\n" for i in range(30)))
     client = load_site_data(path, DataConfig(), TASK, seed=0, client_id="client-1")
     assert {ex.label for ex in client.train + client.test} == {2}
+
+
+def test_a_missing_column_among_many_is_refused_in_a_short_sentence(tmp_path: Path) -> None:
+    columns = [f"column_with_a_rather_long_name_{i}" * 3 for i in range(500)]
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(columns) + "\n" + ",".join(["x"] * 500) + "\n")
+    with pytest.raises(DataError) as caught:
+        _load(path, "csv")
+    message = str(caught.value)
+    assert "column 'review' is not in" in message and "(500 in all)" in message and len(message) < 600
