@@ -37,7 +37,7 @@ from crosslm_secure.config import DataConfig, TaskConfig
 from crosslm_secure.data.embedded_tasks import EMBEDDED_TASKS, load_embedded_task
 from crosslm_secure.data.partition import stratified_mask
 from crosslm_secure.data.records import Example
-from crosslm_secure.data.tables import Table, read_source
+from crosslm_secure.data.tables import Table, read_source, short_repr
 from crosslm_secure.errors import DataError
 
 EMBEDDED_CREDIT = "UCI Drug Review dataset (Grässer, Kallumadi, Malberg, Zaunseder 2018), CC BY 4.0"
@@ -48,11 +48,6 @@ _INDEX_TEXT = re.compile(r"-?[0-9]{1,18}")
 
 _COLUMNS_SHOWN = 8
 """A refusal names this many of a file's columns; a sentence of a thousand names is no sentence."""
-
-
-def _short(value: object, limit: int = 40) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= limit else f"{shown[: limit - 4]}...{shown[-1]}"
 
 
 class TooFewRecordsError(DataError):
@@ -156,7 +151,7 @@ def _to_examples(table: Table, data: DataConfig, task: TaskConfig, uid_prefix: s
         (data.label_column, "data.label_column"),
     ):
         if column not in table.columns:
-            shown = ", ".join(_short(c) for c in table.columns[:_COLUMNS_SHOWN]) or "none"
+            shown = ", ".join(short_repr(c) for c in table.columns[:_COLUMNS_SHOWN]) or "none"
             if len(table.columns) > _COLUMNS_SHOWN:
                 shown += f", ... ({len(table.columns)} in all)"
             raise DataError(f"data: column {column!r} is not in {table.name}; its columns are {shown} (set {field})")
@@ -206,7 +201,7 @@ def _label_index(value: Any, labels: Sequence[str], lookup: Mapping[str, int], w
     if index is not None and 0 <= index < len(labels):
         return index
     raise DataError(
-        f"data: label {value!r} in {where} row {row} is not a task label; known labels are "
+        f"data: label {short_repr(value)} in {where} row {row} is not a task label; known labels are "
         f"{', '.join(labels)} (or indices 0..{len(labels) - 1}); check task.labels"
     )
 

@@ -26,6 +26,12 @@ EMBEDDED_TRAIN = "drugsComTrain.tsv"
 EMBEDDED_TEST = "drugsComTest.tsv"
 
 
+def short_repr(value: object, limit: int = 40) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: a refusal quotes a cell, not a megabyte of it."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[: limit - 4]}...{shown[-1]}"
+
+
 @dataclass
 class Table:
     """Raw rows of one input (file or split), with its column names and a display name."""
@@ -99,7 +105,8 @@ def _read_csv(path: Path) -> Table:
             duplicated = sorted({c for c in columns if columns.count(c) > 1})
             if duplicated:
                 raise DataError(
-                    f"data: {path} has the column {duplicated[0]!r} more than once; rename or drop one of them"
+                    f"data: {path} has the column {short_repr(duplicated[0])} more than once; "
+                    "rename or drop one of them"
                 )
             for row in reader:
                 if None in row or None in row.values():  # DictReader's marks for extra and missing cells
@@ -156,7 +163,7 @@ def _read_jsonl(path: Path) -> Table:
                     record = json.loads(line, object_pairs_hook=_unique_keys)
                 except _DuplicateKeyError as exc:
                     raise DataError(
-                        f"data: {path} line {number} has the key {exc.args[0]!r} more than once; keep one"
+                        f"data: {path} line {number} has the key {short_repr(exc.args[0])} more than once; keep one"
                     ) from None
                 except (json.JSONDecodeError, RecursionError):
                     record = None

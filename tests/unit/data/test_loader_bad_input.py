@@ -184,3 +184,10 @@ def test_a_missing_column_among_many_is_refused_in_a_short_sentence(tmp_path: Pa
         _load(path, "csv")
     message = str(caught.value)
     assert "column 'review' is not in" in message and "(500 in all)" in message and len(message) < 600
+
+
+def test_a_huge_label_is_quoted_short(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "big-label.jsonl", [*GOOD_JSON_ROWS, json.dumps({"review": "x", "rating": "y" * 100_000})])
+    with pytest.raises(DataError) as caught:
+        _load(path, "jsonl")
+    assert "is not a task label" in str(caught.value) and len(str(caught.value)) < 600
