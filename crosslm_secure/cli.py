@@ -118,17 +118,20 @@ def compare(
 
 @app.command("config")
 def config_command(
-    check: Annotated[Path | None, typer.Option(help="Validate this YAML config and say what is wrong")] = None,
+    check: Annotated[
+        Path | None,
+        typer.Option(help="Validate this YAML config against this machine (models, data) and say what is wrong"),
+    ] = None,
 ) -> None:
     """Print the default configuration with a doc line per field, or validate a file."""
     from crosslm_secure.config import load_config, render_defaults
-    from crosslm_secure.preflight import check_paths
+    from crosslm_secure.preflight import check_config
 
     if check is None:
         sys.stdout.write(render_defaults())
         return
     try:
-        check_paths(load_config(check))
+        check_config(load_config(check))
     except CrossLMError as exc:
         fail(exc)
     console.print(f"[green]{check} is valid[/]")

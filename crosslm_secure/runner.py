@@ -265,7 +265,7 @@ def build_client_node(
     """One site's node: its protocol party, feedback keys and SLM, with state kept under ``root``.
 
     ``resumed``: the run continues, so the node starts from its last checkpoint if it has one."""
-    feedback_keys = FeedbackKeys(own, registry, max(2, config.run.min_clients), config.feedback.noise_sigma)
+    feedback_keys = FeedbackKeys(own, registry, config.run.decryption_quorum(), config.feedback.noise_sigma)
     return _client_node(
         config,
         root,

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 WIDTH = 1280
-INSTALL = "apt-get install -y chromium (Debian/Ubuntu; .ci/run does this when it is missing)"
+INSTALL = "apt-get install -y chromium (Debian/Ubuntu; make test does this when it is missing)"
 _PROBE = (
     '<script>window.addEventListener("load",function(){'
     "var imgs=Array.from(document.images);"

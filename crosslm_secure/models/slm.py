@@ -10,32 +10,15 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from crosslm_secure.config import SLMConfig
-from crosslm_secure.embedded import SLM_PACKAGE, SLM_SUBDIR, embedded_file
 from crosslm_secure.errors import ModelError
+from crosslm_secure.models.folders import resolve_slm_dir
 from crosslm_secure.models.pooling import MeanPoolingClassifier, load_head
-
-
-def resolve_slm_dir(model: str) -> Path:
-    """The folder of an SLM spec: ``embedded`` or a local Hugging Face model folder.
-
-    Raises:
-        ModelError: the folder is missing or has no ``config.json``.
-    """
-    if model == "embedded":
-        return embedded_file(SLM_PACKAGE, SLM_SUBDIR)
-    folder = Path(model).expanduser()
-    if not folder.is_dir():
-        raise ModelError(f"slm.model folder {folder} not found; give a local Hugging Face model folder or 'embedded'")
-    if not (folder / "config.json").is_file():
-        raise ModelError(f"slm.model folder {folder} has no config.json; save the model with save_pretrained()")
-    return folder
 
 
 def load_slm(

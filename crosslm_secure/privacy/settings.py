@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from crosslm_secure.config_sections import _Section, within
 from crosslm_secure.errors import PrivacyError
 
 Accountant = Literal["prv", "rdp"]
@@ -25,18 +26,31 @@ NOISE_MULTIPLIER_FLOOR = 0.3
 took 0.7 GB at 0.5, 1.1 GB at 0.3, 2 GB at 0.2 (and epsilon is already infinite there), 312 GiB at 1e-3."""
 
 
-class PrivacyConfig(BaseModel):
-    """How each client protects its private records (the privacy unit is one record)."""
+TARGET_EPSILON_FLOOR = 0.01
+"""Smallest target epsilon: below it DP-SGD needs a noise multiplier in the thousands."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+class PrivacyConfig(_Section):
+    """How each client protects its private records (the privacy unit is one record)."""
 
     dp: bool = Field(
         True,
         description="DP-SGD on private records. false = non-private training, recorded as epsilon = inf.",
     )
-    target_epsilon: Annotated[float, Field(gt=0, allow_inf_nan=True)] | None = Field(
+    target_epsilon: (
+        Annotated[
+            float,
+            Field(gt=0, allow_inf_nan=True),
+            within(
+                TARGET_EPSILON_FLOOR,
+                why="below it DP-SGD needs a noise multiplier in the thousands, so training learns nothing, and "
+                "searching for it takes the accountant very long; use dp: false to price no privacy instead",
+            ),
+        ]
+        | None
+    ) = Field(
         8.0,
-        description="Epsilon that DP-SGD may spend over all planned rounds; the noise multiplier "
+        description="Epsilon that DP-SGD may spend over all planned rounds (at least 0.01); the noise multiplier "
         "is derived from it. null or .inf = use noise_multiplier instead.",
     )
     noise_multiplier: Annotated[float, Field(gt=0)] | None = Field(

@@ -294,15 +294,55 @@ def encode_means(values: np.ndarray) -> bytes:
     return np.ascontiguousarray(values, dtype="<f8").tobytes()
 
 
-def decode_means(blob: bytes, count: int) -> np.ndarray:
-    """The ``means`` attachment back as ``count`` floats.
+MEAN_SCORE_NOISE_STDS = 10
+"""How many standard deviations of the feedback noise an honest mean may stray outside [0, 1]."""
+
+
+def mean_score_range(noise_sigma: float) -> tuple[float, float]:
+    """The values an honest decryption of a mean score can take: ``[0, 1]`` widened by ``1 + 10 * noise_sigma``.
+
+    A mean score is the mean of the participants' probabilities (each in [0, 1]) plus the
+    feedback noise, whose standard deviation is ``noise_sigma`` in the sum and smaller in the
+    mean; CKKS adds an error of about 1e-6. The margin of 1 covers the decryption error by
+    orders of magnitude and ``10 * noise_sigma`` ten standard deviations of the noise in the
+    sum (a chance of about 1e-23 per sample), so a mean outside it was not decrypted honestly.
+    """
+    slack = 1.0 + MEAN_SCORE_NOISE_STDS * noise_sigma
+    return -slack, 1.0 + slack
+
+
+def decode_means(blob: bytes, count: int, *, noise_sigma: float) -> np.ndarray:
+    """The ``means`` attachment back as ``count`` mean scores.
+
+    Args:
+        blob: the attachment, ``count`` little-endian float64 values.
+        count: samples in the round.
+        noise_sigma: the feedback noise in the sum (``feedback.noise_sigma``); sets the
+            range of :func:`mean_score_range`.
 
     Raises:
-        ProtocolError: the attachment does not hold exactly ``count`` float64 values.
+        ProtocolError: the attachment does not hold exactly ``count`` float64 values, or one
+            of them is not finite or lies outside what an honest decryption can give.
     """
     if len(blob) != 8 * count:
         raise ProtocolError(f"reveal.reply: holds {len(blob)} bytes, expected {count} float64 mean scores")
-    return np.frombuffer(blob, dtype="<f8").copy()
+    means = np.frombuffer(blob, dtype="<f8").copy()
+    bad = np.flatnonzero(~np.isfinite(means))
+    if bad.size:
+        raise ProtocolError(
+            f"reveal.reply: mean score {float(means[bad[0]]):g} of sample {bad[0]} is not a finite number "
+            f"({bad.size} such); the decryptor's result is refused"
+        )
+    low, high = mean_score_range(noise_sigma)
+    outside = np.flatnonzero((means < low) | (means > high))
+    if outside.size:
+        raise ProtocolError(
+            f"reveal.reply: mean score {float(means[outside[0]]):g} of sample {outside[0]} is outside "
+            f"[{low:g}, {high:g}] ({outside.size} such), the range of a mean of probabilities in [0, 1] plus the "
+            f"feedback noise (noise_sigma {noise_sigma:g}, {MEAN_SCORE_NOISE_STDS} standard deviations); "
+            "the decryptor's result is refused"
+        )
+    return means
 
 
 def finite_or_none(value: float) -> float | None:

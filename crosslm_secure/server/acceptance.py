@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from crosslm_secure.config import FeedbackConfig
+from crosslm_secure.errors import ProtocolError
 
 
 def accept_samples(mean_scores: np.ndarray, labels: np.ndarray, num_labels: int, cfg: FeedbackConfig) -> np.ndarray:
@@ -28,14 +29,32 @@ def accept_samples(mean_scores: np.ndarray, labels: np.ndarray, num_labels: int,
             ``balance``.
 
     Raises:
-        ValueError: scores and labels differ in length, or a score is not finite.
+        ProtocolError: scores or labels are not numbers, they differ in length, a score is not
+            finite (the reveal refuses these; this guards any other caller), or a label is no
+            index of the task's labels.
     """
-    scores = np.asarray(mean_scores, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
+    try:
+        scores = np.asarray(mean_scores, dtype=np.float64)
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"acceptance: mean scores and labels must be numbers ({exc}); refused") from None
     if scores.shape != labels.shape or scores.ndim != 1:
-        raise ValueError(f"acceptance: {scores.shape} scores for {labels.shape} labels")
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("acceptance: mean scores must be finite numbers")
+        raise ProtocolError(
+            f"acceptance: {scores.size} mean scores for {labels.size} samples (shapes {scores.shape} and "
+            f"{labels.shape}); the reveal must hold one mean per sample"
+        )
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise ProtocolError(
+            f"acceptance: the mean score of sample {bad[0]} is not a finite number ({float(scores[bad[0]]):g}); "
+            "only a checked reveal may be accepted"
+        )
+    outside = np.flatnonzero((labels < 0) | (labels >= num_labels))
+    if outside.size:
+        raise ProtocolError(
+            f"acceptance: sample {outside[0]} has label index {labels[outside[0]]}, outside 0..{num_labels - 1}; "
+            "every synthetic sample must carry one of the task's labels"
+        )
     scores = np.clip(scores, 0.0, 1.0)
     if cfg.threshold is not None:
         keep = scores >= cfg.threshold

@@ -81,7 +81,7 @@ class FeedbackRounds:
                 server_keys = self.scheme.accept(
                     self.registry,
                     run_id=self.store.run_id,
-                    quorum=max(2, self.config.run.min_clients),
+                    quorum=self.config.run.decryption_quorum(),
                     announcement=announcement,
                     public_context=reply.attachments["public_context"],
                 )
@@ -116,9 +116,12 @@ class FeedbackRounds:
         aggregation restarts with the rest (fresh masks), up to ``feedback.max_attempts``.
         """
         wire = [WireSample.of(s) for s in samples]
+        quorum = self.config.run.decryption_quorum()
         for attempt in range(self.config.feedback.max_attempts):
             participants = list(self.members.active)
-            if len(participants) < self.config.run.min_clients:
+            if len(participants) < quorum:
+                reason = f"{len(participants)} participant(s), fewer than the decryption quorum of {quorum}"
+                self.store.event("aggregation_skipped", round=round_index, attempt=attempt, reason=reason)
                 return None
             request = Request(ScoreRequest(participants=participants, attempt=attempt, samples=wire))
             with phases("score"):
@@ -160,7 +163,7 @@ class FeedbackRounds:
         count: int,
     ) -> np.ndarray | None:
         decryptor = participants[(round_index + attempt) % len(participants)]
-        quorum = self.config.run.min_clients
+        quorum = self.config.run.decryption_quorum()
         body = RevealRequest(participants=participants, attempt=attempt, count=count, quorum=quorum)
         request = Request(body, {"aggregate": aggregate, "signed_replies": signed})
         reply = self.messenger.ask(decryptor, request, round_index, RevealReply)
@@ -169,9 +172,9 @@ class FeedbackRounds:
         try:
             if reply.body.count != count:
                 raise ProtocolError(f"reveal.reply: {reply.body.count} means for {count} samples")
-            means = decode_means(reply.attachments["means"], count)
-        except ProtocolError:
-            self.members.exclude(decryptor, "returned a malformed aggregate")
+            means = decode_means(reply.attachments["means"], count, noise_sigma=self.config.feedback.noise_sigma)
+        except ProtocolError as exc:  # the next attempt has another decryptor (fresh masks)
+            self.members.exclude(decryptor, f"returned a malformed aggregate: {exc}")
             return None
         self.store.event("revealed", round=round_index, decryptor=decryptor, contributors=reply.body.contributors)
         return means

@@ -107,8 +107,9 @@ def test_decryptor_refuses_a_wrong_aggregate(network: dict, mutate, needle: str)
 
 def test_decryptor_refuses_below_quorum_and_contributions_of_another_round(network: dict) -> None:
     signed, aggregate = scored_round(network, 4)
-    below = RevealRequest(participants=CLIENTS, count=len(SAMPLES), quorum=4)
-    assert "below the quorum" in ask(network, "client-1", below, 4, [aggregate, *signed])[1].reason
+    alone = RevealRequest(participants=["client-1"], count=len(SAMPLES), quorum=2)
+    refused = ask(network, "client-1", alone, 4, [aggregate, signed[0]])[1]
+    assert "1 participants is below the quorum of 2" in refused.reason
     later = RevealRequest(participants=CLIENTS, count=len(SAMPLES), quorum=2)
     assert "another run or round" in ask(network, "client-1", later, 5, [aggregate, *signed])[1].reason
 
@@ -128,3 +129,15 @@ def test_scoring_refuses_when_not_announced_or_label_out_of_range(network: dict)
     assert "not in the announced participant set" in ask(network, "client-3", request, 10)[1].reason
     bad = ScoreRequest(participants=CLIENTS, samples=[WireSample(id="x", text="good", label=5)])
     assert "has label 5" in ask(network, "client-3", bad, 10)[1].reason
+
+
+@pytest.mark.parametrize("announced", [1, 3])
+def test_decryptor_checks_the_announced_quorum_against_its_own(network: dict, announced: int) -> None:
+    # A server announcing quorum 1 must not talk a site configured for 2 into decrypting one
+    # client's scores; any other number means the two configs differ.
+    round_index = 10 + announced  # after every round the module's other tests used
+    signed, aggregate = scored_round(network, round_index)
+    request = RevealRequest(participants=CLIENTS, count=len(SAMPLES), quorum=announced)
+    envelope, reply, _ = ask(network, "client-2", request, round_index, [aggregate, *signed])
+    assert envelope.type == "error"
+    assert f"the server announced a quorum of {announced}, but this site's config gives 2" in reply.reason

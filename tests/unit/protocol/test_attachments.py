@@ -14,6 +14,7 @@ from crosslm_secure.protocol.messages import (
     RevealRequest,
     decode_means,
     encode_means,
+    mean_score_range,
     pack,
     unpack,
 )
@@ -55,6 +56,36 @@ def test_a_sender_cannot_pack_a_missing_or_undeclared_attachment() -> None:
 
 def test_means_must_hold_exactly_count_float64_values() -> None:
     values = np.array([0.25, 0.75])
-    np.testing.assert_array_equal(decode_means(encode_means(values), 2), values)
+    np.testing.assert_array_equal(decode_means(encode_means(values), 2, noise_sigma=0.05), values)
     with pytest.raises(ProtocolError, match="holds 16 bytes, expected 3 float64"):
-        decode_means(encode_means(values), 3)
+        decode_means(encode_means(values), 3, noise_sigma=0.05)
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (float("nan"), "mean score nan of sample 1 is not a finite number"),
+        (float("inf"), "mean score inf of sample 1 is not a finite number"),
+        (-float("inf"), "mean score -inf of sample 1 is not a finite number"),
+        (1e308, "mean score 1e+308 of sample 1 is outside [-1.5, 2.5]"),
+        (-1e308, "mean score -1e+308 of sample 1 is outside [-1.5, 2.5]"),
+        (2.6, "mean score 2.6 of sample 1 is outside [-1.5, 2.5]"),
+    ],
+)
+def test_means_no_honest_decryption_can_give_are_refused(bad: float, why: str) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        decode_means(encode_means(np.array([0.5, bad])), 2, noise_sigma=0.05)
+    assert str(refused.value).startswith(f"reveal.reply: {why}") and len(str(refused.value)) < 400
+
+
+def test_the_range_of_a_mean_widens_with_the_feedback_noise() -> None:
+    assert mean_score_range(0.0) == (-1.0, 2.0)
+    assert mean_score_range(0.05) == (-1.5, 2.5)
+    assert decode_means(encode_means(np.array([-1.5, 2.5, 0.0, 1.0])), 4, noise_sigma=0.05).tolist() == [
+        -1.5,
+        2.5,
+        0.0,
+        1.0,
+    ]
+    # noise a run may configure: sigma 1 puts honest means up to ~5 std of the sum outside [0, 1]
+    assert decode_means(encode_means(np.array([6.0])), 1, noise_sigma=1.0).tolist() == [6.0]

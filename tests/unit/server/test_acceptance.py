@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from crosslm_secure.config import FeedbackConfig
+from crosslm_secure.errors import ProtocolError
 from crosslm_secure.server.acceptance import accept_samples
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
@@ -45,8 +46,30 @@ def test_noise_outside_0_1_is_clipped_not_trusted() -> None:
     assert accept_samples(scores - 2.0, LABELS, 3, FeedbackConfig()).sum() == 0
 
 
-def test_bad_input_is_refused() -> None:
-    with pytest.raises(ValueError, match="scores"):
-        accept_samples(np.ones(3), LABELS, 3, FeedbackConfig())
-    with pytest.raises(ValueError, match="finite"):
-        accept_samples(np.full(12, np.nan), LABELS, 3, FeedbackConfig())
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_mean_is_refused_as_a_protocol_error(bad: float) -> None:
+    scores = np.full(12, 0.5)
+    scores[3] = bad
+    with pytest.raises(ProtocolError, match="mean score of sample 3 is not a finite number") as refused:
+        accept_samples(scores, LABELS, 3, FeedbackConfig())
+    assert not isinstance(refused.value, ValueError)
+
+
+def test_means_and_labels_of_different_lengths_are_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="11 mean scores for 12 samples") as refused:
+        accept_samples(np.full(11, 0.5), LABELS, 3, FeedbackConfig())
+    assert not isinstance(refused.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("scores", "labels", "needle"),
+    [
+        (np.full(12, 0.5), np.array([0] * 11 + [3]), "sample 11 has label index 3, outside 0..2"),
+        (np.full(12, 0.5), np.array([-1] + [0] * 11), "sample 0 has label index -1, outside 0..2"),
+        (["high"] * 12, LABELS, "mean scores and labels must be numbers"),
+        (np.full(12, 0.5), [2**70] * 12, "mean scores and labels must be numbers"),
+    ],
+)
+def test_input_that_is_no_score_per_labelled_sample_is_a_protocol_error(scores, labels, needle: str) -> None:
+    with pytest.raises(ProtocolError, match=needle):
+        accept_samples(scores, labels, 3, FeedbackConfig())

@@ -39,6 +39,8 @@ from crosslm_secure.transport.inprocess import InProcessTransport
 CLIENTS = ["client-1", "client-2", "client-3"]
 LABELS = 3
 STATS = TrainingStats(steps=1, examples=4, mean_loss=0.5, seconds=0.0)
+POISON = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "1e308": 1e308, "-1e308": -1e308}
+"""Means a lying or broken decryptor could return, by fault name."""
 
 
 @dataclass
@@ -47,12 +49,15 @@ class FakeSite:
 
     ``fault(kind, round, attempt)`` returns ``"crash"`` (raise: the transport marks the site
     down), ``"refuse"`` (a signed error reply), ``"decline"`` (train only), ``"garble"``
-    (reveal only: means of the wrong length), ``"wrong_type"``, or None.
+    (reveal only: means of the wrong length), a key of ``POISON`` (reveal only: the first mean
+    replaced by that value), ``"wrong_type"``, or None.
     """
 
     party: Party
     fault: Callable[[str, int, int], str | None] = lambda kind, round_index, attempt: None
     seen: list[tuple[str, int, int, tuple[str, ...]]] = field(default_factory=list)
+    quorums: list[int] = field(default_factory=list)
+    """The quorum each reveal request announced."""
 
     def handle(self, message: bytes) -> bytes:
         envelope, body = self.party.open(message)
@@ -77,6 +82,7 @@ class FakeSite:
             reply = ScoreReply(count=len(body.samples), aggregator="plaintext")
             return self._reply(round_index, reply, contribution=protected.contribution)
         if envelope.type == "reveal.request":
+            self.quorums.append(body.quorum)
             attached = unpack(envelope)
             contributions = [
                 unpack(verify(m, self.party.directory))["contribution"] for m in attached["signed_replies"]
@@ -84,6 +90,8 @@ class FakeSite:
             means = PlaintextAggregator().reveal(attached["aggregate"], contributions, count=body.count)
             if fault == "garble":
                 means = means[:-1]
+            if fault in POISON:
+                means[0] = POISON[fault]
             reply = RevealReply(count=body.count, contributors=len(contributions))
             return self._reply(round_index, reply, means=encode_means(means))
         if envelope.type == "enhance.request":
@@ -118,12 +126,20 @@ class FakeLLM:
         return {}
 
 
-def job(tmp_path: Path, *, method: str = "crosslm", min_clients: int = 2, rejoin: bool = True, **faults) -> dict:
+def job(
+    tmp_path: Path,
+    *,
+    method: str = "crosslm",
+    min_clients: int = 2,
+    rejoin: bool = True,
+    max_attempts: int = 3,
+    **faults,
+) -> dict:
     """A coordinator over three fake sites; ``faults`` maps a client to its fault function."""
     config = Config.model_validate(
         {
             "run": {"method": method, "rounds": 2, "min_clients": min_clients, "rejoin": rejoin, "progress": False},
-            "feedback": {"aggregator": "plaintext", "max_attempts": 3},
+            "feedback": {"aggregator": "plaintext", "max_attempts": max_attempts},
             "task": {"labels": ["a", "b", "c"]},
         }
     )
@@ -195,10 +211,57 @@ def test_a_decryptor_returning_garbled_means_is_excluded_and_the_next_one_decryp
     # Round 1, attempt 0: the decryptor is participants[(1 + 0) % 3] = client-2.
     run = job(tmp_path, client_2=lambda kind, r, attempt: "garble" if kind == "reveal.request" else None)
     outcome = run["coordinator"].run()
-    assert outcome.excluded == {"client-2": "returned a malformed aggregate"}
+    assert outcome.excluded["client-2"].startswith("returned a malformed aggregate: reveal.reply: holds 64 bytes")
     revealed = [e for e in run["store"].events() if e["event"] == "revealed"]
     assert revealed[0]["round"] == 1 and revealed[0]["decryptor"] != "client-2"
     assert run["store"].rounds()[1]["synthetic_generated"] == 9 and "synthetic_accepted" in run["store"].rounds()[1]
+
+
+@pytest.mark.parametrize(
+    ("poison", "why"),
+    [
+        ("nan", "mean score nan of sample 0 is not a finite number"),
+        ("inf", "mean score inf of sample 0 is not a finite number"),
+        ("-inf", "mean score -inf of sample 0 is not a finite number"),
+        ("1e308", "mean score 1e+308 of sample 0 is outside [-1.5, 2.5]"),
+        ("-1e308", "mean score -1e+308 of sample 0 is outside [-1.5, 2.5]"),
+    ],
+)
+def test_a_decryptor_revealing_an_impossible_mean_is_excluded_and_the_next_one_decrypts(
+    tmp_path: Path, poison: str, why: str
+) -> None:
+    run = job(tmp_path, client_2=lambda kind, r, attempt: poison if kind == "reveal.request" else None)
+    outcome = run["coordinator"].run()
+    assert outcome.completed_rounds == 2 and outcome.stopped_early is None
+    reason = outcome.excluded["client-2"]
+    assert reason.startswith(f"returned a malformed aggregate: reveal.reply: {why}") and "\n" not in reason
+    assert list(outcome.excluded) == ["client-2"]
+    revealed = [e for e in run["store"].events() if e["event"] == "revealed"]
+    assert revealed[0]["round"] == 1 and revealed[0]["decryptor"] != "client-2"
+    assert run["store"].rounds()[1]["synthetic_accepted"] > 0
+
+
+def test_decryptors_that_all_lie_stop_the_run_cleanly_once_too_few_remain(tmp_path: Path) -> None:
+    def lie(kind: str, r: int, attempt: int) -> str | None:
+        return "nan" if kind == "reveal.request" else None
+
+    run = job(tmp_path, client_1=lie, client_2=lie, client_3=lie)
+    outcome = run["coordinator"].run()
+    # Attempt 0: client-2 decrypts and is excluded; attempt 1: client-1; then one client is left.
+    assert list(outcome.excluded) == ["client-2", "client-1"]
+    assert outcome.completed_rounds == 0
+    assert "only 1 client(s) remain, fewer than run.min_clients=2" in outcome.stopped_early
+    assert "client-2: returned a malformed aggregate: reveal.reply: mean score nan" in outcome.stopped_early
+    assert not [e for e in run["store"].events() if e["event"] == "revealed"]
+
+
+def test_a_round_whose_attempts_run_out_goes_on_without_synthetic_data(tmp_path: Path) -> None:
+    run = job(tmp_path, max_attempts=1, client_2=lambda kind, r, attempt: "inf" if kind == "reveal.request" else None)
+    outcome = run["coordinator"].run()
+    assert outcome.completed_rounds == 2 and list(outcome.excluded) == ["client-2"]
+    assert [e["round"] for e in run["store"].events() if e["event"] == "aggregation_failed"] == [1]
+    rows = run["store"].rounds()
+    assert "synthetic_accepted" not in rows[1] and rows[2]["synthetic_accepted"] > 0
 
 
 def test_a_reply_of_the_wrong_type_excludes_its_sender(tmp_path: Path) -> None:
@@ -253,3 +316,26 @@ def test_an_exclusion_mid_round_is_saved_before_the_round_ends(tmp_path: Path) -
     # Saved when client-3 was excluded in round 2 (completed_round still 1), then at the round's end.
     assert any(s.completed_round == 1 and "client-3" in s.excluded for s in saved)
     assert saved[-1].completed_round == 2 and "client-3" in saved[-1].excluded
+
+
+@pytest.mark.parametrize(("min_clients", "quorum"), [(1, 2), (2, 2), (3, 3)])
+def test_the_server_announces_the_configs_decryption_quorum(tmp_path: Path, min_clients: int, quorum: int) -> None:
+    run = job(tmp_path, min_clients=min_clients)
+    assert run["coordinator"].run().completed_rounds == 2
+    announced = [q for site in run["sites"].values() for q in site.quorums]
+    assert announced and set(announced) == {quorum}
+
+
+def test_no_reveal_is_asked_of_fewer_clients_than_the_quorum(tmp_path: Path) -> None:
+    # run.min_clients 1 lets a round run with one client, but one client's scores are no aggregate.
+    def decline(kind: str, r: int, attempt: int) -> str | None:
+        return "decline" if (kind, r) == ("train.request", 1) else None
+
+    run = job(tmp_path, min_clients=1, rejoin=False, client_2=decline, client_3=decline)
+    outcome = run["coordinator"].run()
+    assert outcome.completed_rounds == 2 and set(outcome.excluded) == {"client-2", "client-3"}
+    reveals = [parts for kind, _, _, parts in run["sites"]["client-1"].seen if kind == "reveal.request"]
+    assert reveals == []
+    skipped = [e for e in run["store"].events() if e["event"] == "aggregation_skipped"]
+    assert [e["round"] for e in skipped] == [1, 2]
+    assert skipped[0]["reason"] == "1 participant(s), fewer than the decryption quorum of 2"
