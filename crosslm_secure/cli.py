@@ -56,11 +56,14 @@ def run(
 ) -> None:
     """Run a CrossLM job (or resume one) and write runs/<id>/ with summary.md and plots."""
     from crosslm_secure.config import load_config
+    from crosslm_secure.party_run import resume_sites, run_sites
     from crosslm_secure.runner import resume_job, run_job
 
     try:
-        if resume is not None:
-            result = resume_job(resume, sites=sites, log=console.print)
+        if resume is not None and sites is not None:
+            result = resume_sites(resume, sites, log=console.print)
+        elif resume is not None:
+            result = resume_job(resume, log=console.print)
         else:
             if config is None:
                 raise CrossLMError(
@@ -69,7 +72,7 @@ def run(
             job = load_config(config, set_ or [])
             if sites is None:
                 console.print("simulation: one data file split into silos; for party folders pass --sites DIR")
-            result = run_job(job, sites=sites, log=console.print)
+            result = run_job(job, log=console.print) if sites is None else run_sites(job, sites, log=console.print)
     except CrossLMError as exc:
         fail(exc)
     if result.outcome.stopped_early:

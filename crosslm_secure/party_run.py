@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +26,9 @@ from crosslm_secure.isolation import acting_as, walls
 from crosslm_secure.parties import SERVER, PartyError, PartyFolder, Sites
 from crosslm_secure.runstore import PARTIES_SITES, RunState, RunStore
 from crosslm_secure.transport.inprocess import InProcessTransport
+
+if TYPE_CHECKING:
+    from crosslm_secure.runner import RunResult
 
 
 @dataclass
@@ -121,6 +125,33 @@ def check_sites(config: Config, root: Path) -> None:
             folder.data()
 
 
+def run_sites(config: Config, root: Path, *, log: Callable[[str], None] = print) -> RunResult:
+    """Run a fresh job with party folders (``crosslm run CONFIG --sites DIR``); see the module docstring.
+
+    Raises:
+        CrossLMError: a party's folder, keys, registry or records are missing or do not fit the job;
+            a start that fails before round 0 leaves no run folder.
+    """
+    from crosslm_secure.runner import run_in_new_folder
+
+    check_sites(config, root)
+    return run_in_new_folder(config, lambda store: execute_sites(config, store, root, start_round=0, log=log), log)
+
+
+def resume_sites(run_dir: Path, root: Path, *, log: Callable[[str], None] = print) -> RunResult:
+    """Continue a run with party folders from its last completed round (``crosslm run --resume RUN --sites DIR``).
+
+    Raises:
+        RunError: the folder is not a run, has nothing to resume from, or was not run with party folders.
+    """
+    from crosslm_secure.runner import resume_point
+
+    store, config, state, start = resume_point(run_dir, PARTIES_SITES)
+    log(f"resuming {store.root} at round {start}")
+    store.event("resumed", round=start)
+    return execute_sites(config, store, root, start_round=start, log=log, state=state)
+
+
 def execute_sites(
     config: Config,
     store: RunStore,
@@ -129,7 +160,7 @@ def execute_sites(
     start_round: int,
     log: Callable[[str], None],
     state: RunState | None = None,
-) -> object:
+) -> RunResult:
     """Run (or resume) the job with every party in its own folder, behind walls; see the module docstring."""
     from crosslm_secure.runner import drive_server, start_job
 

@@ -39,7 +39,7 @@ from crosslm_secure.preflight import check_paths
 from crosslm_secure.privacy.ledger import Ledger
 from crosslm_secure.protocol.party import Party, in_memory_identities, party_of
 from crosslm_secure.report.summary import write_report
-from crosslm_secure.runstore import PARTIES_SIMULATED, PARTIES_SITES, RunState, RunStore
+from crosslm_secure.runstore import PARTIES_SIMULATED, RunState, RunStore
 from crosslm_secure.server.coordinator import Coordinator, RoundOutcome
 from crosslm_secure.server.llm_side import LocalLLM
 from crosslm_secure.transport.base import Transport
@@ -54,29 +54,25 @@ class RunResult:
     outcome: RoundOutcome
 
 
-def run_job(config: Config, *, sites: Path | None = None, log: Callable[[str], None] = print) -> RunResult:
-    """Run a fresh job and write its run folder, summary and plots.
+def run_job(config: Config, *, log: Callable[[str], None] = print) -> RunResult:
+    """Run a fresh job (a simulation: the job's one data file split into silos) and write its
+    run folder, summary and plots. For party folders see :func:`crosslm_secure.party_run.run_sites`.
 
     The config's paths are checked before the folder is made; a job that fails before its
     round 0 is recorded removes the folder again, so failed starts leave no orphan run.
-
-    Args:
-        config: the job.
-        sites: a folder of party folders (``crosslm_secure/parties.py``): each party's own keys
-            and data, each site's state in its own folder. None: a simulation that splits the
-            job's one data file into silos.
-        log: where progress lines go.
     """
-    if sites is None:
-        check_paths(config)
-    else:
-        from crosslm_secure.party_run import check_sites
+    check_paths(config)
+    return run_in_new_folder(config, lambda store: _execute(config, store, start_round=0, log=log), log)
 
-        check_sites(config, sites)
+
+def run_in_new_folder(
+    config: Config, execute: Callable[[RunStore], RunResult], log: Callable[[str], None]
+) -> RunResult:
+    """Make the run folder and ``execute`` the job in it; remove the folder if it fails before round 0."""
     store = RunStore.create(config.run.output_dir, config.run.name, config.run.seed, config_to_dict(config))
     log(f"run folder: {store.root}")
     try:
-        return _execute(config, store, start_round=0, log=log, sites=sites)
+        return execute(store)
     except BaseException:
         if not store.rounds():
             shutil.rmtree(store.root, ignore_errors=True)
@@ -84,21 +80,17 @@ def run_job(config: Config, *, sites: Path | None = None, log: Callable[[str], N
         raise
 
 
-def resume_job(run_dir: Path, *, sites: Path | None = None, log: Callable[[str], None] = print) -> RunResult:
+def resume_job(run_dir: Path, *, log: Callable[[str], None] = print) -> RunResult:
     """Continue a run from its last completed round (after a crash or a stop).
 
     Raises:
         RunError: the folder is not a run, it has nothing to resume from, or it was run with
-            party folders and ``sites`` is not given (or the other way round).
+            party folders (resume it with :func:`crosslm_secure.party_run.resume_sites`).
     """
-    store, config, state, start = resume_point(run_dir)
-    parties = store.parties()
-    if (parties == PARTIES_SITES) != (sites is not None):
-        hint = "give the same --sites DIR it ran with" if sites is None else "it ran as a simulation: drop --sites"
-        raise RunError(f"run: {run_dir} was run with {parties}; {hint}")
+    store, config, state, start = resume_point(run_dir, PARTIES_SIMULATED)
     log(f"resuming {store.root} at round {start}")
     store.event("resumed", round=start)
-    return _execute(config, store, start_round=start, log=log, state=state, sites=sites)
+    return _execute(config, store, start_round=start, log=log, state=state)
 
 
 def _execute(
@@ -108,12 +100,7 @@ def _execute(
     start_round: int,
     log: Callable[[str], None],
     state: RunState | None = None,
-    sites: Path | None = None,
 ) -> RunResult:
-    if sites is not None:
-        from crosslm_secure.party_run import execute_sites
-
-        return execute_sites(config, store, sites, start_round=start_round, log=log, state=state)
     store.record_parties(PARTIES_SIMULATED)
     job = prepare_job(config, store)
     keys, registry = in_memory_identities(SERVER, config.client_ids())
@@ -190,13 +177,18 @@ def prepare_job(config: Config, store: RunStore | None) -> PreparedJob:
     return PreparedJob(device, split)
 
 
-def resume_point(run_dir: Path) -> tuple[RunStore, Config, RunState, int]:
+def resume_point(run_dir: Path, parties: str | None = None) -> tuple[RunStore, Config, RunState, int]:
     """The store, config, saved state and first round to run of a run to resume.
 
+    ``parties``: who must have held the data (:data:`PARTIES_SITES` or :data:`PARTIES_SIMULATED`).
+
     Raises:
-        RunError: the folder is not a run, or it has nothing to resume from.
+        RunError: the folder is not a run, it has nothing to resume from, or its parties differ.
     """
     store = RunStore.open(run_dir)
+    if parties is not None and store.parties() != parties:
+        hint = "pass --sites DIR, the folder it ran with" if parties == PARTIES_SIMULATED else "drop --sites"
+        raise RunError(f"run: {run_dir} was run with {store.parties()}; to resume it {hint}")
     config = config_from_dict(store.config_dict())
     state = store.load_state()
     if state is None:

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crosslm_secure.config import Config
+from crosslm_secure.crypto.enrolment import enroll, init_party_keys
 from crosslm_secure.crypto.keys import Registry
 from crosslm_secure.data.loaders import load_labelled_data
 from crosslm_secure.data.partition import partition_clients
 from crosslm_secure.data.records import Example
-from crosslm_secure.enrolment import enroll, init_party_keys
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.parties import REVIEWER, SERVER, PartyFolder
 from crosslm_secure.storage import atomic_write_text

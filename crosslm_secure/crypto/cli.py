@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 
 from crosslm_secure.clitools import fail
+from crosslm_secure.crypto.enrolment import enroll as enroll_identity
+from crosslm_secure.crypto.enrolment import init_party_keys
 from crosslm_secure.crypto.keys import IDENTITY_FILE, Registry, load_identity, read_json_text
-from crosslm_secure.enrolment import enroll as enroll_identity
-from crosslm_secure.enrolment import init_party_keys
 from crosslm_secure.errors import CryptoError
 
 keys_app = typer.Typer(help="Participant keys: init, fingerprint, enroll.", no_args_is_help=True)

@@ -94,7 +94,7 @@ def read_examples(data: DataConfig, task: TaskConfig) -> list[Example]:
     Raises:
         DataError: the file is missing or unreadable, a column is missing, or a label is not a task label.
     """
-    table, _ = _read_source(data.model_copy(update={"test_path": None}))
+    table, _ = read_source(data.model_copy(update={"test_path": None}))
     return _to_examples(table, data, task, f"{data.source}:all")
 
 

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from crosslm_secure.crypto.enrolment import write_supernode_key
 from crosslm_secure.crypto.keys import ParticipantKeys, Registry, check_site_name, save_participant_keys
 from crosslm_secure.crypto.storage import write_secret_file
 from crosslm_secure.errors import CryptoError
@@ -229,19 +230,6 @@ def init_pki(out: Path, sites: list[str], hosts: list[str], *, force: bool = Fal
         if name != SERVER:
             write_supernode_key(files.auth_key, files.auth_pub, name)
     return pki
-
-
-def write_supernode_key(private_path: Path, public_path: Path, site: str) -> None:
-    """A site's SuperNode authentication key pair (NIST P-384, OpenSSH): private 0600, public 0644."""
-    auth = ec.generate_private_key(ec.SECP384R1())
-    _write_private(
-        private_path,
-        auth.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        ),
-    )
-    public = auth.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    _write_public(public_path, public + f" crosslm-{site}\n".encode())
 
 
 def init_coordinator_tls(folder: Path, hosts: list[str], *, force: bool = False) -> Path:

@@ -21,8 +21,9 @@ from crosslm_secure.config import Config
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.isolation import current_party
 from crosslm_secure.parties import PartyFolder
+from crosslm_secure.party_run import resume_sites, run_sites
 from crosslm_secure.privacy.ledger_format import load_entries
-from crosslm_secure.runner import RunResult, resume_job, run_job
+from crosslm_secure.runner import RunResult, resume_job
 from crosslm_secure.runstore import PARTIES_SITES, RunStore
 from crosslm_secure.simulate import split_into_sites
 from tests.unit.parties.pilot_job import tiny_job
@@ -51,7 +52,7 @@ def pilot(job_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     seen: list[tuple[str, str, str | None]] = []
     _recording.append((sites.resolve(), seen))
     try:
-        result = run_job(config, sites=sites, log=lambda _: None)
+        result = run_sites(config, sites, log=lambda _: None)
     finally:
         _recording.pop()
     yield config, sites, result, seen
@@ -101,7 +102,7 @@ def test_the_ledger_audit_passes_on_the_copies_against_the_reviewer_s_registry(p
 
 def test_resuming_a_sites_run_needs_its_sites(pilot: tuple) -> None:
     _, _, result, _ = pilot
-    with pytest.raises(CrossLMError, match="give the same --sites DIR"):
+    with pytest.raises(CrossLMError, match="to resume it pass --sites DIR, the folder it ran with"):
         resume_job(result.store.root, log=lambda _: None)
 
 
@@ -120,7 +121,7 @@ def _refused(config: Config, sites: Path) -> str:
     runs = Path(config.run.output_dir)
     before = set(runs.iterdir()) if runs.is_dir() else set()
     with pytest.raises(CrossLMError) as refused:
-        run_job(config, sites=sites, log=lambda _: None)
+        run_sites(config, sites, log=lambda _: None)
     after = set(runs.iterdir()) if runs.is_dir() else set()
     assert after == before, "a refused start left a run folder"
     return " ".join(str(refused.value).split())
@@ -174,7 +175,7 @@ def test_a_registry_missing_a_party_is_refused(fresh_sites: tuple[Config, Path])
 def test_a_site_whose_registry_holds_other_keys_for_it_is_refused(fresh_sites: tuple[Config, Path]) -> None:
     config, sites = fresh_sites
     shutil.copyfile(sites / "client-2" / "registry.json", sites / "client-1" / "registry.json")  # same: passes
-    from crosslm_secure.enrolment import init_party_keys
+    from crosslm_secure.crypto.enrolment import init_party_keys
 
     shutil.rmtree(sites / "client-1" / "keys")
     init_party_keys(sites / "client-1" / "keys", "client-1", "client")  # new keys, never enrolled
@@ -238,3 +239,11 @@ def test_the_reviewer_takes_mia_and_dp_from_each_site_s_own_audit(pilot: tuple, 
     done = CliRunner().invoke(app, ["audit", "all", "--run", run, "--registry", registry, "--no-progress"])
     assert done.exit_code == 2
     assert "was run with party folders, so each site ran this check on its own model" in " ".join(done.output.split())
+
+
+def test_resuming_with_its_sites_after_the_last_round_charges_nothing(pilot: tuple) -> None:
+    config, sites, result, _ = pilot
+    ledgers = {name: result.store.ledger_path(name).read_text() for name in config.client_ids()}
+    resumed = resume_sites(result.store.root, sites, log=lambda _: None)
+    assert resumed.store.root == result.store.root and resumed.outcome.stopped_early is None
+    assert {name: result.store.ledger_path(name).read_text() for name in config.client_ids()} == ledgers

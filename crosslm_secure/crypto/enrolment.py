@@ -11,6 +11,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from crosslm_secure.crypto.keys import (
     ParticipantKeys,
     PublicIdentity,
@@ -19,8 +22,10 @@ from crosslm_secure.crypto.keys import (
     load_identity,
     save_participant_keys,
 )
+from crosslm_secure.crypto.storage import write_secret_file
 from crosslm_secure.errors import CryptoError
 from crosslm_secure.parties import SUPERNODES_DIR
+from crosslm_secure.storage import atomic_write_bytes
 
 AUTH_PUB = "auth_key.pub"
 
@@ -31,13 +36,24 @@ def init_party_keys(folder: Path, site: str, role: Role, passphrase: str | None 
     Raises:
         CryptoError: a bad site name or passphrase; nothing is written.
     """
-    from crosslm_secure.deploy.pki import write_supernode_key
-
     keys = ParticipantKeys.generate(site, role)
     save_participant_keys(keys, folder, passphrase)
     if role == "client":
         write_supernode_key(Path(folder) / "auth_key", Path(folder) / AUTH_PUB, site)
     return keys.public()
+
+
+def write_supernode_key(private_path: Path, public_path: Path, site: str) -> None:
+    """A site's SuperNode authentication key pair (NIST P-384, OpenSSH): private 0600, public 0644."""
+    auth = ec.generate_private_key(ec.SECP384R1())
+    private = auth.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    Path(private_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(private_path).parent.chmod(0o700)
+    write_secret_file(private_path, private)
+    public = auth.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    atomic_write_bytes(Path(public_path), public + f" crosslm-{site}\n".encode(), mode=0o644)
 
 
 def same_fingerprint(expected: str, identity: PublicIdentity) -> bool:
