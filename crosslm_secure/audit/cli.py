@@ -1,12 +1,12 @@
 """``crosslm audit``: run the compliance checks on a finished run and write the report.
 
-``crosslm audit <mia|dp|protocol|ledger> --run DIR [--set audit.x=y]`` runs one check,
-``crosslm audit all --run DIR [--registry FILE] [--site-audits DIR]`` runs every check and
-writes ``audit/report.md`` and ``audit/report.html``, ``crosslm audit report --run DIR``
-rebuilds the report from saved results. The scripts in ``audits/`` call :func:`script_main`
+``crosslm audit <mia|dp|protocol|ledger> RUN [--set audit.x=y]`` runs one check,
+``crosslm audit all RUN [--registry FILE] [--site-audits DIR]`` runs every check and
+writes ``audit/report.md`` and ``audit/report.html``, ``crosslm audit report RUN``
+rebuilds the report from saved results (``--run RUN`` works too). The scripts in ``audits/`` call :func:`script_main`
 and behave the same.
 
-``crosslm audit site --site DIR/<site> --run DIR [--set audit.x=y]`` runs on a site's machine:
+``crosslm audit site RUN --site DIR/<site> [--set audit.x=y]`` runs on a site's machine:
 the membership attacks and the DP audit of the site's own model on its own records (its
 training split against its held-out split), and a check that the server's copy of its ledger
 in the run folder holds exactly the site's entries. It writes ``DIR/<site>/audit/<run-id>.json``
@@ -67,6 +67,7 @@ from crosslm_secure.audit.site_audits import (
     run_site_audits_check,
 )
 from crosslm_secure.audit.trust import SELF_ATTESTED_SENTENCE, TRUSTING_CHECKS, TrustAnchor, is_self_attested
+from crosslm_secure.clitools import RunAlias, RunArgument, pick_run
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.runstore import RunStore
 
@@ -79,7 +80,6 @@ audit_app = typer.Typer(
     no_args_is_help=True,
 )
 
-RunOption = Annotated[Path, typer.Option("--run", help="The run folder, e.g. runs/<id>.")]
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Override an audit setting: audit.field=value (repeatable).")
 ]
@@ -218,17 +218,30 @@ ModeOption = Annotated[
 
 
 def _register(name: str) -> None:
-    def command(run: RunOption, set_: SetOption = None, progress: ProgressOption = True) -> None:
+    def command(
+        run_dir: RunArgument = None, set_: SetOption = None, progress: ProgressOption = True, run: RunAlias = None
+    ) -> None:
+        run = pick_run(f"audit {name}", run_dir, run, EXIT_ERROR)
         raise typer.Exit(audit_one(name, run, set_ or [], progress=progress))
 
     def trusting_command(
-        run: RunOption, set_: SetOption = None, progress: ProgressOption = True, registry: RegistryOption = None
+        run_dir: RunArgument = None,
+        set_: SetOption = None,
+        progress: ProgressOption = True,
+        registry: RegistryOption = None,
+        run: RunAlias = None,
     ) -> None:
+        run = pick_run(f"audit {name}", run_dir, run, EXIT_ERROR)
         raise typer.Exit(audit_one(name, run, set_ or [], progress=progress, registry=registry))
 
     def dp_command(
-        run: RunOption, set_: SetOption = None, progress: ProgressOption = True, mode: ModeOption = None
+        run_dir: RunArgument = None,
+        set_: SetOption = None,
+        progress: ProgressOption = True,
+        mode: ModeOption = None,
+        run: RunAlias = None,
     ) -> None:
+        run = pick_run(f"audit {name}", run_dir, run, EXIT_ERROR)
         overrides = (set_ or []) + ([f"audit.dp_mode={mode}"] if mode else [])
         raise typer.Exit(audit_one(name, run, overrides, progress=progress))
 
@@ -247,13 +260,15 @@ for _name in CHECKS:
 
 @audit_app.command("all")
 def all_command(
-    run: RunOption,
+    run_dir: RunArgument = None,
     set_: SetOption = None,
     progress: ProgressOption = True,
     registry: RegistryOption = None,
     site_audits: SiteAuditsOption = None,
+    run: RunAlias = None,
 ) -> None:
     """Run every check and write audit/report.md and .html (exit 0 PASS, 1 FAIL, 2 INCOMPLETE, 3 SELF-ATTESTED)."""
+    run = pick_run("audit all", run_dir, run, EXIT_ERROR)
     raise typer.Exit(audit_all(run, set_ or [], progress=progress, registry=registry, site_audits=site_audits))
 
 
@@ -275,16 +290,24 @@ def audit_site(site_dir: Path, run_dir: Path, overrides: Sequence[str] = (), *, 
 
 
 @audit_app.command("site")
-def site_command(site: SiteDirOption, run: RunOption, set_: SetOption = None, progress: ProgressOption = True) -> None:
+def site_command(
+    site: SiteDirOption,
+    run_dir: RunArgument = None,
+    set_: SetOption = None,
+    progress: ProgressOption = True,
+    run: RunAlias = None,
+) -> None:
     """At a site: MIA and DP audits of its own model on its own records and its ledger against the server's
     copy; writes DIR/<site>/audit/<run-id>.json signed with the site's key (exit 1: a check failed or
     could not be decided)."""
+    run = pick_run("audit site", run_dir, run, EXIT_ERROR)
     raise typer.Exit(audit_site(site, run, set_ or [], progress=progress))
 
 
 @audit_app.command("report")
-def report_command(run: RunOption) -> None:
+def report_command(run_dir: RunArgument = None, run: RunAlias = None) -> None:
     """Rebuild audit/report.md and audit/report.html from the saved check results."""
+    run = pick_run("audit report", run_dir, run, EXIT_ERROR)
     raise typer.Exit(rebuild_report(run))
 
 

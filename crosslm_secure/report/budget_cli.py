@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from crosslm_secure.clitools import fail
+from crosslm_secure.clitools import RunAlias, RunArgument, fail, pick_run
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.report.budget import budget_table, plot_epsilon
 from crosslm_secure.report.budgets import budgets_json, run_budgets
@@ -24,15 +24,15 @@ budget_app = typer.Typer(
     no_args_is_help=True,
 )
 
-RunOption = Annotated[Path, typer.Option("--run", help="The run folder, e.g. runs/<id>.")]
-
 
 @budget_app.command("show")
 def show(
-    run: RunOption,
+    run_dir: RunArgument = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    run_alias: RunAlias = None,
 ) -> None:
     """A table per client: epsilon spent, left, budget, rounds, accountant, delta."""
+    run = pick_run("budget show", run_dir, run_alias, code=1)
     try:
         budgets = run_budgets(run)
     except CrossLMError as exc:
@@ -48,10 +48,12 @@ def show(
 
 @budget_app.command("plot")
 def plot(
-    run: RunOption,
+    run_dir: RunArgument = None,
     out: Annotated[Path | None, typer.Option("--out", help="PNG to write (default: <run>/plots/epsilon.png).")] = None,
+    run_alias: RunAlias = None,
 ) -> None:
     """Draw cumulative epsilon per round for each client (PNG)."""
+    run = pick_run("budget plot", run_dir, run_alias, code=1)
     try:
         budgets = run_budgets(run)
     except CrossLMError as exc:
