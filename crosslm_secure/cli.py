@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from crosslm_secure.audit.cli import audit_app
-from crosslm_secure.clitools import console, fail
+from crosslm_secure.clitools import EXIT_STOPPED_EARLY, RunAlias, RunArgument, console, fail, pick_run, stdout_console
 from crosslm_secure.crypto.cli import keys_app
 from crosslm_secure.deploy.cli import deploy_app, pki_app
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.party_cli import sites_app
 from crosslm_secure.report.budget_cli import budget_app
+from crosslm_secure.runs_cli import runs_app
 from crosslm_secure.sweep.cli import sweep_app
 
 for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
@@ -38,6 +41,23 @@ app.add_typer(
 )
 app.add_typer(sites_app, name="sites", help="Party folders: a simulated pilot's, or check your own.")
 app.add_typer(sweep_app, name="sweep", help="Grids of runs (epsilon x method x seed) with tables and plots.")
+app.add_typer(runs_app, name="runs", help="The runs in a folder: method, task, epsilon, macro-F1s, audit verdict.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"crosslm-secure {metadata.version('crosslm-secure')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
+) -> None:
+    """Privacy-hardened CrossLM: one LLM and many small LMs improve each other across silos."""
 
 
 @app.command()
@@ -54,7 +74,11 @@ def run(
         ),
     ] = None,
 ) -> None:
-    """Run a CrossLM job (or resume one) and write runs/<id>/ with summary.md and plots."""
+    """Run a CrossLM job (or resume one) and write runs/<id>/ with summary.md and plots.
+
+    Exit codes: 0 the run finished every round; 2 bad input (one sentence on stderr); 3 the run ended
+    early (privacy budget exhausted, too few clients left), its reason on stderr.
+    """
     from crosslm_secure.config import load_config
     from crosslm_secure.party_run import resume_sites, run_sites
     from crosslm_secure.runner import resume_job, run_job
@@ -75,14 +99,16 @@ def run(
             result = run_job(job, log=console.print) if sites is None else run_sites(job, sites, log=console.print)
     except CrossLMError as exc:
         fail(exc)
-    if result.outcome.stopped_early:
-        console.print(f"[yellow]run ended early:[/] {result.outcome.stopped_early}")
     console.print(f"[green]done:[/] {result.store.root / 'summary.md'}")
+    if result.outcome.stopped_early:
+        console.print(f"[yellow]run ended early:[/] {result.outcome.stopped_early}", highlight=False)
+        raise typer.Exit(EXIT_STOPPED_EARLY)
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="runs/<id>")]) -> None:
+def report(run_dir: RunArgument = None, run_alias: RunAlias = None) -> None:
     """Rebuild summary.md, report.html and the plots of a run from its saved files."""
+    run_dir = pick_run("report", run_dir, run_alias)
     from crosslm_secure.config import config_from_dict
     from crosslm_secure.report.summary import write_report
     from crosslm_secure.runstore import RunStore
@@ -105,9 +131,10 @@ def report(run_dir: Annotated[Path, typer.Argument(help="runs/<id>")]) -> None:
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="runs/<id> folders; the first is the reference for deltas")],
     out: Annotated[Path | None, typer.Option(help="Folder for comparison.md/.csv and curves.png")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON instead of a table.")] = False,
 ) -> None:
     """Put runs side by side: headline metrics, deltas vs the first run, config differences, curves."""
-    from crosslm_secure.report.compare import compare_runs, rich_table, write_comparison
+    from crosslm_secure.report.compare import compare_runs, comparison_json, rich_table, write_comparison
 
     try:
         comparison = compare_runs(runs)
@@ -115,8 +142,11 @@ def compare(
         paths = write_comparison(comparison, folder)
     except CrossLMError as exc:
         fail(exc)
-    console.print(rich_table(comparison))
     console.print("wrote " + ", ".join(str(p) for p in paths))
+    if as_json:
+        typer.echo(json.dumps(comparison_json(comparison), indent=2))
+    else:
+        stdout_console().print(rich_table(comparison))
 
 
 @app.command("config")
@@ -125,6 +155,9 @@ def config_command(
         Path | None,
         typer.Option(help="Validate this YAML config against this machine (models, data) and say what is wrong"),
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With --check: print {config, valid, error} as JSON on stdout.")
+    ] = False,
 ) -> None:
     """Print the default configuration with a doc line per field, or validate a file."""
     from crosslm_secure.config import load_config, render_defaults
@@ -136,8 +169,13 @@ def config_command(
     try:
         check_config(load_config(check))
     except CrossLMError as exc:
+        if as_json:
+            typer.echo(json.dumps({"config": str(check), "valid": False, "error": str(exc)}))
         fail(exc)
-    console.print(f"[green]{check} is valid[/]")
+    if as_json:
+        typer.echo(json.dumps({"config": str(check), "valid": True, "error": None}))
+    else:
+        typer.echo(f"{check} is valid")
 
 
 @app.command("protocol-schema")

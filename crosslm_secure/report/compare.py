@@ -220,6 +220,21 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> list[Path]:
     return paths
 
 
+def comparison_json(comparison: Comparison) -> dict[str, Any]:
+    """The comparison as plain JSON: per run its headline metrics and deltas, and the config differences."""
+    return {
+        "runs": [
+            {
+                "run": run,
+                "metrics": {key: values[i] for key, values in comparison.metrics.items()},
+                "deltas": {key: values[i] for key, values in comparison.deltas.items()},
+            }
+            for i, run in enumerate(comparison.runs)
+        ],
+        "config_differences": comparison.config_differences,
+    }
+
+
 def rich_table(comparison: Comparison) -> Any:
     """The headline table for the terminal."""
     from rich.table import Table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -86,6 +87,7 @@ def report_command(
 def list_command(
     spec: Annotated[Path, typer.Argument(help="Sweep file")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="As for `crosslm sweep`")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of {state, folder, values}.")] = False,
 ) -> None:
     """List the cells of a sweep file and the state of each (finished, partial, not started)."""
     from crosslm_secure.sweep.execute import cell_folder, cell_run_dir, run_state
@@ -95,9 +97,15 @@ def list_command(
         sweep = load_sweep(spec, extra_set=set_ or [])
     except CrossLMError as exc:
         fail(exc)
-    for cell in sweep.cells():
-        folder = cell_folder(sweep, cell)
-        typer.echo(f"{run_state(cell_run_dir(folder)):9} {folder}")
+    folders = [(cell, cell_folder(sweep, cell)) for cell in sweep.cells()]
+    rows = [(run_state(cell_run_dir(folder)), folder, cell) for cell, folder in folders]
+    if as_json:
+        cells = [{"state": state, "folder": str(folder), "values": cell.values} for state, folder, cell in rows]
+        typer.echo(json.dumps(cells, indent=2, default=str))
+        return
+    typer.echo(f"{'STATE':11} CELL FOLDER")
+    for state, folder, _ in rows:
+        typer.echo(f"{state:11} {folder}")
 
 
 def _manifest(sweep, cells) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from crosslm_secure.audit.base import load_result
 from crosslm_secure.audit.registry import EXIT_FAIL, EXIT_PASS, EXIT_SELF_ATTESTED
+from crosslm_secure.clitools import EXIT_STOPPED_EARLY
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_json, read_jsonl
 from crosslm_secure.sweep.spec import Cell, Sweep, job_dict, same_job
@@ -204,7 +205,8 @@ def _run_locked_cell(sweep: Sweep, cell: Cell, folder: Path, processes: _Process
     code, timed_out = processes.run(argv, log, timeout)
     seconds = time.perf_counter() - start
     run_dir = cell_run_dir(folder)
-    finished = code == 0 and run_state(run_dir) == "finished"
+    # A run that ended early (its budget spent, too few clients) is a result of the grid, not a failure.
+    finished = code in (0, EXIT_STOPPED_EARLY) and run_state(run_dir) == "finished"
     error = None
     if not finished:
         if timed_out:

@@ -64,6 +64,21 @@ def test_budget_show_reads_a_run_without_importing_an_ml_library(tmp_path: Path)
     assert _heavy_modules_after(code) == []
 
 
+def test_runs_list_and_show_read_runs_without_importing_an_ml_library(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "audit").mkdir(parents=True)
+    (run / "config.yaml").write_text("run: {name: t, method: crosslm}\n")
+    (run / "metrics.jsonl").write_text('{"round": 0, "slm_macro_f1_mean": 0.5}\n')
+    (run / "audit" / "ledger.json").write_text('{"name": "ledger", "title": "L", "verdict": "pass", "summary": "ok"}')
+    code = (
+        "from crosslm_secure.cli import app\n"
+        f"for argv in (['runs', 'list', {str(tmp_path)!r}], ['runs', 'show', {str(run)!r}, '--json']):\n"
+        "    try:\n        app(argv)\n"
+        "    except SystemExit as exit:\n        assert exit.code in (0, None), (argv, exit.code)"
+    )
+    assert _heavy_modules_after(code) == []
+
+
 def _cli(args: list[str], columns: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "crosslm_secure.cli", *args],
