@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from crosslm_secure.audit.cli import audit_app
 from crosslm_secure.clitools import EXIT_STOPPED_EARLY, RunAlias, RunArgument, console, fail, pick_run, stdout_console
@@ -101,7 +102,7 @@ def run(
         fail(exc)
     console.print(f"[green]done:[/] {result.store.root / 'summary.md'}")
     if result.outcome.stopped_early:
-        console.print(f"[yellow]run ended early:[/] {result.outcome.stopped_early}", highlight=False)
+        console.print(f"[yellow]run ended early:[/] {escape(str(result.outcome.stopped_early))}", highlight=False)
         raise typer.Exit(EXIT_STOPPED_EARLY)
 
 
