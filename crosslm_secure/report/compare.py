@@ -221,18 +221,24 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> list[Path]:
 
 
 def comparison_json(comparison: Comparison) -> dict[str, Any]:
-    """The comparison as plain JSON: per run its headline metrics and deltas, and the config differences."""
+    """The comparison as plain JSON: per run its headline metrics and deltas, and the config differences.
+    A non-finite number (a non-private run's epsilon is inf) is the string ``"inf"``, ``"-inf"`` or ``"nan"``,
+    which strict JSON readers accept."""
     return {
         "runs": [
             {
                 "run": run,
-                "metrics": {key: values[i] for key, values in comparison.metrics.items()},
-                "deltas": {key: values[i] for key, values in comparison.deltas.items()},
+                "metrics": {key: _json_number(values[i]) for key, values in comparison.metrics.items()},
+                "deltas": {key: _json_number(values[i]) for key, values in comparison.deltas.items()},
             }
             for i, run in enumerate(comparison.runs)
         ],
         "config_differences": comparison.config_differences,
     }
+
+
+def _json_number(value: float | None) -> float | str | None:
+    return value if value is None or math.isfinite(value) else str(value)
 
 
 def rich_table(comparison: Comparison) -> Any:

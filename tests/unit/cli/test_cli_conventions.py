@@ -101,6 +101,15 @@ def test_compare_prints_its_table_on_stdout_and_json_on_request(tmp_path: Path) 
     assert [r["metrics"]["slm_macro_f1_mean"] for r in body["runs"]] == [0.6, 0.5]
     assert body["runs"][1]["deltas"]["slm_macro_f1_mean"] == pytest.approx(-0.1)
     assert body["config_differences"] == {"privacy.dp": ["True", "False"]}
+    assert body["runs"][0]["metrics"]["epsilon_max"] == 7.5
+
+
+def test_compare_json_is_strict_json_when_a_run_spent_infinite_epsilon(tmp_path: Path) -> None:
+    plain = make_run(tmp_path, "plain", dp=False)
+    RunStore(plain).record_round({"round": 1, "slm_macro_f1_mean": 0.5, "epsilon/client-1": float("inf")})
+    shown = invoke("compare", str(plain), "--out", str(tmp_path / "cmp"), "--json")
+    body = json.loads(shown.stdout, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert body["runs"][0]["metrics"]["epsilon_max"] == "inf"
 
 
 def test_config_check_json_says_valid_or_why_not(tmp_path: Path) -> None:
