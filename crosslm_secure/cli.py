@@ -77,8 +77,10 @@ def run(
 ) -> None:
     """Run a CrossLM job (or resume one) and write runs/<id>/ with summary.md and plots.
 
-    Exit codes: 0 the run finished every round; 2 bad input (one sentence on stderr); 3 the run ended
-    early (privacy budget exhausted, too few clients left), its reason on stderr.
+    Exit codes:
+    0: the run finished every round.
+    2: bad input; one sentence on stderr says what and how to fix it.
+    3: the run ended early (privacy budget exhausted, too few clients left); its reason on stderr.
     """
     from crosslm_secure.config import load_config
     from crosslm_secure.party_run import resume_sites, run_sites

@@ -184,4 +184,4 @@ def test_a_run_that_ends_early_exits_3_with_its_reason(
     else:
         assert "ended early" not in done.output
     help_text = " ".join(invoke("run", "--help").output.split())
-    assert "3 the run ended early" in help_text
+    assert "3: the run ended early" in help_text
