@@ -148,7 +148,14 @@ def run_protocol_audit(
             ),
         ],
         findings=findings,
-        details={"server_artefacts": SERVER_DEFINITION, "uses_ckks": uses_ckks, **anchor.details()},
+        details={
+            "server_artefacts": SERVER_DEFINITION,
+            "uses_ckks": uses_ckks,
+            # which sub-check found what, so a reader (and test_forgery) can tell the allowlist
+            # from the blacklist scans; the flat ``findings`` above stay the report's list
+            "findings_by_subcheck": {c.name: c.findings for c in checks},
+            **anchor.details(),
+        },
     )
     save_result(run_dir, result)
     return result

@@ -90,7 +90,14 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
 
     Fitted on the synthetic batch, whose labels are the LLM's intentions: a sample the LLM got
     wrong pulls the temperature up, so the scores read as "how likely the intended label is
-    right", flatter where the SLM disagrees with the LLM often. Rankings never change.
+    right", flatter where the SLM disagrees with the LLM often.
+
+    Each sample keeps its own order of labels, and with two labels the order of samples too
+    (the score is a monotone function of the logit margin). With three or more it does not:
+    a sample whose intended label leads one close rival can overtake, as the temperature
+    grows, one that leads two far rivals by more. Acceptance ranks samples of a label by
+    these calibrated scores (server/acceptance.py), so the temperature is part of what is
+    ranked, by design: the scores a client reports are the calibrated probabilities.
 
     Args:
         probs: ``[n, labels]`` probabilities.

@@ -206,119 +206,131 @@ def _json_edit(path: Path, edit: Callable[[dict], None]) -> None:
 
 SCORES = [0.25 + i / 997 for i in range(40)]
 Plant = Callable[[Path], None]
-# name -> (plant, a phrase its finding must hold, which layer catches it)
-EVASIONS: dict[str, tuple[Plant, str, str]] = {
+# The protocol audit's layers against a planted artefact, by the sub-check name its JSON
+# records. The seal and HE-parameter sub-checks are left out: the seal fails for any edit of a
+# sealed file and the HE check follows the context, so neither says which defence worked.
+ALLOWLIST = "every server artefact is in the manifest and valid as its kind"
+SECRETS = "no secret key in any server artefact"
+SCORES_SCAN = "no plaintext per-client score vector"
+CONTEXT = "server holds only a public CKKS context"
+LAYERS = (ALLOWLIST, SECRETS, SCORES_SCAN, CONTEXT)
+# name -> (plant, a phrase the first layer's finding must hold, exactly the layers that catch it)
+EVASIONS: dict[str, tuple[Plant, str, tuple[str, ...]]] = {
     "secret context gzip-compressed": (
         lambda r: (r / "server" / "ctx.gz").write_bytes(gzip.compress(_secret_context())),
         "inside gzip data",
-        "both",
+        (SECRETS, ALLOWLIST),
     ),
     "secret context bz2-compressed": (
         lambda r: (r / "server" / "ctx.bz2").write_bytes(bz2.compress(_secret_context())),
         "inside bz2 data",
-        "both",
+        (SECRETS, ALLOWLIST),
     ),
     "secret context split across two files": (
         lambda r: [
             (r / "server" / f"part{i}").write_bytes(_secret_context()[i * 9000 : (i + 1) * 9000]) for i in (0, 1)
         ],
         "server/part1: not in manifest.json",
-        "allowlist",
+        (ALLOWLIST, SECRETS),  # the scan still sees the header in part0, never part1
     ),
     "secret context behind a 1-byte prefix": (
         lambda r: (r / "server" / "ctx.raw").write_bytes(
             b"\x00" + ScoreContext.create("n4096").tenseal.serialize(save_secret_key=True)
         ),
         "behind a 1-byte prefix",
-        "both",
+        (SECRETS, ALLOWLIST),
     ),
-    "secret context appended to a PNG": (_png_with_tail, "plots/metrics.png: has", "allowlist"),
+    "secret context appended to a PNG": (_png_with_tail, "plots/metrics.png: has", (ALLOWLIST, SECRETS)),
     "secret context in a zip": (
         lambda r: (r / "server" / "ctx.zip").write_bytes(_zip(_secret_context())),
-        "zip",
-        "both",
+        "inside zip member 'inner.bin'",
+        (SECRETS, ALLOWLIST),
     ),
     "secret context XORed": (
         lambda r: (r / "server" / "ctx.xor").write_bytes(bytes(b ^ 0x5A for b in _secret_context())),
         "server/ctx.xor: not in manifest.json",
-        "allowlist",
+        (ALLOWLIST,),
     ),
     "secret context in URL-safe base64 in an event": (
         lambda r: _event(r, note=base64.urlsafe_b64encode(_secret_context()).decode()),
         "flagged SECRET",
-        "both",
+        (SECRETS, ALLOWLIST),
     ),
     "secret context in wrapped base64 in an event": (
         lambda r: _event(r, note=base64.encodebytes(_secret_context()).decode()),
         "flagged SECRET",
-        "both",
+        (SECRETS, ALLOWLIST),
     ),
     "secret context as spaced hex": (
         lambda r: (r / "server" / "ctx.hex").write_text(_secret_context().hex(" ")),
         "inside a hex string",
-        "both",
+        (SECRETS, ALLOWLIST),
     ),
     "a bare SEAL SecretKey": (
         lambda r: (r / "server" / "sk.seal").write_bytes(_seal_secret_key()),
         "server/sk.seal: not in manifest.json",
-        "allowlist",
+        (ALLOWLIST,),
     ),
     "a private key under a renamed PEM header": (
         lambda r: (r / "server" / "notes.txt").write_bytes(_pem_renamed()),
         "PKCS#8 DER Ed25519 private key",
-        "both",
+        (SECRETS, ALLOWLIST),
     ),
     "a private key as 32 raw bytes": (
         lambda r: (r / "server" / "k").write_bytes(bytes(range(32))),
         "bare 32-byte file",
-        "both",
+        (SECRETS, ALLOWLIST),
     ),
     "a private key as 32 raw bytes inside a public context file": (
         lambda r: (r / "server" / "ckks_public_context.bin").write_bytes(
             (r / "server" / "ckks_public_context.bin").read_bytes() + bytes(range(32))
         ),
         "ckks_public_context.bin: does not load",
-        "allowlist",
+        (ALLOWLIST, CONTEXT),
     ),
     "scores as numeric strings": (
         lambda r: _event(r, scores=[f"{s:.4f}" for s in SCORES]),
         "list of 40 numeric strings",
-        "allowlist",
+        (ALLOWLIST,),
     ),
-    "scores as CSV text": (lambda r: _event(r, scores=",".join(f"{s:.4f}" for s in SCORES)), "40 numbers", "allowlist"),
+    "scores as CSV text": (
+        lambda r: _event(r, scores=",".join(f"{s:.4f}" for s in SCORES)),
+        "40 numbers",
+        (ALLOWLIST,),
+    ),
     "scores as a dict keyed by sample id": (
         lambda r: _event(r, scores={f"s{i}": s for i, s in enumerate(SCORES)}),
         "mapping of 40 entries",
-        "allowlist",
+        (ALLOWLIST,),
     ),
     "scores as base64": (
         lambda r: _event(r, scores=base64.b64encode(struct.pack("<40d", *SCORES)).decode()),
         "encoded blob",
-        "allowlist",
+        (ALLOWLIST,),
     ),
     "scores as a list of lists": (
         lambda r: _event(r, scores=[[s] for s in SCORES]),
         "list of 40 lists or mappings",
-        "allowlist",
+        (ALLOWLIST,),
     ),
     "scores in summary.md": (
         lambda r: (r / "summary.md").write_text(
             (r / "summary.md").read_text() + "\n" + "\n".join(f"- s{i}: {s:.4f}" for i, s in enumerate(SCORES))
         ),
         "hold a column of numbers",
-        "allowlist",
+        (ALLOWLIST,),
     ),
     "scores in one line of summary.md": (
         lambda r: (r / "summary.md").write_text(
             (r / "summary.md").read_text() + "\n" + " ".join(f"{s:.4f}" for s in SCORES)
         ),
         "holds 40 numbers",
-        "allowlist",
+        (ALLOWLIST,),
     ),
     "scores in state.json": (
         lambda r: _json_edit(r / "state.json", lambda s: s.update(client_1={str(i): v for i, v in enumerate(SCORES)})),
         "has field 'client_1', which its kind does not allow",
-        "allowlist",
+        (ALLOWLIST,),
     ),
     "scores in a transcript field": (
         lambda r: (r / "transcript.jsonl").write_text(
@@ -327,17 +339,17 @@ EVASIONS: dict[str, tuple[Plant, str, str]] = {
             .replace('"type": "score.reply"', '"notes": "x", "type": "score.reply"', 1)
         ),
         "has field 'notes', outside the documented transcript fields",
-        "allowlist",
+        (ALLOWLIST, SCORES_SCAN),
     ),
     "scores in a new file": (
         lambda r: (r / "plots" / "scores.json").write_text(json.dumps(SCORES)),
         "plots/scores.json: not in manifest.json (matches no allowed kind)",
-        "allowlist",
+        (ALLOWLIST,),
     ),
     "scores as a tensor in the LLM adapter": (
         lambda r: _add_tensor(next((r / "llm").glob("round-*/adapter_model.safetensors"))),
         "which is not a LoRA adapter weight",
-        "allowlist",
+        (ALLOWLIST,),
     ),
 }
 
@@ -352,12 +364,18 @@ def _add_tensor(path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(EVASIONS))
-def test_an_artefact_evasion_fails_the_protocol_audit(crosslm_run: Path, name: str) -> None:
-    plant, expected, _ = EVASIONS[name]
+def test_an_artefact_evasion_is_caught_by_the_layers_it_names(crosslm_run: Path, name: str) -> None:
+    plant, expected, layers = EVASIONS[name]
     plant(crosslm_run)
-    result = run_protocol_audit(crosslm_run, progress=False)
-    assert result.verdict == "fail"
-    assert any(expected in finding for finding in result.findings), result.findings
+    assert run_protocol_audit(crosslm_run, progress=False).verdict == "fail"
+    written = json.loads((crosslm_run / "audit" / "protocol.json").read_text())  # what a reviewer reads
+    by_layer = written["details"]["findings_by_subcheck"]
+    assert set(LAYERS) <= set(by_layer), sorted(by_layer)
+    caught = tuple(layer for layer in LAYERS if by_layer[layer])
+    assert sorted(caught) == sorted(layers), by_layer
+    assert any(expected in finding for finding in by_layer[layers[0]]), by_layer[layers[0]]
+    verdicts = {row[0]: row[1] for row in written["tables"][0]["rows"]}
+    assert all(verdicts[layer] == "fail" for layer in layers), verdicts
 
 
 def test_a_run_from_before_the_manifest_fails_with_a_sentence_saying_so(crosslm_run: Path) -> None:

@@ -13,7 +13,7 @@ from opacus.data_loader import DPDataLoader
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from typer.testing import CliRunner
 
-from crosslm_secure.audit.canaries import epsilon_lower_bound, inclusion
+from crosslm_secure.audit.canaries import epsilon_lower_bound, inclusion, p_value
 from crosslm_secure.audit.dp_audit import run_dp_audit
 from crosslm_secure.audit.whitebox import DiracHead, canary_directions, ceiling_bound, run_whitebox
 from crosslm_secure.cli import app
@@ -141,11 +141,48 @@ def test_real_record_gradients_are_orthogonal_to_every_canary_direction() -> Non
     torch.testing.assert_close(along, torch.zeros(6), atol=1e-6, rtol=0)
 
 
+# Golden numbers for the one-run bound with delta > 0 (Steinke, Nasr, Jagielski 2023, Thm. 3.1).
+# Obtained once, outside this code base: the paper's appendix routines (``p_value_DP_audit`` and
+# ``get_eps_audit``, as published in public repositories, e.g.
+# ubc-systopia/panoramia-privacy-measurement O1_Steinke_Code/o1_audit.py, with its delta term on)
+# re-implemented in 50-digit mpmath arithmetic: binomial pmfs summed exactly, alpha as the
+# running maximum of P[v-i <= W < v] / i, eps by 80 bisection steps. The paper's own float
+# routine (scipy) agreed with every p-value to 5e-15 relative.
+# (m, r, v, eps, delta) -> p-value
+GOLDEN_P_VALUES = {
+    (1000, 100, 90, 2.0, 1e-5): 0.344986836793804,
+    (1000, 100, 90, 2.0, 1e-3): 0.585832271512813,  # the delta term is 41% of it
+    (10000, 500, 400, 1.0, 1e-5): 0.00406780827966085,
+    (1000, 100, 60, 0.0, 1e-5): 0.0295689028555135,
+    (100000, 1000, 700, 0.5, 1e-5): 0.0186590664187388,  # 2 m delta = 2
+}
+# (m, r, v, delta, confidence) -> the largest eps rejected
+GOLDEN_EPSILONS = {
+    (1000, 100, 90, 1e-5, 0.95): 1.62614348069573,  # 1.63082319274097 with delta = 0
+    (1000, 100, 90, 1e-3, 0.95): 0.388473523897154,
+    (10000, 500, 400, 1e-5, 0.95): 1.19167048661709,
+    (1000, 100, 75, 1e-5, 0.95): 0.699466813163407,
+    (100000, 1000, 700, 1e-5, 0.95): 0.696110485063986,
+    (1000, 100, 55, 1e-5, 0.95): 0.0,
+}
+
+
+@pytest.mark.parametrize("args", sorted(GOLDEN_P_VALUES))
+def test_the_one_run_p_value_with_delta_matches_the_papers_algorithm(args: tuple) -> None:
+    assert p_value(*args) == pytest.approx(GOLDEN_P_VALUES[args], rel=1e-9)
+
+
+@pytest.mark.parametrize("args", sorted(GOLDEN_EPSILONS))
+def test_the_one_run_epsilon_lower_bound_with_delta_matches_the_papers_algorithm(args: tuple) -> None:
+    assert epsilon_lower_bound(*args) == pytest.approx(GOLDEN_EPSILONS[args], abs=1e-9)
+
+
 def test_ceiling_is_the_bound_at_the_expected_number_of_correct_guesses() -> None:
-    expected = math.floor(100 / (1 + math.exp(-2.0)))
-    assert ceiling_bound(1000, 100, 2.0, 1e-5, 0.95) == epsilon_lower_bound(1000, 100, expected, 1e-5, 0.95)
-    assert ceiling_bound(1000, 100, 1.0, 1e-5, 0.95) < ceiling_bound(1000, 100, 4.0, 1e-5, 0.95)
-    assert ceiling_bound(1000, 100, math.inf, 1e-5, 0.95) == epsilon_lower_bound(1000, 100, 100, 1e-5, 0.95)
+    # 100 guesses at eps 2 (1) expect 88.08 (73.11) right, rounded down to 88 (73); at eps = inf
+    # all 100 are right. Golden values computed as above, at v = 88, 73 and 100.
+    assert ceiling_bound(1000, 100, 2.0, 1e-5, 0.95) == pytest.approx(1.46436034664545, abs=1e-9)
+    assert ceiling_bound(1000, 100, 1.0, 1e-5, 0.95) == pytest.approx(0.604909727443328, abs=1e-9)
+    assert ceiling_bound(1000, 100, math.inf, 1e-5, 0.95) == pytest.approx(3.46537634781105, abs=1e-9)
 
 
 def test_the_dp_audit_of_a_head_only_run_is_white_box_and_passes(dp_run: Path) -> None:

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from crosslm_secure.client.scoring import fit_temperature, score_samples, tempered
-from crosslm_secure.config import SLMConfig
+from crosslm_secure.config import FeedbackConfig, SLMConfig
 from crosslm_secure.data.records import SyntheticSample
 from crosslm_secure.errors import DataError
 from crosslm_secure.models.slm import load_slm
+from crosslm_secure.server.acceptance import accept_samples
 from tests.tiny_models import tiny_bert_dir
 
 CPU = torch.device("cpu")
@@ -84,9 +85,35 @@ def test_fit_temperature_recovers_the_temperature_that_made_the_labels() -> None
     assert fit_temperature(overconfident, labels) == pytest.approx(2.0, rel=0.1)
 
 
-def test_tempering_keeps_the_ranking_and_sums_to_one() -> None:
+def test_tempering_keeps_each_samples_label_order_and_sums_to_one() -> None:
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
     flat = tempered(probs, 4.0)
     np.testing.assert_allclose(flat.sum(axis=1), 1.0)
     assert (np.argsort(flat, axis=1) == np.argsort(probs, axis=1)).all()
     assert flat[0, 0] < probs[0, 0]
+
+
+def _softmax(logits: list[list[float]]) -> np.ndarray:
+    raw = np.exp(np.asarray(logits, dtype=np.float64))
+    return raw / raw.sum(axis=1, keepdims=True)
+
+
+def test_with_three_labels_the_temperature_reorders_samples_and_what_acceptance_keeps() -> None:
+    # Both samples intend label 0: "wide" leads two rivals by 2, "close" one rival by 0.3 and
+    # the other by 12. At T = 1 wide scores higher (0.79 vs 0.57); at T = 8 close does (0.46 vs
+    # 0.39), so acceptance's per-label top half keeps the other sample.
+    probs = _softmax([[2.0, 0.0, 0.0], [2.2, 1.9, -10.0]])
+    labels = np.array([0, 0])
+    cold, hot = probs[:, 0], tempered(probs, 8.0)[:, 0]
+    assert cold[0] > cold[1] and hot[0] < hot[1]
+    cfg = FeedbackConfig(accept_margin=0.0, accept_fraction=0.5, balance=False)
+    assert accept_samples(cold, labels, 3, cfg).tolist() == [True, False]
+    assert accept_samples(hot, labels, 3, cfg).tolist() == [False, True]
+
+
+def test_with_two_labels_no_temperature_reorders_samples() -> None:
+    rng = np.random.default_rng(1)
+    probs = _softmax((rng.normal(size=(200, 2)) * 3).tolist())
+    order = np.argsort(probs[:, 0], kind="stable")
+    for temperature in (0.25, 2.0, 8.0):
+        np.testing.assert_array_equal(np.argsort(tempered(probs, temperature)[:, 0], kind="stable"), order)

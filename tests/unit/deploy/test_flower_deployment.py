@@ -97,6 +97,27 @@ def test_wrong_certificate_and_unregistered_key_are_refused(deployment: Deployme
     deployment.sites.pop("client-2-unregistered")
 
 
+def _rejoined_at(run_dir: Path, client: str, timeout: float) -> int:
+    """Wait, at most ``timeout`` seconds, for the run's ``client_rejoined`` event; the round it names."""
+    rejoined = lambda: [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "client_rejoined"]  # noqa: E731
+    assert wait_until(lambda: bool(rejoined()), timeout), f"{client} was never taken back"
+    (back,) = rejoined()
+    assert back["client"] == client, back
+    return int(back["round"])
+
+
+def _out_until_rejoined(run_dir: Path, client: str, back: int) -> None:
+    """The client is out of every round before ``back`` and in every round from it, and the event
+    was written as round ``back`` started: after round back-1 was done, before round back was."""
+    for row in read_jsonl(run_dir / "metrics.jsonl")[1:]:
+        present = row["round"] >= back
+        assert row["active_clients"] == (3 if present else 2), row
+        assert (f"slm_accuracy/{client}" in row) == present, row
+    kinds = [(e["event"], e.get("round")) for e in read_jsonl(run_dir / "events.jsonl")]
+    at = kinds.index(("client_rejoined", back))
+    assert kinds.index(("round_done", back - 1)) < at < kinds.index(("round_done", back)), kinds
+
+
 def _metrics(run_dir: Path) -> list[dict]:
     rows = read_jsonl(run_dir / "metrics.jsonl")
     return [{k: v for k, v in r.items() if not k.startswith(("seconds_", "peak_"))} for r in rows]
@@ -153,18 +174,18 @@ def test_a_stalled_site_is_excluded_and_rejoins_when_it_answers_again(deployment
     os.kill(worker, signal.SIGSTOP)
     try:
         assert wait_until(lambda: any(e["event"] == "client_excluded" for e in events()), 300)
+        stalled_in = max(e.get("round") or 0 for e in read_jsonl(run_dir / "transcript.jsonl"))
     finally:
         os.kill(worker, signal.SIGCONT)
+    back = _rejoined_at(run_dir, "client-2", 400)
+    assert back > stalled_in  # taken back at a round that starts after it answers again, never mid-round
     assert deployment.wait(run_id, 600) == "finished:completed"
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     (excluded,) = [e for e in events() if e["event"] == "client_excluded"]
     assert excluded["client"] == "client-2" and "did not answer within 30s" in excluded["reason"]
     assert rows[1]["active_clients"] == 2 and "slm_accuracy/client-2" not in rows[1]
-    (back,) = [e for e in events() if e["event"] == "client_rejoined"]
-    assert back["client"] == "client-2" and back["round"] in (2, 3)
-    for row in rows[back["round"] :]:
-        assert row["active_clients"] == 3 and "slm_accuracy/client-2" in row
+    _out_until_rejoined(run_dir, "client-2", back)
 
 
 def test_a_supernode_killed_mid_round_is_excluded_and_rejoins_once_restarted(deployment: Deployment) -> None:
@@ -182,17 +203,18 @@ def test_a_supernode_killed_mid_round_is_excluded_and_rejoins_once_restarted(dep
     assert wait_until(lambda: any(e["event"] == "client_excluded" for e in events()), 300)
     # The site comes back: a new worker and SuperNode with the same credentials. The SuperLink lists
     # the killed SuperNode as online for up to a minute, so the site retries its activation meanwhile.
+    started = max(e.get("round") or 0 for e in read_jsonl(run_dir / "transcript.jsonl"))  # client-3 is down
     deployment.start_site("client-3", max_wait=150)
+    back = _rejoined_at(run_dir, "client-3", 600)
+    # It is taken back at the first round that starts after its SuperNode reconnected: never one
+    # that had started while it was down.
+    assert back > started
     assert deployment.wait(run_id, 900) == "finished:completed"
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
     assert rows[1]["active_clients"] == 2 and "slm_accuracy/client-3" not in rows[1]
     assert [e["client"] for e in events() if e["event"] == "client_excluded"] == ["client-3"]
-    (back,) = [e for e in events() if e["event"] == "client_rejoined"]
-    # It is taken back at the first round that starts after its SuperNode reconnected.
-    assert back["client"] == "client-3" and back["round"] in (2, 3, 4)
-    for row in rows[back["round"] :]:
-        assert row["active_clients"] == 3 and "slm_accuracy/client-3" in row
+    _out_until_rejoined(run_dir, "client-3", back)
     ledger = read_jsonl(run_dir / "clients" / "client-3" / "ledger.jsonl")
     keys = [json.dumps({k: e.get(k) for k in ("run_id", "round", "mechanism", "attempt")}) for e in ledger]
     assert len(keys) == len(set(keys))
