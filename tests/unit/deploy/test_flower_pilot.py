@@ -51,7 +51,7 @@ def make_pilot_folders(root: Path, config: Config) -> Path:
     read_out = {}
     for index, name in enumerate(config.client_ids()):  # step 1, at each site
         read_out[name] = _fingerprint(_cli("keys", "init", "--site", name, "--out", str(sites / name / "keys")))
-        mine = body[:300][index::3][: 80 + 10 * index]  # three different files of different sizes
+        mine = body[:840][index::3][: 200 + 20 * index]  # three different files of different sizes
         (sites / name / "data.csv").write_text("\n".join([header, *mine]) + "\n")
     server = sites / SERVER  # step 2, at the coordinator
     _cli("keys", "init", "--site", SERVER, "--role", "server", "--out", str(server / "keys"))
@@ -60,7 +60,7 @@ def make_pilot_folders(root: Path, config: Config) -> Path:
     for name, fingerprint in read_out.items():
         identity = sites / name / "keys" / "identity.json"
         _cli("keys", "enroll", str(identity), "--registry", str(server / "registry.json"), "--expect", fingerprint)
-    (server / "eval.csv").write_text("\n".join([header, *body[300:]]) + "\n")  # its own rows, none of a site's
+    (server / "eval.csv").write_text("\n".join([header, *body[840:]]) + "\n")  # its own rows, none of a site's
     for name in config.client_ids():
         shutil.copyfile(server / "registry.json", sites / name / "registry.json")
         shutil.copyfile(server / "tls" / "ca.pem", sites / name / "ca.pem")
@@ -75,7 +75,7 @@ def make_pilot_folders(root: Path, config: Config) -> Path:
 @pytest.fixture(scope="module")
 def pilot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Config, Path, Path, list[dict]]]:
     root = tmp_path_factory.mktemp("flower-pilot")
-    config = tiny_job(root, "flower-pilot", rounds=1, rows=330, auditable=True)
+    config = tiny_job(root, "flower-pilot", rounds=1, rows=900, auditable=True)
     sites = make_pilot_folders(root, config)
     log = root / "opens.jsonl"
     saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "CROSSLM_WATCH_SITES", "CROSSLM_WATCH_LOG")}

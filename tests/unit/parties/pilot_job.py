@@ -11,10 +11,10 @@ from tests.tiny_models import tiny_bert_dir, tiny_llm_dir, write_sentiment_csv
 
 AUDITABLE = {
     "privacy": {"target_epsilon": 1.0},
-    "audit": {"canaries": 180, "canary_guess_fraction": 0.4, "mia_max_auc": 0.8},
+    "audit": {"canaries": 180, "canary_guess_fraction": 0.4, "mia_max_auc": 0.85},
 }
 """Settings under which a site's audit of a tiny model can decide: a claim the canaries can test,
-and an MIA limit that ~100 records can resolve."""
+and an MIA limit that a site of ~200 records (40% held out, half of that as non-members) resolves."""
 
 
 def tiny_job(root: Path, name: str = "pilot", rounds: int = 1, *, rows: int = 120, auditable: bool = False) -> Config:
@@ -42,6 +42,7 @@ def tiny_job(root: Path, name: str = "pilot", rounds: int = 1, *, rows: int = 12
     }
     if auditable:
         raw["slm"]["model"] = str(root / "wide-bert")
+        raw["data"]["test_fraction"] = 0.4
         raw.update(AUDITABLE)
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
