@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
-from crosslm_secure.clitools import console, fail
+from crosslm_secure.clitools import EXIT_STOPPED_EARLY, console, fail
 from crosslm_secure.config import Config, config_from_dict, load_config
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.runstore import RunStore
@@ -55,6 +56,16 @@ def _admin(keys: PKI | SitesPKI, superlink: str, job: Config | None) -> Deployme
     admin = Deployment(workdir, job, log=console.print, sites_root=sites)
     admin.attach(keys, superlink)
     return admin
+
+
+def _exit_if_stopped_early(run_dir: Path) -> None:
+    """Exit 3 with the reason when the deployed run ended before its last round, as ``crosslm run`` does."""
+    from crosslm_secure.runstore import RunStore
+
+    reason = next((e.get("reason") for e in RunStore(run_dir).events() if e.get("event") == "run_stopped"), None)
+    if reason is not None:
+        console.print(f"[yellow]run ended early:[/] {escape(str(reason))}", highlight=False)
+        raise typer.Exit(EXIT_STOPPED_EARLY)
 
 
 def _site_files(
@@ -170,6 +181,7 @@ def local(
     except CrossLMError as exc:
         fail(exc)
     console.print(f"[green]done:[/] {run_dir / 'summary.md'}")
+    _exit_if_stopped_early(run_dir)
 
 
 @deploy_app.command("register")
@@ -212,6 +224,7 @@ def submit(
     except CrossLMError as exc:
         fail(exc)
     console.print(f"[green]done:[/] {run_dir / 'summary.md'}")
+    _exit_if_stopped_early(run_dir)
 
 
 @deploy_app.command("site")
