@@ -62,7 +62,12 @@ def _exit_if_stopped_early(run_dir: Path) -> None:
     """Exit 3 with the reason when the deployed run ended before its last round, as ``crosslm run`` does."""
     from crosslm_secure.runstore import RunStore
 
-    reason = next((e.get("reason") for e in RunStore(run_dir).events() if e.get("event") == "run_stopped"), None)
+    reason = None
+    for event in RunStore(run_dir).events():  # the last start's outcome: a resumed run may have stopped before
+        if event.get("event") == "run_started":
+            reason = None
+        elif event.get("event") == "run_stopped":
+            reason = event.get("reason")
     if reason is not None:
         console.print(f"[yellow]run ended early:[/] {escape(str(reason))}", highlight=False)
         raise typer.Exit(EXIT_STOPPED_EARLY)

@@ -28,3 +28,13 @@ def test_a_run_stopped_early_exits_3_and_says_why(tmp_path: Path, capsys: pytest
 def test_a_finished_run_does_not_exit(tmp_path: Path) -> None:
     run = _run_with_events(tmp_path / "run", [{"event": "run_finished", "completed_round": 2}])
     assert _exit_if_stopped_early(run) is None
+
+
+def test_a_run_resumed_after_an_early_stop_that_then_finished_does_not_exit(tmp_path: Path) -> None:
+    events = [
+        {"event": "run_started", "round": 0},
+        {"event": "run_stopped", "round": 1, "reason": "site lost"},
+        {"event": "run_started", "round": 1},
+        {"event": "run_finished", "completed_round": 2},
+    ]
+    assert _exit_if_stopped_early(_run_with_events(tmp_path / "run", events)) is None
