@@ -165,7 +165,7 @@ def _run_outcome(
         metrics, curve, adapter = llm
         put_metrics(numbers, "llm", metrics)
         rows.append(_row("server LLM", f"LOSS ({adapter})", metrics, math.nan))
-        if metrics.auc.low > cfg.mia_max_auc:
+        if metrics.decidable and metrics.auc.low > cfg.mia_max_auc:
             findings.append(
                 f"server LLM LOSS: AUC lower bound {metrics.auc.low:.3f} > audit.mia_max_auc {cfg.mia_max_auc} "
                 "although it never saw client records (AUC rule)"
@@ -247,7 +247,7 @@ def _verdict_rules(
     confidence: float,
 ) -> list[str]:
     found = []
-    if metrics.auc.low > max_auc:
+    if metrics.decidable and metrics.auc.low > max_auc:
         found.append(f"{label}: AUC lower bound {metrics.auc.low:.3f} > audit.mia_max_auc {max_auc} (AUC rule)")
     eps = mechanism.ledger_epsilon
     if mechanism.private and math.isfinite(eps):

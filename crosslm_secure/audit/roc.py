@@ -16,6 +16,14 @@ from scipy.stats import beta, rankdata
 LOW_FPRS = (0.01, 0.001)
 """FPRs at which TPR is reported (1% and 0.1%)."""
 
+MIN_SIDE = 10
+"""Fewest members and fewest non-members whose bootstrap AUC interval can decide a verdict.
+
+A percentile bootstrap of a handful of scores is far too narrow: with 5 non-members that all
+score below every member, every resample gives AUC 1, an "interval" of [1, 1]. Below this size
+the AUC rule neither passes nor fails a target; the check is not resolvable. (At 10 a side,
+chance alone separates the two sides perfectly once in 184,756 draws.)"""
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -38,6 +46,11 @@ class AttackMetrics:
     balanced_accuracy: Interval
     members: int
     non_members: int
+
+    @property
+    def decidable(self) -> bool:
+        """Whether both sides are large enough (:data:`MIN_SIDE`) for the AUC interval to decide."""
+        return min(self.members, self.non_members) >= MIN_SIDE
 
 
 def roc_curve(member_scores: np.ndarray, non_member_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

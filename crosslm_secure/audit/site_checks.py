@@ -17,6 +17,7 @@ from crosslm_secure.audit.canaries import epsilon_lower_bound
 from crosslm_secure.audit.dp_audit import dp_outcome
 from crosslm_secure.audit.mia import attack_client, put_metrics
 from crosslm_secure.audit.population import AuditRun
+from crosslm_secure.audit.roc import MIN_SIDE
 from crosslm_secure.audit.site_ledger import LedgerComparison
 
 SiteVerdict = Literal["pass", "fail", "not resolvable"]
@@ -58,14 +59,14 @@ def mia_check(run: AuditRun, site: str, *, progress: bool) -> dict[str, Any]:
         put_metrics(numbers, name.lower(), metrics)
     aucs = ", ".join(f"{name} AUC {m.auc.text()}" for name, m in attacked.metrics.items())
     sides = f"{numbers['members']} members / {numbers['non_members']} held-out non-members"
-    undecided = [name for name, m in attacked.metrics.items() if m.auc.high > limit]
+    undecided = [name for name, m in attacked.metrics.items() if m.auc.high > limit or not m.decidable]
     if attacked.findings:
         verdict, summary = "fail", f"{site}: {aucs} ({sides}); " + "; ".join(attacked.findings) + "."
     elif undecided:
         verdict = NOT_RESOLVABLE
         summary = (
             f"{site}: {aucs} ({sides}); the interval of {', '.join(undecided)} reaches above audit.mia_max_auc "
-            f"{limit}: too few records to decide."
+            f"{limit} or rests on fewer than {MIN_SIDE} records a side: too few records to decide."
         )
     else:
         verdict, summary = "pass", f"{site}: {aucs} ({sides}); every upper bound is at most audit.mia_max_auc {limit}."

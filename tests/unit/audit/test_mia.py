@@ -15,7 +15,7 @@ from crosslm_secure.audit.attacks import LossAttack, RmiaAttack
 from crosslm_secure.audit.base import AuditError, load_result
 from crosslm_secure.audit.mia import _verdict_rules, run_mia_audit
 from crosslm_secure.audit.population import Mechanism, client_mechanism, open_run
-from crosslm_secure.audit.roc import attack_metrics, auc, dp_test_point, tpr_at_fpr
+from crosslm_secure.audit.roc import MIN_SIDE, attack_metrics, auc, dp_test_point, tpr_at_fpr
 from crosslm_secure.client.schedule import private_schedule
 
 
@@ -110,3 +110,15 @@ def test_a_non_private_run_is_retrained_with_the_schedule_its_ledger_recorded(le
     recorded = [e for e in run.ledger("client-1").entries if e.mechanism == "non-private"]
     assert not mechanism.private and mechanism.sample_rate == schedule.sample_rate
     assert mechanism.steps == sum(e.steps for e in recorded) > 0
+
+
+def test_the_auc_rule_does_not_decide_on_a_handful_of_non_members() -> None:
+    members, few = np.linspace(5, 6, 40), np.linspace(0, 1, MIN_SIDE - 1)
+    tiny = attack_metrics(members, few, resamples=50, confidence=0.95, seed=0)
+    assert tiny.auc.low == 1.0 and not tiny.decidable  # a degenerate bootstrap "interval" of [1, 1]
+    claimed = Mechanism(True, 1.0, 0.1, 1e-5, rounds=1, steps=10, ledger_epsilon=50.0)
+    assert _verdict_rules("client-1 SLM LOSS", tiny, (members, few), claimed, max_auc=0.8, confidence=0.95) == []
+    enough = np.linspace(0, 1, MIN_SIDE)
+    decided = attack_metrics(members, enough, resamples=50, confidence=0.95, seed=0)
+    found = _verdict_rules("client-1 SLM LOSS", decided, (members, enough), claimed, max_auc=0.8, confidence=0.95)
+    assert decided.decidable and found == ["client-1 SLM LOSS: AUC lower bound 1.000 > audit.mia_max_auc 0.8 (AUC rule)"]
