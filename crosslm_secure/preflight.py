@@ -16,7 +16,8 @@ from pathlib import Path
 from crosslm_secure.config import Config
 from crosslm_secure.data.loaders import load_labelled_data
 from crosslm_secure.data.partition import partition_clients
-from crosslm_secure.errors import ConfigError
+from crosslm_secure.data.tables import existing_file
+from crosslm_secure.errors import ConfigError, DataError
 from crosslm_secure.models.folders import resolve_llm_files, resolve_slm_dir
 
 
@@ -79,18 +80,10 @@ def check_paths(config: Config) -> None:
 
 
 def _check_data_path(field: str, path: Path, source: str, max_mb: float) -> None:
-    if source == "hf_disk":
-        if not path.is_dir():
-            raise ConfigError(f"config: {field} {path} is not a folder; give the folder datasets.save_to_disk wrote")
-        return
-    if not path.is_file():
-        raise ConfigError(f"config: {field} {path} is not a file; check the path (relative paths start at the cwd)")
-    size_mb = path.stat().st_size / 1e6
-    if size_mb > max_mb:
-        raise ConfigError(
-            f"config: {field} {path} is {size_mb:,.1f} MB, over data.max_file_mb ({max_mb:g} MB); raise "
-            "data.max_file_mb if the machine has about 6x that in memory, or cut the file"
-        )
+    try:
+        existing_file(path, source, max_mb, field)
+    except DataError as exc:
+        raise ConfigError("config:" + str(exc).removeprefix("data:")) from None
 
 
 def check_output_dir(output_dir: Path) -> None:

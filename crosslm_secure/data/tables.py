@@ -51,20 +51,34 @@ def read_source(data: DataConfig) -> tuple[Table, Table | None]:
     if data.source == "hf_disk":
         return _read_hf_disk(data.path, data.test_path, data)
     reader = _read_csv if data.source == "csv" else _read_jsonl
-    train = reader(_existing_file(data.path, data.source, data.max_file_mb))
-    test = None if data.test_path is None else reader(_existing_file(data.test_path, data.source, data.max_file_mb))
+    train = reader(existing_file(data.path, data.source, data.max_file_mb))
+    test = (
+        None
+        if data.test_path is None
+        else reader(existing_file(data.test_path, data.source, data.max_file_mb, "data.test_path"))
+    )
     return train, test
 
 
-def _existing_file(path: Path, source: str, max_mb: float) -> Path:
-    """``path``, once it is a file no larger than ``max_mb`` megabytes (reading takes ~6x its size in memory)."""
+def existing_file(path: Path, source: str, max_mb: float, field: str = "data.path") -> Path:
+    """``path``, once it is a file (an ``hf_disk`` folder) no larger than ``max_mb`` megabytes.
+
+    Reading takes about 6x the file's size in memory. ``config --check`` runs the same check.
+
+    Raises:
+        DataError: one sentence naming ``field``, the path and the fix.
+    """
+    if source == "hf_disk":
+        if not path.is_dir():
+            raise DataError(f"data: {field} {path} is not a folder; give the folder datasets.save_to_disk wrote")
+        return path
     if not path.is_file():
-        raise DataError(f"data: {source} file {path} not found; check data.path and data.test_path")
+        raise DataError(f"data: {field} {path} is not a file; check the path (relative paths start at the cwd)")
     size_mb = path.stat().st_size / 1e6
     if size_mb > max_mb:
         raise DataError(
-            f"data: {path} is {size_mb:,.1f} MB, over data.max_file_mb ({max_mb:g} MB); loading takes about 6x "
-            "that in memory, so raise data.max_file_mb if the machine has it, or cut the file"
+            f"data: {field} {path} is {size_mb:,.1f} MB, over data.max_file_mb ({max_mb:g} MB); loading takes "
+            "about 6x that in memory, so raise data.max_file_mb if the machine has it, or cut the file"
         )
     return path
 
@@ -194,9 +208,8 @@ def _read_jsonl(path: Path) -> Table:
 def _read_hf_disk(path: Path, test_path: Path | None, data: DataConfig) -> tuple[Table, Table | None]:
     import datasets  # heavy import, only for this source
 
-    def load(folder: Path) -> Any:
-        if not folder.is_dir():
-            raise DataError(f"data: hf_disk folder {folder} not found; check data.path and data.test_path")
+    def load(folder: Path, field: str) -> Any:
+        existing_file(folder, "hf_disk", data.max_file_mb, field)
         try:
             return datasets.load_from_disk(str(folder))
         except (OSError, ValueError) as exc:
@@ -208,7 +221,7 @@ def _read_hf_disk(path: Path, test_path: Path | None, data: DataConfig) -> tuple
             raise DataError(f"data: {folder} has splits {sorted(loaded)} but no {name!r}; save a {name!r} split")
         return loaded[name]
 
-    loaded = load(path)
+    loaded = load(path, "data.path")
     test = None
     if isinstance(loaded, datasets.DatasetDict):
         train = _hf_table(split(loaded, path, "train"), f"{path} (train)", data)
@@ -217,7 +230,7 @@ def _read_hf_disk(path: Path, test_path: Path | None, data: DataConfig) -> tuple
     else:
         train = _hf_table(loaded, str(path), data)
     if test_path is not None:
-        loaded_test = load(test_path)
+        loaded_test = load(test_path, "data.test_path")
         if isinstance(loaded_test, datasets.DatasetDict):
             loaded_test = split(loaded_test, test_path, "test")
         test = _hf_table(loaded_test, str(test_path), data)

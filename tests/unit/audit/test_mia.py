@@ -121,4 +121,5 @@ def test_the_auc_rule_does_not_decide_on_a_handful_of_non_members() -> None:
     enough = np.linspace(0, 1, MIN_SIDE)
     decided = attack_metrics(members, enough, resamples=50, confidence=0.95, seed=0)
     found = _verdict_rules("client-1 SLM LOSS", decided, (members, enough), claimed, max_auc=0.8, confidence=0.95)
-    assert decided.decidable and found == ["client-1 SLM LOSS: AUC lower bound 1.000 > audit.mia_max_auc 0.8 (AUC rule)"]
+    assert decided.decidable
+    assert found == ["client-1 SLM LOSS: AUC lower bound 1.000 > audit.mia_max_auc 0.8 (AUC rule)"]

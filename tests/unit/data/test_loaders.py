@@ -137,13 +137,13 @@ def test_max_train_records_keeps_label_shares(tmp_path: Path) -> None:
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
     cfg = DataConfig(source="csv", path=tmp_path / "nope.csv")
-    with pytest.raises(DataError, match=r"nope\.csv not found"):
+    with pytest.raises(DataError, match=r"data.path .*nope\.csv is not a file; check the path"):
         load_labelled_data(cfg, TASK, seed=0)
 
 
 def test_missing_hf_folder_is_named(tmp_path: Path) -> None:
     cfg = DataConfig(source="hf_disk", path=tmp_path / "absent")
-    with pytest.raises(DataError, match=r"hf_disk folder .*absent not found"):
+    with pytest.raises(DataError, match=r"data.path .*absent is not a folder; give the folder datasets"):
         load_labelled_data(cfg, TASK, seed=0)
 
 
