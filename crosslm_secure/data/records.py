@@ -16,7 +16,7 @@ class Example:
 
 @dataclass(frozen=True)
 class SyntheticSample:
-    """One LLM-written sample: ``(id, text, intended_label)`` (README, "What the main job does", step 2)."""
+    """One LLM-written sample: ``(id, text, intended_label)`` (docs/researchers.md, "What a run does", step 2)."""
 
     sample_id: str
     text: str

@@ -1,4 +1,4 @@
-"""Which synthetic samples the released aggregate accepts (README, "What the main job does", step 5).
+"""Which synthetic samples the released aggregate accepts (docs/researchers.md, "What a run does", step 5).
 
 A fixed threshold on mean scores fails both ways: flat scores (mean ~1/labels) accept
 nothing at 0.5, and a threshold near chance accepts noise. By default acceptance adapts to

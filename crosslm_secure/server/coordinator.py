@@ -1,4 +1,4 @@
-"""The round coordinator (README, "What the main job does"): one server, many client silos, bytes in between.
+"""The round coordinator (docs/researchers.md, "What a run does"): one server, many client silos, bytes in between.
 
 It keeps the round loop and who takes part. What a round does comes from the method
 (:mod:`crosslm_secure.methods`); the LLM work is behind :class:`~crosslm_secure.server.llm_side.ServerLLM`;

@@ -1,6 +1,6 @@
 """Step 7 of a round: LoRA-tune the server LLM on the clients' aggregate feedback.
 
-The objective per sample i with mean score s_i (README, "What the main job does", step 6):
+The objective per sample i with mean score s_i (docs/researchers.md, "What a run does", step 6):
 
 * likelihood of ``prompt(label_i) -> text_i`` (completion tokens only), weighted by
   ``feedback_weights``;

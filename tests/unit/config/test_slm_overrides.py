@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def _readme_example() -> dict:
-    """The README's own YAML block that shows ``slm_overrides``."""
-    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.DOTALL)
+    """The researchers' guide's own YAML block that shows ``slm_overrides``."""
+    guide = (ROOT / "docs" / "researchers.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", guide, flags=re.DOTALL)
     (block,) = [b for b in blocks if "slm_overrides:" in b]
     return yaml.safe_load(block)
 
@@ -27,7 +28,7 @@ def test_the_readme_example_overrides_only_the_named_fields() -> None:
     base, client_2 = config.slm_for("client-1"), config.slm_for("client-2")
     named = raw["slm_overrides"]["client-2"]
     assert {"model", "max_length"} <= set(named) and "class_weights" not in named and "learning_rate" not in named
-    assert base.class_weights is not None, "the README's slm section should show class_weights being kept"
+    assert base.class_weights is not None, "the guide's slm section should show class_weights being kept"
     assert (client_2.model, client_2.max_length) == (named["model"], named["max_length"])
     assert client_2.class_weights == base.class_weights
     assert client_2.learning_rate == base.learning_rate == raw["slm"]["learning_rate"]
