@@ -23,6 +23,9 @@ from pathlib import Path
 import pytest
 
 WIDTH = 1280
+PHONE = 390
+NARROWEST_WINDOW = 500
+"""Headless Chromium never makes its window narrower; a narrower page is framed at its width."""
 INSTALL = "apt-get install -y chromium (Debian/Ubuntu; make test does this when it is missing)"
 _PROBE = (
     '<script>window.addEventListener("load",function(){'
@@ -33,7 +36,7 @@ _PROBE = (
     "scrollHeight:document.documentElement.scrollHeight,"
     'sections:Array.from(document.querySelectorAll("section[id]")).map(function(s){return s.id;})};'
     'var p=document.createElement("pre");p.id="browser-probe";p.textContent=JSON.stringify(out);'
-    "document.body.appendChild(p);});</script>"
+    "(window.frameElement?parent.document.body:document.body).appendChild(p);});</script>"
 )
 _CONSOLE = re.compile(r":CONSOLE[:(]")
 
@@ -82,12 +85,12 @@ def inspect_page(page: Path, width: int = WIDTH) -> PageReport:
     assert "</body>" in text, f"{page} has no </body>; it is not a whole HTML page"
     with tempfile.TemporaryDirectory(prefix="crosslm-browser-") as folder:
         probed = Path(folder) / page.name
-        probed.write_text(text.replace("</body>", _PROBE + "</body>"))
+        probed.write_text(_framed(text.replace("</body>", _PROBE + "</body>"), width, 900))
         done = _run(
             [
                 "--enable-logging=stderr",
                 "--v=0",
-                f"--window-size={width},900",
+                f"--window-size={max(width, NARROWEST_WINDOW)},900",
                 "--virtual-time-budget=10000",
                 "--dump-dom",
                 probed.as_uri(),
@@ -116,9 +119,27 @@ def screenshot(page: Path, out: Path, width: int = WIDTH, height: int = 2400) ->
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="crosslm-browser-") as folder:
+        shown = Path(folder) / page.name
+        shown.write_text(_framed(page.read_text(), width, height))
         done = _run(
-            [f"--window-size={width},{height}", "--virtual-time-budget=10000", f"--screenshot={out}", page.as_uri()],
+            [
+                f"--window-size={max(width, NARROWEST_WINDOW)},{height}",
+                "--virtual-time-budget=10000",
+                f"--screenshot={out}",
+                shown.as_uri(),
+            ],
             Path(folder) / "profile",
         )
     assert done.returncode == 0 and out.is_file(), f"chromium wrote no screenshot: {done.stderr[-2000:]}"
     return out
+
+
+def _framed(text: str, width: int, height: int) -> str:
+    """``text`` as is, or, below the narrowest window, inside a same-origin frame ``width`` px wide."""
+    if width >= NARROWEST_WINDOW:
+        return text
+    return (
+        '<!DOCTYPE html><html><body style="margin:0">'
+        f'<iframe style="width:{width}px;height:{height}px;border:0" srcdoc="{html.escape(text, quote=True)}">'
+        "</iframe></body></html>"
+    )

@@ -19,7 +19,7 @@ STYLE = (
     "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1240px;margin:1.5em auto;"
     "padding:0 1em;color:#1d1d1f;line-height:1.45}"
     "h1{font-size:1.6em;margin-bottom:0.2em}h2{border-bottom:2px solid #ddd;padding-bottom:0.15em;margin-top:1.6em}"
-    "table{border-collapse:collapse;margin:0.6em 0;max-width:100%}"
+    "table{border-collapse:collapse;margin:0.6em 0;max-width:100%;display:block;overflow-x:auto}"
     "td,th{border:1px solid #c8c8c8;padding:3px 8px;font-size:0.9em;text-align:left;vertical-align:top}"
     "th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}"
     ".pass{color:#126b12;font-weight:bold}.fail,.error{color:#b00;font-weight:bold}"
@@ -29,6 +29,7 @@ STYLE = (
     "img{max-width:100%;height:auto}figure{margin:0.6em 0}figcaption{font-size:0.85em;color:#555}"
     ".sample{font-size:0.88em;white-space:pre-wrap;word-break:break-word}"
     "details{margin:0.5em 0}summary{cursor:pointer;font-weight:600}"
+    "pre{overflow-x:auto;white-space:pre-wrap;overflow-wrap:anywhere}p,li,dd,figcaption{overflow-wrap:anywhere}"
     "code{font-size:0.85em;word-break:break-all}table.mia td,table.mia th{font-size:0.8em;padding:2px 5px}"
 )
 

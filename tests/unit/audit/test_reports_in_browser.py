@@ -1,4 +1,4 @@
-"""Both HTML reports of a real tiny run, opened in headless Chromium at 1280 px.
+"""Both HTML reports of a real tiny run, opened in headless Chromium at 1280 px and at 390 px (a phone).
 
 The run is a finished CKKS CrossLM run (conftest); the protocol and ledger checks are real,
 the expensive MIA and DP checks are stood in for by results shaped like theirs (a client x
@@ -23,7 +23,7 @@ from crosslm_secure.audit.report_html import AUDIT_SECTIONS
 from crosslm_secure.audit.roc import plot_roc
 from crosslm_secure.cli import app
 from crosslm_secure.report.run_page import SECTIONS
-from tests.browser import WIDTH, inspect_page, screenshot
+from tests.browser import PHONE, WIDTH, inspect_page, screenshot
 
 HERE = "tests.unit.audit.test_reports_in_browser"
 SYNTHETIC_FIELDS = {"index", "text", "label", "score", "accepted"}
@@ -112,11 +112,19 @@ def shaped_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(registry.CHECKS, "dp", (HERE, "shaped_dp"))
 
 
-def readable(report, page: Path) -> None:
+def readable(report, page: Path, width: int = WIDTH) -> None:
     """No console message, every image decoded, nothing wider than the window."""
     assert report.console == [], f"{page.name}: console messages {report.console}"
     assert report.broken_images == [], f"{page.name}: images that did not load: {report.broken_images}"
-    assert report.scroll_width <= WIDTH, f"{page.name} is {report.scroll_width} px wide at a {WIDTH} px window"
+    assert report.scroll_width <= width, f"{page.name} is {report.scroll_width} px wide at a {width} px window"
+
+
+def readable_on_a_phone(page: Path, out: Path) -> None:
+    """The same at a phone's 390 px: wide tables scroll inside their own box, not the page."""
+    phone = inspect_page(page, PHONE)
+    readable(phone, page, PHONE)
+    shot = screenshot(page, out, width=PHONE, height=phone.scroll_height)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_run_keeps_each_synthetic_batch_as_aggregates_only(crosslm_run: Path) -> None:
@@ -150,6 +158,7 @@ def test_the_run_report_reads_in_a_browser(crosslm_run: Path, tmp_path: Path) ->
     assert report.images == 3  # metrics per round, privacy spend, score histogram
     shot = screenshot(page, tmp_path / "run-report.png", height=report.scroll_height)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    readable_on_a_phone(page, tmp_path / "run-report-phone.png")
 
 
 def test_the_audit_report_reads_in_a_browser(
@@ -175,3 +184,4 @@ def test_the_audit_report_reads_in_a_browser(
     assert "here they differ (relative difference 7.13%)" in text
     shot = screenshot(page, tmp_path / "audit-report.png", height=report.scroll_height)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    readable_on_a_phone(page, tmp_path / "audit-report-phone.png")
