@@ -190,10 +190,10 @@ def test_a_bundle_of_fields_is_one_readable_setting_of_the_table() -> None:
     rows = [cell(m, s) | {"sites": sites} for sites in (scarce, skewed) for m in SLM_F1 for s in range(3)]
     results = SweepResults("t", ["run.seed", "sites", "run.method"], "privacy.target_epsilon", BASELINES, rows)
     table = summary_table(results)
-    assert table.count("| records_per_class=8 max_train_records=None |") == 3  # one line per method
-    assert table.count("| scheme=dirichlet alpha=0.1 |") == 3
+    assert table.count("| max_train_records=None records_per_class=8 |") == 3  # one line per method
+    assert table.count("| alpha=0.1 scheme=dirichlet |") == 3
     gains = paired_gains(results)
     assert {g.setting["sites"] for g in gains} == {
-        "records_per_class=8 max_train_records=None",
-        "scheme=dirichlet alpha=0.1",
+        "max_train_records=None records_per_class=8",
+        "alpha=0.1 scheme=dirichlet",
     }
