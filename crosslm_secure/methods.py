@@ -102,9 +102,10 @@ class CrossLMNoFeedback(Method):
 
     No sample is scored (so no score release is spent); every generated sample (label-balanced
     as generation writes them: ``generation.samples_per_label`` each, less the duplicates and
-    degenerate texts it drops) is accepted with equal weight: the LLM is tuned on all of them and the SLMs are enhanced with all of them. Against
-    ``data_free_kd`` it shows what tuning the LLM on its own unfiltered output does; against
-    ``crosslm`` what filtering and weighting by the feedback does.
+    degenerate texts it drops) is accepted with equal weight: the LLM is tuned on all of them and
+    the SLMs are enhanced with all of them. Against ``data_free_kd`` it shows what tuning the LLM
+    on its own unfiltered output does; against ``crosslm`` what filtering and weighting by the
+    feedback does.
     """
 
     name = "crosslm_no_feedback"
