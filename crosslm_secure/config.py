@@ -58,7 +58,15 @@ __all__ = [
 ]
 """Every section is importable from here, wherever it is defined."""
 
-Method = Literal["crosslm", "standalone", "data_free_kd", "llm_zero_shot"]
+Method = Literal[
+    "crosslm",
+    "standalone",
+    "data_free_kd",
+    "llm_zero_shot",
+    "crosslm_no_feedback",
+    "crosslm_random_feedback",
+    "llm_zero_shot_calibrated",
+]
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -95,7 +103,10 @@ class RunConfig(_Section):
     method: Method = Field(
         "crosslm",
         description="crosslm | standalone (SLM on private data only) | data_free_kd "
-        "(SLMs on unfiltered LLM data, no feedback, LLM untuned) | llm_zero_shot (LLM untuned, evaluated).",
+        "(SLMs on unfiltered LLM data, no feedback, LLM untuned) | llm_zero_shot (LLM untuned, evaluated) | "
+        "llm_zero_shot_calibrated (the same, contextually calibrated) | crosslm_no_feedback (LLM tuned on and SLMs "
+        "enhanced with every sample, nothing scored) | crosslm_random_feedback (as many samples as the feedback "
+        "accepts, drawn at random).",
     )
     min_clients: Annotated[int, Field(ge=1)] = Field(
         2,

@@ -214,6 +214,20 @@ class PartitionConfig(_Section):
     client_test_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
         0.6, description="Share of the test split given to the clients' held-out sets; the rest is the LLM evaluator's."
     )
+    records_per_class: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="Scarce sites (iid only): each client gets exactly this many private train records of every "
+        "label; the rest of the train split goes unused. None = all train records are dealt out.",
+    )
+
+    @model_validator(mode="after")
+    def _scarce_is_iid(self) -> PartitionConfig:
+        if self.records_per_class is not None and self.scheme != "iid":
+            raise ValueError(
+                f"partition.records_per_class applies to scheme iid only (got scheme {self.scheme}); "
+                "remove records_per_class or set partition.scheme: iid"
+            )
+        return self
 
 
 class LoraConfig(_Section):

@@ -6,13 +6,20 @@ validates configs). A test keeps the two lists equal.
 
 A round after round 0 is: private SLM training, then, if the method ``generates``, the LLM
 writes synthetic samples; if it ``gets_feedback``, the clients score them and the server
-learns only the aggregate, which decides what is accepted; if it ``tunes_llm``, the LLM is
-tuned on that feedback; if it ``enhances``, the clients train on the accepted samples.
+learns only the aggregate, from which the acceptance rule (``server/acceptance.py``) picks
+samples; the method's :meth:`Method.accepted` then decides what is accepted (the feedback's
+choice, every sample, or a random subset); if it ``tunes_llm``, the LLM is tuned on the accepted
+samples; if it ``enhances``, the clients train on them.
+
+The ablations (``crosslm_no_feedback``, ``crosslm_random_feedback``) run CrossLM's round with one
+part of the feedback taken out, so the tables can say what the feedback itself adds.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+import numpy as np
 
 from crosslm_secure.errors import ConfigError
 
@@ -29,11 +36,32 @@ class Method:
     tunes_llm: ClassVar[bool] = False
     """The LLM is LoRA-tuned on the feedback, so it is re-evaluated every round."""
     enhances: ClassVar[bool] = False
-    """Clients train on the synthetic samples (all of them, or only the accepted ones with feedback)."""
+    """Clients train on the accepted synthetic samples."""
+    weighs_by_feedback: ClassVar[bool] = False
+    """LLM tuning weights each accepted sample by its released mean score; otherwise all weigh the same."""
+    calibrates_llm: ClassVar[bool] = False
+    """The LLM's zero-shot answers are contextually calibrated (Zhao et al. 2021) when it is evaluated."""
 
     def last_round(self, rounds: int) -> int:
         """The last round the run executes, given ``run.rounds``."""
         return rounds
+
+    def accepted(self, feedback_keep: np.ndarray | None, labels: np.ndarray, *, seed: int) -> np.ndarray:
+        """Which of a round's synthetic samples are accepted (tuned on and sent to the clients).
+
+        Args:
+            feedback_keep: the acceptance rule's mask over the released aggregate, or None when
+                the method gets no feedback.
+            labels: each sample's intended label index.
+            seed: seeds any random choice (the coordinator derives it from the run seed and round).
+
+        Returns:
+            A boolean mask, one entry per sample: by default the feedback's choice, or every
+            sample without feedback.
+        """
+        if feedback_keep is None:
+            return np.ones(len(labels), dtype=bool)
+        return np.asarray(feedback_keep, dtype=bool)
 
 
 METHODS: dict[str, type[Method]] = {}
@@ -65,6 +93,74 @@ class CrossLM(Method):
     gets_feedback = True
     tunes_llm = True
     enhances = True
+    weighs_by_feedback = True
+
+
+@register
+class CrossLMNoFeedback(Method):
+    """CrossLM with the feedback switched off: isolates what the clients' scores add.
+
+    No sample is scored (so no score release is spent); every generated sample (label-balanced
+    as generation writes them: ``generation.samples_per_label`` each, less the duplicates and
+    degenerate texts it drops) is accepted with equal weight: the LLM is tuned on all of them and
+    the SLMs are enhanced with all of them. Against ``data_free_kd`` it shows what tuning the LLM
+    on its own unfiltered output does; against ``crosslm`` what filtering and weighting by the
+    feedback does.
+    """
+
+    name = "crosslm_no_feedback"
+    description = "CrossLM without feedback: the LLM is tuned on, and the SLMs enhanced with, every sample"
+    generates = True
+    tunes_llm = True
+    enhances = True
+
+
+@register
+class CrossLMRandomFeedback(Method):
+    """CrossLM with the feedback's choice replaced by chance: isolates *which* samples it keeps.
+
+    The round is CrossLM's, scoring included: the clients score, the aggregate is released (the
+    same score-release privacy cost as ``crosslm``), and the configured acceptance rule runs on
+    it. Only the rule's count is used: as many samples as it accepted are drawn at random,
+    label-balanced (the count split evenly over the labels, the remainder over random labels;
+    a label with too few samples passes its share on), seeded by the run seed and round. They
+    are tuned on with equal weight, so neither the choice nor the weights carry a score.
+
+    The size comes from the real feedback round, not from the rule applied to counts alone,
+    because the adaptive rule (margin over chance, per-label quantile, balance) keeps a number
+    that depends on the scores themselves; any count computed without them would be another
+    method's size. What remains different from ``crosslm`` is only the choice.
+    """
+
+    name = "crosslm_random_feedback"
+    description = "CrossLM with the accepted samples drawn at random, as many as the feedback accepted"
+    generates = True
+    gets_feedback = True
+    tunes_llm = True
+    enhances = True
+
+    def accepted(self, feedback_keep: np.ndarray | None, labels: np.ndarray, *, seed: int) -> np.ndarray:
+        count = 0 if feedback_keep is None else int(np.sum(feedback_keep))
+        return balanced_random_choice(np.asarray(labels, dtype=np.int64), count, np.random.default_rng(seed))
+
+
+def balanced_random_choice(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """A mask of ``count`` samples drawn at random, as evenly over the labels present as they allow.
+
+    Samples are drawn in passes: each pass takes one not-yet-drawn sample of every label that has
+    one left, the labels in a fresh random order, until ``count`` are drawn (all, if fewer exist).
+    """
+    keep = np.zeros(len(labels), dtype=bool)
+    queues = {int(label): rng.permutation(np.flatnonzero(labels == label)) for label in np.unique(labels)}
+    drawn: list[int] = []
+    depth = 0
+    while len(drawn) < min(count, len(labels)):
+        for label in rng.permutation(list(queues)):
+            if depth < len(queues[label]):
+                drawn.append(int(queues[label][depth]))
+        depth += 1
+    keep[drawn[:count]] = True
+    return keep
 
 
 @register
@@ -88,3 +184,18 @@ class LLMZeroShot(Method):
 
     def last_round(self, rounds: int) -> int:
         return 0
+
+
+@register
+class LLMZeroShotCalibrated(LLMZeroShot):
+    """The untuned LLM with contextual calibration (Zhao et al. 2021), evaluated once (round 0 only).
+
+    The LLM's label probabilities are divided by their mean over content-free inputs ("N/A",
+    "", "[MASK]" in the classification prompt) before the likeliest label is taken. It isolates
+    how much of a tuned LLM's gain is only a corrected label bias, which calibration fixes
+    without any data.
+    """
+
+    name = "llm_zero_shot_calibrated"
+    description = "the untuned LLM with contextual calibration, evaluated once (round 0 only)"
+    calibrates_llm = True

@@ -58,7 +58,9 @@ def check_data(config: Config) -> None:
         PrivacyError: ``privacy.delta`` is at least 1/n for a client with n records.
     """
     train, test = load_labelled_data(config.data, config.task, seed=config.run.seed)
-    split = partition_clients(train, test, config.partition, config.client_ids(), seed=config.run.seed)
+    split = partition_clients(
+        train, test, config.partition, config.client_ids(), seed=config.run.seed, label_names=config.task.labels
+    )
     if config.privacy.dp:
         for client in split.clients:
             config.privacy.delta_for(len(client.train))

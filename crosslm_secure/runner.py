@@ -165,7 +165,9 @@ def prepare_job(config: Config, store: RunStore | None) -> PreparedJob:
     """Seed, pick the device, load and split the data (each site takes its own silo of the split)."""
     device = start_job(config)
     train, test = load_labelled_data(config.data, config.task, seed=config.run.seed)
-    split = partition_clients(train, test, config.partition, config.client_ids(), seed=config.run.seed)
+    split = partition_clients(
+        train, test, config.partition, config.client_ids(), seed=config.run.seed, label_names=config.task.labels
+    )
     if store is not None:
         store.event(
             "data",

@@ -49,7 +49,9 @@ def split_into_sites(config: Config, out: Path, *, hosts: list[str] | None = Non
     if out.exists() and any(out.iterdir()):
         raise CrossLMError(f"sites: {out} is not empty; pass a new folder (party keys are never overwritten)")
     train, test = load_labelled_data(config.data, config.task, seed=config.run.seed)
-    split = partition_clients(train, test, config.partition, config.client_ids(), seed=config.run.seed)
+    split = partition_clients(
+        train, test, config.partition, config.client_ids(), seed=config.run.seed, label_names=config.task.labels
+    )
     server = PartyFolder(out / SERVER)
     records = {SERVER: len(split.llm_test)}
     _write_records(server.eval_set, split.llm_test, config)

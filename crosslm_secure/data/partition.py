@@ -1,7 +1,9 @@
 """Split a dataset across client silos: IID or Dirichlet label skew.
 
 * Train split: ``iid`` deals records out stratified by label (every client gets the
-  same label mix, sizes differ by at most one per label); ``dirichlet`` draws each
+  same label mix, sizes differ by at most one per label); with ``records_per_class``
+  it deals each client exactly that many records of every label and leaves the rest of
+  the train split unused (scarce sites); ``dirichlet`` draws each
   label's client shares from ``Dirichlet(alpha)`` (Hsu et al. 2019), redrawing until
   every client holds at least ``MIN_TRAIN_PER_CLIENT`` records.
 * Test split: ``client_test_fraction`` of it (stratified) is divided among the clients,
@@ -10,7 +12,8 @@
   training patients). Under ``iid`` this is an even stratified split. The rest is
   ``TaskData.llm_test``, the evaluator's set for the LLM.
 
-A pure function of its inputs and ``seed``; every record lands in exactly one place.
+A pure function of its inputs and ``seed``; every record lands in exactly one place (with
+``records_per_class``, a train record may land in none).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def partition_clients(
     client_ids: list[str],
     *,
     seed: int,
+    label_names: Sequence[str] | None = None,
 ) -> TaskData:
     """Divide train and test records among clients and the LLM evaluator.
 
@@ -45,14 +49,16 @@ def partition_clients(
         cfg: scheme (``iid``/``dirichlet``), ``alpha`` and ``client_test_fraction``.
         client_ids: one id per client, in order.
         seed: the same seed and inputs give the same partition.
+        label_names: the task's label names, to name a label in a refusal (else its index).
 
     Returns:
         ``TaskData`` with one ``ClientData`` per id (records kept in input order) and
         the remaining test records as ``llm_test``.
 
     Raises:
-        DataError: fewer than two clients, duplicate ids, or too few train records to
-            give every client ``MIN_TRAIN_PER_CLIENT``.
+        DataError: fewer than two clients, duplicate ids, too few train records to
+            give every client ``MIN_TRAIN_PER_CLIENT``, or (with ``records_per_class``) too few
+            of one label to give every client that many.
     """
     k = len(client_ids)
     if k < 2:
@@ -68,14 +74,28 @@ def partition_clients(
     test_labels = np.array([ex.label for ex in test], dtype=np.int64)
     num_labels = int(max(train_labels.max(initial=0), test_labels.max(initial=0))) + 1
 
-    if cfg.scheme == "iid":
+    if cfg.records_per_class is not None:
+        short = scarce_shortfall(train_labels, num_labels, cfg)
+        if short is not None:
+            label, count = short
+            raise DataError(
+                f"partition: {scarce_refusal(cfg, label_names[label] if label_names else str(label), count)}"
+            )
+        if cfg.records_per_class * num_labels < MIN_TRAIN_PER_CLIENT:
+            raise DataError(
+                f"partition: records_per_class={cfg.records_per_class} of {num_labels} labels gives a client fewer "
+                f"than {MIN_TRAIN_PER_CLIENT} records; raise partition.records_per_class"
+            )
+        owner = _scarce_owner(train_labels, k, cfg.records_per_class, np.random.default_rng([seed, 15]))
+    elif cfg.scheme == "iid":
         owner = _iid_owner(train_labels, k, np.random.default_rng([seed, 11]))
     else:
         owner = _dirichlet_owner(train_labels, k, cfg.alpha, np.random.default_rng([seed, 12]))
 
     held = stratified_mask(test_labels, cfg.client_test_fraction, np.random.default_rng([seed, 13]))
     counts = np.zeros((num_labels, k), dtype=np.int64)
-    np.add.at(counts, (train_labels, owner), 1)
+    dealt = owner >= 0  # scarce sites leave records unused
+    np.add.at(counts, (train_labels[dealt], owner[dealt]), 1)
     test_owner = _proportional_owner(test_labels, held, counts, np.random.default_rng([seed, 14]))
 
     clients = [
@@ -88,6 +108,36 @@ def partition_clients(
     ]
     llm_test = [ex for ex, o in zip(test, test_owner, strict=True) if o < 0]
     return TaskData(clients=clients, llm_test=llm_test)
+
+
+def scarce_shortfall(train_labels: np.ndarray, num_labels: int, cfg: PartitionConfig) -> tuple[int, int] | None:
+    """``(label, count)`` of the first label with fewer train records than ``records_per_class``
+    times the clients ask for, or None when every label has enough (or no scarcity is asked)."""
+    if cfg.records_per_class is None:
+        return None
+    counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=num_labels)
+    for label, count in enumerate(counts.tolist()):
+        if count < cfg.records_per_class * cfg.clients:
+            return label, count
+    return None
+
+
+def scarce_refusal(cfg: PartitionConfig, label: str, count: int) -> str:
+    """The sentence that refuses ``records_per_class`` for a label with only ``count`` train records."""
+    need = (cfg.records_per_class or 0) * cfg.clients
+    return (
+        f"partition.records_per_class={cfg.records_per_class} for {cfg.clients} clients needs {need} training "
+        f"records of label {label!r}, but the task has {count}; lower records_per_class or partition.clients"
+    )
+
+
+def _scarce_owner(labels: np.ndarray, k: int, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """Each client gets ``per_class`` random records of every label; the rest stay unused (-1)."""
+    owner = np.full(len(labels), -1, dtype=np.int64)
+    for label in np.unique(labels):
+        chosen = rng.permutation(np.flatnonzero(labels == label))[: per_class * k]
+        owner[chosen] = np.arange(len(chosen)) % k
+    return owner
 
 
 def _iid_owner(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

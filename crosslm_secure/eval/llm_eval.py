@@ -22,6 +22,9 @@ from crosslm_secure.eval.metrics import accuracy, macro_f1
 from crosslm_secure.models.device import eval_mode
 from crosslm_secure.models.llm import LoadedLLM, encode_prompt, left_pad, render_prompt, tail_logits
 
+CONTENT_FREE = ("N/A", "", "[MASK]")
+"""Texts that carry no content (Zhao et al. 2021): what the LLM answers for them is its label bias."""
+
 
 def label_answers(tokenizer: PreTrainedTokenizerBase, task: TaskConfig) -> list[str]:
     """The answer text for each label, in class order.
@@ -90,8 +93,12 @@ def llm_task_accuracy(
     *,
     progress: bool = True,
     fast: bool = True,
+    calibrate: bool = False,
 ) -> dict:
     """Zero-shot accuracy of the LLM: one forward per example, likeliest label answer wins.
+
+    With ``calibrate`` the answers are contextually calibrated first (:func:`calibrated_predictions`),
+    at the cost of one more forward per content-free input.
 
     Args:
         llm: the server LLM (possibly LoRA-tuned).
@@ -101,6 +108,7 @@ def llm_task_accuracy(
         progress: show a progress bar.
         fast: share the prompt prefix and bucket by length (see ``label_logits``); ``False``
             runs the plain reference path (same predictions, for benchmarks and tests).
+        calibrate: divide the label probabilities by their mean on :data:`CONTENT_FREE` inputs.
 
     Returns:
         ``{"accuracy": float, "macro_f1": float, "n": int}``.
@@ -112,13 +120,35 @@ def llm_task_accuracy(
     targets = label_token_ids(tokenizer, task)
     encoded = [classification_prompt(tokenizer, task, e.text, cfg.llm_max_length) for e in examples]
     scores = label_logits(llm, encoded, targets, cfg.llm_batch_size, fast=fast, progress=progress)
-    predictions = scores.argmax(dim=1).tolist()
+    if calibrate:
+        free = [classification_prompt(tokenizer, task, text, cfg.llm_max_length) for text in CONTENT_FREE]
+        predictions = calibrated_predictions(scores, label_logits(llm, free, targets, cfg.llm_batch_size)).tolist()
+    else:
+        predictions = scores.argmax(dim=1).tolist()
     truth = [e.label for e in examples]
     return {
         "accuracy": accuracy(truth, predictions),
         "macro_f1": macro_f1(truth, predictions, len(task.labels)),
         "n": len(truth),
     }
+
+
+def calibrated_predictions(scores: torch.Tensor, content_free_scores: torch.Tensor) -> torch.Tensor:
+    """Contextual calibration (Zhao et al. 2021, "Calibrate Before Use"): the likeliest label after
+    each example's label probabilities are divided by their mean over content-free inputs.
+
+    A label the prompt alone makes likely is discounted by exactly that bias; the probabilities
+    are softmaxed over the label answers only, as the paper does.
+
+    Args:
+        scores: label logits of the examples, ``[examples, labels]``.
+        content_free_scores: label logits of the content-free inputs, ``[inputs, labels]``.
+
+    Returns:
+        The calibrated label index of each example, ``[examples]``.
+    """
+    prior = torch.softmax(content_free_scores.float(), dim=1).mean(dim=0)
+    return (torch.softmax(scores.float(), dim=1) / prior.clamp(min=1e-12)).argmax(dim=1)
 
 
 def label_logits(

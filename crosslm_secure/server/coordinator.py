@@ -67,6 +67,11 @@ class _Phases:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
+def _choice_seed(run_seed: int, round_index: int) -> int:
+    """The seed of a round's random choices of samples: fixed by the run seed and the round."""
+    return int(np.random.SeedSequence([run_seed, round_index, 0x63686F]).generate_state(1)[0])
+
+
 class Coordinator:
     """Drives rounds 0..R over a transport.
 
@@ -201,16 +206,18 @@ class Coordinator:
         with phases("generate"):
             samples = self.llm.generate(round_index)
         self.store.event("generated", round=round_index, samples=len(samples))
-        if not self.method.gets_feedback or not samples:
-            accepted = samples
-            result: dict[str, Any] = {"synthetic_generated": len(samples), "synthetic_accepted": len(samples)}
-            result |= self.llm.judge(samples, np.ones(len(samples), dtype=bool))
-        else:
+        result: dict[str, Any] = {"synthetic_generated": len(samples)}
+        labels = np.array([s.intended_label for s in samples], dtype=np.int64)
+        means = feedback_keep = None
+        if self.method.gets_feedback and samples:
             means = self.feedback.aggregate(round_index, samples, phases)
             if means is None:
-                return {"synthetic_generated": len(samples)}
-            labels = np.array([s.intended_label for s in samples])
-            keep = accept_samples(means, labels, len(self.config.task.labels), self.config.feedback)
+                return result
+            feedback_keep = accept_samples(means, labels, len(self.config.task.labels), self.config.feedback)
+        keep = self.method.accepted(feedback_keep, labels, seed=_choice_seed(self.config.run.seed, round_index))
+        accepted = [s for s, kept in zip(samples, keep, strict=True) if kept]
+        result["synthetic_accepted"] = len(accepted)
+        if means is not None:
             self.store.write_synthetic_round(
                 round_index,
                 [s.text for s in samples],
@@ -218,20 +225,17 @@ class Coordinator:
                 means,
                 keep,
             )
-            accepted = [s for s, kept in zip(samples, keep, strict=True) if kept]
-            result = {
-                "synthetic_generated": len(samples),
-                "synthetic_accepted": len(accepted),
-                "synthetic_mean_score": float(np.mean(means)),
-                "synthetic_label_agreement": float(np.mean(means > 0.5)),
-            }
-            if self.method.tunes_llm:
-                with phases("tune_llm"):
-                    result |= self.llm.tune(round_index, samples, means, keep)
-            if keep.any():
-                result["synthetic_accept_threshold"] = float(np.min(np.clip(means, 0, 1)[keep]))
-            with phases("judge"):
-                result |= self.llm.judge(samples, keep)
+            result["synthetic_mean_score"] = float(np.mean(means))
+            result["synthetic_label_agreement"] = float(np.mean(means > 0.5))
+        if self.method.tunes_llm and samples:
+            # Without feedback weights every accepted sample counts the same (a score of 1 each).
+            scores = means if self.method.weighs_by_feedback and means is not None else np.ones(len(samples))
+            with phases("tune_llm"):
+                result |= self.llm.tune(round_index, samples, scores, keep)
+        if means is not None and self.method.weighs_by_feedback and keep.any():
+            result["synthetic_accept_threshold"] = float(np.min(np.clip(means, 0, 1)[keep]))
+        with phases("judge"):
+            result |= self.llm.judge(samples, keep)
         if self.method.enhances:
             with phases("enhance"):
                 request = Request(EnhanceRequest(samples=[WireSample.of(s) for s in accepted]))

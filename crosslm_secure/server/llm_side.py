@@ -20,6 +20,7 @@ from crosslm_secure.config import Config
 from crosslm_secure.data.records import Example, SyntheticSample
 from crosslm_secure.eval.judge import Judge
 from crosslm_secure.eval.llm_eval import llm_perplexity, llm_task_accuracy
+from crosslm_secure.methods import method_for
 from crosslm_secure.models.llm import LoadedLLM, save_lora
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.server.generation import generate_synthetic
@@ -77,8 +78,12 @@ class LocalLLM:
     def evaluate(self, round_index: int) -> dict[str, float]:
         cfg = self.config
 
+        calibrate = method_for(cfg.run.method).calibrates_llm
+
         def task() -> dict:
-            return llm_task_accuracy(self.llm, self.llm_test, cfg.task, cfg.eval, progress=cfg.run.progress)
+            return llm_task_accuracy(
+                self.llm, self.llm_test, cfg.task, cfg.eval, progress=cfg.run.progress, calibrate=calibrate
+            )
 
         def perplexity() -> float:
             return llm_perplexity(self.llm, cfg.eval, progress=cfg.run.progress)
@@ -89,7 +94,8 @@ class LocalLLM:
             base = _base_model_key(self.llm)
             ppl_key = content_key("llm_ppl", base, cfg.eval.perplexity_chunks, cfg.eval.perplexity_chunk_tokens)
             data = hashlib.sha256(json.dumps([[e.uid, e.text, e.label] for e in self.llm_test]).encode()).hexdigest()
-            task_key = content_key("llm_task", base, cfg.task.model_dump(), cfg.eval.model_dump(), data)
+            calibrated = ["calibrated"] if calibrate else []  # uncalibrated keys stay as they were
+            task_key = content_key("llm_task", base, cfg.task.model_dump(), cfg.eval.model_dump(), data, *calibrated)
             results = self.cache.get_or_compute("llm_task", task_key, task)
             ppl = self.cache.get_or_compute("llm_perplexity", ppl_key, perplexity)
             self.store.event("llm_eval_cache", round=round_index, hits=self.cache.hits, misses=self.cache.misses)

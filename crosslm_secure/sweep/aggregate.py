@@ -351,7 +351,11 @@ def _is_number(value: Any) -> bool:
 
 
 def _hashable(value: Any) -> Any:
-    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
+    """A grid value as a group key; a bundle's value reads as ``max_train_records=None records_per_class=8``
+    (fields in sorted order, as the sweep manifest stores them)."""
+    if isinstance(value, dict):
+        return " ".join(f"{k.rsplit('.', 1)[-1]}={_show(v)}" for k, v in sorted(value.items()))
+    return json.dumps(value, sort_keys=True) if isinstance(value, list) else value
 
 
 def _sorted_groups(groups: dict[tuple, list], keys: list[str]) -> list[tuple[tuple, list]]:

@@ -42,6 +42,7 @@ def run_command(
 ) -> None:
     """Run every cell not finished yet (finished cells are skipped, partial ones resumed), then aggregate."""
     from crosslm_secure.sweep.execute import run_sweep
+    from crosslm_secure.sweep.feasibility import check_cells_have_data
     from crosslm_secure.sweep.spec import load_sweep
 
     try:
@@ -49,6 +50,7 @@ def run_command(
         if max_parallel is not None and max_parallel < 1:
             raise CrossLMError("sweep: --max-parallel must be >= 1")
         cells = sweep.cells()
+        check_cells_have_data(sweep, cells)  # before the sweep folder is written
         console.print(f"sweep {sweep.spec.name}: {len(cells)} cells -> {sweep.output_dir} (cells in {sweep.cells_dir})")
         _manifest(sweep, cells)
         outcomes = run_sweep(sweep, max_parallel=max_parallel, progress=progress, log=console.print)

@@ -32,6 +32,7 @@ from crosslm_secure.audit.registry import EXIT_FAIL, EXIT_PASS, EXIT_SELF_ATTEST
 from crosslm_secure.clitools import EXIT_STOPPED_EARLY
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_json, read_jsonl
+from crosslm_secure.sweep.feasibility import check_cells_have_data
 from crosslm_secure.sweep.spec import Cell, Sweep, job_dict, same_job
 
 CELL_FILE = "cell.json"
@@ -264,8 +265,14 @@ def run_sweep(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[CellOutcome]:
-    """Run every cell not finished yet, ``max_parallel`` at a time; failures are recorded, not raised."""
+    """Run every cell not finished yet, ``max_parallel`` at a time; failures are recorded, not raised.
+
+    Raises:
+        SweepError: a cell asks for more training records of a label than its task has
+            (:func:`~crosslm_secure.sweep.feasibility.check_cells_have_data`); then no cell runs.
+    """
     cells = sweep.cells()
+    check_cells_have_data(sweep, cells)
     sweep.output_dir.mkdir(parents=True, exist_ok=True)
     workers = max_parallel or sweep.spec.max_parallel
     processes = _Processes()

@@ -1,10 +1,13 @@
 """A sweep file -> validated spec -> the grid's cells, each an ordinary run configuration.
 
 A sweep is a base config, fixed overrides (``set``) and a grid of config fields, each with
-a list of values; every combination is one cell. ``privacy.target_epsilon: inf`` in a grid
-means a non-private cell (``privacy.dp=false``). A cell is named by its grid values plus a
-hash of its resolved configuration, so two sweeps that share a cells folder share exactly
-the cells whose whole configuration is identical.
+a list of values; every combination is one cell. A grid entry under a name that is no config
+field is a *bundle*: each value is a mapping of fields set together (``sites:
+[{partition.scheme: dirichlet, partition.alpha: 0.1}, ...]``), for settings that are no cross
+product. ``privacy.target_epsilon: inf`` in a grid means a non-private cell
+(``privacy.dp=false``). A cell is named by its grid values plus a hash of its resolved
+configuration, so two sweeps that share a cells folder share exactly the cells whose whole
+configuration is identical.
 """
 
 from __future__ import annotations
@@ -92,11 +95,12 @@ class SweepSpec(BaseModel):
 
     @model_validator(mode="after")
     def _fields_exist(self) -> SweepSpec:
-        for key in [*self.grid, *self.set]:
+        bundled = [field for key, values in self.grid.items() if is_bundle(key, values) for field in _fields_of(values)]
+        for key in [*(k for k, v in self.grid.items() if not is_bundle(k, v)), *bundled, *self.set]:
             check_field(key)
             if key in CELL_FIELDS:
                 raise ValueError(f"{key} is set by the sweep for each cell; remove it from grid/set")
-        overlap = set(self.grid) & set(self.set)
+        overlap = (set(self.grid) | set(bundled)) & set(self.set)
         if overlap:
             raise ValueError(f"{sorted(overlap)[0]} is in both grid and set; keep it in one of them")
         for value in self.grid.get(EPSILON_FIELD, []):
@@ -122,6 +126,15 @@ def check_field(dotted: str) -> None:
             raise ValueError(f"{dotted}: {'.'.join(parts[: i + 1])} is a value, not a section; fix the path")
         return
     raise ValueError(f"{dotted} is a section, not a field; name a field inside it")
+
+
+def is_bundle(key: str, values: list[Any]) -> bool:
+    """True for a grid entry whose name is no config field and whose values all map fields to values."""
+    return "." not in key and key not in Config.model_fields and all(isinstance(v, dict) and v for v in values)
+
+
+def _fields_of(values: list[dict[str, Any]]) -> list[str]:
+    return sorted({field for value in values for field in value})
 
 
 def _is_mapping(annotation: Any) -> bool:
@@ -195,7 +208,9 @@ class Sweep:
 
 
 def cell_overrides(key: str, value: Any) -> list[str]:
-    """The ``--set`` items for one grid value; epsilon inf turns DP off."""
+    """The ``--set`` items for one grid value; epsilon inf turns DP off; a bundle's value sets each of its fields."""
+    if isinstance(value, dict) and is_bundle(key, [value]):
+        return [item for field, inner in value.items() for item in cell_overrides(field, inner)]
     if key == EPSILON_FIELD:
         epsilon = parse_epsilon(value)
         if epsilon is not None and math.isinf(epsilon):
@@ -299,6 +314,8 @@ def _slug(values: dict[str, Any]) -> str:
             parts.append("epsinf" if epsilon is not None and math.isinf(epsilon) else f"eps{value:g}")
         elif key == SEED_FIELD:
             parts.append(f"s{value}")
+        elif isinstance(value, dict):
+            parts.append("-".join(f"{field.rsplit('.', 1)[-1]}{inner}" for field, inner in value.items()))
         else:
             parts.append(f"{key.rsplit('.', 1)[-1]}{value}")
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts))[:80]

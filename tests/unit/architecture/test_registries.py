@@ -33,6 +33,17 @@ def test_what_each_method_does_in_a_round() -> None:
     assert zero.last_round(5) == 0 and crosslm.last_round(5) == 5
 
 
+def test_what_each_ablation_and_the_calibrated_baseline_change() -> None:
+    crosslm, none, chance, calibrated = (
+        method_for(n) for n in ("crosslm", "crosslm_no_feedback", "crosslm_random_feedback", "llm_zero_shot_calibrated")
+    )
+    flags = ("generates", "gets_feedback", "tunes_llm", "enhances", "weighs_by_feedback")
+    assert [getattr(none, f) for f in flags] == [True, False, True, True, False]
+    assert [getattr(chance, f) for f in flags] == [True, True, True, True, False]
+    assert [getattr(crosslm, f) for f in flags] == [True, True, True, True, True]
+    assert calibrated.calibrates_llm and not crosslm.calibrates_llm and calibrated.last_round(5) == 0
+
+
 def test_only_the_protected_scheme_needs_keys() -> None:
     assert scheme_for("ckks").protected and scheme_for("ckks").needs_key_ceremony
     assert not scheme_for("plaintext").protected and not scheme_for("plaintext").needs_key_ceremony

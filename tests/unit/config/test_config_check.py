@@ -53,6 +53,11 @@ def refused(tmp_path: Path, text: str) -> str:
         ("llm:\n  gguf_file: ../../etc/passwd\n", "llm.gguf_file must be a file name inside llm.model"),
         ("llm:\n  gguf_file: /etc/passwd\n", "llm.gguf_file must be a file name inside llm.model"),
         ("llm:\n  gguf_file: ..\n", "llm.gguf_file must be a file name inside llm.model"),
+        (
+            "partition:\n  scheme: dirichlet\n  records_per_class: 8\n",
+            "partition.records_per_class applies to scheme iid only (got scheme dirichlet)",
+        ),
+        ("partition:\n  records_per_class: 0\n", "partition.records_per_class"),
     ],
 )
 def test_values_a_run_cannot_use_are_refused_with_the_reason(tmp_path: Path, text: str, needle: str) -> None:

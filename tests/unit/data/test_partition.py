@@ -121,3 +121,36 @@ def test_duplicate_client_ids_are_refused() -> None:
     train = _examples([0, 1] * 10, "tr")
     with pytest.raises(DataError, match="unique"):
         partition_clients(train, [], PartitionConfig(), ["a", "a"], seed=0)
+
+
+def test_scarce_sites_get_exactly_n_records_of_every_label_and_the_rest_stays_unused() -> None:
+    train = _examples([0] * 30 + [1] * 20 + [2] * 12, "train")
+    test = _examples([0, 1, 2] * 10, "test")
+    cfg = PartitionConfig(clients=3, records_per_class=4)
+    split = partition_clients(train, test, cfg, _ids(3), seed=5)
+    for client in split.clients:
+        assert Counter(ex.label for ex in client.train) == {0: 4, 1: 4, 2: 4}
+    dealt, _ = _all_uids(split)
+    assert len(dealt) == len(set(dealt)) == 36  # 62 train records, 26 unused by any client
+    again = partition_clients(train, test, cfg, _ids(3), seed=5)
+    assert [[ex.uid for ex in c.train] for c in again.clients] == [[ex.uid for ex in c.train] for c in split.clients]
+    other = partition_clients(train, test, cfg, _ids(3), seed=6)
+    assert [[ex.uid for ex in c.train] for c in other.clients] != [[ex.uid for ex in c.train] for c in split.clients]
+    # The held-out sets stay an even stratified split of the test records.
+    assert all(Counter(ex.label for ex in c.test) == {0: 2, 1: 2, 2: 2} for c in split.clients)
+
+
+def test_scarce_sites_asking_more_of_a_label_than_there_is_are_refused_naming_it() -> None:
+    train = _examples([0] * 30 + [1] * 20 + [2] * 11, "train")
+    cfg = PartitionConfig(clients=3, records_per_class=4)
+    with pytest.raises(DataError) as refused:
+        partition_clients(train, [], cfg, _ids(3), seed=0, label_names=["bad", "fine", "good"])
+    assert str(refused.value) == (
+        "partition: partition.records_per_class=4 for 3 clients needs 12 training records of label 'good', "
+        "but the task has 11; lower records_per_class or partition.clients"
+    )
+
+
+def test_records_per_class_is_refused_with_a_dirichlet_split() -> None:
+    with pytest.raises(ValueError, match="partition.records_per_class applies to scheme iid only"):
+        PartitionConfig(scheme="dirichlet", records_per_class=8)

@@ -12,8 +12,11 @@ from crosslm_secure.data.public_text import general_text
 from crosslm_secure.data.records import Example
 from crosslm_secure.errors import ConfigError
 from crosslm_secure.eval.llm_eval import (
+    CONTENT_FREE,
+    calibrated_predictions,
     classification_prompt,
     label_answers,
+    label_logits,
     label_token_ids,
     llm_perplexity,
     llm_task_accuracy,
@@ -101,3 +104,27 @@ def test_perplexity_is_finite_deterministic_and_near_vocab_size_for_random_weigh
     assert math.isfinite(first) and first > 1.0
     # A random model is no better than guessing, so its perplexity is of the vocabulary's order.
     assert first > len(tiny_llm.tokenizer) / 10
+
+
+def test_contextual_calibration_removes_the_bias_the_prompt_alone_shows() -> None:
+    # The raw scores favour label 0 for every example by the same margin the content-free inputs show.
+    bias = torch.tensor([2.0, 0.0, 0.0])
+    signal = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.5, 0.0]])
+    scores = signal + bias
+    assert scores.argmax(dim=1).tolist() == [0, 0, 0, 0]
+    free = torch.stack([bias, bias + 0.0, bias])
+    assert calibrated_predictions(scores, free).tolist() == [2, 1, 0, 1]
+
+
+def test_calibrated_accuracy_scores_the_content_free_prompts_once_more(tiny_llm: LoadedLLM) -> None:
+    examples = separable_examples(4)[:10]
+    plain = llm_task_accuracy(tiny_llm, examples, TASK, EVAL, progress=False)
+    calibrated = llm_task_accuracy(tiny_llm, examples, TASK, EVAL, progress=False, calibrate=True)
+    assert calibrated["n"] == plain["n"] == 10
+    targets = label_token_ids(tiny_llm.tokenizer, TASK)
+    prompts = [classification_prompt(tiny_llm.tokenizer, TASK, e.text, EVAL.llm_max_length) for e in examples]
+    free = [classification_prompt(tiny_llm.tokenizer, TASK, t, EVAL.llm_max_length) for t in CONTENT_FREE]
+    scores, free_scores = label_logits(tiny_llm, prompts, targets, 4), label_logits(tiny_llm, free, targets, 4)
+    expected = calibrated_predictions(scores, free_scores)
+    hits = sum(p == e.label for p, e in zip(expected.tolist(), examples, strict=True))
+    assert calibrated["accuracy"] == pytest.approx(hits / 10)

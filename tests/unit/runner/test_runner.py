@@ -181,15 +181,15 @@ def _number(value: object) -> bool:
     return isinstance(value, float | int) and not isinstance(value, bool)
 
 
-@pytest.mark.parametrize("method", ["standalone", "data_free_kd", "llm_zero_shot"])
+@pytest.mark.parametrize("method", ["standalone", "data_free_kd", "llm_zero_shot", "llm_zero_shot_calibrated"])
 def test_baselines_run_on_the_same_code_path(job_files: dict[str, Path], method: str) -> None:
     path = write_config(job_files, f"base-{method}", run={"rounds": 1, "method": method})
     result = run_job(load_config(path), log=lambda _: None)
     rows = result.store.rounds()
     events = [e["event"] for e in result.store.events()]
     assert all(r["method"] == method for r in rows)
-    if method == "llm_zero_shot":
-        assert [r["round"] for r in rows] == [0]
+    if method.startswith("llm_zero_shot"):
+        assert [r["round"] for r in rows] == [0] and 0 <= rows[0]["llm_macro_f1"] <= 1
         return
     assert [r["round"] for r in rows] == [0, 1]
     assert "key_ceremony" not in events and "revealed" not in events  # no feedback is aggregated

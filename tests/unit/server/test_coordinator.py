@@ -58,6 +58,8 @@ class FakeSite:
     seen: list[tuple[str, int, int, tuple[str, ...]]] = field(default_factory=list)
     quorums: list[int] = field(default_factory=list)
     """The quorum each reveal request announced."""
+    enhanced: list[list[str]] = field(default_factory=list)
+    """The sample ids of each enhance request."""
 
     def handle(self, message: bytes) -> bytes:
         envelope, body = self.party.open(message)
@@ -95,6 +97,7 @@ class FakeSite:
             reply = RevealReply(count=body.count, contributors=len(contributions))
             return self._reply(round_index, reply, means=encode_means(means))
         if envelope.type == "enhance.request":
+            self.enhanced.append([sample.id for sample in body.samples])
             return self._reply(round_index, EnhanceReply(stats=STATS))
         if envelope.type == "evaluate.request":
             return self._reply(round_index, EvaluateReply(accuracy=0.5, macro_f1=0.4, n=4, epsilon=float(round_index)))
@@ -109,6 +112,10 @@ class FakeLLM:
     """The server's LLM side without a model: fixed metrics, nine samples per round."""
 
     calls: list[str] = field(default_factory=list)
+    tuned: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    """The scores and the accepted mask each tune call was given."""
+    judged: list[np.ndarray] = field(default_factory=list)
+    """The accepted mask each judge call was given."""
 
     def evaluate(self, round_index: int) -> dict[str, float]:
         self.calls.append("evaluate")
@@ -120,9 +127,11 @@ class FakeLLM:
 
     def tune(self, round_index: int, samples: Sequence[SyntheticSample], means: np.ndarray, keep: np.ndarray) -> dict:
         self.calls.append(f"tune {round_index} kept {int(keep.sum())}")
+        self.tuned.append((np.array(means, dtype=float), np.array(keep, dtype=bool)))
         return {"llm_tune_steps": 1}
 
     def judge(self, samples: Sequence[SyntheticSample], keep: np.ndarray) -> dict[str, float]:
+        self.judged.append(np.array(keep, dtype=bool))
         return {}
 
 
@@ -189,6 +198,50 @@ def test_standalone_never_generates_scores_or_tunes(tmp_path: Path) -> None:
     kinds = {kind for kind, *_ in run["sites"]["client-1"].seen}
     assert kinds == {"train.request", "evaluate.request"}
     assert run["store"].rounds()[1]["aggregator"] == "none"
+
+
+def test_no_feedback_accepts_every_sample_unscored_and_tunes_on_all_at_equal_weight(tmp_path: Path) -> None:
+    run = job(tmp_path, method="crosslm_no_feedback")
+    assert run["coordinator"].run().completed_rounds == 2
+    rows = run["store"].rounds()
+    assert [rows[r]["synthetic_accepted"] for r in (1, 2)] == [rows[r]["synthetic_generated"] for r in (1, 2)] == [9, 9]
+    kinds = {kind for site in run["sites"].values() for kind, *_ in site.seen}
+    assert "score.request" not in kinds and "reveal.request" not in kinds  # nothing scored, nothing released
+    assert [len(ids) for ids in run["sites"]["client-2"].enhanced] == [9, 9]
+    for scores, keep in run["llm"].tuned:
+        assert keep.all() and (scores == 1.0).all()  # the scores decide nothing: equal weight for all
+    assert run["llm"].calls.count("evaluate") == 3  # the tuned LLM is re-evaluated every round
+
+
+def test_random_feedback_keeps_as_many_as_the_feedback_but_not_its_choice(tmp_path: Path) -> None:
+    # The fake sites score label 0 at 0.9 and the rest at 0.2, below chance: the feedback keeps
+    # two label-0 samples a round (see the crosslm test above) and drops every other label.
+    feedback = job(tmp_path / "feedback")
+    feedback["coordinator"].run()
+    run = job(tmp_path / "random", method="crosslm_random_feedback")
+    assert run["coordinator"].run().completed_rounds == 2
+    kinds = {kind for site in run["sites"].values() for kind, *_ in site.seen}
+    assert {"score.request", "reveal.request"} <= kinds  # scored and released as in crosslm
+    for ours, theirs in zip(run["llm"].tuned, feedback["llm"].tuned, strict=True):
+        (scores, keep), (_, feedback_keep) = ours, theirs
+        assert keep.sum() == feedback_keep.sum() == 2
+        labels = np.arange(9) % LABELS
+        assert len(set(labels[keep])) == 2  # label-balanced: one sample of each of two labels, not two of label 0
+        assert not (keep == feedback_keep).all()
+        assert (scores == 1.0).all()  # tuned at equal weight, not by score
+    rows = run["store"].rounds()
+    assert rows[1]["synthetic_accepted"] == feedback["store"].rounds()[1]["synthetic_accepted"] == 2
+    enhanced = run["sites"]["client-1"].enhanced
+    assert [len(ids) for ids in enhanced] == [2, 2]
+    assert [set(ids) for ids in enhanced] != [set(ids) for ids in feedback["sites"]["client-1"].enhanced]
+
+
+def test_random_feedback_draws_the_same_samples_for_the_same_seed(tmp_path: Path) -> None:
+    first = job(tmp_path / "a", method="crosslm_random_feedback")
+    second = job(tmp_path / "b", method="crosslm_random_feedback")
+    first["coordinator"].run()
+    second["coordinator"].run()
+    assert [k.tolist() for _, k in first["llm"].tuned] == [k.tolist() for _, k in second["llm"].tuned]
 
 
 def test_a_refusing_scorer_is_excluded_and_aggregation_retries_without_it(tmp_path: Path) -> None:

@@ -79,7 +79,9 @@ def test_a_file_that_is_not_yaml_or_missing_is_refused(tmp_path: Path) -> None:
         load_sweep(write_sweep(tmp_path), extra_set=["run.seed=3"])
 
 
-@pytest.mark.parametrize("name", ["epsilon", "paper", "clients", "smoke"])
+@pytest.mark.parametrize(
+    "name", ["epsilon", "paper", "clients", "smoke", "scarce", "scarce_drug", "scarce_icd10", "ablation"]
+)
 def test_the_shipped_sweeps_are_valid(name: str) -> None:
     sweep = load_sweep(REPO / "experiments" / "sweeps" / f"{name}.yaml")
     assert sweep.cells()
@@ -89,3 +91,34 @@ def test_speed_settings_do_not_change_a_cells_identity(tmp_path: Path) -> None:
     one = load_sweep(write_sweep(tmp_path / "a", set={"run.threads": 1}))
     two = load_sweep(write_sweep(tmp_path / "b", set={"run.threads": 2}))
     assert [c.config_hash for c in one.cells()] == [c.config_hash for c in two.cells()]
+
+
+def test_a_bundle_sets_its_fields_together_in_one_grid_dimension(tmp_path: Path) -> None:
+    sites = [
+        {"partition.records_per_class": 8, "data.max_train_records": None},
+        {"partition.scheme": "dirichlet", "partition.alpha": 0.1},
+    ]
+    cells = load_sweep(write_sweep(tmp_path, grid={"sites": sites, "privacy.target_epsilon": [8, "inf"]})).cells()
+    assert len(cells) == 4
+    assert cells[0].overrides == [
+        "partition.records_per_class=8",
+        "data.max_train_records=null",
+        "privacy.dp=true",
+        "privacy.target_epsilon=8.0",
+    ]
+    assert cells[0].job["partition"]["records_per_class"] == 8 and cells[0].job["data"]["max_train_records"] is None
+    assert cells[2].job["partition"]["scheme"] == "dirichlet" and cells[2].job["partition"]["alpha"] == 0.1
+    assert cells[2].slug == "schemedirichlet-alpha0.1-eps8"
+
+
+@pytest.mark.parametrize(
+    ("sites", "message"),
+    [
+        ([{"partition.records_per_clas": 8}], "partition.records_per_clas is not a config field"),
+        ([{"run.output_dir": "x"}], "set by the sweep for each cell"),
+        ([{"partition.scheme": "dirichlet", "partition.records_per_class": 8}], "applies to scheme iid only"),
+    ],
+)
+def test_a_bad_bundle_is_refused_with_the_field_named(tmp_path: Path, sites: list, message: str) -> None:
+    with pytest.raises(SweepError, match=message):
+        load_sweep(write_sweep(tmp_path, grid={"sites": sites}))

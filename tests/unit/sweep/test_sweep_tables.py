@@ -167,3 +167,33 @@ def test_a_gains_csv_left_from_an_earlier_report_is_removed_when_nothing_pairs_u
     paths = write_results(tmp_path, sweep([cell("crosslm", s) for s in range(3)]))
     assert "gains" not in paths and not (tmp_path / GAINS_CSV).exists()
     assert "## Paired gains" not in paths["tables"].read_text()
+
+
+def test_the_ablations_are_rows_of_the_table_and_compared_with_crosslm_by_seed() -> None:
+    f1 = {"crosslm_no_feedback": [0.49, 0.50, 0.51], "crosslm_random_feedback": [0.50, 0.51, 0.52]}
+    rows = [cell("crosslm", s) for s in range(3)]
+    rows += [
+        cell("crosslm", s) | {"run.method": m, "method": m, "slm_macro_f1_mean": f1[m][s]} for m in f1 for s in range(3)
+    ]
+    results = sweep(rows, baselines=list(f1))
+    table = summary_table(results)
+    assert "| crosslm_no_feedback |" in table and "| crosslm_random_feedback |" in table
+    gains = {(g.method, g.baseline): g.gain for g in paired_gains(results) if g.metric == "slm_macro_f1_mean"}
+    assert gains["crosslm", "crosslm_no_feedback"].mean == pytest.approx(2.0)  # [1, 2, 3] points
+    assert gains["crosslm", "crosslm_random_feedback"].mean == pytest.approx(1.0)  # [0, 1, 2]
+    assert gains["crosslm_random_feedback", "crosslm_no_feedback"].mean == pytest.approx(1.0)
+
+
+def test_a_bundle_of_fields_is_one_readable_setting_of_the_table() -> None:
+    scarce = {"partition.records_per_class": 8, "data.max_train_records": None}
+    skewed = {"partition.scheme": "dirichlet", "partition.alpha": 0.1}
+    rows = [cell(m, s) | {"sites": sites} for sites in (scarce, skewed) for m in SLM_F1 for s in range(3)]
+    results = SweepResults("t", ["run.seed", "sites", "run.method"], "privacy.target_epsilon", BASELINES, rows)
+    table = summary_table(results)
+    assert table.count("| max_train_records=None records_per_class=8 |") == 3  # one line per method
+    assert table.count("| alpha=0.1 scheme=dirichlet |") == 3
+    gains = paired_gains(results)
+    assert {g.setting["sites"] for g in gains} == {
+        "max_train_records=None records_per_class=8",
+        "alpha=0.1 scheme=dirichlet",
+    }
