@@ -12,7 +12,7 @@ noise.
   purpose), so the same config and seed on the same machine draw the same numbers, and two methods
   run on one seed share their private-training noise (common random numbers). Anyone holding the
   config replays that noise and can subtract it: the DP guarantee is void. Deployments refuse it,
-  every ledger entry records it, and the ledger audit fails such a run.
+  every DP-SGD and score-release ledger entry records it, and the ledger audit fails such a run.
 
 Nothing here ever seeds cryptographic material: keys, pairwise masks and CKKS encryption keep
 their own randomness in both modes.
@@ -42,7 +42,7 @@ SEEDED_WARNING = (
     "research mode: the noise was seeded from the run seed (privacy.noise_source: seeded), so anyone "
     "holding the config can replay and remove it; these releases carry no privacy guarantee"
 )
-"""The one sentence audits and reports give for a run whose noise was seeded."""
+"""The ledger audit's sentence for a run whose noise was seeded."""
 
 
 class Purpose(StrEnum):
@@ -74,7 +74,7 @@ class NoiseStreams:
 
     def torch_generator(self, device: torch.device | str, *, round_index: int, purpose: Purpose) -> torch.Generator:
         """A torch generator on ``device`` for one round's ``purpose``."""
-        import torch  # lazy: the CLI and the ledger import this package and must not wait for torch
+        import torch  # lazy: the feedback schemes import this module, and the reports that use them need no torch
 
         return torch.Generator(device=device).manual_seed(self._bits(TORCH_SEED_BITS, round_index, 0, purpose))
 
