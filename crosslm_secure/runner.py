@@ -37,6 +37,7 @@ from crosslm_secure.models.llm import LoadedLLM, add_lora, load_llm, load_lora
 from crosslm_secure.models.slm import load_slm, quiet_transformers
 from crosslm_secure.preflight import check_paths
 from crosslm_secure.privacy.ledger import Ledger
+from crosslm_secure.privacy.noise_source import NoiseStreams
 from crosslm_secure.protocol.party import Party, in_memory_identities, party_of
 from crosslm_secure.report.summary import write_report
 from crosslm_secure.runstore import PARTIES_SIMULATED, RunState, RunStore
@@ -259,7 +260,8 @@ def build_client_node(
     """One site's node: its protocol party, feedback keys and SLM, with state kept under ``root``.
 
     ``resumed``: the run continues, so the node starts from its last checkpoint if it has one."""
-    feedback_keys = FeedbackKeys(own, registry, config.run.decryption_quorum(), config.feedback.noise_sigma)
+    noise = NoiseStreams(config.privacy.noise_source, config.run.seed, client.client_id)
+    feedback_keys = FeedbackKeys(own, registry, config.run.decryption_quorum(), config.feedback.noise_sigma, noise)
     return _client_node(
         config,
         root,
@@ -325,6 +327,7 @@ def _client_node(
             accountant=config.privacy.accountant,
             epsilon_max=config.privacy.epsilon_max,
             attempt=attempt,
+            noise_source=config.privacy.noise_source,
             details=release.to_dict(),
         )
 

@@ -24,6 +24,7 @@ from crosslm_secure.crypto.masks import client_mask, mask_scale, pairwise_secret
 from crosslm_secure.crypto.noise import noise_share, release_parameters
 from crosslm_secure.crypto.verify import SignedContribution, check_contribution, verify_and_decrypt
 from crosslm_secure.errors import CryptoError, ProtocolError
+from crosslm_secure.privacy.noise_source import NoiseStreams, Purpose
 
 Role = Literal["client", "server"]
 
@@ -45,6 +46,7 @@ class CKKSAggregator:
         quorum: int = MIN_QUORUM,
         noise_sigma: float = 0.0,
         rng: np.random.Generator | None = None,
+        noise: NoiseStreams | None = None,
     ) -> None:
         if quorum < MIN_QUORUM:
             raise CryptoError(
@@ -64,6 +66,7 @@ class CKKSAggregator:
         self._keys = keys
         self._pair_secrets = pairwise_secrets(keys, registry.clients()) if keys is not None else {}
         self._rng = rng
+        self._noise = noise
         self._round: tuple[int, int, tuple[str, ...]] | None = None
 
     @classmethod
@@ -77,8 +80,13 @@ class CKKSAggregator:
         quorum: int = MIN_QUORUM,
         noise_sigma: float = 0.0,
         rng: np.random.Generator | None = None,
+        noise: NoiseStreams | None = None,
     ) -> CKKSAggregator:
-        """A client (and potential decryptor); ``noise_sigma`` is the total std in the sum."""
+        """A client (and potential decryptor); ``noise_sigma`` is the total std in the sum.
+
+        Its noise share is drawn from ``rng`` (tests), else from ``noise`` (``privacy.noise_source``:
+        one stream per round and attempt), else from OS entropy.
+        """
         return cls(
             role="client",
             run_id=run_id,
@@ -88,6 +96,7 @@ class CKKSAggregator:
             quorum=quorum,
             noise_sigma=noise_sigma,
             rng=rng,
+            noise=noise,
         )
 
     @classmethod
@@ -127,7 +136,7 @@ class CKKSAggregator:
         release = release_parameters(sigma_total=self.noise_sigma, contributors=len(members), count=values.size)
         masked = (
             np.clip(values, 0.0, 1.0)
-            + noise_share(release, self._rng)
+            + noise_share(release, self._share_rng(round_index, attempt))
             + client_mask(
                 self._keys.site,
                 self._pair_secrets,
@@ -151,6 +160,11 @@ class CKKSAggregator:
         )
         self._round = (round_index, attempt, members)
         return Protected(contribution.to_bytes(), release)
+
+    def _share_rng(self, round_index: int, attempt: int) -> np.random.Generator | None:
+        if self._rng is not None or self._noise is None:
+            return self._rng
+        return self._noise.numpy_generator(round_index=round_index, attempt=attempt, purpose=Purpose.SCORE_NOISE)
 
     def combine(self, contributions: Sequence[bytes]) -> bytes:
         """Check each signed contribution and add them blind (public context only).

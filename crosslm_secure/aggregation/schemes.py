@@ -19,6 +19,7 @@ from crosslm_secure.crypto.ceremony import accept_public_context, accept_secret_
 from crosslm_secure.crypto.ckks import ScoreContext
 from crosslm_secure.crypto.keys import ParticipantKeys, Registry
 from crosslm_secure.errors import ConfigError, ProtocolError
+from crosslm_secure.privacy.noise_source import NoiseStreams
 
 
 @dataclass
@@ -29,6 +30,8 @@ class FeedbackKeys:
     registry: Registry
     quorum: int
     noise_sigma: float
+    noise: NoiseStreams | None = None
+    """Where this client's score-release noise share comes from (``privacy.noise_source``); None: OS entropy."""
 
 
 @dataclass(frozen=True)
@@ -163,5 +166,11 @@ class CKKSFeedback(FeedbackScheme):
     @staticmethod
     def _client(keys: FeedbackKeys, context: ScoreContext, run_id: str) -> Aggregator:
         return CKKSAggregator.for_client(
-            keys.keys, context, keys.registry, run_id=run_id, quorum=keys.quorum, noise_sigma=keys.noise_sigma
+            keys.keys,
+            context,
+            keys.registry,
+            run_id=run_id,
+            quorum=keys.quorum,
+            noise_sigma=keys.noise_sigma,
+            noise=keys.noise,
         )

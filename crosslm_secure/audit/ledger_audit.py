@@ -43,9 +43,10 @@ from crosslm_secure.audit.ledger_crosschecks import (
 from crosslm_secure.audit.progress import progress_bar
 from crosslm_secure.audit.runinfo import run_config
 from crosslm_secure.audit.trust import TrustAnchor, identity_findings
-from crosslm_secure.config import AuditConfig
+from crosslm_secure.config import AuditConfig, Config
 from crosslm_secure.privacy.accounting import MechanismBlock, merge_history
 from crosslm_secure.privacy.ledger import LEDGER_FILE, LedgerEntry, LedgerError, ledger_path
+from crosslm_secure.privacy.noise_source import SEEDED_WARNING
 from crosslm_secure.runstore import RunStore
 
 RDP_TOLERANCE = 0.01
@@ -160,6 +161,7 @@ def run_ledger_audit(
     findings += claim_findings(run_dir, entries_by_client, identities)
     # A ledger "verifies" when it loads and nothing above was found in it (signatures, run, rounds, claims).
     verified = [c for c in entries_by_client if not any(f"clients/{c}/{LEDGER_FILE}" in f for f in findings)]
+    findings += seeded_noise_findings(config, entries_by_client)
 
     work = [(client_id, line, entry) for client_id, es in entries_by_client.items() for line, entry in enumerate(es, 1)]
     recomputations: list[Recomputation] = []
@@ -245,6 +247,15 @@ def run_ledger_audit(
     )
     save_result(run_dir, result)
     return result
+
+
+def seeded_noise_findings(config: Config, entries_by_client: dict[str, list[LedgerEntry]]) -> list[str]:
+    """One finding when the run's noise was seeded (``privacy.noise_source: seeded``), in its config or a ledger."""
+    seeded = sorted(c for c, entries in entries_by_client.items() if any(e.noise_source == "seeded" for e in entries))
+    if not seeded and config.privacy.noise_source != "seeded":
+        return []
+    where = f"the ledgers of {', '.join(seeded)}" if seeded else "config.yaml"
+    return [f"{where}: {SEEDED_WARNING}"]
 
 
 def _trusted_identities(store: RunStore, anchor: TrustAnchor) -> tuple[dict[str, list[Any]], list[str]]:

@@ -5,8 +5,9 @@ per-record clipping at ``max_grad_norm`` (ghost clipping by default), Gaussian n
 noise multiplier fixed for the whole run, a fresh optimizer made private for the round. The
 round is recorded in the client's ledger only after training finished.
 
-The randomness that DP rests on (Poisson sampling, noise) comes from OS entropy, not
-from the run seed: a seed in a published config would let anyone replay the noise.
+The randomness that DP rests on (Poisson sampling, noise) comes from OS entropy, not from the
+run seed: a seed in a published config would let anyone replay the noise. ``privacy.noise_source:
+seeded`` (research only) derives it from the seed instead (:mod:`crosslm_secure.privacy.noise_source`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from crosslm_secure.client.scheduled import (
     Public,
     ScheduledTrainer,
     encoded_dataset,
-    entropy_generator,
     trimmed_inputs,
 )
 from crosslm_secure.client.trainer import TrainReport
@@ -37,6 +37,7 @@ from crosslm_secure.models.batches import forward_logits
 from crosslm_secure.privacy.accounting import MechanismBlock, noise_multiplier_for
 from crosslm_secure.privacy.budget import decline_reason as budget_decline_reason
 from crosslm_secure.privacy.ledger import LedgerEntry
+from crosslm_secure.privacy.noise_source import NoiseStreams, Purpose
 
 MECHANISM = "dp-sgd"
 
@@ -65,6 +66,8 @@ class DPTrainer(ScheduledTrainer):
                 "build its trainer with client.trainers.slm_trainer"
             )
         self._noise_multiplier: float | None = None
+        self.noise = NoiseStreams(self.privacy.noise_source, self.seed, self.client_id)
+        """Where this client's Poisson sampling, DP noise and dropout draw from."""
 
     @property
     def noise_multiplier(self) -> float:
@@ -162,6 +165,7 @@ class DPTrainer(ScheduledTrainer):
             delta=self.delta,
             accountant=self.privacy.accountant,
             epsilon_max=self.privacy.epsilon_max,
+            noise_source=self.privacy.noise_source,
             details={
                 "grad_sample_mode": self.privacy.grad_sample_mode,
                 "optimizer": self.schedule.optimizer,
@@ -181,12 +185,19 @@ class DPTrainer(ScheduledTrainer):
     # -- the mechanism ---------------------------------------------------------------------
 
     def _generator(self, round_index: int) -> torch.Generator:
-        return entropy_generator(torch.device("cpu"))
+        return self.noise.torch_generator("cpu", round_index=round_index, purpose=Purpose.POISSON)
 
-    def _wrap(self, model: Any, optimizer: Any, criterion: Any, loader: Any) -> tuple[Any, Any, Any, Any]:
+    def _seed_dropout(self, round_index: int) -> None:
+        seed = self.noise.round_seed(round_index, Purpose.DROPOUT)
+        if seed is not None:
+            torch.manual_seed(seed)
+
+    def _wrap(
+        self, model: Any, optimizer: Any, criterion: Any, loader: Any, round_index: int
+    ) -> tuple[Any, Any, Any, Any]:
         preflight(model, loader, sample_rate=self.sample_rate)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "secure RNG off": we seed from OS entropy
+            warnings.simplefilter("ignore")  # "secure RNG off": see SECURITY.md, "Where the DP noise comes from"
             private = PrivacyEngine(accountant=self.privacy.accountant).make_private(
                 module=model,
                 optimizer=optimizer,
@@ -196,7 +207,9 @@ class DPTrainer(ScheduledTrainer):
                 max_grad_norm=self.privacy.max_grad_norm,
                 poisson_sampling=False,  # the loader already samples Poisson at our rate
                 grad_sample_mode=self.privacy.grad_sample_mode,
-                noise_generator=entropy_generator(self.device),
+                noise_generator=self.noise.torch_generator(
+                    self.device, round_index=round_index, purpose=Purpose.DP_NOISE
+                ),
             )
         if self.privacy.grad_sample_mode == "ghost":
             return private

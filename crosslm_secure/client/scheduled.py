@@ -17,7 +17,6 @@ midway restores the weights it started from, so nothing unrecorded ever leaves t
 from __future__ import annotations
 
 import math
-import secrets
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -240,8 +239,11 @@ class ScheduledTrainer:
         """The Poisson sampler's randomness."""
         raise NotImplementedError
 
-    def _wrap(self, model: Any, optimizer: Any, criterion: Any, loader: Any) -> tuple[Any, Any, Any, Any]:
-        """``(model, optimizer, criterion, loader)`` to step with (the mechanism's wrappers, if any)."""
+    def _wrap(
+        self, model: Any, optimizer: Any, criterion: Any, loader: Any, round_index: int
+    ) -> tuple[Any, Any, Any, Any]:
+        """``(model, optimizer, criterion, loader)`` to step with in round ``round_index`` (the mechanism's
+        wrappers, if any)."""
         return model, optimizer, criterion, loader
 
     def _after_first_step(self, start: dict[str, torch.Tensor], trainable: dict[str, torch.nn.Parameter]) -> None:
@@ -270,7 +272,9 @@ class ScheduledTrainer:
         loader = DPDataLoader(dataset, sample_rate=self.sample_rate, generator=self._generator(round_index))
         optimizer = _optimizer(self.schedule.optimizer, list(trainable.values()), self.schedule.learning_rate)
         criterion: Any = torch.nn.CrossEntropyLoss(weight=loss_weights(self.slm, self.device))
-        step_model, step_optimizer, criterion, step_loader = self._wrap(model, optimizer, criterion, loader)
+        step_model, step_optimizer, criterion, step_loader = self._wrap(
+            model, optimizer, criterion, loader, round_index
+        )
         public_step = _public_stepper(
             step_model, trainable, public, self.schedule.learning_rate * self.slm.synthetic_weight, self.device
         )
@@ -379,11 +383,6 @@ def trimmed_inputs(tensors: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     inputs = dict(zip(INPUT_KEYS, tensors, strict=True))
     length = max(1, int(inputs["attention_mask"].sum(dim=1).max()))
     return {key: value[:, :length].contiguous() for key, value in inputs.items()}
-
-
-def entropy_generator(device: torch.device) -> torch.Generator:
-    """A generator seeded from OS entropy: DP randomness never comes from the run seed."""
-    return torch.Generator(device=device).manual_seed(secrets.randbits(63))
 
 
 def has_lora(model: torch.nn.Module) -> bool:

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from crosslm_secure.clitools import EXIT_STOPPED_EARLY, console, fail
 from crosslm_secure.config import Config, config_from_dict, load_config
+from crosslm_secure.deploy import refuse_seeded_noise
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.runstore import RunStore
 
@@ -27,12 +28,15 @@ deploy_app = typer.Typer(help="Run jobs on Flower: SuperLink, SuperNodes, TLS, n
 
 
 def _job(config: Path | None, overrides: list[str] | None, resume: Path | None) -> Config:
-    """The job to run: the resumed run's own config, or the YAML with its overrides."""
+    """The job to run: the resumed run's own config, or the YAML with its overrides (never seeded noise)."""
     if resume is not None:
-        return config_from_dict(RunStore.open(resume).config_dict())
-    if config is None:
+        job = config_from_dict(RunStore.open(resume).config_dict())
+    elif config is None:
         raise CrossLMError("deploy: give the job YAML, or --resume runs/<id> after a server crash")
-    return load_config(config, overrides or [])
+    else:
+        job = load_config(config, overrides or [])
+    refuse_seeded_noise(job)
+    return job
 
 
 def _pki(folder: Path) -> PKI | SitesPKI:
@@ -224,7 +228,8 @@ def submit(
     from crosslm_secure.deploy.local import follow
 
     try:
-        admin = _admin(_pki(pki), superlink, _job(config, [], resume))
+        job = _job(config, [], resume)
+        admin = _admin(_pki(pki), superlink, job)
         run_dir = follow(admin, admin.submit(resume=resume, timeout=timeout), console.print)
     except CrossLMError as exc:
         fail(exc)

@@ -22,7 +22,7 @@ import tomli_w
 import yaml
 
 from crosslm_secure.config import Config, config_to_dict
-from crosslm_secure.deploy import DeployError
+from crosslm_secure.deploy import DeployError, refuse_seeded_noise
 from crosslm_secure.deploy.pki import PKI, SiteFiles, SitesPKI, init_pki
 from crosslm_secure.deploy.site import flower_bin, flower_env, free_port, wait_until
 from crosslm_secure.metrics import round_line
@@ -98,6 +98,8 @@ class Deployment:
     sites: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.config is not None:
+            refuse_seeded_noise(self.config)
         self.workdir = Path(self.workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.home = self.workdir / "flwr-home"
@@ -198,6 +200,7 @@ class Deployment:
     ) -> str:
         """``flwr run`` the job (or its resumption, or ``config`` instead); return the Flower run id."""
         assert self.pki is not None and self.config is not None
+        refuse_seeded_noise(config or self.config)
         app = write_app(self.workdir / "app")
         announce = self.workdir / f"announce-{time.time_ns()}.json"
         overrides = {

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from crosslm_secure.config import Config, config_from_dict, config_to_dict
 from crosslm_secure.crypto.keys import Registry, load_participant_keys
 from crosslm_secure.data.records import Example
-from crosslm_secure.deploy import DeployError
+from crosslm_secure.deploy import DeployError, refuse_seeded_noise
 from crosslm_secure.parties import PartyFolder
 from crosslm_secure.party_run import open_coordinator
 from crosslm_secure.runner import RunResult, drive_server, prepare_job, resume_point, start_job
@@ -39,9 +39,11 @@ def serve(grid, run_config: dict[str, Any], log: Callable[[str], None] = print) 
     resume = str(run_config["resume"])
     if resume:
         store, config, state, start = resume_point(Path(resume))
+        refuse_seeded_noise(config)
         store.event("resumed", round=start, transport="flower")
     else:
         config = config_from_dict(json.loads(str(run_config["job"])))
+        refuse_seeded_noise(config)
         store = RunStore.create(config.run.output_dir, config.run.name, config.run.seed, config_to_dict(config))
         state, start = None, 0
     announce = str(run_config["announce"])

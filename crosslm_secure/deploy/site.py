@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from crosslm_secure.config import Config
 from crosslm_secure.crypto.keys import ParticipantKeys, Registry, load_participant_keys
 from crosslm_secure.data.records import ClientData
-from crosslm_secure.deploy import DeployError
+from crosslm_secure.deploy import DeployError, refuse_seeded_noise
 from crosslm_secure.deploy.pki import SiteFiles
 from crosslm_secure.deploy.wire import FAILED, OK, recv_frame, send_frame
 from crosslm_secure.errors import CrossLMError
@@ -246,6 +246,7 @@ def run_site(
             seconds until ``max_wait`` passes: after a crash, the site's earlier SuperNode counts as
             online for about a minute.
     """
+    refuse_seeded_noise(config)
     worker = SiteWorker(config, files, state_dir, log, data, party=party, passphrase=passphrase)
     path, server = serve_worker(worker)
     home = Path(tempfile.mkdtemp(prefix="crosslm-flwr-"))

@@ -45,6 +45,7 @@ from crosslm_secure.privacy.ledger_format import (
     signed_message,
     verify_entry,
 )
+from crosslm_secure.privacy.settings import NoiseSource
 from crosslm_secure.storage import atomic_write_text
 
 __all__ = [
@@ -170,9 +171,14 @@ class Ledger:
         delta: float,
         accountant: str,
         epsilon_max: float,
+        noise_source: NoiseSource = "os",
         details: dict[str, Any] | None = None,
     ) -> LedgerEntry:
-        """Record one round of DP-SGD on private records (record-level, Poisson-subsampled)."""
+        """Record one round of DP-SGD on private records (record-level, Poisson-subsampled).
+
+        ``noise_source`` (``privacy.noise_source``) is kept in the entry's details: ``seeded``
+        marks a release whose noise anyone with the config can replay.
+        """
         return self._append(
             run_id=run_id,
             round=round_index,
@@ -187,7 +193,7 @@ class Ledger:
             delta=float(delta),
             accountant=accountant,
             epsilon_max=float(epsilon_max),
-            details=details or {},
+            details={**(details or {}), "noise_source": noise_source},
         )
 
     def record_score_release(
@@ -202,6 +208,7 @@ class Ledger:
         accountant: str,
         epsilon_max: float,
         attempt: int = 0,
+        noise_source: NoiseSource = "os",
         details: dict[str, Any] | None = None,
     ) -> LedgerEntry:
         """Record ``count`` Gaussian releases of a client's score vector.
@@ -213,6 +220,7 @@ class Ledger:
                 whole data (client level, hence also record level).
             count: how many such releases this entry covers (usually 1 per round).
             attempt: the aggregation attempt within the round (a retry is another release).
+            noise_source: where the noise came from (``privacy.noise_source``), as for DP-SGD.
         """
         if not (noise_std > 0 and sensitivity > 0):
             raise LedgerError(
@@ -232,7 +240,7 @@ class Ledger:
             delta=float(delta),
             accountant=accountant,
             epsilon_max=float(epsilon_max),
-            details={**(details or {}), "attempt": attempt},
+            details={**(details or {}), "attempt": attempt, "noise_source": noise_source},
         )
 
     def record_non_private(

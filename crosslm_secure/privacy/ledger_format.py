@@ -92,6 +92,15 @@ class LedgerEntry:
         """Cumulative epsilon after this entry with the budget's accountant."""
         return self.epsilon[self.accountant]
 
+    @property
+    def noise_source(self) -> str:
+        """Where the release's noise came from: ``os`` or ``seeded`` (``privacy.noise_source``).
+
+        Kept in ``details`` since it was added, so older entries verify unchanged; they say
+        nothing, which means ``os``, the only source there was.
+        """
+        return str(self.details.get("noise_source", "os"))
+
 
 def load_entries(path: str | Path, *, client_id: str | None = None, finished: bool = False) -> list[LedgerEntry]:
     """Read and verify a ledger file; a missing file is an empty ledger.

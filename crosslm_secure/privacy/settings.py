@@ -17,6 +17,7 @@ from crosslm_secure.errors import PrivacyError
 
 Accountant = Literal["prv", "rdp"]
 GradSampleMode = Literal["ghost", "hooks"]
+NoiseSource = Literal["os", "seeded"]
 
 DEFAULT_DELTA_CAP = 1e-5
 """delta defaults to min(1e-5, 1 / (10 n)) for a client with n records."""
@@ -69,6 +70,13 @@ class PrivacyConfig(_Section):
     grad_sample_mode: GradSampleMode = Field(
         "ghost",
         description="ghost (ghost clipping: faster, less memory) or hooks (per-sample gradients).",
+    )
+    noise_source: NoiseSource = Field(
+        "os",
+        description="Where the DP noise and sampling come from. os: fresh OS entropy, which no one can replay "
+        "(the only value a deployment accepts). seeded: research only, derived from run.seed per client, round and "
+        "purpose, so runs repeat exactly and methods share their noise; anyone with the config can replay and remove "
+        "it, so it protects nothing.",
     )
     epsilon_max: Annotated[float, Field(gt=0)] = Field(
         10.0,

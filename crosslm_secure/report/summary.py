@@ -91,6 +91,7 @@ def render_summary(
     lines += ["## Set-up", ""]
     lines += [
         f"- method: `{config.run.method}`, rounds: {config.run.rounds}, seed: {config.run.seed}",
+        f"- noise source: {config.privacy.noise_source}",
         f"- clients: {config.partition.clients} ({config.partition.scheme}"
         + (f", alpha={config.partition.alpha}" if config.partition.scheme == "dirichlet" else "")
         + ")",

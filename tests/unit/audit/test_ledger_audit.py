@@ -11,7 +11,14 @@ import pytest
 import yaml
 
 from crosslm_secure.audit.base import AuditError
-from crosslm_secure.audit.ledger_audit import PLD_TOLERANCE, RDP_TOLERANCE, independent_epsilon, run_ledger_audit
+from crosslm_secure.audit.ledger_audit import (
+    PLD_TOLERANCE,
+    RDP_TOLERANCE,
+    independent_epsilon,
+    run_ledger_audit,
+    seeded_noise_findings,
+)
+from crosslm_secure.config import config_from_dict
 from crosslm_secure.privacy.accounting import MechanismBlock, epsilon
 from crosslm_secure.privacy.ledger import Ledger
 
@@ -139,3 +146,11 @@ def test_a_client_trained_without_dp_is_over_any_budget(crosslm_run: Path) -> No
     assert result.numbers["epsilon_spent_max"] == "inf" and result.numbers["clients_over_budget"] == 1
     assert any("client-1 trained on private data without DP (epsilon = inf)" in f for f in result.findings)
     assert {row[0]: row[1] for row in result.tables[0].rows}["client-1"] == "inf"
+
+
+def test_a_config_with_seeded_noise_fails_even_where_no_ledger_entry_says_so() -> None:
+    """A run whose ledgers hold no noisy release (or predate the field) is judged by its config too."""
+    seeded = config_from_dict({"privacy": {"noise_source": "seeded"}})
+    (finding,) = seeded_noise_findings(seeded, {"client-1": []})
+    assert finding.startswith("config.yaml: research mode: the noise was seeded")
+    assert seeded_noise_findings(config_from_dict({}), {"client-1": []}) == []

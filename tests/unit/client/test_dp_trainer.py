@@ -338,3 +338,37 @@ def test_non_private_head_runs_the_same_schedule_and_synthetic_steps_move_it(mod
     again, tokenizer_c, model_c = head_trainer(model_dir, tmp_path / "c", plain)
     again.train_private(model_c, tokenizer_c, examples, round_index=2)
     torch.testing.assert_close(model_b.classifier.weight, model_c.classifier.weight)
+
+
+# --- where the noise comes from: privacy.noise_source ---------------------------------------
+
+
+def test_seeded_noise_repeats_a_round_exactly_and_os_noise_never_does(model_dir, examples, tmp_path):
+    """seeded: same seed, same Poisson draws, noise and dropout, so the same weights; os: fresh every time."""
+
+    def trained(name: str, source: str, seed: int = 0) -> dict[str, torch.Tensor]:
+        ledger = Ledger(ledger_path(tmp_path / name, "client-1"), client_id="client-1", clock=fixed_clock)
+        trainer = slm_trainer(
+            slm_config(model_dir),
+            PRIVACY.model_copy(update={"noise_source": source}),
+            ledger=ledger,
+            run_id=name,  # a run id of its own: the streams must not depend on it
+            client_id="client-1",
+            planned_rounds=2,
+            num_records=3 * N_PER_LABEL,
+            device="cpu",
+            seed=seed,
+            progress=False,
+        )
+        tokenizer, model = load(model_dir)
+        trainer.train_private(model, tokenizer, examples, round_index=1)
+        assert ledger.find(name, 1, "dp-sgd").noise_source == source
+        return weights(model)
+
+    def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+        return all(torch.equal(a[n], b[n]) for n in a)
+
+    seeded, again = trained("seeded-a", "seeded"), trained("seeded-b", "seeded")
+    assert same(seeded, again)
+    assert not same(seeded, trained("seeded-other-seed", "seeded", seed=1))
+    assert not same(trained("os-a", "os"), trained("os-b", "os"))

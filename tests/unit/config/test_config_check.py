@@ -47,6 +47,7 @@ def refused(tmp_path: Path, text: str) -> str:
         ("generation:\n  samples_per_label: 1000000000000\n", "generation.samples_per_label: at most 10000"),
         ("privacy:\n  target_epsilon: 1e-300\n", "privacy.target_epsilon: at least 0.01"),
         ("privacy:\n  target_epsilon: 0.001\n", "privacy.target_epsilon: at least 0.01"),
+        ("privacy:\n  noise_source: random\n", "privacy.noise_source: Input should be 'os' or 'seeded'"),
         ("generation:\n  temperature: 1e308\n", "generation.temperature: at most 5"),
         ("generation:\n  temperature: 1.0e+308\n", "generation.temperature: at most 5"),
         ("run:\n  name: " + "a" * 300 + "\n", "run.name is 300 characters; at most 100"),
@@ -76,12 +77,13 @@ def test_values_at_the_bounds_still_load(tmp_path: Path) -> None:
     text = (
         "run:\n  seed: 4294967295\n  name: " + "a" * 100 + "\n"
         "generation:\n  samples_per_label: 10000\n  temperature: 5\n"
-        "privacy:\n  target_epsilon: 0.01\n"
+        "privacy:\n  target_epsilon: 0.01\n  noise_source: seeded\n"
         "llm:\n  gguf_file: model-q8.gguf\n"
         "tuning:\n  classification_pairs: true\n"
     )
     config = load_config(write(tmp_path, text))
     assert config.run.seed == 2**32 - 1 and config.llm.gguf_file == "model-q8.gguf"
+    assert config.privacy.noise_source == "seeded"
 
 
 def test_a_yaml_alias_bomb_is_refused_in_one_short_sentence(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from crosslm_secure.aggregation.ckks import CKKSAggregator
 from crosslm_secure.crypto.ckks import decrypt_aggregate
 from crosslm_secure.crypto.verify import SignedContribution
 from crosslm_secure.errors import CryptoError, ProtocolError
+from crosslm_secure.privacy.noise_source import NoiseStreams, Purpose
 
 RUN = "run-test"
 
@@ -140,3 +141,38 @@ def test_reveal_needs_a_round(federation):
     with pytest.raises(ProtocolError, match="round_index"):
         fresh.reveal(aggregate, blobs, count=2)
     assert np.allclose(fresh.reveal(aggregate, blobs, count=2, round_index=1, participants=sites), 0, atol=1e-6)
+
+
+def test_seeded_score_noise_is_each_clients_stream_of_its_round_and_attempt(federation):
+    sigma, seed, count = 0.5, 7, 4
+    clients = federation["clients"][:2]
+    sites = [k.site for k in clients]
+    scores = np.full((2, count), 0.5)
+
+    def revealed(source: str, attempt: int) -> np.ndarray:
+        aggregators = [
+            CKKSAggregator.for_client(
+                keys,
+                federation["contexts"][keys.site],
+                federation["registry"],
+                run_id=RUN,
+                noise_sigma=sigma,
+                noise=NoiseStreams(source, seed, keys.site),
+            )
+            for keys in clients
+        ]
+        server = CKKSAggregator.for_server(federation["public"], federation["registry"], run_id=RUN)
+        blobs, aggregate = _run_round(aggregators, server, sites, scores, attempt=attempt)
+        return aggregators[0].reveal(aggregate, blobs, count=count)
+
+    shares = [
+        NoiseStreams("seeded", seed, site)
+        .numpy_generator(round_index=1, attempt=0, purpose=Purpose.SCORE_NOISE)
+        .normal(0.0, sigma / np.sqrt(2), count)
+        for site in sites
+    ]
+    first = revealed("seeded", 0)
+    assert np.max(np.abs(first - (0.5 + np.mean(shares, axis=0)))) <= 1e-6
+    assert np.max(np.abs(revealed("seeded", 0) - first)) <= 1e-6
+    assert np.max(np.abs(revealed("seeded", 1) - first)) > 1e-4, "a retried attempt must draw fresh noise"
+    assert np.max(np.abs(revealed("os", 0) - revealed("os", 0))) > 1e-4

@@ -26,7 +26,7 @@ def open_ledger(tmp_path) -> Ledger:
     return Ledger(ledger_path(tmp_path, CLIENT), client_id=CLIENT, clock=fixed_clock)
 
 
-def record_round(ledger: Ledger, round_index: int, *, run_id: str = "run-a", steps: int = 20):
+def record_round(ledger: Ledger, round_index: int, *, run_id: str = "run-a", steps: int = 20, **extra):
     return ledger.record_dp_sgd(
         run_id=run_id,
         round_index=round_index,
@@ -37,6 +37,7 @@ def record_round(ledger: Ledger, round_index: int, *, run_id: str = "run-a", ste
         delta=DELTA,
         accountant="prv",
         epsilon_max=10.0,
+        **extra,
     )
 
 
@@ -243,3 +244,33 @@ def test_a_file_that_repeats_a_release_is_refused(three_rounds, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(LedgerError, match=r"line 4 repeats \('run-a', 1, 'dp-sgd', 0\)"):
         load_entries(three_rounds.path)
+
+
+def test_each_release_records_its_noise_source_and_an_older_entry_without_one_reads_as_os(tmp_path):
+    ledger = open_ledger(tmp_path)
+    record_round(ledger, 0)
+    record_round(ledger, 1, noise_source="seeded")
+    ledger.record_score_release(
+        run_id="run-a",
+        round_index=1,
+        noise_std=4.0,
+        sensitivity=0.5,
+        count=1,
+        delta=DELTA,
+        accountant="prv",
+        epsilon_max=10.0,
+        noise_source="seeded",
+    )
+    assert [e.noise_source for e in Ledger(ledger.path, client_id=CLIENT).entries] == ["os", "seeded", "seeded"]
+
+    older = open_ledger(tmp_path / "older")
+    record_round(older, 0, noise_source="seeded")
+
+    def as_written_before(raw):  # the field did not exist yet: details without it, hash and head to match
+        del raw["details"]["noise_source"]
+        raw["hash"] = entry_hash({k: v for k, v in raw.items() if k not in ("hash", "signature")})
+        older.head_path.write_text(json.dumps({"entries": 1, "hash": raw["hash"]}) + "\n")
+
+    rewrite_line(older.path, 0, as_written_before)
+    (entry,) = Ledger(older.path, client_id=CLIENT).entries
+    assert "noise_source" not in entry.details and entry.noise_source == "os"

@@ -10,11 +10,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from crosslm_secure.audit.ledger_audit import run_ledger_audit
 from crosslm_secure.audit.protocol_audit import run_protocol_audit
 from crosslm_secure.cli import app
 from crosslm_secure.client.node import ClientNode
 from crosslm_secure.config import load_config
 from crosslm_secure.privacy.ledger import Ledger, ledger_path
+from crosslm_secure.privacy.noise_source import SEEDED_WARNING
 from crosslm_secure.runner import resume_job, run_job
 from crosslm_secure.server.coordinator import Coordinator
 from tests.tiny_models import tiny_bert_dir, tiny_llm_dir, write_sentiment_csv
@@ -155,26 +157,56 @@ def test_an_exhausted_budget_ends_the_run_with_the_reason(job_files: dict[str, P
         assert all(v <= 6.0 for k, v in row.items() if k.startswith("epsilon/"))
 
 
-def test_same_seed_same_metrics_and_another_seed_differs(job_files: dict[str, Path]) -> None:
-    """Reproducible when no privacy noise is drawn (DP noise comes from OS entropy by design)."""
+def test_seeded_noise_repeats_a_private_run_and_os_noise_does_not(job_files: dict[str, Path]) -> None:
+    """privacy.noise_source: seeded draws DP-SGD's and the score release's noise from the seed, so a private
+    run repeats: the same SLM weights, the same metrics (those computed from the decrypted aggregate up to
+    CKKS's own encryption error, about 1e-10 here); os draws fresh noise every run. The ledgers record the
+    mode, the summary shows it, and the ledger audit fails the seeded run."""
 
-    def metrics(name: str, seed: int) -> list[dict]:
-        path = write_config(
+    def private_run(name: str, source: str) -> tuple[Path, list[dict]]:
+        path = write_config(  # two clients, five private steps and RDP keep the accounting cheap
             job_files,
             name,
-            run={"rounds": 1, "seed": seed},
-            privacy={"dp": False},
-            feedback={"ckks_preset": "n4096", "threshold": 0.0, "noise_sigma": 0.0},
+            run={"rounds": 1, "seed": 3, "min_clients": 2},
+            partition={"clients": 2},
+            slm={"private_steps": 5},
+            privacy={"noise_source": source, "accountant": "rdp"},
+            feedback={"ckks_preset": "n4096", "threshold": 0.0, "noise_sigma": 0.05},
         )
-        rows = run_job(load_config(path), log=lambda _: None).store.rounds()
-        return [{k: v for k, v in r.items() if not k.startswith(("seconds_", "peak_"))} for r in rows]
+        store = run_job(load_config(path), log=lambda _: None).store
+        rows = [{k: v for k, v in r.items() if not k.startswith(("seconds_", "peak_"))} for r in store.rounds()]
+        return store.root, rows
 
-    first, again, other = metrics("seed-a", 3), metrics("seed-b", 3), metrics("seed-c", 4)
+    def slm_weights(run: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.glob("clients/*/slm/*.safetensors"))}
+
+    (seeded_run, first), (again_run, again), (os_run, other) = (
+        private_run("seeded-a", "seeded"),
+        private_run("seeded-b", "seeded"),
+        private_run("os-a", "os"),
+    )
     for a, b in zip(first, again, strict=True):
-        assert a.keys() == b.keys()
-        differ = {k: (a[k], b[k]) for k in a if a[k] != (pytest.approx(b[k], rel=1e-6) if _number(b[k]) else b[k])}
-        assert differ == {}
-    assert first != other
+        assert a.keys() == b.keys() and _differing(a, b) == {}
+    assert first[1]["epsilon/client-1"] > 0, "the runs trained with DP"
+    assert _differing(first[1], other[1]) != {}
+    assert slm_weights(seeded_run) == slm_weights(again_run) != slm_weights(os_run)
+
+    for run, source in ((seeded_run, "seeded"), (os_run, "os")):
+        entries = [
+            e for client in ("client-1", "client-2") for e in Ledger(ledger_path(run, client), client_id=client).entries
+        ]
+        assert {e.mechanism for e in entries} == {"dp-sgd", "gaussian-score-release"}
+        assert {e.noise_source for e in entries} == {source}
+        assert f"- noise source: {source}\n" in (run / "summary.md").read_text()
+    audit = run_ledger_audit(seeded_run, progress=False)
+    assert audit.verdict == "fail"
+    assert audit.findings == [f"the ledgers of client-1, client-2: {SEEDED_WARNING}"]  # its only finding
+    assert "research mode: the noise was seeded" in SEEDED_WARNING
+
+
+def _differing(a: dict, b: dict) -> dict:
+    """The metrics of ``a`` that differ from ``b`` (numbers beyond a relative 1e-6)."""
+    return {k: (a[k], b[k]) for k in a if a[k] != (pytest.approx(b[k], rel=1e-6) if _number(b[k]) else b[k])}
 
 
 def _number(value: object) -> bool:
