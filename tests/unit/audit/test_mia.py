@@ -17,6 +17,7 @@ from crosslm_secure.audit.mia import _verdict_rules, run_mia_audit
 from crosslm_secure.audit.population import Mechanism, client_mechanism, open_run
 from crosslm_secure.audit.roc import MIN_SIDE, attack_metrics, auc, dp_test_point, tpr_at_fpr
 from crosslm_secure.client.schedule import private_schedule
+from tests.unit.audit.golden import assert_matches_golden
 
 
 def test_a_leaky_run_is_flagged_with_auc_well_above_chance(leaky_run: Path) -> None:
@@ -41,6 +42,7 @@ def test_a_dp_run_at_low_epsilon_passes(dp_run: Path) -> None:
     assert result.numbers["slm_rmia_auc_mean"] < 0.7
     assert result.details["clients"]["client-1"]["features_path"] is True
     assert result.details["clients"]["client-1"]["ledger_epsilon"] == pytest.approx(1.0, abs=0.05)
+    assert_matches_golden(dp_run, "mia", "mia_dp_run")
 
 
 def test_population_is_disjoint_from_every_client_and_halves_do_not_overlap(dp_run: Path) -> None:
@@ -121,4 +123,5 @@ def test_the_auc_rule_does_not_decide_on_a_handful_of_non_members() -> None:
     enough = np.linspace(0, 1, MIN_SIDE)
     decided = attack_metrics(members, enough, resamples=50, confidence=0.95, seed=0)
     found = _verdict_rules("client-1 SLM LOSS", decided, (members, enough), claimed, max_auc=0.8, confidence=0.95)
-    assert decided.decidable and found == ["client-1 SLM LOSS: AUC lower bound 1.000 > audit.mia_max_auc 0.8 (AUC rule)"]
+    assert decided.decidable
+    assert found == ["client-1 SLM LOSS: AUC lower bound 1.000 > audit.mia_max_auc 0.8 (AUC rule)"]
