@@ -41,7 +41,7 @@ from crosslm_secure.audit.canaries import (
 )
 from crosslm_secure.audit.population import (
     AuditRun,
-    Mechanism,
+    ClientMechanism,
     client_mechanism,
     embed,
     feature_head,
@@ -135,7 +135,7 @@ def black_box_outcome(run: AuditRun, client_id: str, *, progress: bool = True) -
     return Outcome(result, {"dp_canary_scores.png": draw})
 
 
-def _black_box_result(numbers: dict[str, Any], cfg: AuditConfig, mechanism: Mechanism) -> CheckResult:
+def _black_box_result(numbers: dict[str, Any], cfg: AuditConfig, mechanism: ClientMechanism) -> CheckResult:
     client_id, lower, claimed = numbers["client"], numbers["empirical_epsilon_lower_bound"], numbers["claimed_epsilon"]
     guesses, correct = numbers["guesses"], numbers["correct"]
     fail = math.isfinite(claimed) and lower > claimed
@@ -197,7 +197,7 @@ def _train_with_canaries(
     run: AuditRun,
     client_id: str,
     private: list[Example],
-    mechanism: Mechanism,
+    mechanism: ClientMechanism,
     included: np.ndarray,
     progress: bool,
 ) -> tuple[np.ndarray, float, str]:
@@ -257,7 +257,7 @@ def _train_with_canaries(
     return log_prob() - before, claimed, "text"
 
 
-def _claimed(trainer: Any, mechanism: Mechanism) -> float:
+def _claimed(trainer: Any, mechanism: ClientMechanism) -> float:
     if not mechanism.private:
         return math.inf
     return float(trainer.ledger.epsilon(trainer.privacy.accountant, trainer.delta))

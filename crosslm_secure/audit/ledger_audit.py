@@ -46,6 +46,7 @@ from crosslm_secure.audit.trust import TrustAnchor, identity_findings
 from crosslm_secure.config import AuditConfig
 from crosslm_secure.privacy.accounting import MechanismBlock, merge_history
 from crosslm_secure.privacy.ledger import LEDGER_FILE, LedgerEntry, LedgerError, ledger_path
+from crosslm_secure.privacy.ledger_format import Mechanism
 from crosslm_secure.runstore import RunStore
 
 RDP_TOLERANCE = 0.01
@@ -263,7 +264,7 @@ def _recompute_entry(client_id: str, line: int, entry: LedgerEntry, earlier: lis
     for accountant, recorded in sorted(entry.epsilon.items()):
         if entry.unit == "client" and accountant == "prv":
             continue  # the ledger records PRV of score releases as the honest bound inf (ledger.py)
-        if entry.unit == "record" and any(e.mechanism == "non-private" for e in history):
+        if entry.unit == "record" and any(e.mechanism == Mechanism.NON_PRIVATE for e in history):
             recomputed = math.inf
         else:
             blocks = [b for b in (e.block() for e in history) if b is not None]

@@ -34,7 +34,7 @@ from crosslm_secure.audit.attacks import Attack, LiraAttack, LossAttack, RmiaAtt
 from crosslm_secure.audit.base import AuditError, CheckResult, Figure, Outcome, Table, Verdict, eps_text
 from crosslm_secure.audit.mia_llm import llm_attack
 from crosslm_secure.audit.mia_scores import reference_size, score_records
-from crosslm_secure.audit.population import AuditRun, Mechanism, client_mechanism, open_run
+from crosslm_secure.audit.population import AuditRun, ClientMechanism, client_mechanism, open_run
 from crosslm_secure.audit.roc import LOW_FPRS, AttackMetrics, attack_metrics, dp_test_point, plot_roc
 from crosslm_secure.config import AuditConfig
 from crosslm_secure.errors import CrossLMError
@@ -47,7 +47,7 @@ class ClientAttacks:
     """Every SLM attack on one client: the shared result of the run-level and the site audits."""
 
     client_id: str
-    mechanism: Mechanism
+    mechanism: ClientMechanism
     metrics: dict[str, AttackMetrics]
     """Attack name -> its metrics with bootstrap intervals."""
     curves: dict[str, tuple[np.ndarray, np.ndarray]]
@@ -242,7 +242,7 @@ def _verdict_rules(
     label: str,
     metrics: AttackMetrics,
     scores: tuple[np.ndarray, np.ndarray],
-    mechanism: Mechanism,
+    mechanism: ClientMechanism,
     max_auc: float,
     confidence: float,
 ) -> list[str]:

@@ -44,6 +44,7 @@ from torch import nn
 
 from crosslm_secure.audit.canaries import epsilon_lower_bound, guess, inclusion
 from crosslm_secure.privacy.accounting import MechanismBlock, epsilon
+from crosslm_secure.privacy.ledger_format import Mechanism
 
 MECHANISM_ALPHA = 1e-4
 """One-sided level of the mechanism check: an honest run fails it with this probability."""
@@ -231,7 +232,7 @@ def mechanism_check(standard: np.ndarray, included: np.ndarray, sigma: float, ra
 
 def _claim(trainer: Any) -> tuple[float, float, float, float]:
     """(noise multiplier, sample rate, delta, claimed eps) as the trainer's ledger recorded them."""
-    entries = [e for e in trainer.ledger.entries if e.mechanism == "dp-sgd"]
+    entries = [e for e in trainer.ledger.entries if e.mechanism == Mechanism.DP_SGD]
     if not entries:
         return math.inf, float(trainer.sample_rate), float(trainer.delta), math.inf
     first = entries[0]
