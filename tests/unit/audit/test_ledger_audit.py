@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from crosslm_secure.audit.base import AuditError
-from crosslm_secure.audit.ledger_audit import PLD_TOLERANCE, RDP_TOLERANCE, independent_epsilon, run_ledger_audit
+from crosslm_secure.audit.ledger_audit import run_ledger_audit
+from crosslm_secure.audit.ledger_epsilon import PLD_TOLERANCE, RDP_TOLERANCE, independent_epsilon
 from crosslm_secure.privacy.accounting import MechanismBlock, epsilon
 from crosslm_secure.privacy.ledger import Ledger
 from tests.unit.audit.golden import assert_matches_golden
