@@ -3,9 +3,9 @@
 Each audit fills in its own steps, as a Flower strategy fills in ``configure_fit`` and
 ``aggregate_fit`` for the one server loop:
 
-* :meth:`Audit.open` reads what the audit needs from the run folder (its config, data split
-  and each client's mechanism, or its ledgers, or its server artefacts); bad input is an
-  :class:`~crosslm_secure.audit.base.AuditError` here, before any work;
+* :meth:`Audit.open` reads what the audit needs from the run folder (its config and data
+  split, or its ledgers, or its server artefacts); a folder that is not such a run is refused
+  here with an :class:`~crosslm_secure.audit.base.AuditError`;
 * :meth:`Audit.measure` gathers the evidence: retrain and score (membership inference, DP
   canaries) or re-check (ledger recomputation, protocol scans);
 * :meth:`Audit.judge` turns the evidence into a verdict, numbers, tables and figures.
