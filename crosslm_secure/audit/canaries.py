@@ -14,6 +14,8 @@ any smaller claimed eps is rejected at that confidence.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import binom
@@ -107,3 +109,21 @@ def text_canaries(count: int, num_labels: int, seed: int, words: int = 8) -> tup
 def inclusion(count: int, seed: int) -> np.ndarray:
     """Which canaries go into training: independent fair coins."""
     return np.random.default_rng([seed, 33]).random(count) < 0.5
+
+
+@dataclass
+class CanaryEvidence:
+    """What one training with canaries measured, before the verdict (black-box or white-box)."""
+
+    numbers: dict[str, Any]
+    """The check's flat numbers: client, bound, claim, canaries, guesses, correct, mode, ..."""
+    scores: np.ndarray
+    """Every canary's score (higher = more likely included)."""
+    included: np.ndarray
+    """Each canary's inclusion coin."""
+    fail_bound: bool
+    """The lower bound exceeds a finite claimed epsilon."""
+    disagreements: tuple[str, ...] = ()
+    """Where the client's ledger differs from the configured mechanism (a finding each)."""
+    fail_mechanism: bool = False
+    """White-box only: included canaries moved the model more than the recorded noise and rate allow."""

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,15 +35,17 @@ import torch
 from crosslm_secure.audit.attacks import FLOOR
 from crosslm_secure.audit.base import AuditError, CheckResult, Outcome, Table, eps_text
 from crosslm_secure.audit.canaries import (
+    CanaryEvidence,
     epsilon_lower_bound,
     feature_canaries,
     guess,
     inclusion,
     text_canaries,
 )
+from crosslm_secure.audit.pipeline import Audit, run_audit
 from crosslm_secure.audit.population import (
     AuditRun,
-    Mechanism,
+    ClientMechanism,
     client_mechanism,
     embed,
     feature_head,
@@ -52,7 +56,8 @@ from crosslm_secure.audit.population import (
     retrainer,
     uses_features,
 )
-from crosslm_secure.config import AuditConfig
+from crosslm_secure.audit.whitebox_audit import judge_white_box, measure_white_box
+from crosslm_secure.config import AuditConfig, SLMConfig
 from crosslm_secure.data.records import Example
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.models.batches import predict_proba
@@ -72,28 +77,62 @@ def run_dp_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress
     Raises:
         AuditError: the run folder lacks its config, the client's checkpoint or ledger.
     """
-    run = open_run(Path(run_dir), settings)
-    client_id = run.settings.dp_client or run.config.client_ids()[0]
-    return dp_outcome(run, client_id, progress=progress).save(run.root)
+    return run_audit(DpAudit(progress=progress), run_dir, settings)
+
+
+@dataclass
+class DpSubject:
+    """The client of an opened run whose DP-SGD is audited, and whether with white-box canaries."""
+
+    run: AuditRun
+    client_id: str
+    white_box: bool
+
+
+@dataclass
+class DpAudit(Audit[DpSubject, CanaryEvidence]):
+    """Retrain one client's mechanism with canaries, score them, bound epsilon from below."""
+
+    progress: bool = True
+
+    def open(self, run_dir: Path, settings: AuditConfig | None) -> DpSubject:
+        run = open_run(run_dir, settings)
+        return dp_subject(run, run.settings.dp_client or run.config.client_ids()[0])
+
+    def measure(self, subject: DpSubject) -> CanaryEvidence:
+        if subject.white_box:
+            return measure_white_box(subject.run, subject.client_id, progress=self.progress)
+        return measure_black_box(subject.run, subject.client_id, progress=self.progress)
+
+    def judge(self, subject: DpSubject, evidence: CanaryEvidence) -> Outcome:
+        if subject.white_box:
+            return judge_white_box(evidence)
+        return judge_black_box(subject.run.settings, evidence)
+
+
+def dp_subject(run: AuditRun, client_id: str) -> DpSubject:
+    """``client_id`` of ``run``, white-box where ``audit.dp_mode`` asks for it or, with ``auto``,
+    where the client trains only a linear head; black-box otherwise."""
+    mode = run.settings.dp_mode
+    return DpSubject(run, client_id, mode == "white-box" or (mode == "auto" and head_only(run, client_id)))
 
 
 def dp_outcome(run: AuditRun, client_id: str, *, progress: bool = True) -> Outcome:
-    """The one-run DP audit of ``client_id``: white-box where ``audit.dp_mode`` asks for it or,
-    with ``auto``, where the client trains only a linear head; black-box otherwise.
+    """The one-run DP audit of ``client_id`` on an opened run (a site audits itself with it).
 
     Raises:
         AuditError: a missing checkpoint or ledger, or retraining with canaries failed.
     """
-    mode = run.settings.dp_mode
-    if mode == "white-box" or (mode == "auto" and head_only(run, client_id)):
-        from crosslm_secure.audit.whitebox_audit import whitebox_outcome
-
-        return whitebox_outcome(run, client_id, progress=progress)
-    return black_box_outcome(run, client_id, progress=progress)
+    audit, chosen = DpAudit(progress=progress), dp_subject(run, client_id)
+    return audit.judge(chosen, audit.measure(chosen))
 
 
-def black_box_outcome(run: AuditRun, client_id: str, *, progress: bool = True) -> Outcome:
-    """The black-box one-run DP audit of ``client_id`` (input canaries, scored on the final model)."""
+def measure_black_box(run: AuditRun, client_id: str, *, progress: bool = True) -> CanaryEvidence:
+    """Retrain ``client_id`` with input canaries and guess them from the final model's scores.
+
+    Raises:
+        AuditError: retraining with canaries failed.
+    """
     started = time.perf_counter()
     cfg = run.settings
     client = run.client(client_id)
@@ -130,15 +169,24 @@ def black_box_outcome(run: AuditRun, client_id: str, *, progress: bool = True) -
         "mode": "black-box",
         "seconds": time.perf_counter() - started,
     }
-    result = _black_box_result(numbers, cfg, mechanism)
-    draw = partial(_plot_scores, scores, included, lower, claimed)
+    fail = math.isfinite(claimed) and lower > claimed
+    return CanaryEvidence(numbers, scores, included, fail, mechanism.disagreements)
+
+
+def judge_black_box(cfg: AuditConfig, evidence: CanaryEvidence) -> Outcome:
+    """The black-box result and its score histogram."""
+    numbers = evidence.numbers
+    result = _black_box_result(numbers, cfg, evidence.fail_bound, evidence.disagreements)
+    lower, claimed = numbers["empirical_epsilon_lower_bound"], numbers["claimed_epsilon"]
+    draw = partial(_plot_scores, evidence.scores, evidence.included, lower, claimed)
     return Outcome(result, {"dp_canary_scores.png": draw})
 
 
-def _black_box_result(numbers: dict[str, Any], cfg: AuditConfig, mechanism: Mechanism) -> CheckResult:
+def _black_box_result(
+    numbers: dict[str, Any], cfg: AuditConfig, fail: bool, disagreements: tuple[str, ...]
+) -> CheckResult:
     client_id, lower, claimed = numbers["client"], numbers["empirical_epsilon_lower_bound"], numbers["claimed_epsilon"]
-    guesses, correct = numbers["guesses"], numbers["correct"]
-    fail = math.isfinite(claimed) and lower > claimed
+    guesses, correct, ledger_epsilon = numbers["guesses"], numbers["correct"], numbers["ledger_epsilon"]
     findings = (
         [
             f"{client_id}: empirical epsilon lower bound {lower:.2f} ({cfg.confidence:.0%} confidence) exceeds "
@@ -147,13 +195,13 @@ def _black_box_result(numbers: dict[str, Any], cfg: AuditConfig, mechanism: Mech
         if fail
         else []
     )
-    findings += [f"{client_id}: {d}; the audit re-ran the configured mechanism" for d in mechanism.disagreements]
+    findings += [f"{client_id}: {d}; the audit re-ran the configured mechanism" for d in disagreements]
     summary = (
         f"{client_id}: {correct}/{guesses} canary guesses right -> empirical epsilon >= {lower:.2f} "
         f"({cfg.confidence:.0%} confidence) vs claimed {eps_text(claimed)} "
-        f"(ledger {eps_text(mechanism.ledger_epsilon)})"
+        f"(ledger {eps_text(ledger_epsilon)})"
         + ("; the lower bound exceeds the claim." if fail else "; consistent with the claim.")
-        + ("; but the ledger's mechanism differs from the config's." if mechanism.disagreements else "")
+        + ("; but the ledger's mechanism differs from the config's." if disagreements else "")
     )
     table = Table(
         title="One-run DP audit, black-box (input canaries; Steinke, Nasr, Jagielski 2023)",
@@ -166,7 +214,7 @@ def _black_box_result(numbers: dict[str, Any], cfg: AuditConfig, mechanism: Mech
                 str(correct),
                 f"{lower:.2f}",
                 eps_text(claimed),
-                eps_text(mechanism.ledger_epsilon),
+                eps_text(ledger_epsilon),
             ]
         ],
     )
@@ -197,37 +245,70 @@ def _train_with_canaries(
     run: AuditRun,
     client_id: str,
     private: list[Example],
-    mechanism: Mechanism,
+    mechanism: ClientMechanism,
     included: np.ndarray,
     progress: bool,
 ) -> tuple[np.ndarray, float, str]:
     """Scores of every canary after training, the claimed epsilon, and the canary space."""
-    cfg = run.settings
-    labels_count = len(run.config.task.labels)
     tokenizer, target_model, settings = load_client_slm(run, client_id)
-    seed = int(np.random.SeedSequence([cfg.seed, 34]).generate_state(1)[0])
+    seed = int(np.random.SeedSequence([run.settings.seed, 34]).generate_state(1)[0])
     count = len(private) + int(included.sum())
+    retrain = partial(retrainer, run, client_id, mechanism, count, seed=seed, progress=progress)
     if uses_features(run, settings, target_model):
         features = embed(tokenizer, target_model, [ex.text for ex in private], settings, progress=progress)
-        vectors, canary_labels = feature_canaries(cfg.canaries, features.numpy(), labels_count, cfg.seed)
-        canary_features = torch.from_numpy(vectors)
-        train_x = torch.cat([features, canary_features[torch.from_numpy(included)]])
-        train_y = torch.cat(
-            [
-                torch.tensor([ex.label for ex in private], dtype=torch.long),
-                torch.from_numpy(canary_labels[included]).long(),
-            ]
+        scores, claimed = _feature_canary_scores(
+            run, target_model, features, private, mechanism, included, seed, retrain
         )
-        head = feature_head(target_model, fresh_seed=seed)
-        before = _log_prob(head_probabilities(head, canary_features), canary_labels)
-        with retrainer(run, client_id, mechanism, count, seed=seed, progress=progress) as trainer:
-            for round_index in range(1, mechanism.rounds + 1):
-                trainer.train_private_features(head, train_x, train_y, round_index=round_index)
-            claimed = _claimed(trainer, mechanism)
-        after = _log_prob(head_probabilities(head, canary_features), canary_labels)
-        return after - before, claimed, "feature"
+        return scores, claimed, "feature"
     del target_model
-    texts, canary_labels = text_canaries(cfg.canaries, labels_count, cfg.seed)
+    scores, claimed = _text_canary_scores(run, settings, private, mechanism, included, seed, retrain)
+    return scores, claimed, "text"
+
+
+def _feature_canary_scores(
+    run: AuditRun,
+    target_model: Any,
+    features: torch.Tensor,
+    private: list[Example],
+    mechanism: ClientMechanism,
+    included: np.ndarray,
+    seed: int,
+    retrain: Callable[[], Any],
+) -> tuple[np.ndarray, float]:
+    """Random unit-vector canaries in the frozen encoder's feature space, trained into a fresh head."""
+    cfg = run.settings
+    labels_count = len(run.config.task.labels)
+    vectors, canary_labels = feature_canaries(cfg.canaries, features.numpy(), labels_count, cfg.seed)
+    canary_features = torch.from_numpy(vectors)
+    train_x = torch.cat([features, canary_features[torch.from_numpy(included)]])
+    train_y = torch.cat(
+        [
+            torch.tensor([ex.label for ex in private], dtype=torch.long),
+            torch.from_numpy(canary_labels[included]).long(),
+        ]
+    )
+    head = feature_head(target_model, fresh_seed=seed)
+    before = _log_prob(head_probabilities(head, canary_features), canary_labels)
+    with retrain() as trainer:
+        for round_index in range(1, mechanism.rounds + 1):
+            trainer.train_private_features(head, train_x, train_y, round_index=round_index)
+        claimed = _claimed(trainer, mechanism)
+    after = _log_prob(head_probabilities(head, canary_features), canary_labels)
+    return after - before, claimed
+
+
+def _text_canary_scores(
+    run: AuditRun,
+    settings: SLMConfig,
+    private: list[Example],
+    mechanism: ClientMechanism,
+    included: np.ndarray,
+    seed: int,
+    retrain: Callable[[], Any],
+) -> tuple[np.ndarray, float]:
+    """Random-letter text canaries, trained with the records into a fresh SLM."""
+    cfg = run.settings
+    texts, canary_labels = text_canaries(cfg.canaries, len(run.config.task.labels), cfg.seed)
     canaries = [
         Example(uid=f"canary:{i}", text=t, label=int(y))
         for i, (t, y) in enumerate(zip(texts, canary_labels, strict=True))
@@ -248,16 +329,16 @@ def _train_with_canaries(
         )
         return _log_prob(probabilities, canary_labels)
 
-    with retrainer(run, client_id, mechanism, count, seed=seed, progress=progress) as trainer:
+    with retrain() as trainer:
         trainer.prepare_model(model)
         before = log_prob()
         for round_index in range(1, mechanism.rounds + 1):
             trainer.train_private(model, tokenizer, train, round_index=round_index)
         claimed = _claimed(trainer, mechanism)
-    return log_prob() - before, claimed, "text"
+    return log_prob() - before, claimed
 
 
-def _claimed(trainer: Any, mechanism: Mechanism) -> float:
+def _claimed(trainer: Any, mechanism: ClientMechanism) -> float:
     if not mechanism.private:
         return math.inf
     return float(trainer.ledger.epsilon(trainer.privacy.accountant, trainer.delta))

@@ -10,7 +10,7 @@ For every configured client's ``clients/<id>/ledger.jsonl``:
 2. every entry's recorded cumulative epsilon is recomputed from the recorded mechanisms
    with an accountant independent of the one that recorded it: Google's ``dp-accounting``
    (RDP for the recorded ``rdp`` value, PLD for the recorded ``prv`` value), within a stated
-   tolerance (RDP vs RDP is tight; PRV vs PLD differ by discretisation, a few percent);
+   tolerance (audit/ledger_epsilon.py);
 3. no client's record-level epsilon exceeds ``privacy.epsilon_max`` (recorded and recomputed),
    and every entry records the budget the run was configured with.
 
@@ -20,109 +20,36 @@ as the ledger does (SECURITY.md); the budget governs the record level.
 
 from __future__ import annotations
 
-import logging
 import math
-import warnings
-from collections.abc import Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import dp_accounting
-import numpy as np
-from dp_accounting import pld, rdp
 
-from crosslm_secure.audit.base import AuditError, CheckResult, Table, audit_dir, save_result
+from crosslm_secure.audit.base import AuditError, CheckResult, Outcome, Table
 from crosslm_secure.audit.ledger_crosschecks import (
     claim_findings,
     config_findings,
     load_verified_ledgers,
     round_findings,
 )
+from crosslm_secure.audit.ledger_epsilon import (
+    ABSOLUTE_SLACK,
+    PLD_TOLERANCE,
+    RDP_TOLERANCE,
+    Recomputation,
+    recompute_entry,
+)
+from crosslm_secure.audit.pipeline import Audit, run_audit
 from crosslm_secure.audit.progress import progress_bar
 from crosslm_secure.audit.runinfo import run_config
 from crosslm_secure.audit.trust import TrustAnchor, identity_findings
 from crosslm_secure.config import AuditConfig, Config
-from crosslm_secure.privacy.accounting import MechanismBlock, merge_history
 from crosslm_secure.privacy.ledger import LEDGER_FILE, LedgerEntry, LedgerError, ledger_path
 from crosslm_secure.privacy.noise_source import SEEDED_WARNING
 from crosslm_secure.runstore import RunStore
-
-RDP_TOLERANCE = 0.01
-"""Largest relative difference accepted between Opacus RDP and dp-accounting RDP (orders differ slightly)."""
-PLD_TOLERANCE = 0.05
-"""Largest relative difference accepted between Opacus PRV and dp-accounting PLD (both discretise)."""
-ABSOLUTE_SLACK = 0.02
-"""Differences below this many epsilon units always pass (PRV's own eps_error is 0.01)."""
-PLD_DISCRETISATION = 1e-3
-"""PLD grid step; 1e-3 gives the same epsilon as 1e-4 to 4 decimals here, 10x faster."""
-
-
-@dataclass(frozen=True)
-class Recomputation:
-    """One entry's recorded cumulative epsilon next to an independent recomputation."""
-
-    client_id: str
-    line: int
-    round: int
-    mechanism: str
-    unit: str
-    accountant: str
-    recorded: float
-    recomputed: float
-    tolerance: float
-
-    @property
-    def relative_difference(self) -> float:
-        if math.isinf(self.recorded) and math.isinf(self.recomputed):
-            return 0.0
-        if math.isinf(self.recorded) or math.isinf(self.recomputed):
-            return math.inf
-        return abs(self.recorded - self.recomputed) / max(abs(self.recomputed), 1e-12)
-
-    @property
-    def matches(self) -> bool:
-        if math.isinf(self.recorded) or math.isinf(self.recomputed):
-            return self.relative_difference == 0.0
-        return abs(self.recorded - self.recomputed) <= ABSOLUTE_SLACK or self.relative_difference <= self.tolerance
-
-
-def independent_epsilon(history: Sequence[MechanismBlock], delta: float, accountant: str) -> float:
-    """Epsilon of ``history`` at ``delta`` with dp-accounting: ``rdp`` -> RDP, ``prv`` -> PLD."""
-    blocks = merge_history(history)
-    if not blocks:
-        return 0.0
-    event = dp_accounting.ComposedDpEvent([_event(b) for b in blocks])
-    with _quiet():
-        if accountant == "rdp":
-            rdp_accountant = rdp.RdpAccountant()
-            rdp_accountant.compose(event)
-            return float(rdp_accountant.get_epsilon(delta))
-        pld_accountant = pld.PLDAccountant(value_discretization_interval=PLD_DISCRETISATION)
-        pld_accountant.compose(event)
-        return float(pld_accountant.get_epsilon(delta))
-
-
-def _event(block: MechanismBlock) -> dp_accounting.DpEvent:
-    gaussian = dp_accounting.GaussianDpEvent(block.noise_multiplier)
-    single = gaussian if block.sample_rate >= 1 else dp_accounting.PoissonSampledDpEvent(block.sample_rate, gaussian)
-    return dp_accounting.SelfComposedDpEvent(single, block.steps)
-
-
-@contextmanager
-def _quiet() -> Any:
-    # dp-accounting logs a warning per RDP order whose series does not converge (it drops
-    # that order, which only loosens nothing: the minimum is over the remaining orders).
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 def run_ledger_audit(
@@ -139,114 +66,107 @@ def run_ledger_audit(
     Raises:
         AuditError: not a run folder, or it holds no client ledgers.
     """
-    del settings
-    run_dir = Path(run_dir)
-    config = run_config(run_dir)
-    ledgers = {p.parent.name: p for p in sorted((run_dir / "clients").glob(f"*/{LEDGER_FILE}"))}
-    if not ledgers:
-        raise AuditError(
-            f"audit ledger: {run_dir} has no clients/*/{LEDGER_FILE}; audit a run in which clients trained"
-        )
-    epsilon_max = config.privacy.epsilon_max
-    store = RunStore(run_dir)
-    anchor = anchor or TrustAnchor()
-    identities, findings = _trusted_identities(store, anchor)
-    entries_by_client, ledger_findings = load_verified_ledgers(store, config, identities)
-    findings += ledger_findings
-    for client_id in sorted(set(ledgers) - set(config.client_ids())):
-        findings.append(f"clients/{client_id}/{LEDGER_FILE}: a ledger of {client_id}, who is not a client of this run")
-    ledgers = {c: ledger_path(run_dir, c) for c in sorted(set(ledgers) | set(config.client_ids()))}
-    findings += config_findings(config, entries_by_client)
-    findings += round_findings(run_dir, config, entries_by_client)
-    findings += claim_findings(run_dir, entries_by_client, identities)
-    # A ledger "verifies" when it loads and nothing above was found in it (signatures, run, rounds, claims).
-    verified = [c for c in entries_by_client if not any(f"clients/{c}/{LEDGER_FILE}" in f for f in findings)]
-    findings += seeded_noise_findings(config, entries_by_client)
+    return run_audit(LedgerAudit(progress=progress, anchor=anchor or TrustAnchor()), run_dir, settings)
 
-    work = [(client_id, line, entry) for client_id, es in entries_by_client.items() for line, entry in enumerate(es, 1)]
-    recomputations: list[Recomputation] = []
-    for client_id, line, entry in progress_bar(work, "recomputing epsilon", enabled=progress):
-        recomputations += _recompute_entry(client_id, line, entry, entries_by_client[client_id][: line - 1])
-    for item in recomputations:
-        if not item.matches:
-            findings.append(
-                f"clients/{item.client_id}/{LEDGER_FILE} line {item.line}: recorded {item.accountant} epsilon "
-                f"{_fmt(item.recorded)} but dp-accounting gives {_fmt(item.recomputed)} "
-                f"(rel. diff {_fmt(item.relative_difference)}, tolerance {item.tolerance:g})"
+
+@dataclass
+class LedgerRun:
+    """What the ledger audit reads: the run's config and store, and every ledger it should hold."""
+
+    root: Path
+    config: Config
+    store: RunStore
+    ledgers: dict[str, Path]
+    """Client id -> its ledger file, for every configured client and every ledger found."""
+    strangers: list[str]
+    """Ledgers of ids that are not clients of the run."""
+
+
+@dataclass
+class LedgerEvidence:
+    """The verified entries, what was found in them, and every recomputed epsilon."""
+
+    entries_by_client: dict[str, list[LedgerEntry]]
+    findings: list[str]
+    verified: list[str]
+    recomputations: list[Recomputation]
+
+
+@dataclass
+class LedgerAudit(Audit[LedgerRun, LedgerEvidence]):
+    """Chains, signatures and cross-checks of each ledger; epsilon recomputed; budgets."""
+
+    progress: bool = True
+    anchor: TrustAnchor = field(default_factory=TrustAnchor)
+
+    def open(self, run_dir: Path, settings: AuditConfig | None) -> LedgerRun:
+        del settings  # the ledger audit has no knobs
+        config = run_config(run_dir)
+        found = {p.parent.name: p for p in sorted((run_dir / "clients").glob(f"*/{LEDGER_FILE}"))}
+        if not found:
+            raise AuditError(
+                f"audit ledger: {run_dir} has no clients/*/{LEDGER_FILE}; audit a run in which clients trained"
             )
+        everyone = sorted(set(found) | set(config.client_ids()))
+        strangers = sorted(set(found) - set(config.client_ids()))
+        ledgers = {client_id: ledger_path(run_dir, client_id) for client_id in everyone}
+        return LedgerRun(run_dir, config, RunStore(run_dir), ledgers, strangers)
 
-    rows, budget_findings, over = _budget_rows(entries_by_client, recomputations, epsilon_max, ledgers, run_dir)
-    findings += budget_findings
-    for client_id in ledgers:
-        if client_id not in entries_by_client:
-            rows.append([client_id, "-", "-", "-", "-", f"{epsilon_max:g}", "fail (ledger does not verify)"])
-    rows.sort(key=lambda r: r[0])
-    figure = _plot(run_dir, recomputations, epsilon_max)
-    verdict = "pass" if not findings else "fail"
-    spent = [
-        record[-1].spent()
-        for record in ([e for e in es if e.unit == "record"] for es in entries_by_client.values())
-        if record
-    ]
-    spent_max = max(spent, default=0.0)
-    numbers: dict[str, Any] = {
-        "clients": len(ledgers),
-        "ledgers_verified": len(verified),
-        "entries": sum(len(e) for e in entries_by_client.values()),
-        "recomputations": len(recomputations),
-        "recomputations_mismatched": sum(not r.matches for r in recomputations),
-        "max_relative_difference": _json_number(max((r.relative_difference for r in recomputations), default=0.0)),
-        "epsilon_max": epsilon_max,
-        "epsilon_spent_max": _json_number(spent_max),
-        "clients_over_budget": over,
-    }
-    summary = (
-        f"{len(verified)} of {len(ledgers)} ledgers verify; {len(recomputations)} recorded epsilons "
-        f"recomputed with dp-accounting, {numbers['recomputations_mismatched']} outside tolerance; "
-        f"max record-level epsilon {_fmt(spent_max)} of budget {epsilon_max:g}, "
-        f"{over} client(s) over budget."
-    )
-    result = CheckResult(
-        name="ledger",
-        title="Ledger audit: hash chains, independent epsilon, budgets",
-        verdict=verdict,
-        summary=summary,
-        numbers=numbers,
-        tables=[
-            Table(
-                "Per client (record-level epsilon, the budget's accountant)",
-                ["client", "recorded eps", "recomputed eps", "rel. diff", "entries", "budget", "verdict"],
-                rows,
-            ),
-            Table(
-                "Every recomputation",
-                ["client", "line", "round", "mechanism", "accountant", "recorded", "dp-accounting", "rel. diff", "ok"],
-                [
-                    [
-                        r.client_id,
-                        str(r.line),
-                        str(r.round),
-                        r.mechanism,
-                        f"{r.accountant} vs {'RDP' if r.accountant == 'rdp' else 'PLD'}",
-                        _fmt(r.recorded),
-                        _fmt(r.recomputed),
-                        _fmt(r.relative_difference),
-                        "yes" if r.matches else "NO",
-                    ]
-                    for r in recomputations
-                ],
-            ),
-        ],
-        figures=[figure] if figure else [],
-        findings=findings,
-        details={
-            "tolerances": {"rdp_vs_rdp": RDP_TOLERANCE, "prv_vs_pld": PLD_TOLERANCE, "absolute": ABSOLUTE_SLACK},
-            "independent_accountant": f"dp-accounting {getattr(dp_accounting, '__version__', '0.6.0')}",
-            **anchor.details(),
-        },
-    )
-    save_result(run_dir, result)
-    return result
+    def measure(self, run: LedgerRun) -> LedgerEvidence:
+        identities, findings = _trusted_identities(run.store, self.anchor)
+        entries_by_client, ledger_findings = load_verified_ledgers(run.store, run.config, identities)
+        findings += ledger_findings
+        for client_id in run.strangers:
+            findings.append(
+                f"clients/{client_id}/{LEDGER_FILE}: a ledger of {client_id}, who is not a client of this run"
+            )
+        findings += config_findings(run.config, entries_by_client)
+        findings += round_findings(run.root, run.config, entries_by_client)
+        findings += claim_findings(run.root, entries_by_client, identities)
+        # A ledger "verifies" when it loads and nothing above was found in it (signatures, run, rounds, claims).
+        verified = [c for c in entries_by_client if not any(f"clients/{c}/{LEDGER_FILE}" in f for f in findings)]
+        findings += seeded_noise_findings(run.config, entries_by_client)
+        work = [(client_id, n, entry) for client_id, es in entries_by_client.items() for n, entry in enumerate(es, 1)]
+        recomputations: list[Recomputation] = []
+        for client_id, line, entry in progress_bar(work, "recomputing epsilon", enabled=self.progress):
+            recomputations += recompute_entry(client_id, line, entry, entries_by_client[client_id][: line - 1])
+        findings += [_mismatch(item) for item in recomputations if not item.matches]
+        return LedgerEvidence(entries_by_client, findings, verified, recomputations)
+
+    def judge(self, run: LedgerRun, evidence: LedgerEvidence) -> Outcome:
+        epsilon_max = run.config.privacy.epsilon_max
+        entries_by_client, recomputations = evidence.entries_by_client, evidence.recomputations
+        rows, budget_findings, over = _budget_rows(
+            entries_by_client, recomputations, epsilon_max, run.ledgers, run.root
+        )
+        findings = evidence.findings + budget_findings
+        for client_id in run.ledgers:
+            if client_id not in entries_by_client:
+                rows.append([client_id, "-", "-", "-", "-", f"{epsilon_max:g}", "fail (ledger does not verify)"])
+        rows.sort(key=lambda r: r[0])
+        numbers = _numbers(run, evidence, over)
+        summary = (
+            f"{len(evidence.verified)} of {len(run.ledgers)} ledgers verify; {len(recomputations)} recorded epsilons "
+            f"recomputed with dp-accounting, {numbers['recomputations_mismatched']} outside tolerance; "
+            f"max record-level epsilon {_fmt(_spent_max(entries_by_client))} of budget {epsilon_max:g}, "
+            f"{over} client(s) over budget."
+        )
+        result = CheckResult(
+            name="ledger",
+            title="Ledger audit: hash chains, independent epsilon, budgets",
+            verdict="pass" if not findings else "fail",
+            summary=summary,
+            numbers=numbers,
+            tables=[_client_table(rows), _recomputation_table(recomputations)],
+            findings=findings,
+            details={
+                "tolerances": {"rdp_vs_rdp": RDP_TOLERANCE, "prv_vs_pld": PLD_TOLERANCE, "absolute": ABSOLUTE_SLACK},
+                "independent_accountant": f"dp-accounting {getattr(dp_accounting, '__version__', '0.6.0')}",
+                **self.anchor.details(),
+            },
+        )
+        points = [r for r in recomputations if r.unit == "record" and math.isfinite(r.recorded)]
+        return Outcome(result, {"ledger_epsilon.png": partial(_plot, points, epsilon_max)} if points else {})
 
 
 def seeded_noise_findings(config: Config, entries_by_client: dict[str, list[LedgerEntry]]) -> list[str]:
@@ -258,6 +178,68 @@ def seeded_noise_findings(config: Config, entries_by_client: dict[str, list[Ledg
     return [f"{where}: {SEEDED_WARNING}"]
 
 
+def _mismatch(item: Recomputation) -> str:
+    return (
+        f"clients/{item.client_id}/{LEDGER_FILE} line {item.line}: recorded {item.accountant} epsilon "
+        f"{_fmt(item.recorded)} but dp-accounting gives {_fmt(item.recomputed)} "
+        f"(rel. diff {_fmt(item.relative_difference)}, tolerance {item.tolerance:g})"
+    )
+
+
+def _spent_max(entries_by_client: dict[str, list[LedgerEntry]]) -> float:
+    """The largest record-level epsilon any client spent (0 when none trained privately)."""
+    spent = [
+        record[-1].spent()
+        for record in ([e for e in es if e.unit == "record"] for es in entries_by_client.values())
+        if record
+    ]
+    return max(spent, default=0.0)
+
+
+def _numbers(run: LedgerRun, evidence: LedgerEvidence, over: int) -> dict[str, Any]:
+    recomputations = evidence.recomputations
+    return {
+        "clients": len(run.ledgers),
+        "ledgers_verified": len(evidence.verified),
+        "entries": sum(len(e) for e in evidence.entries_by_client.values()),
+        "recomputations": len(recomputations),
+        "recomputations_mismatched": sum(not r.matches for r in recomputations),
+        "max_relative_difference": _json_number(max((r.relative_difference for r in recomputations), default=0.0)),
+        "epsilon_max": run.config.privacy.epsilon_max,
+        "epsilon_spent_max": _json_number(_spent_max(evidence.entries_by_client)),
+        "clients_over_budget": over,
+    }
+
+
+def _client_table(rows: list[list[str]]) -> Table:
+    return Table(
+        "Per client (record-level epsilon, the budget's accountant)",
+        ["client", "recorded eps", "recomputed eps", "rel. diff", "entries", "budget", "verdict"],
+        rows,
+    )
+
+
+def _recomputation_table(recomputations: list[Recomputation]) -> Table:
+    return Table(
+        "Every recomputation",
+        ["client", "line", "round", "mechanism", "accountant", "recorded", "dp-accounting", "rel. diff", "ok"],
+        [
+            [
+                r.client_id,
+                str(r.line),
+                str(r.round),
+                r.mechanism,
+                f"{r.accountant} vs {'RDP' if r.accountant == 'rdp' else 'PLD'}",
+                _fmt(r.recorded),
+                _fmt(r.recomputed),
+                _fmt(r.relative_difference),
+                "yes" if r.matches else "NO",
+            ]
+            for r in recomputations
+        ],
+    )
+
+
 def _trusted_identities(store: RunStore, anchor: TrustAnchor) -> tuple[dict[str, list[Any]], list[str]]:
     """The keys ledger entries and claims are checked against, and why ``run.json`` disagrees with them."""
     try:
@@ -265,33 +247,6 @@ def _trusted_identities(store: RunStore, anchor: TrustAnchor) -> tuple[dict[str,
     except LedgerError as exc:
         return {}, [str(exc)]
     return identities, identity_findings(store, anchor)
-
-
-def _recompute_entry(client_id: str, line: int, entry: LedgerEntry, earlier: list[LedgerEntry]) -> list[Recomputation]:
-    """Recompute one entry's cumulative epsilon for each accountant it records a finite value for."""
-    history = [e for e in [*earlier, entry] if e.unit == entry.unit]
-    out = []
-    for accountant, recorded in sorted(entry.epsilon.items()):
-        if entry.unit == "client" and accountant == "prv":
-            continue  # the ledger records PRV of score releases as the honest bound inf (ledger.py)
-        if entry.unit == "record" and any(e.mechanism == "non-private" for e in history):
-            recomputed = math.inf
-        else:
-            blocks = [b for b in (e.block() for e in history) if b is not None]
-            delta = entry.delta if entry.delta is not None else next((e.delta for e in history if e.delta), None)
-            if delta is None:
-                continue
-            try:
-                recomputed = independent_epsilon(blocks, delta, accountant)
-            except (ValueError, OverflowError, RuntimeError):
-                recomputed = math.inf
-        tolerance = RDP_TOLERANCE if accountant == "rdp" else PLD_TOLERANCE
-        out.append(
-            Recomputation(
-                client_id, line, entry.round, entry.mechanism, entry.unit, accountant, recorded, recomputed, tolerance
-            )
-        )
-    return out
 
 
 def _budget_rows(
@@ -353,11 +308,8 @@ def _budget_rows(
     return rows, findings, over
 
 
-def _plot(run_dir: Path, recomputations: list[Recomputation], epsilon_max: float) -> str | None:
-    """Recorded vs recomputed cumulative record-level epsilon per round (PNG in audit/)."""
-    points = [r for r in recomputations if r.unit == "record" and math.isfinite(r.recorded)]
-    if not points:
-        return None
+def _plot(points: list[Recomputation], epsilon_max: float, out: Path) -> None:
+    """Recorded vs recomputed cumulative record-level epsilon per round (finite record-level ``points``)."""
     from crosslm_secure.report.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -379,8 +331,7 @@ def _plot(run_dir: Path, recomputations: list[Recomputation], epsilon_max: float
     ax.set_ylabel("cumulative epsilon (record level)")
     ax.set_title("Recorded vs independently recomputed epsilon")
     ax.legend(fontsize=6, ncol=2)
-    save_figure(fig, audit_dir(run_dir) / "ledger_epsilon.png")
-    return "ledger_epsilon.png"
+    save_figure(fig, out)
 
 
 def _fmt(value: float) -> str:

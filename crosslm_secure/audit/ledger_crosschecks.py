@@ -30,6 +30,7 @@ from crosslm_secure.config import Config
 from crosslm_secure.crypto.keys import PublicIdentity
 from crosslm_secure.errors import CrossLMError, RunError
 from crosslm_secure.privacy.ledger import LEDGER_FILE, LedgerEntry, LedgerError
+from crosslm_secure.privacy.ledger_format import Mechanism
 from crosslm_secure.report.run_ledgers import (
     configured_dp_sgd,
     ledger_problems,
@@ -91,14 +92,14 @@ def config_findings(config: Config, ledgers: dict[str, list[LedgerEntry]]) -> li
             findings.append(f"{name}: the configured mechanism cannot be recomputed ({exc})")
             continue
         for number, entry in enumerate(entries, start=1):
-            if entry.mechanism == "non-private":
+            if entry.mechanism == Mechanism.NON_PRIVATE:
                 findings.append(f"{name} line {number}: non-private training, but the config has privacy.dp on")
             if entry.accountant != config.privacy.accountant:
                 findings.append(
                     f"{name} line {number}: accountant {entry.accountant!r}, the config's is "
                     f"{config.privacy.accountant!r}"
                 )
-            if entry.mechanism != "dp-sgd":
+            if entry.mechanism != Mechanism.DP_SGD:
                 continue
             for problem in mechanism_disagreements(entry, expected):
                 findings.append(f"{name} line {number} (round {entry.round}): {problem}")
@@ -112,7 +113,7 @@ def release_findings(config: Config, ledgers: dict[str, list[LedgerEntry]]) -> l
     for client_id, entries in ledgers.items():
         name = f"clients/{client_id}/{LEDGER_FILE}"
         for number, entry in enumerate(entries, start=1):
-            if entry.mechanism != "gaussian-score-release":
+            if entry.mechanism != Mechanism.GAUSSIAN_SCORE_RELEASE:
                 continue
             problems = score_release_disagreements(entry, config.feedback.noise_sigma)
             contributors = entry.details.get("contributors")
@@ -142,7 +143,7 @@ def round_findings(run_dir: Path, config: Config, ledgers: dict[str, list[Ledger
     for round_index in range(1, completed + 1):
         if round_index not in trained_rounds:  # llm_zero_shot completes only round 0
             findings.append(f"{TRANSCRIPT}: round {round_index} is completed in state.json but no train.reply of it")
-    training = "dp-sgd" if config.privacy.dp else "non-private"
+    training = Mechanism.DP_SGD if config.privacy.dp else Mechanism.NON_PRIVATE
     for client_id, entries in ledgers.items():
         name = f"clients/{client_id}/{LEDGER_FILE}"
         mine = Counter((e.mechanism, e.round) for e in entries)
@@ -154,7 +155,7 @@ def round_findings(run_dir: Path, config: Config, ledgers: dict[str, list[Ledger
                     f"{name}: no {training} entry for round {round_index}, whose train.reply the server accepted"
                 )
             if kind == "score.reply" and config.feedback.noise_sigma > 0:
-                released = mine[("gaussian-score-release", round_index)]
+                released = mine[(Mechanism.GAUSSIAN_SCORE_RELEASE, round_index)]
                 if released < count:
                     findings.append(
                         f"{name}: {released} score-release entries for round {round_index}, but the server "

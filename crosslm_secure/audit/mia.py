@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,8 @@ from crosslm_secure.audit.attacks import Attack, LiraAttack, LossAttack, RmiaAtt
 from crosslm_secure.audit.base import AuditError, CheckResult, Figure, Outcome, Table, Verdict, eps_text
 from crosslm_secure.audit.mia_llm import llm_attack
 from crosslm_secure.audit.mia_scores import reference_size, score_records
-from crosslm_secure.audit.population import AuditRun, Mechanism, client_mechanism, open_run
+from crosslm_secure.audit.pipeline import Audit, run_audit
+from crosslm_secure.audit.population import AuditRun, ClientMechanism, client_mechanism, open_run
 from crosslm_secure.audit.roc import LOW_FPRS, AttackMetrics, attack_metrics, dp_test_point, plot_roc
 from crosslm_secure.config import AuditConfig
 from crosslm_secure.errors import CrossLMError
@@ -47,7 +48,7 @@ class ClientAttacks:
     """Every SLM attack on one client: the shared result of the run-level and the site audits."""
 
     client_id: str
-    mechanism: Mechanism
+    mechanism: ClientMechanism
     metrics: dict[str, AttackMetrics]
     """Attack name -> its metrics with bootstrap intervals."""
     curves: dict[str, tuple[np.ndarray, np.ndarray]]
@@ -129,16 +130,41 @@ def run_mia_audit(run_dir: Path, settings: AuditConfig | None = None, *, progres
     Raises:
         AuditError: the run folder lacks its config, a checkpoint, a ledger or an adapter.
     """
-    started = time.perf_counter()
-    run = open_run(Path(run_dir), settings)
-    embedded: dict[tuple[str, int], torch.Tensor] = {}
-    clients = [
-        attack_client(run, client.client_id, embedded, progress=progress)
-        for client in tqdm(run.split.clients, desc="audit: MIA clients", disable=not progress)
-    ]
-    outcome = _run_outcome(run, clients, llm_attack(run, progress))
-    outcome.result.numbers["seconds"] = time.perf_counter() - started
-    return outcome.save(run.root)
+    return run_audit(MiaAudit(progress=progress), run_dir, settings)
+
+
+@dataclass
+class MiaEvidence:
+    """Every client's SLM attacks and the LLM attack (None when the run has no LLM adapter to attack)."""
+
+    clients: list[ClientAttacks]
+    llm: tuple[AttackMetrics, tuple[np.ndarray, np.ndarray], str] | None
+
+
+@dataclass
+class MiaAudit(Audit[AuditRun, MiaEvidence]):
+    """LOSS, RMIA and LiRA on each client SLM (reference models retrained the client's way), LOSS on the LLM."""
+
+    progress: bool = True
+    started: float = field(default=0.0, init=False)
+    """When the audit opened the run: ``numbers["seconds"]`` counts from here."""
+
+    def open(self, run_dir: Path, settings: AuditConfig | None) -> AuditRun:
+        self.started = time.perf_counter()
+        return open_run(run_dir, settings)
+
+    def measure(self, run: AuditRun) -> MiaEvidence:
+        embedded: dict[tuple[str, int], torch.Tensor] = {}
+        clients = [
+            attack_client(run, client.client_id, embedded, progress=self.progress)
+            for client in tqdm(run.split.clients, desc="audit: MIA clients", disable=not self.progress)
+        ]
+        return MiaEvidence(clients, llm_attack(run, self.progress))
+
+    def judge(self, run: AuditRun, evidence: MiaEvidence) -> Outcome:
+        outcome = _run_outcome(run, evidence.clients, evidence.llm)
+        outcome.result.numbers["seconds"] = time.perf_counter() - self.started
+        return outcome
 
 
 def _run_outcome(
@@ -242,7 +268,7 @@ def _verdict_rules(
     label: str,
     metrics: AttackMetrics,
     scores: tuple[np.ndarray, np.ndarray],
-    mechanism: Mechanism,
+    mechanism: ClientMechanism,
     max_auc: float,
     confidence: float,
 ) -> list[str]:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from crosslm_secure.audit.population import (
     AuditRun,
-    Mechanism,
+    ClientMechanism,
     embed,
     feature_head,
     fresh_slm,
@@ -66,7 +66,7 @@ class _References:
 
     run: AuditRun
     client_id: str
-    mechanism: Mechanism
+    mechanism: ClientMechanism
     subsets: list[list[Example]]
     seeds: list[int]
     progress: bool
@@ -83,7 +83,7 @@ class _References:
 def score_records(
     run: AuditRun,
     client_id: str,
-    mechanism: Mechanism,
+    mechanism: ClientMechanism,
     members: list[Example],
     embedded: dict[tuple[str, int], torch.Tensor],
     progress: bool,

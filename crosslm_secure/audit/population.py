@@ -31,7 +31,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from crosslm_secure.audit.base import AuditError
-from crosslm_secure.client.dp_trainer import MECHANISM
 from crosslm_secure.client.features import FeatureHead, feature_store
 from crosslm_secure.client.schedule import private_schedule
 from crosslm_secure.client.scheduled import ScheduledTrainer
@@ -47,6 +46,7 @@ from crosslm_secure.models.device import resolve_device
 from crosslm_secure.models.pooling import MeanPoolingClassifier
 from crosslm_secure.models.slm import load_slm
 from crosslm_secure.privacy.ledger import Ledger, ledger_path
+from crosslm_secure.privacy.ledger_format import Mechanism
 from crosslm_secure.report.run_ledgers import configured_dp_sgd, mechanism_disagreements
 from crosslm_secure.runstore import CONFIG_FILE, PARTIES_SITES, RunStore
 
@@ -277,7 +277,7 @@ def head_probabilities(head: nn.Module, features: torch.Tensor) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Mechanism:
+class ClientMechanism:
     """The private training a client ran: what audit retraining repeats."""
 
     private: bool
@@ -291,7 +291,7 @@ class Mechanism:
     """Where the ledger's DP-SGD entries differ from the configured mechanism (a finding each)."""
 
 
-def client_mechanism(run: AuditRun, client_id: str) -> Mechanism:
+def client_mechanism(run: AuditRun, client_id: str) -> ClientMechanism:
     """The DP-SGD mechanism the run's config prescribes for the client, with the ledger's epsilon.
 
     Audit retraining repeats the mechanism of the CONFIG (noise multiplier recomputed from
@@ -304,8 +304,8 @@ def client_mechanism(run: AuditRun, client_id: str) -> Mechanism:
     """
     ledger = run.ledger(client_id)
     entries = [e for e in ledger.entries if e.run_id == run.store.run_id]
-    dp = [e for e in entries if e.mechanism == MECHANISM]
-    plain = [e for e in entries if e.mechanism == "non-private"]
+    dp = [e for e in entries if e.mechanism == Mechanism.DP_SGD]
+    plain = [e for e in entries if e.mechanism == Mechanism.NON_PRIVATE]
     if not dp and not plain:
         raise AuditError(
             f"audit: the ledger of {client_id} records no training on private data; "
@@ -315,7 +315,7 @@ def client_mechanism(run: AuditRun, client_id: str) -> Mechanism:
     n = len(run.client(client_id).train)
     if not dp:
         schedule = private_schedule(run.config.slm_for(client_id), n)
-        return Mechanism(
+        return ClientMechanism(
             False,
             0.0,
             schedule.sample_rate,
@@ -328,7 +328,7 @@ def client_mechanism(run: AuditRun, client_id: str) -> Mechanism:
     disagreements = tuple(
         f"ledger round {e.round}: {problem}" for e in dp for problem in mechanism_disagreements(e, expected)
     )
-    return Mechanism(
+    return ClientMechanism(
         private=True,
         noise_multiplier=expected.noise_multiplier,
         sample_rate=expected.sample_rate,
@@ -344,7 +344,7 @@ def client_mechanism(run: AuditRun, client_id: str) -> Mechanism:
 def retrainer(
     run: AuditRun,
     client_id: str,
-    mechanism: Mechanism,
+    mechanism: ClientMechanism,
     num_records: int,
     *,
     seed: int,

@@ -16,7 +16,8 @@ Five sub-checks, each finding one line naming the file:
    JSON field named like a private key.
 3. *no per-client scores*: ``transcript.jsonl`` rows hold only the documented fields
    (protocols/wire-protocol.md), each of its type; ``events.jsonl``, ``metrics.jsonl``,
-   ``metrics.csv`` and ``state.json`` hold no list of numbers and no per-client score field.
+   ``metrics.csv`` and ``state.json`` hold no list of numbers and no per-client score field
+   (audit/score_checks.py).
 4. *128-bit HE*: the ring degree and total coefficient-modulus bits read from the context
    itself are within SEAL's 128-bit table, and SEAL accepted the parameters.
 0. *allowlist*: every server file is listed in ``manifest.json`` (written by the run store)
@@ -34,27 +35,25 @@ Five sub-checks, each finding one line naming the file:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from crosslm_secure.aggregation.schemes import scheme_for
 from crosslm_secure.audit.artefact_checks import check_manifest
-from crosslm_secure.audit.base import AuditError, CheckResult, Table, save_result
+from crosslm_secure.audit.base import AuditError, CheckResult, Outcome, Table
+from crosslm_secure.audit.pipeline import Audit, run_audit
 from crosslm_secure.audit.progress import progress_bar
 from crosslm_secure.audit.runinfo import run_config
+from crosslm_secure.audit.score_checks import check_no_scores
 from crosslm_secure.audit.seal_checks import check_seal
 from crosslm_secure.audit.secret_scan import scan_bytes
 from crosslm_secure.audit.transcript_checks import (
     TRANSCRIPT,
-    TRANSCRIPT_FIELDS,
     SubCheck,
     check_signed_once,
     read_jsonl_rows,
-    transcript_row_problems,
 )
 from crosslm_secure.audit.trust import TrustAnchor
 from crosslm_secure.config import AuditConfig, Config
@@ -67,7 +66,6 @@ from crosslm_secure.runstore import RunStore
 PUBLIC_CONTEXT = "server/ckks_public_context.bin"
 CONTEXTS_DIR = "server/ckks_contexts"
 ANNOUNCEMENT = "server/ckks_announcement.json"
-AGGREGATE_LOGS = ("events.jsonl", "metrics.jsonl", "metrics.csv", "state.json")
 SERVER_DEFINITION = (
     "Server artefacts: every file in the run folder except clients/<id>/... (each client's silo) "
     "and audit/ (this tool's output)."
@@ -94,71 +92,127 @@ def run_protocol_audit(
     Raises:
         AuditError: the folder is not a run folder or has no transcript.
     """
-    del settings
-    run_dir = Path(run_dir)
-    config = run_config(run_dir)
-    if not (run_dir / TRANSCRIPT).is_file():
-        raise AuditError(f"audit protocol: {run_dir} has no {TRANSCRIPT}; audit a run that exchanged messages")
-    scheme = scheme_for(config.feedback.aggregator)
-    uses_ckks = method_for(config.run.method).gets_feedback and scheme.needs_key_ceremony
-    context_check, context = _check_public_context(run_dir, config, uses_ckks)
-    he_check = _check_he_parameters(context, uses_ckks)
-    files = server_artefacts(run_dir)
-    manifest_check = check_manifest(run_dir, config.client_ids())
-    secrets_check, kinds, scanned_bytes = _check_no_secrets(run_dir, files, progress=progress)
-    scores_check = _check_no_scores(run_dir, config)
-    signing_check, counts = check_signed_once(run_dir)
-    anchor = anchor or TrustAnchor()
-    seal_check = check_seal(run_dir, anchor)
-    checks = [context_check, secrets_check, scores_check, he_check, signing_check, manifest_check, seal_check]
-    findings = [line for check in checks for line in check.findings]
-    verdict = "pass" if not findings else "fail"
+    return run_audit(ProtocolAudit(progress=progress, anchor=anchor or TrustAnchor()), run_dir, settings)
+
+
+@dataclass
+class ServerSide:
+    """What the protocol audit reads: the run's config, whether it used CKKS, the server artefacts."""
+
+    root: Path
+    config: Config
+    uses_ckks: bool
+    files: list[Path]
+
+
+@dataclass
+class ProtocolEvidence:
+    """Every sub-check, and what they measured on the way."""
+
+    checks: list[SubCheck]
+    context: ScoreContext | None
+    kinds: dict[Path, str]
+    """Server artefact -> what the secret scan recognised it as."""
+    scanned_bytes: int
+    counts: dict[str, int]
+    """Messages sent, accepted and refused (``check_signed_once``)."""
+
+
+@dataclass
+class ProtocolAudit(Audit[ServerSide, ProtocolEvidence]):
+    """Server keys, secrets, per-client scores, HE parameters, signatures, manifest and seal."""
+
+    progress: bool = True
+    anchor: TrustAnchor = field(default_factory=TrustAnchor)
+
+    def open(self, run_dir: Path, settings: AuditConfig | None) -> ServerSide:
+        del settings  # the protocol audit has no knobs
+        config = run_config(run_dir)
+        if not (run_dir / TRANSCRIPT).is_file():
+            raise AuditError(f"audit protocol: {run_dir} has no {TRANSCRIPT}; audit a run that exchanged messages")
+        scheme = scheme_for(config.feedback.aggregator)
+        uses_ckks = method_for(config.run.method).gets_feedback and scheme.needs_key_ceremony
+        return ServerSide(run_dir, config, uses_ckks, server_artefacts(run_dir))
+
+    def measure(self, server: ServerSide) -> ProtocolEvidence:
+        run_dir = server.root
+        context_check, context = _check_public_context(run_dir, server.config, server.uses_ckks)
+        he_check = _check_he_parameters(context, server.uses_ckks)
+        manifest_check = check_manifest(run_dir, server.config.client_ids())
+        secrets_check, kinds, scanned_bytes = _check_no_secrets(run_dir, server.files, progress=self.progress)
+        scores_check = check_no_scores(run_dir, server.config)
+        signing_check, counts = check_signed_once(run_dir)
+        seal_check = check_seal(run_dir, self.anchor)
+        checks = [context_check, secrets_check, scores_check, he_check, signing_check, manifest_check, seal_check]
+        return ProtocolEvidence(checks, context, kinds, scanned_bytes, counts)
+
+    def judge(self, server: ServerSide, evidence: ProtocolEvidence) -> Outcome:
+        checks = evidence.checks
+        findings = [line for check in checks for line in check.findings]
+        numbers = _numbers(evidence, server.files)
+        result = CheckResult(
+            name="protocol",
+            title="Protocol audit: server keys, scores, HE parameters, signatures",
+            verdict="pass" if not findings else "fail",
+            summary=_summary(server, evidence, numbers, len(findings)),
+            numbers=numbers,
+            tables=[
+                Table(
+                    "Sub-checks",
+                    ["sub-check", "verdict", "evidence"],
+                    [[c.name, c.verdict, c.evidence] for c in checks],
+                ),
+                Table("Server artefacts scanned", ["file", "bytes", "recognised as"], _artefact_rows(server, evidence)),
+            ],
+            findings=findings,
+            details={
+                "server_artefacts": SERVER_DEFINITION,
+                "uses_ckks": server.uses_ckks,
+                # which sub-check found what, so a reader (and test_forgery) can tell the allowlist
+                # from the blacklist scans; the flat ``findings`` above stay the report's list
+                "findings_by_subcheck": {c.name: c.findings for c in checks},
+                **self.anchor.details(),
+            },
+        )
+        return Outcome(result)
+
+
+def _artefact_rows(server: ServerSide, evidence: ProtocolEvidence) -> list[list[str]]:
+    return [[str(p.relative_to(server.root)), str(p.stat().st_size), evidence.kinds.get(p, "-")] for p in server.files]
+
+
+def _artefact_rows(server: ServerSide, evidence: ProtocolEvidence) -> list[list[str]]:
+    return [[str(p.relative_to(server.root)), str(p.stat().st_size), evidence.kinds.get(p, "-")] for p in server.files]
+
+
+def _numbers(evidence: ProtocolEvidence, files: list[Path]) -> dict[str, Any]:
     numbers: dict[str, Any] = {
         "server_files_scanned": len(files),
-        "server_bytes_scanned": scanned_bytes,
-        "subchecks_failed": sum(c.verdict == "fail" for c in checks),
-        **counts,
+        "server_bytes_scanned": evidence.scanned_bytes,
+        "subchecks_failed": sum(c.verdict == "fail" for c in evidence.checks),
+        **evidence.counts,
     }
+    context = evidence.context
     if context is not None:
         numbers["poly_modulus_degree"] = (
             context.tenseal.seal_context().data.key_context_data().parms().poly_modulus_degree()
         )
         numbers["coeff_modulus_bits"] = _modulus_bits(context)
-    summary = f"{len(files)} server artefacts scanned; " + (
-        ("the server held only a public 128-bit CKKS context, " if uses_ckks else "no CKKS context was used, ")
+    return numbers
+
+
+def _summary(server: ServerSide, evidence: ProtocolEvidence, numbers: dict[str, Any], findings: int) -> str:
+    if findings:
+        return (
+            f"{len(server.files)} server artefacts scanned; {findings} finding(s) in "
+            f"{numbers['subchecks_failed']} of {len(evidence.checks)} sub-checks."
+        )
+    return (
+        f"{len(server.files)} server artefacts scanned; "
+        + ("the server held only a public 128-bit CKKS context, " if server.uses_ckks else "no CKKS context was used, ")
         + "no secret key or per-client score vector, "
-        f"and all {counts['messages_in_accepted']} incoming messages were signed and accepted once."
-        if verdict == "pass"
-        else f"{len(findings)} finding(s) in {numbers['subchecks_failed']} of {len(checks)} sub-checks."
+        f"and all {evidence.counts['messages_in_accepted']} incoming messages were signed and accepted once."
     )
-    result = CheckResult(
-        name="protocol",
-        title="Protocol audit: server keys, scores, HE parameters, signatures",
-        verdict=verdict,
-        summary=summary,
-        numbers=numbers,
-        tables=[
-            Table(
-                "Sub-checks", ["sub-check", "verdict", "evidence"], [[c.name, c.verdict, c.evidence] for c in checks]
-            ),
-            Table(
-                "Server artefacts scanned",
-                ["file", "bytes", "recognised as"],
-                [[str(p.relative_to(run_dir)), str(p.stat().st_size), kinds.get(p, "-")] for p in files],
-            ),
-        ],
-        findings=findings,
-        details={
-            "server_artefacts": SERVER_DEFINITION,
-            "uses_ckks": uses_ckks,
-            # which sub-check found what, so a reader (and test_forgery) can tell the allowlist
-            # from the blacklist scans; the flat ``findings`` above stay the report's list
-            "findings_by_subcheck": {c.name: c.findings for c in checks},
-            **anchor.details(),
-        },
-    )
-    save_result(run_dir, result)
-    return result
 
 
 # -- 1. the public context -----------------------------------------------------------------
@@ -302,83 +356,3 @@ def _check_no_secrets(run_dir: Path, files: list[Path], *, progress: bool) -> tu
         "sealed secret files, raw 32-byte keys, key-named JSON fields; also inside base64/hex text"
     )
     return check, kinds, total
-
-
-# -- 3. no per-client scores ---------------------------------------------------------------
-
-
-def _check_no_scores(run_dir: Path, config: Config) -> SubCheck:
-    check = SubCheck("no plaintext per-client score vector")
-    rows = read_jsonl_rows(run_dir / TRANSCRIPT, check)
-    for number, row in enumerate(rows, start=1):
-        check.findings += [f"{TRANSCRIPT} line {number}: {p}" for p in transcript_row_problems(row)]
-    clients = config.client_ids()
-    logs = 0
-    for name in AGGREGATE_LOGS:
-        path = run_dir / name
-        if not path.is_file():
-            continue
-        logs += 1
-        records = _csv_records(path) if name.endswith(".csv") else _json_records(path, check)
-        for number, record in records:
-            check.findings += [f"{name} line {number}: {p}" for p in aggregate_problems(record, clients)]
-    check.evidence = (
-        f"{len(rows)} transcript rows hold only {sorted(TRANSCRIPT_FIELDS)}; {logs} aggregate logs "
-        f"({', '.join(AGGREGATE_LOGS)}) hold no numeric list and no per-client score field"
-    )
-    return check
-
-
-def aggregate_problems(record: Any, clients: list[str]) -> list[str]:
-    """Why one event/metrics record carries more than aggregate numbers (empty when it does not)."""
-    problems = []
-    for key, value in _walk_paths(record):
-        if isinstance(value, list):
-            numbers = [v for v in value if isinstance(v, int | float) and not isinstance(v, bool)]
-            if numbers:
-                problems.append(f"{key!r} is a list of {len(numbers)} numbers; only aggregate numbers are allowed")
-        leaf = key.rsplit(".", 1)[-1].lower()
-        if "score" in leaf and any(client in key for client in clients):
-            problems.append(f"{key!r} is a per-client score field")
-    return problems
-
-
-def _walk_paths(value: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            path = f"{prefix}.{key}" if prefix else str(key)
-            yield path, item
-            yield from _walk_paths(item, path)
-    elif isinstance(value, list):
-        for item in value:
-            if isinstance(item, dict | list):
-                yield from _walk_paths(item, prefix)
-
-
-def _json_records(path: Path, check: SubCheck) -> list[tuple[int, Any]]:
-    if path.suffix == ".json":
-        try:
-            return [(1, json.loads(path.read_text()))]
-        except ValueError:
-            check.findings.append(f"{path.name}: not valid JSON; it cannot be shown to hold only aggregates")
-            return []
-    return list(enumerate(read_jsonl_rows(path, check), start=1))
-
-
-def _csv_records(path: Path) -> list[tuple[int, Any]]:
-    out = []
-    for number, row in enumerate(csv.DictReader(io.StringIO(path.read_text())), start=2):
-        parsed: dict[str, Any] = {}
-        for key, cell in row.items():
-            parsed[str(key)] = _cell(cell)
-        out.append((number, parsed))
-    return out
-
-
-def _cell(cell: Any) -> Any:
-    if isinstance(cell, str) and cell.startswith("["):
-        try:
-            return json.loads(cell)
-        except ValueError:
-            return cell
-    return cell

@@ -142,6 +142,19 @@ def check_signed_once(run_dir: Path) -> tuple[SubCheck, dict[str, int]]:
     if len(server_names) > 1:
         check.findings.append(f"{TRANSCRIPT}: outgoing messages name several senders {sorted(map(str, server_names))}")
     server = next(iter(server_names), None)
+    _check_routing(numbered, server, counts, check)
+    _duplicate_hashes(numbered, check)
+    check.evidence = (
+        f"{counts['messages_out']} sent by {server}, {counts['messages_in_accepted']} accepted after signature "
+        f"and replay checks, {counts['messages_in_refused']} refused; (sender, seq) and sha256 unique, seq increasing"
+    )
+    return check, counts
+
+
+def _check_routing(
+    numbered: list[tuple[int, dict[str, Any]]], server: str | None, counts: dict[str, int], check: SubCheck
+) -> None:
+    """Each row: outgoing sealed to its peer, incoming accepted from its peer, (sender, seq) fresh; counts them."""
     last_seq: dict[str, int] = {}
     accepted_keys: dict[tuple[str, int], int] = {}
     for number, row in numbered:
@@ -178,12 +191,6 @@ def check_signed_once(run_dir: Path) -> tuple[SubCheck, dict[str, int]]:
             )
         accepted_keys.setdefault((sender, seq), number)
         last_seq[sender] = max(seq, last_seq.get(sender, -1))
-    _duplicate_hashes(numbered, check)
-    check.evidence = (
-        f"{counts['messages_out']} sent by {server}, {counts['messages_in_accepted']} accepted after signature "
-        f"and replay checks, {counts['messages_in_refused']} refused; (sender, seq) and sha256 unique, seq increasing"
-    )
-    return check, counts
 
 
 def _duplicate_hashes(numbered: list[tuple[int, dict[str, Any]]], check: SubCheck) -> None:

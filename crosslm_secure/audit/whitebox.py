@@ -44,6 +44,7 @@ from torch import nn
 
 from crosslm_secure.audit.canaries import epsilon_lower_bound, guess, inclusion
 from crosslm_secure.privacy.accounting import MechanismBlock, epsilon
+from crosslm_secure.privacy.ledger_format import Mechanism
 
 MECHANISM_ALPHA = 1e-4
 """One-sided level of the mechanism check: an honest run fails it with this probability."""
@@ -135,39 +136,18 @@ def run_whitebox(
         guess_fraction: share of canaries guessed (half in, half out), fixed before scoring.
         confidence: of the lower bound.
     """
-    dim = features.shape[1]
-    directions = canary_directions(canaries, dim, seed)
+    directions = canary_directions(canaries, features.shape[1], seed)
     included = inclusion(canaries, seed)
-    clip = float(trainer.privacy.max_grad_norm)
-    chosen = torch.nonzero(torch.from_numpy(included)).flatten()
-    canary_x = directions[chosen] * (CANARY_SCALE * max(clip, 1.0))
-    rows_x = torch.cat([features.float(), canary_x])
-    index = torch.cat([torch.full((len(features),), -1.0), chosen.float()])
-    train_x = torch.cat([rows_x, index.unsqueeze(1)], dim=1)
-    train_y = torch.cat([labels.long(), torch.zeros(len(chosen), dtype=torch.long)])
-    head = DiracHead(classifier, dropout, directions)
-    for round_index in range(1, rounds + 1):
-        trainer.train_private_features(head, train_x, train_y, round_index=round_index)
-        head.trace.append(head.projection())
-    trace = np.array(_dedupe(head.trace))
-    updates = -(np.diff(trace, axis=0))  # gradient descent moves an included canary's projection down
-    updates = updates[np.any(updates != 0, axis=1)]
+    updates = _canary_updates(trainer, DiracHead(classifier, dropout, directions), features, labels, included, rounds)
     steps = len(updates)
     sigma, rate, delta, claimed = _claim(trainer)
-    spread = _robust_scale(updates)
-    standard = updates / spread[:, None]
+    standard = updates / _robust_scale(updates)[:, None]
     scores = _likelihood_ratio(standard, rate, 1.0 / sigma if math.isfinite(sigma) else 0.0)
     guesses = max(1, min(canaries, round(guess_fraction * canaries)))
-    made = guess(scores, guesses)
-    truth = np.where(included, 1, -1)
-    correct = int(((made != 0) & (made == truth)).sum())
+    correct = _correct_guesses(scores, included, guesses)
     lower = epsilon_lower_bound(canaries, guesses, correct, delta, confidence)
     ceiling = ceiling_bound(canaries, guesses, claimed, delta, confidence)
     check = mechanism_check(standard, included, sigma, rate)
-    shift = check["measured_shift"]
-    effective = sigma * check["claimed_shift"] / shift if shift > 0 else math.inf
-    # None: no noise was claimed (non-private run), so there is no claimed schedule to re-account.
-    measured_eps = _epsilon_at(effective, rate, steps, delta, trainer) if math.isfinite(sigma) else None
     numbers = {
         "mode": "white-box",
         "empirical_epsilon_lower_bound": lower,
@@ -184,11 +164,51 @@ def run_whitebox(
         "noise_multiplier": sigma,
         "sample_rate": rate,
         "steps": steps,
-        "clip_norm": clip,
-        "measured_epsilon": measured_eps,
+        "clip_norm": float(trainer.privacy.max_grad_norm),
+        "measured_epsilon": _measured_epsilon(check, sigma, rate, steps, delta, trainer),
     } | check
     fail_bound = math.isfinite(claimed) and lower > claimed
     return WhiteBoxResult(scores, included, numbers, fail_bound, bool(check["mechanism_fail"]))
+
+
+def _correct_guesses(scores: np.ndarray, included: np.ndarray, guesses: int) -> int:
+    """How many of the ``guesses`` top/bottom scores guess their canary's coin right."""
+    made = guess(scores, guesses)
+    return int(((made != 0) & (made == np.where(included, 1, -1))).sum())
+
+
+def _measured_epsilon(
+    check: dict[str, Any], sigma: float, rate: float, steps: int, delta: float, trainer: Any
+) -> float | None:
+    """Epsilon of the claimed schedule at the noise multiplier the measured canary shift implies."""
+    if not math.isfinite(sigma):
+        return None  # no noise was claimed (non-private run): no claimed schedule to re-account
+    shift = check["measured_shift"]
+    effective = sigma * check["claimed_shift"] / shift if shift > 0 else math.inf
+    return _epsilon_at(effective, rate, steps, delta, trainer)
+
+
+def _canary_updates(
+    trainer: Any, head: DiracHead, features: torch.Tensor, labels: torch.Tensor, included: np.ndarray, rounds: int
+) -> np.ndarray:
+    """Train ``head`` on the records plus the included canaries; each step's update of the canary projections.
+
+    Each included canary's features are its direction scaled far above the clip norm, so clipping
+    cuts its gradient to exactly the clip norm.
+    """
+    clip = float(trainer.privacy.max_grad_norm)
+    chosen = torch.nonzero(torch.from_numpy(included)).flatten()
+    canary_x = head.directions[chosen] * (CANARY_SCALE * max(clip, 1.0))
+    rows_x = torch.cat([features.float(), canary_x])
+    index = torch.cat([torch.full((len(features),), -1.0), chosen.float()])
+    train_x = torch.cat([rows_x, index.unsqueeze(1)], dim=1)
+    train_y = torch.cat([labels.long(), torch.zeros(len(chosen), dtype=torch.long)])
+    for round_index in range(1, rounds + 1):
+        trainer.train_private_features(head, train_x, train_y, round_index=round_index)
+        head.trace.append(head.projection())
+    trace = np.array(_dedupe(head.trace))
+    updates = -(np.diff(trace, axis=0))  # gradient descent moves an included canary's projection down
+    return updates[np.any(updates != 0, axis=1)]
 
 
 def ceiling_bound(m: int, guesses: int, eps: float, delta: float, confidence: float) -> float:
@@ -231,7 +251,7 @@ def mechanism_check(standard: np.ndarray, included: np.ndarray, sigma: float, ra
 
 def _claim(trainer: Any) -> tuple[float, float, float, float]:
     """(noise multiplier, sample rate, delta, claimed eps) as the trainer's ledger recorded them."""
-    entries = [e for e in trainer.ledger.entries if e.mechanism == "dp-sgd"]
+    entries = [e for e in trainer.ledger.entries if e.mechanism == Mechanism.DP_SGD]
     if not entries:
         return math.inf, float(trainer.sample_rate), float(trainer.delta), math.inf
     first = entries[0]

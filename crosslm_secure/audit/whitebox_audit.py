@@ -20,37 +20,24 @@ import numpy as np
 import torch
 
 from crosslm_secure.audit.base import AuditError, CheckResult, Outcome, Table, eps_text
-from crosslm_secure.audit.canaries import inclusion
+from crosslm_secure.audit.canaries import CanaryEvidence, inclusion
 from crosslm_secure.audit.population import (
     AuditRun,
     client_mechanism,
     embed,
     feature_head,
     load_client_slm,
-    open_run,
     retrainer,
     uses_features,
 )
 from crosslm_secure.audit.whitebox import run_whitebox
-from crosslm_secure.config import AuditConfig
 from crosslm_secure.errors import CrossLMError
 
 NAME = "dp"
 
 
-def run_whitebox_audit(run_dir: Path, settings: AuditConfig | None = None, *, progress: bool = True) -> CheckResult:
-    """White-box one-run DP audit of one client; writes ``audit/dp.json``.
-
-    Raises:
-        AuditError: a missing run part, an SLM whose encoder trains, or a failed retraining.
-    """
-    run = open_run(Path(run_dir), settings)
-    client_id = run.settings.dp_client or run.config.client_ids()[0]
-    return whitebox_outcome(run, client_id, progress=progress).save(run.root)
-
-
-def whitebox_outcome(run: AuditRun, client_id: str, *, progress: bool = True) -> Outcome:
-    """The white-box one-run DP audit of ``client_id`` on an opened run (result and figure, not yet kept).
+def measure_white_box(run: AuditRun, client_id: str, *, progress: bool = True) -> CanaryEvidence:
+    """Retrain ``client_id``'s linear head with gradient canaries and score them from its per-step updates.
 
     Raises:
         AuditError: a missing checkpoint or ledger, an SLM whose encoder trains, or a failed retraining.
@@ -98,15 +85,17 @@ def whitebox_outcome(run: AuditRun, client_id: str, *, progress: bool = True) ->
         "canary_space": "gradient",
         "seconds": time.perf_counter() - started,
     }
-    checked = _result(numbers, result.fail_bound, result.fail_mechanism, disagreements=mechanism.disagreements)
-    draw = partial(
-        _plot,
-        result.scores,
-        result.included,
-        numbers["empirical_epsilon_lower_bound"],
-        numbers["claimed_epsilon"],
-        numbers["ceiling_epsilon"],
+    return CanaryEvidence(
+        numbers, result.scores, result.included, result.fail_bound, mechanism.disagreements, result.fail_mechanism
     )
+
+
+def judge_white_box(evidence: CanaryEvidence) -> Outcome:
+    """The white-box result (bound, ceiling, mechanism check) and its score histogram."""
+    n = evidence.numbers
+    checked = _result(n, evidence.fail_bound, evidence.fail_mechanism, disagreements=evidence.disagreements)
+    lower, claimed, ceiling = n["empirical_epsilon_lower_bound"], n["claimed_epsilon"], n["ceiling_epsilon"]
+    draw = partial(_plot, evidence.scores, evidence.included, lower, claimed, ceiling)
     return Outcome(checked, {"dp_canary_scores.png": draw})
 
 
@@ -129,8 +118,33 @@ def _result(n: dict, fail_bound: bool, fail_mechanism: bool, *, disagreements: t
         )
         + ("; FAIL." if findings else "; consistent with the claim.")
     )
+    table = _table(n)
+    return CheckResult(
+        name=NAME,
+        title="DP audit in one training run (white-box)",
+        verdict="fail" if findings else "pass",
+        summary=summary,
+        numbers=n,
+        tables=[table],
+        findings=findings,
+        details={
+            "mode": "white-box",
+            "canary_space": "gradient",
+            "note": "Canaries are per-example gradients c (1_C outer u_i) in the linear head (u_i orthonormal), "
+            "clipped and noised by the client's own DP-SGD code; each is included by a fair coin. Score: "
+            "per-step updates projected on the canary direction, standardised, summed as the claimed "
+            "mechanism's likelihood ratio. Ceiling: the paper's bound at the expected number of correct guesses "
+            "of an idealised mechanism at the claimed epsilon. Fails when the bound exceeds the claim, or when "
+            "included canaries move the model significantly more than the recorded noise and rate allow.",
+        },
+    )
+
+
+def _table(n: dict) -> Table:
+    client, lower, claimed = n["client"], n["empirical_epsilon_lower_bound"], n["claimed_epsilon"]
+    ceiling = n["ceiling_epsilon"]
     low, high = n["measured_shift_ci95"]
-    table = Table(
+    return Table(
         title="One-run DP audit, white-box (gradient canaries; Steinke, Nasr, Jagielski 2023)",
         columns=[
             "client",
@@ -154,25 +168,6 @@ def _result(n: dict, fail_bound: bool, fail_mechanism: bool, *, disagreements: t
                 f"{n['measured_shift']:.3f} [{low:.3f}, {high:.3f}] / {n['claimed_shift']:.3f}",
             ]
         ],
-    )
-    return CheckResult(
-        name=NAME,
-        title="DP audit in one training run (white-box)",
-        verdict="fail" if findings else "pass",
-        summary=summary,
-        numbers=n,
-        tables=[table],
-        findings=findings,
-        details={
-            "mode": "white-box",
-            "canary_space": "gradient",
-            "note": "Canaries are per-example gradients c (1_C outer u_i) in the linear head (u_i orthonormal), "
-            "clipped and noised by the client's own DP-SGD code; each is included by a fair coin. Score: "
-            "per-step updates projected on the canary direction, standardised, summed as the claimed "
-            "mechanism's likelihood ratio. Ceiling: the paper's bound at the expected number of correct guesses "
-            "of an idealised mechanism at the claimed epsilon. Fails when the bound exceeds the claim, or when "
-            "included canaries move the model significantly more than the recorded noise and rate allow.",
-        },
     )
 
 

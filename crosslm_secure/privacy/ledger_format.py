@@ -16,6 +16,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,16 @@ LEGACY_SCHEMA = "crosslm-ledger/1"
 GENESIS_HASH = "0" * 64
 LEDGER_FILE = "ledger.jsonl"
 
-MECHANISMS: tuple[str, ...] = ("dp-sgd", "gaussian-score-release", "non-private")
+
+class Mechanism(StrEnum):
+    """What a ledger entry released; the values are the strings the ledger's JSON holds."""
+
+    DP_SGD = "dp-sgd"
+    GAUSSIAN_SCORE_RELEASE = "gaussian-score-release"
+    NON_PRIVATE = "non-private"
+
+
+MECHANISMS: tuple[str, ...] = tuple(m.value for m in Mechanism)
 PARAMETER_FIELDS = (
     "unit",
     "sample_rate",

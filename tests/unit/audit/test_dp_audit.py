@@ -12,6 +12,7 @@ import crosslm_secure.client.dp_trainer as dp_trainer
 from crosslm_secure.audit.canaries import epsilon_lower_bound, p_value
 from crosslm_secure.audit.dp_audit import run_dp_audit
 from crosslm_secure.audit.runinfo import audit_settings
+from tests.unit.audit.golden import assert_matches_golden
 
 
 class NoiselessPrivacyEngine(PrivacyEngine):
@@ -34,6 +35,7 @@ def test_an_honest_dp_run_at_epsilon_1_passes(dp_run: Path) -> None:
     assert numbers["canaries"] == 180 and numbers["guesses"] == 72 and numbers["canary_space"] == "feature"
     assert numbers["mode"] == "black-box" and "black-box" in result.title
     assert (dp_run / "audit" / "dp.json").is_file() and (dp_run / "audit" / "dp_canary_scores.png").is_file()
+    assert_matches_golden(dp_run, "dp", "dp_black_box_dp_run")
 
 
 def test_dp_sgd_without_noise_is_caught(dp_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,16 +11,12 @@ import pytest
 import yaml
 
 from crosslm_secure.audit.base import AuditError
-from crosslm_secure.audit.ledger_audit import (
-    PLD_TOLERANCE,
-    RDP_TOLERANCE,
-    independent_epsilon,
-    run_ledger_audit,
-    seeded_noise_findings,
-)
+from crosslm_secure.audit.ledger_audit import run_ledger_audit, seeded_noise_findings
+from crosslm_secure.audit.ledger_epsilon import PLD_TOLERANCE, RDP_TOLERANCE, independent_epsilon
 from crosslm_secure.config import config_from_dict
 from crosslm_secure.privacy.accounting import MechanismBlock, epsilon
 from crosslm_secure.privacy.ledger import Ledger
+from tests.unit.audit.golden import assert_matches_golden
 
 
 def _ledger(run: Path, client: str = "client-1") -> Path:
@@ -70,6 +66,7 @@ def test_an_honest_run_passes_with_a_row_per_client(crosslm_run: Path) -> None:
     assert result.numbers["recomputations"] >= 4 and result.numbers["recomputations_mismatched"] == 0
     assert result.numbers["epsilon_spent_max"] == pytest.approx(max(float(r[1]) for r in table.rows), rel=1e-3)
     assert result.figures == ["ledger_epsilon.png"] and (crosslm_run / "audit" / "ledger_epsilon.png").is_file()
+    assert_matches_golden(crosslm_run, "ledger", "ledger_crosslm_run")
 
 
 def test_a_tampered_ledger_fails_with_the_reason(crosslm_run: Path) -> None:

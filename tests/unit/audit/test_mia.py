@@ -14,9 +14,10 @@ import pytest
 from crosslm_secure.audit.attacks import LossAttack, RmiaAttack
 from crosslm_secure.audit.base import AuditError, load_result
 from crosslm_secure.audit.mia import _verdict_rules, run_mia_audit
-from crosslm_secure.audit.population import Mechanism, client_mechanism, open_run
+from crosslm_secure.audit.population import ClientMechanism, client_mechanism, open_run
 from crosslm_secure.audit.roc import MIN_SIDE, attack_metrics, auc, dp_test_point, tpr_at_fpr
 from crosslm_secure.client.schedule import private_schedule
+from tests.unit.audit.golden import assert_matches_golden
 
 
 def test_a_leaky_run_is_flagged_with_auc_well_above_chance(leaky_run: Path) -> None:
@@ -41,6 +42,7 @@ def test_a_dp_run_at_low_epsilon_passes(dp_run: Path) -> None:
     assert result.numbers["slm_rmia_auc_mean"] < 0.7
     assert result.details["clients"]["client-1"]["features_path"] is True
     assert result.details["clients"]["client-1"]["ledger_epsilon"] == pytest.approx(1.0, abs=0.05)
+    assert_matches_golden(dp_run, "mia", "mia_dp_run")
 
 
 def test_population_is_disjoint_from_every_client_and_halves_do_not_overlap(dp_run: Path) -> None:
@@ -73,7 +75,7 @@ def test_the_dp_rule_fires_when_tpr_beats_what_the_claimed_epsilon_allows() -> N
     rng = np.random.default_rng(1)
     sharp = (rng.normal(9, 1, 120), rng.normal(0, 1, 120))
     metrics = attack_metrics(*sharp, resamples=20, confidence=0.95, seed=0)
-    claimed = Mechanism(True, 1.0, 0.1, 1e-5, rounds=1, steps=10, ledger_epsilon=1.0)
+    claimed = ClientMechanism(True, 1.0, 0.1, 1e-5, rounds=1, steps=10, ledger_epsilon=1.0)
     found = _verdict_rules("client-1 SLM LOSS", metrics, sharp, claimed, max_auc=1.0, confidence=0.95)
     assert len(found) == 2 and all(
         f.startswith("client-1 SLM LOSS: TPR lower bound") and "(DP rule)" in f for f in found
@@ -116,7 +118,7 @@ def test_the_auc_rule_does_not_decide_on_a_handful_of_non_members() -> None:
     members, few = np.linspace(5, 6, 40), np.linspace(0, 1, MIN_SIDE - 1)
     tiny = attack_metrics(members, few, resamples=50, confidence=0.95, seed=0)
     assert tiny.auc.low == 1.0 and not tiny.decidable  # a degenerate bootstrap "interval" of [1, 1]
-    claimed = Mechanism(True, 1.0, 0.1, 1e-5, rounds=1, steps=10, ledger_epsilon=50.0)
+    claimed = ClientMechanism(True, 1.0, 0.1, 1e-5, rounds=1, steps=10, ledger_epsilon=50.0)
     assert _verdict_rules("client-1 SLM LOSS", tiny, (members, few), claimed, max_auc=0.8, confidence=0.95) == []
     enough = np.linspace(0, 1, MIN_SIDE)
     decided = attack_metrics(members, enough, resamples=50, confidence=0.95, seed=0)

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from crosslm_secure.audit.protocol_audit import run_protocol_audit
 from crosslm_secure.crypto.ckks import ScoreContext
 from crosslm_secure.crypto.storage import seal
+from tests.unit.audit.golden import assert_matches_golden
 
 
 def test_an_honest_ckks_run_passes_every_subcheck(crosslm_run: Path) -> None:
@@ -28,6 +29,7 @@ def test_an_honest_ckks_run_passes_every_subcheck(crosslm_run: Path) -> None:
     assert len(subchecks) == 7 and all(row[1] == "pass" for row in subchecks)
     scanned = {row[0] for row in result.tables[1].rows}
     assert "server/ckks_public_context.bin" in scanned and not any(p.startswith("clients/") for p in scanned)
+    assert_matches_golden(crosslm_run, "protocol", "protocol_crosslm_run")
 
 
 def test_a_planted_secret_context_is_caught_framed_bare_or_base64(crosslm_run: Path) -> None:

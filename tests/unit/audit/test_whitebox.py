@@ -22,6 +22,7 @@ from crosslm_secure.client.dp_trainer import DPTrainer
 from crosslm_secure.config import SLMConfig
 from crosslm_secure.privacy.ledger import Ledger
 from crosslm_secure.privacy.settings import PrivacyConfig
+from tests.unit.audit.golden import assert_matches_golden
 
 DIM = CANARIES = 1024  # enough canaries that a 2x leak stands > 3.7 standard errors above the claim
 RECORDS = 200
@@ -196,6 +197,7 @@ def test_the_dp_audit_of_a_head_only_run_is_white_box_and_passes(dp_run: Path) -
     assert 0 <= numbers["ceiling_epsilon"] <= numbers["claimed_epsilon"]
     assert json.loads((dp_run / "audit" / "dp.json").read_text())["numbers"]["mode"] == "white-box"
     assert "ceiling" in result.tables[0].columns
+    assert_matches_golden(dp_run, "dp", "dp_white_box_dp_run")
 
 
 def test_the_cli_takes_the_mode(dp_run: Path) -> None:
