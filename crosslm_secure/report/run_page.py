@@ -18,7 +18,7 @@ from crosslm_secure.errors import CrossLMError
 from crosslm_secure.report.budgets import ClientBudget, run_budgets
 from crosslm_secure.report.html import esc, figure_mpl, fmt, page, para, section, table
 from crosslm_secure.report.plots import draw_rounds, plt
-from crosslm_secure.report.summary import protections
+from crosslm_secure.report.protections import protections
 from crosslm_secure.report.synthetic import synthetic_section
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_text

@@ -6,7 +6,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from crosslm_secure.aggregation.schemes import scheme_for
 from crosslm_secure.config import Config
 from crosslm_secure.data.embedded_tasks import EMBEDDED_TASKS
 from crosslm_secure.data.loaders import EMBEDDED_CREDIT
@@ -14,6 +13,8 @@ from crosslm_secure.errors import CrossLMError
 from crosslm_secure.metrics import METRICS, TASK_METRICS
 from crosslm_secure.report.budgets import NON_PRIVATE_LABEL, run_budgets
 from crosslm_secure.report.plots import plot_rounds
+from crosslm_secure.report.protections import protections
+from crosslm_secure.report.run_page import write_run_page
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_text
 
@@ -46,8 +47,6 @@ def write_report(
     slm_sources: dict[str, str] | None = None,
 ) -> None:
     """Write ``plots/metrics.png``, ``summary.md`` and ``report.html`` from the run folder."""
-    from crosslm_secure.report.run_page import write_run_page
-
     rows = store.rounds()
     if rows:
         plot_rounds(rows, store.root / "plots" / "metrics.png")
@@ -108,36 +107,6 @@ def render_summary(
     return "\n".join(lines)
 
 
-def protections(config: Config, rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(protection, state) in plain words: what guarded the feedback, the training and the messages."""
-    aggregator = config.feedback.aggregator
-    protected = scheme_for(aggregator).protected
-    epsilons = final_epsilons(rows)
-    finite = [e for e in epsilons.values() if not math.isinf(e)]
-    if not epsilons:
-        dp_line = "not trained (no private training ran)"
-    elif finite and len(finite) == len(epsilons):
-        dp_line = (
-            f"DP-SGD (Opacus, {config.privacy.grad_sample_mode} clipping, max_grad_norm "
-            f"{config.privacy.max_grad_norm:g}); record-level epsilon spent up to {max(finite):.3f} "
-            f"of {config.privacy.epsilon_max:g}"
-        )
-    else:
-        dp_line = "none: epsilon = inf (non-private training)"
-    if protected:
-        feedback = (
-            f"{aggregator} ({config.feedback.ckks_preset}, 128-bit): pairwise masks, noise sigma "
-            f"{config.feedback.noise_sigma:g}; the server adds blind; a verifying client decrypts only the aggregate"
-        )
-    else:
-        feedback = f"{aggregator}: unprotected, the server sees per-client scores"
-    return [
-        ("feedback aggregation", feedback),
-        ("client training", dp_line),
-        ("messages", "Ed25519-signed, bound to run, round and sender; replays refused"),
-    ]
-
-
 def _protections(config: Config, rows: Sequence[dict[str, Any]]) -> list[str]:
     lines = ["## Protections", "", "| protection | state |", "|---|---|"]
     scheme = config.feedback.aggregator
@@ -147,15 +116,6 @@ def _protections(config: Config, rows: Sequence[dict[str, Any]]) -> list[str]:
             state = f"`{scheme}`{state[len(scheme) :]}"  # the config value, as the reader types it
         lines.append(f"| {name} | {'**' + state + '**' if bold else state} |")
     return lines
-
-
-def final_epsilons(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for row in rows:
-        for key, value in row.items():
-            if key.startswith("epsilon/"):
-                found[key.split("/", 1)[1]] = float(value)
-    return found
 
 
 def _headline(rows: Sequence[dict[str, Any]]) -> list[str]:
