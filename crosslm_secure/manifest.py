@@ -110,7 +110,7 @@ KINDS: tuple[ArtefactKind, ...] = (
         "jsonl-rows",
         "the LLM's answer to each record of the evaluator's test split (the report's intervals)",
         row_fields={"record": _STR, "label": _INT, "predicted": _INT},
-        release="the coordinator's own evaluator split: a record digest, its label and the LLM's answer, no client data",
+        release="the coordinator's own evaluator split: a record digest, its label, the LLM's answer; no client data",
     ),
 )
 

@@ -42,7 +42,8 @@ def macro_f1_interval(
 ) -> Interval:
     """The mean macro-F1 over ``evaluations`` (one: that evaluation's macro-F1) and its interval.
 
-    Each evaluation's records are resampled on their own (clients hold disjoint test sets).
+    Each evaluation's records are resampled on their own (clients hold disjoint test sets), in
+    the order of their ids, so the interval does not depend on the order they were stored in.
 
     Raises:
         ValueError: no evaluation, or one without records.
@@ -52,7 +53,7 @@ def macro_f1_interval(
     point = float(np.mean([_f1(_counts(p, num_labels), np.ones((1, len(p))))[0] for p in evaluations]))
     draws = np.zeros(resamples)
     for p in evaluations:
-        counts = _counts(p, num_labels)
+        counts = _counts(aligned(p, sorted(p.records)), num_labels)
         draws += np.concatenate([_f1(counts, w) for w in _weights(len(p), resamples, rng)])
     return _interval(point, draws / len(evaluations), sum(len(p) for p in evaluations))
 
@@ -66,8 +67,9 @@ def paired_difference(
 ) -> Interval:
     """Mean over ``pairs`` of macro-F1(a) - macro-F1(b), each pair resampled over its shared records.
 
-    Both sides of a resample draw the same records, so what the two evaluations share (the
-    records' difficulty) cancels and the interval is that of the difference alone.
+    Both sides of a resample draw the same records (in the order of their ids), so what the two
+    evaluations share (the records' difficulty) cancels and the interval is that of the
+    difference alone.
 
     Raises:
         ValueError: no pair, or a pair whose two sides hold different test records.
@@ -76,6 +78,7 @@ def paired_difference(
     rng = np.random.default_rng(seed)
     points, draws = [], np.zeros(resamples)
     for a, b in pairs:
+        a = aligned(a, sorted(a.records))  # the same draws whatever order a run stored its records in
         b = aligned(b, a.records)
         counts_a, counts_b = _counts(a, num_labels), _counts(b, num_labels)
         ones = np.ones((1, len(a)))

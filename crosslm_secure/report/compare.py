@@ -43,9 +43,10 @@ PAIRED = (MEAN_KEY, LLM_KEY)
 CURVES = (
     ("slm_macro_f1_mean", "SLM macro-F1 (mean)"),
     ("llm_macro_f1", "LLM macro-F1"),
-    ("llm_perplexity", "LLM perplexity"),
+    ("llm_perplexity", "LLM perplexity, % change from round 0"),
     ("epsilon_max", "epsilon spent (max)"),
 )
+"""Per-round panels; scores on 0-1, perplexity as each run's % change (axes that do not exaggerate)."""
 
 
 @dataclass
@@ -254,17 +255,27 @@ def plot_curves(comparison: Comparison, out: Path) -> Path:
     """Per-round curves of every run, one panel per metric."""
     from matplotlib.ticker import MaxNLocator
 
-    from crosslm_secure.report.plots import plt, save_figure
+    from crosslm_secure.report.plots import hold_percent_axis, percent_change, plt, save_figure
 
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.6))
     for ax, (key, title) in zip(axes, CURVES, strict=True):
         infinite = []
+        changes: list[float] = []
         for index, (run, rows) in enumerate(zip(comparison.runs, comparison.rounds, strict=True)):
             values = [(r["round"], _value(r, key)) for r in rows]
             points = [(x, y) for x, y in values if y is not None and math.isfinite(y)]
             infinite += [_short(run)] if any(y is not None and math.isinf(y) for _, y in values) else []
+            if points and key == "llm_perplexity":
+                points = list(zip([x for x, _ in points], percent_change([y for _, y in points]), strict=True))
+                changes += [y for _, y in points]
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", color=f"C{index}", label=_short(run))
+        if key == "llm_perplexity":
+            hold_percent_axis(ax, changes)
+        elif key == "epsilon_max":
+            ax.set_ylim(bottom=0)
+        else:
+            ax.set_ylim(0, 1)
         if infinite:  # a non-private run spends epsilon = inf: say so rather than drop it silently
             ax.text(0.02, 0.95, "inf (no DP): " + ", ".join(infinite), transform=ax.transAxes, fontsize=7, va="top")
         ax.set(title=title, xlabel="round")

@@ -186,6 +186,7 @@ def _epsilon_figure(budgets: Sequence[ClientBudget]) -> Any:
             ax.axhline(b.epsilon_max, linestyle="--", color="grey", label=f"budget {b.epsilon_max:g}")
             budget_drawn = True
     ax.set(xlabel="round", ylabel="epsilon spent (cumulative)", title="Record-level privacy spend")
+    ax.set_ylim(bottom=0)
     ax.set_xticks(sorted({0} | {r for b in budgets for r, _ in b.epsilon_by_round}))
     ax.grid(alpha=0.3)
     if ax.get_lines():
