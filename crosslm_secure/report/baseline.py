@@ -48,10 +48,12 @@ def paired_rows(run: RunIntervals, baseline: RunIntervals) -> Paired:
         RunError: the runs have no round in common to compare, or they were evaluated on different
             test records (or tasks).
     """
+    if run.store.root.resolve() == baseline.store.root.resolve():
+        raise RunError(f"report: the baseline is {run.store.run_id} itself; pass another run as --baseline")
     rows, base_rows = run.store.rounds(), baseline.store.rounds()
     if not rows or not base_rows:
         empty = run.store.run_id if not rows else baseline.store.run_id
-        raise RunError(f"report: run {empty} has no completed round to compare; pick a baseline that finished one")
+        raise RunError(f"report: run {empty} has no completed round to compare; compare runs that finished one")
     if run.num_labels != baseline.num_labels:
         raise RunError(
             f"report: {run.store.run_id} has {run.num_labels} labels and the baseline {baseline.store.run_id} "

@@ -44,6 +44,8 @@ def setup_items(
     ]
     for client, counts in sorted(split.get("clients", {}).items()):
         items.append((f"records {client} (train)", _records(counts)))
+    if not split.get("clients"):
+        items.append(("records (train)", "not in this run folder: each site counts its own (party folders)"))
     items.append(("evaluation n (test records)", _evaluation_n(store, config, rows, split)))
     data = config.data.source + (f" ({config.data.embedded})" if config.data.source == "embedded" else "")
     items += [

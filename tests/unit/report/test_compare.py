@@ -121,3 +121,10 @@ def test_report_with_a_baseline_puts_it_beside_the_run_on_the_page(tmp_path: Pat
     difference = paired_difference([(answers(60, 6), answers(60, 2))], 3)
     assert "<td>LLM macro-F1</td><td>" in beside and f"<td>{difference.text(signed=True)}</td>" in beside
     assert f"Against the baseline {base.run_id}" in beside
+
+
+def test_report_refuses_the_run_itself_as_its_baseline(tmp_path: Path) -> None:
+    run = kept_run(tmp_path, "run", [{"llm": answers(30, 3)}])
+    result = CliRunner().invoke(app, ["report", str(run.root), "--baseline", str(run.root)])
+    assert result.exit_code != 0
+    assert f"the baseline is {run.run_id} itself; pass another run as --baseline" in " ".join(result.output.split())
