@@ -38,7 +38,7 @@ def setup_items(
         ("LLM", llm + (f" (weights sha256 {llm_fingerprint[:16]})" if llm_fingerprint else "")),
         ("SLMs", _slms(slm_sources or {c: config.slm_for(c).model for c in config.client_ids()})),
         ("privacy target", _target(config)),
-        ("epsilon spent (ledgers)", _spent(store)),
+        *_spent(store),
         ("noise source", str((store.config_dict() or {}).get("privacy", {}).get("noise_source", DEFAULT_NOISE_SOURCE))),
         ("clients", _clients(config)),
     ]
@@ -79,17 +79,18 @@ def _target(config: Config) -> str:
     return f"{goal}, delta {delta}, budget epsilon max {privacy.epsilon_max:g}"
 
 
-def _spent(store: RunStore) -> str:
+def _spent(store: RunStore) -> list[tuple[str, str]]:
+    """One item per client (a line each: a long list of clients would read as a vector of numbers)."""
     try:
         budgets = run_budgets(store.root)
     except CrossLMError as exc:
-        return f"the client ledgers could not be read: {exc}"
-    parts = []
+        return [("epsilon spent", f"the client ledgers could not be read: {exc}")]
+    items = []
     for b in budgets:
-        spent = "inf" if not b.private else f"{b.epsilon_spent:.3f}"
-        delta = "" if b.delta is None else f" (delta {b.delta:.1e})"
-        parts.append(f"{b.client_id} {spent}{delta}")
-    return ", ".join(parts)
+        spent = "inf (no DP)" if not b.private else f"{b.epsilon_spent:.3f}"
+        delta = "" if b.delta is None else f" at delta {b.delta:.1e}"
+        items.append((f"epsilon spent {b.client_id} (ledger)", spent + delta))
+    return items
 
 
 def _records(counts: dict[str, Any]) -> str:
@@ -109,7 +110,6 @@ def _evaluation_n(store: RunStore, config: Config, rows: Sequence[dict[str, Any]
     if llm is None and "llm_test" in split:
         llm = min(int(split["llm_test"]), config.eval.llm_examples)
     parts = [] if llm is None else [f"LLM {llm} (evaluator's split)"]
-    tests = {c: counts.get("test") for c, counts in sorted(split.get("clients", {}).items())}
-    if tests:
-        parts.append("SLM held-out " + ", ".join(f"{c} {n}" for c, n in tests.items()))
+    if split.get("clients"):
+        parts.append("each SLM on its client's held-out test records (the records lines)")
     return "; ".join(parts) or "not recorded"

@@ -115,9 +115,11 @@ def test_the_setup_names_models_privacy_records_evaluation_sizes_seed_and_noise_
     setup = dict(setup_items(store, config_from_dict(raw), store.rounds()))
     assert setup["seed"] == "7" and setup["LLM"] == "models/llm-x" and setup["SLMs"] == "every client: models/slm-y"
     assert setup["privacy target"] == "epsilon 3 over the planned rounds, delta 1.0e-05, budget epsilon max 9"
-    assert setup["epsilon spent (ledgers)"] == f"client-1 {spent:.3f} (delta 1.0e-05), client-2 inf"
+    assert setup["epsilon spent client-1 (ledger)"] == f"{spent:.3f} at delta 1.0e-05"
+    assert setup["epsilon spent client-2 (ledger)"] == "inf (no DP)"
     assert setup["records client-1 (train)"] == "30 (negative 12, neutral 10, positive 8); held-out test 30"
-    assert setup["evaluation n (test records)"] == "LLM 45 (evaluator's split); SLM held-out client-1 30"
+    held_out = "each SLM on its client's held-out test records (the records lines)"
+    assert setup["evaluation n (test records)"] == f"LLM 45 (evaluator's split); {held_out}"
     assert setup["noise source"] == "os"  # the default of a config without privacy.noise_source
     page = write_run_page(store, config_from_dict(raw)).read_text()
     shown = page[page.index('<section id="setup">') :]

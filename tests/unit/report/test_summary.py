@@ -6,7 +6,10 @@ import math
 import re
 from pathlib import Path
 
+from crosslm_secure.audit.artefact_checks import validate
 from crosslm_secure.config import config_from_dict
+from crosslm_secure.manifest import kind_named
+from crosslm_secure.privacy.ledger import Ledger, ledger_path
 from crosslm_secure.report.run_setup import setup_items
 from crosslm_secure.report.summary import write_report
 from crosslm_secure.runstore import RunStore
@@ -134,3 +137,27 @@ def test_the_setup_section_is_the_one_the_page_shows(tmp_path: Path) -> None:
     expected = [f"- {name}: {value}" for name, value in setup_items(store, config, store.rounds())]
     assert setup[2 : 2 + len(expected)] == expected
     assert "- seed: 3" in expected and "- evaluation n (test records): LLM 45 (evaluator's split)" in expected
+
+
+def test_reports_of_a_many_client_run_pass_the_protocol_audits_text_checks(tmp_path: Path) -> None:
+    """Intervals put three numbers in a cell; no line may read as a vector (the audit would fail the run)."""
+    clients = [f"client-{i}" for i in range(1, 13)]
+    rounds = [
+        {"llm": answers(90, 3 + r)} | {c: answers(30, 3 + r + i, prefix=c) for i, c in enumerate(clients)}
+        for r in range(3)
+    ]
+    raw = {"partition": {"clients": 12}}
+    store = kept_run(tmp_path, "many", rounds, raw)
+    per_label = {"negative": 10, "neutral": 10, "positive": 10}
+    store.event(
+        "data", llm_test=90, clients={c: {"train": 30, "test": 30, "train_by_label": per_label} for c in clients}
+    )
+    for client in clients:  # ledgers, so no message quotes the (long) folder path
+        ledger = Ledger(ledger_path(store.root, client), client_id=client)
+        ledger.record_non_private(run_id=store.run_id, round_index=1, steps=10, accountant="rdp", epsilon_max=9.0)
+    baseline = kept_run(tmp_path, "base", rounds[:1], raw)
+    write_report(store, config_from_dict(raw), None, baseline=baseline)
+    for name, kind in (("summary.md", "summary"), ("report.html", "report")):
+        data = (store.root / name).read_bytes()
+        assert len(INTERVAL.findall(data.decode())) > 12 * 3
+        assert validate(kind_named(kind), data, clients) == [], name
