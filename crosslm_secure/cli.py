@@ -109,7 +109,18 @@ def run(
 
 
 @app.command()
-def report(run_dir: RunArgument = None, run_alias: RunAlias = None) -> None:
+def report(
+    run_dir: RunArgument = None,
+    run_alias: RunAlias = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            help="Another run (runs/<id>) to put beside this one: its macro-F1 and the paired difference on the "
+            "same test records.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """Rebuild summary.md, report.html and the plots of a run from its saved files."""
     run_dir = pick_run("report", run_dir, run_alias)
     from crosslm_secure.config import config_from_dict
@@ -124,7 +135,13 @@ def report(run_dir: RunArgument = None, run_alias: RunAlias = None) -> None:
         stopped = next((e["reason"] for e in store.events() if e["event"] == "run_stopped"), None)
         excluded = {e["client"]: e["reason"] for e in store.events() if e["event"] == "client_excluded"}
         outcome = RoundOutcome(rows[-1]["round"] if rows else -1, stopped, excluded)
-        write_report(store, config, outcome, slm_sources={n: config.slm_for(n).model for n in config.client_ids()})
+        write_report(
+            store,
+            config,
+            outcome,
+            slm_sources={n: config.slm_for(n).model for n in config.client_ids()},
+            baseline=None if baseline is None else RunStore.open(baseline),
+        )
     except CrossLMError as exc:
         fail(exc)
     console.print(f"wrote {store.root / 'summary.md'} and {store.root / 'report.html'}")

@@ -104,6 +104,14 @@ KINDS: tuple[ArtefactKind, ...] = (
         row_fields={"index": _INT, "text": _STR, "label": _STR, "score": _NUMBER, "accepted": _BOOL},
         release="score is the decrypted aggregate (mean over clients, DP-noised), the round's one release",
     ),
+    ArtefactKind(
+        "LLM predictions",
+        ("server/predictions/round-*.jsonl",),
+        "jsonl-rows",
+        "the LLM's answer to each record of the evaluator's test split (the report's intervals)",
+        row_fields={"record": _STR, "label": _INT, "predicted": _INT},
+        release="the coordinator's own evaluator split: a record digest, its label, the LLM's answer; no client data",
+    ),
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from crosslm_secure.data.loaders import load_labelled_data
 from crosslm_secure.data.partition import partition_clients
 from crosslm_secure.data.records import ClientData, Example
 from crosslm_secure.errors import RunError
+from crosslm_secure.eval.predictions import Predictions, write_predictions
 from crosslm_secure.methods import method_for
 from crosslm_secure.models.device import resolve_device
 from crosslm_secure.models.llm import LoadedLLM, add_lora, load_llm, load_lora
@@ -175,9 +177,18 @@ def prepare_job(config: Config, store: RunStore | None) -> PreparedJob:
             train=len(train),
             test=len(test),
             llm_test=len(split.llm_test),
-            clients={c.client_id: {"train": len(c.train), "test": len(c.test)} for c in split.clients},
+            clients={
+                c.client_id: {"train": len(c.train), "test": len(c.test), "train_by_label": _per_label(c, config)}
+                for c in split.clients
+            },
         )
     return PreparedJob(device, split)
+
+
+def _per_label(client: ClientData, config: Config) -> dict[str, int]:
+    """Training records of a client per label name (the report's set-up shows the class balance)."""
+    counts = Counter(example.label for example in client.train)
+    return {name: counts.get(index, 0) for index, name in enumerate(config.task.labels)}
 
 
 def resume_point(run_dir: Path, parties: str | None = None) -> tuple[RunStore, Config, RunState, int]:
@@ -315,6 +326,9 @@ def _client_node(
     def save_checkpoint(round_index: int, slm: SLM) -> None:
         _save_slm(slm, checkpoint)
 
+    def keep_predictions(round_index: int, predictions: Predictions) -> None:
+        write_predictions(store.slm_predictions_path(client.client_id, round_index), predictions)
+
     def record_release(round_index: int, attempt: int, release: ScoreRelease) -> None:
         # Conservative: the noise left if the decryptor subtracts its own share.
         trainer.ledger.record_score_release(
@@ -343,6 +357,7 @@ def _client_node(
         device,
         on_round_end=save_checkpoint,
         on_release=record_release,
+        on_evaluated=keep_predictions,
     )
 
 

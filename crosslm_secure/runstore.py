@@ -13,7 +13,8 @@ Layout::
     llm/round-N/         LoRA adapters
     server/synthetic/round-N.jsonl  the round's synthetic batch: text, intended label,
                          released aggregate score, accepted (public, server-side)
-    clients/<id>/        per-client SLM checkpoint and privacy ledger
+    server/predictions/round-N.jsonl  the LLM's answer to each evaluator test record
+    clients/<id>/        per-client SLM checkpoint, privacy ledger and predictions/round-N.jsonl
     plots/, summary.md   what people look at
 """
 
@@ -46,6 +47,7 @@ STATE_FILE = "state.json"
 CLIENTS_DIR = "clients"
 SLM_DIR = "slm"
 SYNTHETIC_FILE = "synthetic.json"
+PREDICTIONS_DIR = "predictions"
 """Accepted synthetic samples a client keeps for joint training, in its folder."""
 
 
@@ -198,6 +200,14 @@ class RunStore:
 
     def synthetic_path(self, client_id: str) -> Path:
         return self.client_dir(client_id) / SYNTHETIC_FILE
+
+    def slm_predictions_path(self, client_id: str, round_index: int) -> Path:
+        """A client's SLM answers on its held-out split after ``round_index`` (in its own folder)."""
+        return self.client_dir(client_id) / PREDICTIONS_DIR / f"round-{round_index}.jsonl"
+
+    def llm_predictions_path(self, round_index: int) -> Path:
+        """The LLM's answers on the evaluator's test split after ``round_index``."""
+        return self.root / "server" / PREDICTIONS_DIR / f"round-{round_index}.jsonl"
 
     def llm_dir(self, round_index: int) -> Path:
         return self.root / "llm" / f"round-{round_index}"

@@ -22,6 +22,7 @@ from crosslm_secure.config import MIN_QUORUM, SLMConfig
 from crosslm_secure.crypto.noise import ScoreRelease
 from crosslm_secure.data.records import ClientData
 from crosslm_secure.errors import CrossLMError, ProtocolError
+from crosslm_secure.eval.predictions import Predictions
 from crosslm_secure.eval.slm_eval import evaluate_slm
 from crosslm_secure.privacy.ledger_format import entry_line
 from crosslm_secure.protocol.envelope import Envelope, verify
@@ -80,6 +81,8 @@ class ClientNode:
         on_round_end: called with (round, slm) after evaluation, e.g. to checkpoint.
         on_release: called with (round, attempt, release) after a noised score vector left, so the
             client's ledger records it.
+        on_evaluated: called with (round, predictions) after evaluation, so the client keeps its
+            answer per held-out record (for intervals in the report); they never leave the silo.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class ClientNode:
         device: torch.device,
         on_round_end: Callable[[int, SLM], None] | None = None,
         on_release: Callable[[int, int, ScoreRelease], None] | None = None,
+        on_evaluated: Callable[[int, Predictions], None] | None = None,
     ) -> None:
         self.party = party
         self.data = data
@@ -108,6 +112,7 @@ class ClientNode:
         self.device = device
         self.on_round_end = on_round_end
         self.on_release = on_release
+        self.on_evaluated = on_evaluated
         self.round = 0
         self.epsilon = 0.0 if trainer.private else float("inf")
         self._handlers: dict[str, Callable[[Envelope, Any], tuple[Any, Attachments]]] = {
@@ -284,6 +289,8 @@ class ClientNode:
             batch_size=self.settings.eval_batch_size,
             device=self.device,
         )
+        if self.on_evaluated is not None:
+            self.on_evaluated(envelope.round, Predictions.of(self.data.test, metrics["predicted"]))
         if self.on_round_end is not None:
             self.on_round_end(envelope.round, self.slm)
         shared = [] if body.ledger_from is None else self.trainer.ledger.entries[body.ledger_from :]

@@ -111,7 +111,8 @@ def llm_task_accuracy(
         calibrate: divide the label probabilities by their mean on :data:`CONTENT_FREE` inputs.
 
     Returns:
-        ``{"accuracy": float, "macro_f1": float, "n": int}``.
+        ``{"accuracy": float, "macro_f1": float, "n": int, "predicted": list[int]}`` (the
+        answer to each example, in order).
 
     Raises:
         ConfigError: verbalizers share a first token, or the template does not fit.
@@ -130,6 +131,7 @@ def llm_task_accuracy(
         "accuracy": accuracy(truth, predictions),
         "macro_f1": macro_f1(truth, predictions, len(task.labels)),
         "n": len(truth),
+        "predicted": predictions,
     }
 
 

@@ -21,7 +21,7 @@ def evaluate_slm(
     max_length: int,
     batch_size: int,
     device: torch.device | str,
-) -> dict[str, float | int]:
+) -> dict[str, Any]:
     """Classify ``examples`` with the SLM (argmax) and score the predictions.
 
     Args:
@@ -34,11 +34,11 @@ def evaluate_slm(
         device: where the model lives.
 
     Returns:
-        ``{"accuracy": float, "macro_f1": float, "n": int}``; both scores are 0.0 when
-        there are no examples.
+        ``{"accuracy": float, "macro_f1": float, "n": int, "predicted": list[int]}`` (the
+        predicted label of each example, in order); both scores are 0.0 when there are no examples.
     """
     if not examples:
-        return {"accuracy": 0.0, "macro_f1": 0.0, "n": 0}
+        return {"accuracy": 0.0, "macro_f1": 0.0, "n": 0, "predicted": []}
     probs = predict_proba(
         tokenizer,
         model,
@@ -53,4 +53,5 @@ def evaluate_slm(
         "accuracy": accuracy(truth, predictions),
         "macro_f1": macro_f1(truth, predictions, num_labels),
         "n": len(examples),
+        "predicted": predictions,
     }

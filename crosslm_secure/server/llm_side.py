@@ -20,6 +20,7 @@ from crosslm_secure.config import Config
 from crosslm_secure.data.records import Example, SyntheticSample
 from crosslm_secure.eval.judge import Judge
 from crosslm_secure.eval.llm_eval import llm_perplexity, llm_task_accuracy
+from crosslm_secure.eval.predictions import Predictions, write_predictions
 from crosslm_secure.methods import method_for
 from crosslm_secure.models.llm import LoadedLLM, save_lora
 from crosslm_secure.runstore import RunStore
@@ -56,7 +57,8 @@ class LocalLLM:
         config: the validated job configuration.
         llm: the loaded LLM (LoRA-wrapped when the method tunes it).
         llm_test: the evaluator's test set; the first ``eval.llm_examples`` are used.
-        store: the run folder (LoRA adapters go to ``llm/round-N``).
+        store: the run folder (LoRA adapters go to ``llm/round-N``, the answer to each evaluator
+            test record to ``server/predictions/round-N.jsonl``).
         cache: where round-0 LLM results (base weights, public settings, the evaluator's set) are reused.
     """
 
@@ -94,13 +96,17 @@ class LocalLLM:
             base = _base_model_key(self.llm)
             ppl_key = content_key("llm_ppl", base, cfg.eval.perplexity_chunks, cfg.eval.perplexity_chunk_tokens)
             data = hashlib.sha256(json.dumps([[e.uid, e.text, e.label] for e in self.llm_test]).encode()).hexdigest()
-            calibrated = ["calibrated"] if calibrate else []  # uncalibrated keys stay as they were
-            task_key = content_key("llm_task", base, cfg.task.model_dump(), cfg.eval.model_dump(), data, *calibrated)
+            calibrated = ["calibrated"] if calibrate else []
+            task_key = content_key(
+                "llm_task", "predicted", base, cfg.task.model_dump(), cfg.eval.model_dump(), data, *calibrated
+            )
             results = self.cache.get_or_compute("llm_task", task_key, task)
             ppl = self.cache.get_or_compute("llm_perplexity", ppl_key, perplexity)
             self.store.event("llm_eval_cache", round=round_index, hits=self.cache.hits, misses=self.cache.misses)
         else:
             results, ppl = task(), perplexity()
+        predictions = Predictions.of(self.llm_test, results["predicted"])
+        write_predictions(self.store.llm_predictions_path(round_index), predictions)
         return {"llm_accuracy": results["accuracy"], "llm_macro_f1": results["macro_f1"], "llm_perplexity": ppl}
 
     def generate(self, round_index: int) -> list[SyntheticSample]:

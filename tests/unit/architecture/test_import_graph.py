@@ -113,3 +113,18 @@ def test_no_module_is_over_400_lines() -> None:
         if (count := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
     }
     assert not long, f"over {MAX_MODULE_LINES} lines: {long}"
+
+
+def test_the_report_modules_import_each_other_without_cycles() -> None:
+    """Within report/, module by module: summary.md and report.html share pieces, never each other."""
+    report = PACKAGE / "report"
+    graph: dict[str, dict[str, set[str]]] = {}
+    for path in sorted(report.glob("*.py")):
+        graph[path.stem] = defaultdict(set)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("crosslm_secure.report."):
+                target = (node.module or "").removeprefix("crosslm_secure.report.").split(".")[0]
+                graph[path.stem][target].add(path.name)
+    assert graph["summary"] and graph["run_page"]  # the graph was read
+    cycle = find_cycle(graph)
+    assert not cycle, "import cycle in report/: " + " -> ".join(cycle)

@@ -32,8 +32,8 @@ EVAL = EvalConfig(llm_batch_size=4, llm_max_length=96, perplexity_chunks=3, perp
 def test_accuracy_is_in_range_and_counts_every_example(tiny_llm: LoadedLLM) -> None:
     examples = separable_examples(4)[:10]
     result = llm_task_accuracy(tiny_llm, examples, TASK, EVAL, progress=False)
-    assert set(result) == {"accuracy", "macro_f1", "n"}
-    assert result["n"] == 10
+    assert set(result) == {"accuracy", "macro_f1", "n", "predicted"}
+    assert result["n"] == 10 and len(result["predicted"]) == 10
     assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["macro_f1"] <= 1.0
     assert not tiny_llm.model.training
 

@@ -51,9 +51,10 @@ def test_metrics_match_hand_computed_values(tokenizer: object) -> None:
     assert result["n"] == 5
     assert result["accuracy"] == pytest.approx(3 / 5)
     assert result["macro_f1"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
+    assert result["predicted"] == [0, 0, 1, 2, 1]  # kept per record, in order, for the report's intervals
 
 
 def test_no_examples_scores_zero(tokenizer: object) -> None:
     model = KeywordModel([1, 2, 3])
     result = evaluate_slm(tokenizer, model, [], num_labels=3, max_length=16, batch_size=2, device=CPU)
-    assert result == {"accuracy": 0.0, "macro_f1": 0.0, "n": 0}
+    assert result == {"accuracy": 0.0, "macro_f1": 0.0, "n": 0, "predicted": []}

@@ -1,4 +1,5 @@
-"""``crosslm compare``: headline metrics side by side, deltas against the first run, config differences."""
+"""``crosslm compare`` and ``crosslm report --baseline``: headline metrics side by side, deltas against the first run,
+paired differences of macro-F1 on the same test records, config differences."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from crosslm_secure.cli import app
+from crosslm_secure.eval.bootstrap import paired_difference
+from crosslm_secure.eval.predictions import Predictions
 from crosslm_secure.report.compare import compare_runs, markdown
 from crosslm_secure.runstore import RunStore
+from tests.unit.report.kept_runs import answers, kept_run
 
 
 def make_run(root: Path, name: str, config: dict, f1: list[float], epsilon: float) -> Path:
@@ -64,3 +68,63 @@ def test_a_folder_that_is_not_a_run_is_one_sentence(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["compare", str(tmp_path / "nothing")])
     assert result.exit_code != 0
     assert "is not a run folder (no config.yaml); pass runs/<run-id>" in result.output.replace("\n", "")
+
+
+def test_a_paired_difference_is_the_difference_of_points_with_an_interval_on_the_shared_records(
+    tmp_path: Path,
+) -> None:
+    base_llm, run_llm = answers(90, 3), answers(90, 7, offset=2)
+    base = kept_run(tmp_path, "base", [{"llm": base_llm, "client-1": answers(30, 3, prefix="a")}])
+    shuffled = Predictions(run_llm.records[::-1], run_llm.labels[::-1], run_llm.predicted[::-1])
+    run = kept_run(tmp_path, "run", [{"llm": shuffled, "client-1": answers(30, 9, prefix="a")}])
+    comparison = compare_runs([base.root, run.root])
+    for key in ("llm_macro_f1", "slm_macro_f1_mean"):
+        difference = comparison.paired[key][1]
+        assert difference is not None and comparison.paired[key][0] is None
+        assert difference.point == pytest.approx(comparison.metrics[key][1] - comparison.metrics[key][0])
+        assert difference.low < difference.point < difference.high
+    # paired on the records (the run stored them in reverse order), not on positions
+    assert comparison.paired["llm_macro_f1"][1] == paired_difference([(run_llm, base_llm)], 3)
+    assert comparison.unpaired == [None, None]
+    first = comparison.intervals["llm_macro_f1"][0]
+    assert first is not None and first.low <= comparison.metrics["llm_macro_f1"][0] <= first.high
+    assert f"| LLM macro-F1 (last round) | {first.text()} |" in markdown(comparison)
+
+
+def test_runs_on_other_test_records_are_compared_without_a_paired_difference_and_say_why(tmp_path: Path) -> None:
+    base = kept_run(tmp_path, "base", [{"llm": answers(60, 3)}])
+    other = kept_run(tmp_path, "other", [{"llm": answers(60, 3, prefix="x")}])
+    comparison = compare_runs([base.root, other.root])
+    assert comparison.paired["llm_macro_f1"] == [None, None]
+    assert "were evaluated on different test records for llm_macro_f1 (0 of 60 and 60" in str(comparison.unpaired[1])
+
+
+def test_report_with_a_baseline_on_other_test_records_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    run = kept_run(tmp_path, "run", [{"llm": answers(60, 3)}])
+    other = kept_run(tmp_path, "other", [{"llm": answers(59, 3)}])
+    result = CliRunner().invoke(app, ["report", str(run.root), "--baseline", str(other.root)])
+    assert result.exit_code != 0
+    message = " ".join(result.output.split())
+    assert "were evaluated on different test records for llm_macro_f1 (59 of 60 and 59 test records are shared)" in (
+        message
+    )
+    assert not (run.root / "summary.md").exists() and not (run.root / "report.html").exists()
+
+
+def test_report_with_a_baseline_puts_it_beside_the_run_on_the_page(tmp_path: Path) -> None:
+    base = kept_run(tmp_path, "base", [{"llm": answers(60, 2)}])
+    run = kept_run(tmp_path, "run", [{"llm": answers(60, 2)}, {"llm": answers(60, 6)}])
+    result = CliRunner().invoke(app, ["report", str(run.root), "--baseline", str(base.root)])
+    assert result.exit_code == 0, result.output
+    page = (run.root / "report.html").read_text()
+    beside = page[page.index('<section id="baseline">') :].split("</section>", 1)[0]
+    difference = paired_difference([(answers(60, 6), answers(60, 2))], 3)
+    assert "<td>LLM macro-F1</td><td>" in beside and f"<td>{difference.text(signed=True)}</td>" in beside
+    assert f"Against the baseline {base.run_id}" in beside
+
+
+def test_report_refuses_the_run_itself_as_its_baseline(tmp_path: Path) -> None:
+    run = kept_run(tmp_path, "run", [{"llm": answers(30, 3)}])
+    result = CliRunner().invoke(app, ["report", str(run.root), "--baseline", str(run.root)])
+    assert result.exit_code != 0
+    assert f"the baseline is {run.run_id} itself; pass another run as --baseline" in " ".join(result.output.split())

@@ -1,4 +1,5 @@
-"""plots/metrics.png: macro-F1 is the solid primary line of each task panel, accuracy a dashed second."""
+"""plots/metrics.png: macro-F1 is the solid primary line of each task panel, accuracy a dashed second;
+axes do not make a small change look large."""
 
 from __future__ import annotations
 
@@ -42,7 +43,32 @@ def test_each_task_panel_draws_macro_f1_solid_and_accuracy_dashed() -> None:
             assert lines[secondary].get_linestyle() == "--"
             assert list(lines[secondary].get_ydata()) == pytest.approx(accuracy)
         assert list(lines_by_label(slm)["client-1"].get_ydata()) == pytest.approx([0.25, 0.35, 0.45])
-        assert list(perplexity.get_lines()[0].get_ydata()) == [20.0, 19.0, 18.0]
+        assert list(perplexity.get_lines()[0].get_ydata()) == pytest.approx([0.0, -5.0, -10.0])  # % of round 0
+    finally:
+        plt.close(fig)
+
+
+def test_axes_do_not_exaggerate_a_small_change() -> None:
+    """Scores span 0-1; a 0.1% perplexity change stays a near-flat line on an axis of at least +-1%."""
+    rows = [row | {"llm_perplexity": value} for row, value in zip(ROWS, [23.12, 23.16, 23.14], strict=True)]
+    fig = draw_rounds(rows)
+    slm, llm, perplexity = fig.axes
+    try:
+        assert slm.get_ylim() == (0, 1) and llm.get_ylim() == (0, 1)
+        low, high = perplexity.get_ylim()
+        assert low <= -1.0 and high >= 1.0
+        changes = list(perplexity.get_lines()[0].get_ydata())
+        assert changes == pytest.approx([0.0, 0.173, 0.0865], abs=1e-3)
+        assert (max(changes) - min(changes)) / (high - low) < 0.1  # under a tenth of the panel's height
+    finally:
+        plt.close(fig)
+
+
+def test_a_large_perplexity_change_still_fits_its_axis() -> None:
+    fig = draw_rounds([row | {"llm_perplexity": value} for row, value in zip(ROWS, [20.0, 26.0, 30.0], strict=True)])
+    try:
+        low, high = fig.axes[2].get_ylim()
+        assert low <= -1.0 and high >= 50.0
     finally:
         plt.close(fig)
 

@@ -15,6 +15,8 @@ from crosslm_secure.audit.protocol_audit import run_protocol_audit
 from crosslm_secure.cli import app
 from crosslm_secure.client.node import ClientNode
 from crosslm_secure.config import load_config
+from crosslm_secure.eval.metrics import accuracy
+from crosslm_secure.eval.predictions import read_predictions
 from crosslm_secure.privacy.ledger import Ledger, ledger_path
 from crosslm_secure.privacy.noise_source import SEEDED_WARNING
 from crosslm_secure.runner import resume_job, run_job
@@ -65,6 +67,15 @@ def test_a_local_model_folder_and_a_csv_need_only_a_config(job_files: dict[str, 
     assert rows[2]["epsilon/client-1"] > rows[1]["epsilon/client-1"]
     summary = (run / "summary.md").read_text()
     assert str(job_files["llm"]) in summary and "csv" in summary and "DP-SGD" in summary
+    llm_answers = read_predictions(run / "server" / "predictions" / "round-2.jsonl")
+    assert llm_answers is not None and len(llm_answers) == 6  # eval.llm_examples
+    assert accuracy(llm_answers.labels, llm_answers.predicted) == pytest.approx(rows[2]["llm_accuracy"])
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    split = next(e for e in events if e["event"] == "data")["clients"]["client-1"]
+    client_answers = read_predictions(run / "clients" / "client-1" / "predictions" / "round-1.jsonl")
+    assert client_answers is not None and len(client_answers) == split["test"]
+    assert sum(split["train_by_label"].values()) == split["train"] and list(split["train_by_label"]) == LABELS
+    assert accuracy(client_answers.labels, client_answers.predicted) == pytest.approx(rows[1]["slm_accuracy/client-1"])
     kept = json.loads((run / "clients" / "client-1" / "synthetic.json").read_text())
     assert sorted(kept) == ["1", "2"], "each round's accepted samples are kept for the next private round"
     assert [len(kept[r]) for r in ("1", "2")] == [rows[1]["synthetic_accepted"], rows[2]["synthetic_accepted"]]
