@@ -91,32 +91,48 @@ def scan_bytes(data: bytes, *, file_name: str = "", depth: int = 0) -> tuple[lis
             problems += [f"{problem} (inside a {how} string)" for problem in inner]
     if depth < _MAX_DEPTH:
         for inflated, how in _containers(data):
+            if inflated is None:  # nothing to scan is not the same as nothing found
+                problems.append(f"holds {how} that cannot be opened (corrupt or encrypted), so it cannot be scanned")
+                continue
             inner, _ = scan_bytes(inflated, depth=depth + 1)
             problems += [f"{problem} (inside {how})" for problem in inner]
     return problems, kind
 
 
-def _containers(data: bytes) -> Iterable[tuple[bytes, str]]:
-    """What gzip, bz2 and zip data hold (bounded, so a decompression bomb cannot stall the audit)."""
+def _containers(data: bytes) -> Iterable[tuple[bytes | None, str]]:
+    """What gzip, bz2 and zip data hold (bounded, so a decompression bomb cannot stall the audit);
+    ``None`` for a container that cannot be opened (corrupt, truncated or encrypted)."""
     if data[:2] == b"\x1f\x8b":
         try:
             with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
-                yield handle.read(_MAX_INFLATED), "gzip data"
+                inflated = handle.read(_MAX_INFLATED)
         except (OSError, EOFError):
-            pass
+            inflated = None
+        yield inflated, "gzip data"
     if data[:3] == b"BZh":
         try:
-            yield bz2.BZ2Decompressor().decompress(data, _MAX_INFLATED), "bz2 data"
+            inflated = bz2.BZ2Decompressor().decompress(data, _MAX_INFLATED)
         except (OSError, ValueError, EOFError):
-            pass
+            inflated = None
+        yield inflated, "bz2 data"
     if data[:4] == b"PK\x03\x04":
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                for info in archive.infolist()[:256]:
-                    with archive.open(info) as member:
-                        yield member.read(_MAX_INFLATED), f"zip member {info.filename!r}"
-        except (zipfile.BadZipFile, OSError, RuntimeError, ValueError):
-            pass
+        yield from _zip_members(data)
+
+
+def _zip_members(data: bytes) -> Iterable[tuple[bytes | None, str]]:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, OSError, ValueError):
+        yield None, "a zip archive"
+        return
+    with archive:
+        for info in archive.infolist()[:256]:
+            try:
+                with archive.open(info) as member:
+                    inflated = member.read(_MAX_INFLATED)
+            except (zipfile.BadZipFile, OSError, RuntimeError, ValueError, EOFError):  # RuntimeError: encrypted
+                inflated = None
+            yield inflated, f"zip member {info.filename!r}"
 
 
 def _der_private_key(data: bytes) -> list[str]:

@@ -177,6 +177,15 @@ def _zip(data: bytes) -> bytes:
     return out.getvalue()
 
 
+def _encrypted_zip(data: bytes) -> bytes:
+    """A zip whose member is flagged encrypted (general-purpose bit 0), as a password-protected one is."""
+    raw = bytearray(_zip(data))
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = raw.find(signature)
+        raw[at + flags_at] |= 0x01
+    return bytes(raw)
+
+
 def _seal_secret_key() -> bytes:
     import tenseal as ts
 
@@ -244,6 +253,16 @@ EVASIONS: dict[str, tuple[Plant, str, tuple[str, ...]]] = {
     "secret context in a zip": (
         lambda r: (r / "server" / "ctx.zip").write_bytes(_zip(_secret_context())),
         "inside zip member 'inner.bin'",
+        (SECRETS, ALLOWLIST),
+    ),
+    "secret context in an encrypted zip": (
+        lambda r: (r / "server" / "ctx.zip").write_bytes(_encrypted_zip(_secret_context())),
+        "holds zip member 'inner.bin' that cannot be opened (corrupt or encrypted)",
+        (SECRETS, ALLOWLIST),
+    ),
+    "secret context in a truncated gzip": (
+        lambda r: (r / "server" / "ctx.gz").write_bytes(gzip.compress(_secret_context())[:-64]),
+        "holds gzip data that cannot be opened (corrupt or encrypted)",
         (SECRETS, ALLOWLIST),
     ),
     "secret context XORed": (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import dp_accounting
+import numpy as np
 import pytest
 from dp_accounting import pld, rdp
 from opacus.accountants import PRVAccountant, RDPAccountant
@@ -124,3 +125,17 @@ def test_invalid_blocks_are_refused(block, message):
 def test_unknown_accountant_is_refused():
     with pytest.raises(PrivacyError, match="unknown accountant"):
         epsilon(HISTORY, DELTA, "gdp")
+
+
+def test_only_the_accountants_known_warnings_are_silenced() -> None:
+    import warnings
+
+    from crosslm_secure.privacy.accounting import _known_warnings_quiet
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with _known_warnings_quiet():
+            warnings.warn("Optimal order is the largest alpha. Please consider expanding the range", stacklevel=1)
+            np.log(np.zeros(1))  # PRV's masked log(0)
+            warnings.warn("a new warning from an upgraded accountant", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a new warning from an upgraded accountant"]
