@@ -33,7 +33,7 @@ from crosslm_secure.audit.report_scope import (
     first_section,
     trust_anchor_line,
 )
-from crosslm_secure.audit.report_sections import VERDICT_MEANINGS, executive_line
+from crosslm_secure.audit.report_sections import VERDICT_MEANINGS, dp_sentences, executive_line
 from crosslm_secure.audit.runinfo import run_config
 from crosslm_secure.audit.trust import SELF_ATTESTED, is_self_attested
 from crosslm_secure.config import Config
@@ -270,12 +270,18 @@ def report_rows(run_dir: Path, outcomes: Sequence[CheckOutcome]) -> list[Row]:
     for name in [*CHECKS, *([SITES] if SITES in by_name else [])]:
         outcome = by_name.get(name)
         if outcome is None:
-            rows.append(Row(name, "not run", f"run: {shlex.join(['crosslm', 'audit', name, str(run_dir)])}", None))
+            command = shlex.join(["crosslm", "audit", name, str(run_dir)])
+            rows.append(Row(name, "not run", f"not run yet; to run it: {command}", None))
         elif outcome.result is None:
             rows.append(Row(name, "error", outcome.error or "could not run", outcome))
         else:
             rows.append(Row(name, row_state(outcome), display_summary(outcome.result), outcome))
     return rows
+
+
+def missing_sentence(row: Row) -> str:
+    """What the report says of a check without a result."""
+    return f"This check was {row.summary}." if row.outcome is None else f"This check could not run: {row.summary}"
 
 
 def _result(row: Row) -> CheckResult | None:
@@ -312,7 +318,7 @@ def render_markdown(inputs: ReportInputs) -> str:
         lines += [f"## {row.name}: {row.state.upper()}", ""]
         result = _result(row)
         if result is None:
-            lines += [f"This check {'was not run' if row.outcome is None else 'could not run'}: {row.summary}", ""]
+            lines += [missing_sentence(row), ""]
             continue
         lines += _check_markdown(result, row.summary)
         if result.numbers:
@@ -325,6 +331,8 @@ def _check_markdown(result: CheckResult, summary: str) -> list[str]:
     lines = [f"### {result.title}", "", summary, ""]
     if result.findings:
         lines += ["**Findings**", ""] + [f"- {f}" for f in result.findings] + [""]
+    sentences = dp_sentences(result.numbers)
+    lines += ["**The epsilons shown**", ""] + [f"- {s}" for s in sentences] + [""] if sentences else []
     for table in result.tables:
         lines += [f"**{table.title}**", ""] + _md_table(shown_columns(table), table.rows)
     lines += [f"![{figure}]({figure})" for figure in result.figures] + ([""] if result.figures else [])

@@ -23,6 +23,38 @@ from crosslm_secure.audit.roc import MIN_SIDE
 from crosslm_secure.config import AuditConfig
 
 CHANCE_AUC = 0.5
+SETTING_CHECKS = {
+    "mia": (
+        "reference_models",
+        "population_records",
+        "confidence",
+        "bootstrap",
+        "llm_records",
+        "seed",
+        "mia_max_auc",
+        "rmia_a",
+        "rmia_gamma",
+    ),
+    "dp": (
+        "canaries",
+        "confidence",
+        "canary_guess_fraction",
+        "whitebox_guess_fraction",
+        "dp_client",
+        "dp_mode",
+        "seed",
+        "population_records",
+    ),
+}
+"""The audit settings each check reads (the others ignore ``audit.*``)."""
+
+
+def applied_overrides(result: CheckResult) -> list[str]:
+    """The result's ``--set`` overrides of settings its check reads."""
+    read = SETTING_CHECKS.get(result.name, ())
+    return [item for item in result.overrides if item.split("=", 1)[0].strip().removeprefix("audit.") in read]
+
+
 COLUMN_NAMES = {"ceiling": "expected bound at the claim"}
 """Saved table columns the report shows under a clearer name."""
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")

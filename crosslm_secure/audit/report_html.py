@@ -36,7 +36,7 @@ AUDIT_SECTIONS = ("scope", "verdict", "summary", "provenance", "appendix")
 
 def render_audit_html(inputs: ReportInputs) -> str:
     """The whole page."""
-    from crosslm_secure.audit.report import executive_lines
+    from crosslm_secure.audit.report import executive_lines, missing_sentence
 
     rows = inputs.rows
     summary_items = "".join(
@@ -57,12 +57,7 @@ def render_audit_html(inputs: ReportInputs) -> str:
     appendix = []
     for row in rows:
         if row.outcome is None or row.outcome.result is None:
-            why = "was not run" if row.outcome is None else "could not run"
-            parts.append(
-                section(
-                    f"check-{row.name}", f"{row.name}: {row.state.upper()}", para(f"This check {why}: {row.summary}")
-                )
-            )
+            parts.append(section(f"check-{row.name}", f"{row.name}: {row.state.upper()}", para(missing_sentence(row))))
             continue
         result = row.outcome.result
         body, extra = _check_body(inputs.run_dir, result, row.summary)  # extra: tables moved to the appendix

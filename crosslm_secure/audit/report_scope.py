@@ -18,7 +18,7 @@ from typing import Any
 
 from crosslm_secure.audit.base import AUDIT_DIR, Table
 from crosslm_secure.audit.registry import CHECKS, SITES, CheckOutcome
-from crosslm_secure.audit.report_figures import not_resolvable
+from crosslm_secure.audit.report_figures import SETTING_CHECKS, not_resolvable
 from crosslm_secure.audit.report_sections import VERDICT_MEANINGS
 from crosslm_secure.audit.trust import PINNED, SELF_ATTESTED_SENTENCE
 from crosslm_secure.config import Config, config_to_dict
@@ -70,7 +70,10 @@ def first_section(
         Block("Verdict in plain words", [verdict_paragraph(outcomes, verdict)]),
         Block(
             "Thresholds as applied",
-            ["The settings each check ran with; an overridden one names the --set that changed it."],
+            [
+                "The thresholds and settings as each check applied them (a check that did not record them shows "
+                "the run's config); an overridden one names the --set that changed it."
+            ],
             [thresholds_table(outcomes, config)],
         ),
         Block("Trust anchor", [trust_anchor(outcomes)]),
@@ -145,13 +148,13 @@ def thresholds_table(outcomes: Sequence[CheckOutcome], config: Config) -> Table:
         overrides = []
         for outcome in outcomes:
             result = outcome.result
-            if result is None or not result.settings or outcome.name in (SITES, "protocol", "ledger"):
+            if result is None or not result.settings or key not in SETTING_CHECKS.get(outcome.name, ()):
                 continue
             settings, typed = result.settings, result.overrides
             applied.setdefault(_value(settings.get(key, run_value)), []).append(outcome.name)
             overrides += [item for item in typed if item.split("=", 1)[0].strip() == f"audit.{key}"]
         if not applied:
-            cell, note = _value(run_value), "the run's config (no check recorded the settings it applied)"
+            cell, note = _value(run_value), "the run's config (no check recorded applying it)"
         else:
             cell = "; ".join(f"{value} ({', '.join(names)})" for value, names in applied.items())
             note = "the run's config"
@@ -243,7 +246,7 @@ def signed_files(run_dir: Path, outcomes: Sequence[CheckOutcome], models: Sequen
         SignedFile("config (resolved, canonical JSON)", config_sha256(run_dir)),
         SignedFile("config.yaml (file)", file_sha256(Path(run_dir) / "config.yaml")),
     ]
-    files += [SignedFile(f"{m.role} ({m.source})", m.sha256) for m in models if m.sha256 not in ("-", "")]
+    files += [SignedFile(f"{m.role}: {m.source}", m.sha256) for m in models if m.sha256 not in ("-", "")]
     for outcome in outcomes:
         if outcome.result is not None:
             path = Path(run_dir) / AUDIT_DIR / f"{outcome.name}.json"

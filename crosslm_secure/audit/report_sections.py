@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crosslm_secure.audit.base import CheckResult, Table
-from crosslm_secure.audit.report_figures import bound_sentences, display_summary, not_resolvable
+from crosslm_secure.audit.report_figures import applied_overrides, bound_sentences, display_summary, not_resolvable
 from crosslm_secure.audit.trust import SELF_ATTESTED, SELF_ATTESTED_SENTENCE
 from crosslm_secure.report.html import esc
 
@@ -119,8 +119,9 @@ def executive_line(state: str, summary: str, result: CheckResult | None, fallbac
         return summary
     explain = explanations(result.settings or fallback, privacy).get(result.name)
     text = summary_sentence(state, display_summary(result), explain)
-    if result.overrides:
-        text += f" Ran with --set {', '.join(result.overrides)} (overrides of the run's config)."
+    overrides = applied_overrides(result)
+    if overrides:
+        text += f" Ran with --set {', '.join(overrides)} (overrides of the run's config)."
     undecided = not_resolvable(result)
     if undecided:
         text += f" Not resolvable, so not a pass: {'; '.join(undecided)}."
