@@ -137,10 +137,13 @@ def test_a_failing_and_an_unrunnable_check_are_rows_and_the_report_rebuilds(cros
 def test_single_checks_settings_and_bad_input_exit_codes(
     crosslm_run: Path, registry_file: Path, tmp_path: Path
 ) -> None:
-    one = audit("ledger", "--run", str(crosslm_run), "--no-progress", "--registry", str(registry_file))
+    one = audit(
+        "ledger", "--run", str(crosslm_run), "--no-progress", "--registry", str(registry_file), "--set", "audit.seed=7"
+    )
     assert one.exit_code == 0, one.output
     assert one.output.startswith("ledger: PASS: 2 of 2 ledgers verify")
-    assert json.loads((crosslm_run / "audit" / "ledger.json").read_text())["verdict"] == "pass"
+    saved = json.loads((crosslm_run / "audit" / "ledger.json").read_text())
+    assert saved["verdict"] == "pass" and saved["overrides"] == ["audit.seed=7"] and saved["settings"]["seed"] == 7
     report = audit("report", "--run", str(crosslm_run))
     assert report.exit_code == 2 and "overall: INCOMPLETE" in report.output  # exit codes are the verdict's
     assert "| mia | NOT RUN |" in (crosslm_run / "audit" / "report.md").read_text()
@@ -171,3 +174,8 @@ def test_the_audits_scripts_run_as_python_files_with_the_same_exit_codes(
     bad = script_main("ledger", ["--run", str(crosslm_run), "--no-progress"])
     assert bad == 1
     assert "clients/client-2/ledger.jsonl: does not verify" in capsys.readouterr().out
+    assert script_main("ledger", ["--run", str(crosslm_run), "--no-progress", "--json"]) == 1
+    printed = capsys.readouterr()
+    (check,) = json.loads(printed.out)["checks"]
+    assert check["verdict"] == "fail" and any("client-2/ledger.jsonl: does not verify" in f for f in check["findings"])
+    assert printed.err.startswith("ledger: FAIL")
