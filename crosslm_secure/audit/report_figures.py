@@ -126,8 +126,8 @@ def dp_undecided(result: CheckResult) -> str | None:
         return None
     checked = " (the mechanism check still decides)" if "mechanism_fail" in result.numbers else ""
     return (
-        f"the epsilon lower bound: even all {result.numbers['guesses']} guesses right certify only {bounds[1]:.2f}, "
-        f"not above the claimed {claimed:.2f}, so the bound test could not have failed{checked}"
+        f"even all {result.numbers['guesses']} guesses right certify only {bounds[1]:.2f}, not above the claimed "
+        f"{claimed:.2f}, so the bound test could not have failed{checked}"
     )
 
 
@@ -135,7 +135,8 @@ def not_resolvable(result: CheckResult) -> list[str]:
     """One line per figure of a check that cannot decide, naming it and why."""
     lines = [f"{target} {attack} AUC: {why}" for (target, attack), why in mia_undecided(result).items()]
     dp = dp_undecided(result) if result.name == "dp" else None
-    return lines + ([f"{result.name}: {dp}"] if dp else [])
+    client = result.numbers.get("client", "the audited client")
+    return lines + ([f"{client}'s DP epsilon lower bound: {dp}"] if dp else [])
 
 
 def bound_sentences(numbers: dict[str, Any]) -> list[str]:
