@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crosslm_secure.audit.base import AUDIT_DIR, Table
+from crosslm_secure.audit.base import AUDIT_DIR, CheckResult, Table
 from crosslm_secure.audit.registry import CHECKS, SITES, CheckOutcome
 from crosslm_secure.audit.report_figures import SETTING_CHECKS, not_resolvable
 from crosslm_secure.audit.report_sections import VERDICT_MEANINGS
@@ -89,26 +89,29 @@ def first_section(
 
 def scope_lines(outcomes: Sequence[CheckOutcome], config: Config) -> list[str]:
     """What was audited (per check that gave a result) and what was not."""
-    by_name = {o.name: o for o in outcomes}
-    clients = ", ".join(config.client_ids())
-    dp_client = _dp_client(by_name.get("dp"), config)
+    results = {o.name: o.result for o in outcomes if o.result is not None}
+    dp_client = _dp_client(results.get("dp"), config)
     what = {
         "protocol": "the server's files in the run folder: only allowed files, only a public CKKS context, no "
         "per-client score, every message signed and accepted once, the coordinator's seal",
-        "ledger": f"the privacy ledgers of {clients}: hash chains, signatures, every epsilon recomputed with "
-        "dp-accounting, budgets",
+        "ledger": f"the privacy ledgers of {', '.join(config.client_ids())}: hash chains, signatures, every epsilon "
+        "recomputed with dp-accounting, budgets",
         "mia": "membership-inference attacks on each client's SLM and on the server LLM",
         "dp": f"a re-run of {dp_client}'s DP-SGD training with canaries, against the epsilon it claims",
         SITES: "the sites' own signed audits of their models and ledgers",
     }
-    audited = [f"{name} ({what[name]})" for name in [*CHECKS, SITES] if name in by_name and by_name[name].result]
-    missing = [name for name in CHECKS if name not in by_name or by_name[name].result is None]
-    others = [c for c in config.client_ids() if c != dp_client]
+    audited = [
+        f"{name} ({results[name].title if results[name].details.get('at_the_sites') else what[name]})"
+        for name in [*CHECKS, SITES]
+        if name in results
+    ]
     not_audited = [*NOT_AUDITED]
-    if others and "dp" in by_name:
+    others = [c for c in config.client_ids() if c != dp_client]
+    if others and "dp" in results and not results["dp"].details.get("at_the_sites"):
         not_audited.append(f"the DP-SGD of {', '.join(others)} (the DP audit re-runs one client's training)")
-    if SITES not in by_name:
+    if SITES not in results:
         not_audited.append("the sites' own audits (none were handed in with --site-audits)")
+    missing = [name for name in CHECKS if name not in results]
     if missing:
         not_audited.append(f"the checks that gave no result: {', '.join(missing)}")
     return [
@@ -274,9 +277,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _dp_client(outcome: CheckOutcome | None, config: Config) -> str:
-    if outcome is not None and outcome.result is not None and "client" in outcome.result.numbers:
-        return str(outcome.result.numbers["client"])
+def _dp_client(result: CheckResult | None, config: Config) -> str:
+    if result is not None and "client" in result.numbers:
+        return str(result.numbers["client"])
     return config.audit.dp_client or config.client_ids()[0]
 
 

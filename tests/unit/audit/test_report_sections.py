@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from crosslm_secure.audit.base import CheckResult, Table
 from crosslm_secure.audit.canaries import epsilon_lower_bound
+from crosslm_secure.audit.registry import CheckOutcome
 from crosslm_secure.audit.report_figures import auc_undecided, bound_sentences, mia_undecided, not_resolvable
+from crosslm_secure.audit.report_scope import scope_lines
 from crosslm_secure.audit.report_sections import (
     dp_sentences,
     executive_line,
@@ -17,7 +19,7 @@ from crosslm_secure.audit.report_sections import (
     summary_sentence,
 )
 from crosslm_secure.audit.whitebox import ceiling_bound
-from crosslm_secure.config import AuditConfig
+from crosslm_secure.config import AuditConfig, Config
 
 COLUMNS = ["target", "attack", "n (each side)", "AUC", "TPR@1%FPR", "TPR@0.1%FPR"]
 
@@ -115,3 +117,17 @@ def test_the_summary_says_which_overrides_a_check_ran_with() -> None:
     )
     ledger = CheckResult("ledger", "Ledger", "pass", "ok.", overrides=["audit.mia_max_auc=0.7"])
     assert "Ran with" not in executive_line("pass", "ok.", ledger, AuditConfig(), None)
+
+
+def test_the_scope_says_what_was_audited_and_what_was_not() -> None:
+    config = Config(partition={"clients": 3})
+    dp = CheckResult("dp", "DP", "pass", "ok", {"client": "client-2"})
+    lines = scope_lines([CheckOutcome("dp", result=dp), CheckOutcome("mia", error="no population")], config)
+    assert (
+        lines[0] == "Audited: dp (a re-run of client-2's DP-SGD training with canaries, against the epsilon it claims)."
+    )
+    assert "the DP-SGD of client-1, client-3 (the DP audit re-runs one client's training)" in lines[1]
+    assert "the checks that gave no result: mia, protocol, ledger" in lines[1] and "none were handed in" in lines[1]
+    at_sites = CheckResult("dp", "DP at the sites: each site's own model", "pass", "ok", details={"at_the_sites": True})
+    lines = scope_lines([CheckOutcome("dp", result=at_sites)], config)
+    assert lines[0] == "Audited: dp (DP at the sites: each site's own model)." and "re-runs one" not in lines[1]
