@@ -146,7 +146,12 @@ def test_single_checks_settings_and_bad_input_exit_codes(
     assert saved["verdict"] == "pass" and saved["overrides"] == ["audit.seed=7"] and saved["settings"]["seed"] == 7
     report = audit("report", "--run", str(crosslm_run))
     assert report.exit_code == 2 and "overall: INCOMPLETE" in report.output  # exit codes are the verdict's
-    assert "| mia | NOT RUN |" in (crosslm_run / "audit" / "report.md").read_text()
+    as_json = audit("report", str(crosslm_run), "--json")
+    assert as_json.exit_code == 2 and json.loads(as_json.stdout)["overall"] == "INCOMPLETE"
+    assert json.loads(as_json.stdout)["exit_code"] == 2 and "overall: INCOMPLETE" in as_json.stderr
+    md = (crosslm_run / "audit" / "report.md").read_text()
+    assert f"| mia | NOT RUN | not run yet; to run it: crosslm audit mia {crosslm_run} |" in md
+    assert "`" not in md.split("## Provenance", 1)[0] and "<run>" not in md
     outside = audit("protocol", "--run", str(crosslm_run), "--set", "privacy.epsilon_max=100")
     assert outside.exit_code == 2 and "only audit.<field>=<value> is allowed" in outside.output
     assert audit_settings(crosslm_run, ["audit.reference_models=4"]).reference_models == 4

@@ -136,14 +136,7 @@ def test_the_report_of_an_honest_run_has_everything_a_reviewer_signs(
     assert "Not resolvable, so not a pass: server LLM LOSS (LoRA round-1) AUC" in md
     summary = {line.split("**")[1]: line for line in md.splitlines() if line.startswith("- **")}
     assert "Ran with --set audit.mia_max_auc=0.65" in summary["mia"] and "Ran with --set" not in summary["ledger"]
-
-
-def test_dp_bounds_never_read_as_exceeding_a_ceiling(renamed_run: Path, registry_file: Path, shaped: None) -> None:
-    done = CliRunner().invoke(
-        app, ["audit", "all", str(renamed_run), "--no-progress", "--registry", str(registry_file)]
-    )
-    assert done.exit_code == 0, done.output
-    md = (renamed_run / "audit" / "report.md").read_text()
+    # The white-box DP bounds: the bound (every guess right) never reads as exceeding a "ceiling".
     dp_row = next(line for line in md.splitlines() if line.startswith("| dp | PASS |"))
     lower = epsilon_lower_bound(CANARIES, GUESSES, GUESSES, DELTA, 0.95)
     assert "ceiling" not in dp_row and f"all guesses right {lower:.2f} (the most these canaries can show)" in dp_row
@@ -151,18 +144,3 @@ def test_dp_bounds_never_read_as_exceeding_a_ceiling(renamed_run: Path, registry
     assert f"- Most these canaries can certify {lower:.2f}: the bound with all 58 guesses right" in md
     assert f"here the bound {lower:.2f} is above it because 58 guesses were right" in md
     assert f"epsilon lower bound: even all 58 guesses right certify only {lower:.2f}, not above the claimed 7.99" in md
-
-
-def test_not_run_rows_name_the_command_and_audit_report_exits_2_while_incomplete(
-    renamed_run: Path, registry_file: Path
-) -> None:
-    one = CliRunner().invoke(app, ["audit", "ledger", str(renamed_run), "--no-progress", "--json"])
-    assert one.exit_code == 3, one.output  # passed, on the folder's own keys
-    assert json.loads(one.stdout)["checks"][0]["state"] == "self-attested"
-    report = CliRunner().invoke(app, ["audit", "report", str(renamed_run), "--json"])
-    assert report.exit_code == 2, report.output
-    out = json.loads(report.stdout)
-    assert out["overall"] == "INCOMPLETE" and out["exit_code"] == 2
-    md = (renamed_run / "audit" / "report.md").read_text()
-    assert f"| mia | NOT RUN | not run yet; to run it: crosslm audit mia {renamed_run} |" in md
-    assert "`" not in md.split("## Provenance", 1)[0] and "<run>" not in md
