@@ -13,6 +13,7 @@ import typer
 from crosslm_secure.audit.base import AUDIT_DIR
 from crosslm_secure.audit.registry import EXIT_ERROR, CheckOutcome
 from crosslm_secure.audit.report import row_state
+from crosslm_secure.audit.report_figures import not_resolvable
 from crosslm_secure.audit.trust import SELF_ATTESTED_SENTENCE, is_self_attested
 
 
@@ -47,6 +48,7 @@ def print_json(run_dir: Path, outcomes: Sequence[CheckOutcome], code: int, **ext
         else:
             result = outcome.result
             entry |= {"verdict": result.verdict, "summary": result.summary, "findings": result.findings}
+            entry |= {"not_resolvable": not_resolvable(result)}
             entry |= {"settings": result.settings, "overrides": result.overrides}
             entry["result_file"] = str(Path(run_dir) / AUDIT_DIR / f"{outcome.name}.json")
         checks.append(entry)

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import crosslm_secure
 from crosslm_secure.audit.base import AUDIT_DIR, AuditError, CheckResult, audit_dir
 from crosslm_secure.audit.registry import CHECKS, SITES, CheckOutcome, saved_outcomes
-from crosslm_secure.audit.report_figures import display_summary, shown_columns
+from crosslm_secure.audit.report_figures import display_summary, not_resolvable, shown_columns
 from crosslm_secure.audit.report_scope import (
     Block,
     config_sha256,
@@ -275,7 +275,9 @@ def report_rows(run_dir: Path, outcomes: Sequence[CheckOutcome]) -> list[Row]:
         elif outcome.result is None:
             rows.append(Row(name, "error", outcome.error or "could not run", outcome))
         else:
-            rows.append(Row(name, row_state(outcome), display_summary(outcome.result), outcome))
+            undecided = not_resolvable(outcome.result)
+            note = f" Not resolvable: {len(undecided)} figure(s), named in the executive summary." if undecided else ""
+            rows.append(Row(name, row_state(outcome), display_summary(outcome.result) + note, outcome))
     return rows
 
 

@@ -110,6 +110,9 @@ def test_the_report_of_an_honest_run_has_everything_a_reviewer_signs(
     mia = json.loads((renamed_run / "audit" / "mia.json").read_text())
     assert mia["settings"]["mia_max_auc"] == 0.65 and mia["overrides"] == ["audit.mia_max_auc=0.65"]
     assert [c["overrides"] for c in out["checks"]] == [["audit.mia_max_auc=0.65"]] * 4
+    undecided = {c["check"]: c["not_resolvable"] for c in out["checks"]}
+    assert len(undecided["mia"]) == 1 and undecided["mia"][0].startswith("server LLM LOSS (LoRA round-1) AUC: ")
+    assert len(undecided["dp"]) == 1 and undecided["protocol"] == undecided["ledger"] == []
     md = (renamed_run / "audit" / "report.md").read_text()
     page = (renamed_run / "audit" / "report.html").read_text()
     first = md.split("## Verdict\n", 1)[0]
@@ -134,6 +137,7 @@ def test_the_report_of_an_honest_run_has_everything_a_reviewer_signs(
         assert f"| audit/{name}.json | {digest} |" in first
     assert "0.215 wide, more than the 0.15 between chance (0.5) and the limit 0.65" in md
     assert "Not resolvable, so not a pass: server LLM LOSS (LoRA round-1) AUC" in md
+    assert "| mia | PASS | Best SLM attack LiRA: mean AUC 0.540; no rule fired. Not resolvable: 1 figure(s)," in md
     summary = {line.split("**")[1]: line for line in md.splitlines() if line.startswith("- **")}
     assert "Ran with --set audit.mia_max_auc=0.65" in summary["mia"] and "Ran with --set" not in summary["ledger"]
     # The white-box DP bounds: the bound (every guess right) never reads as exceeding a "ceiling".
