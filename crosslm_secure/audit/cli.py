@@ -34,8 +34,7 @@ verdict the same way. ``site``: 0 pass, 1 fail or not resolvable, 2 could not ru
 
 ``--json`` (every command here) prints the result as one JSON object on stdout (each check's
 verdict, summary, findings, figures not resolvable, settings as applied and overrides; the overall
-verdict and exit code;
-the report's paths) and the per-check lines on stderr. Each saved ``audit/<name>.json`` records
+verdict and exit code; the report's paths) and the per-check lines on stderr. Each saved ``audit/<name>.json`` records
 the settings the check applied and the ``--set`` overrides among them.
 """
 
