@@ -221,7 +221,9 @@ def privacy_block(run_dir: Path, config: Config) -> Block:
     ]
     lines = [
         "Record level: one record (one note) is the privacy unit. The target is what the run was configured to "
-        "reach; the spent epsilon is what the client's verified ledger records, the budget the most it may spend."
+        "reach; the spent epsilon is what the client's ledger records, the budget the most it may spend. They are "
+        "read with the keys run.json names; whether the ledgers verify against the trust anchor is the ledger "
+        "check's verdict."
     ]
     if any(b.client_level_epsilon is not None for b in budgets):
         lines.append(SCORE_RELEASE_SENTENCE)
