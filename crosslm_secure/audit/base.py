@@ -49,6 +49,9 @@ class CheckResult:
         figures: PNG files, relative to the run's ``audit/`` folder.
         findings: one line per problem found (empty when the check passed).
         details: anything else JSON-able worth keeping.
+        settings: the audit settings as applied (the run's ``audit`` section with the overrides),
+            recorded by ``crosslm audit`` when it keeps the result; empty in results saved before.
+        overrides: the ``--set audit.x=y`` overrides among them, as typed.
     """
 
     name: str
@@ -60,6 +63,8 @@ class CheckResult:
     figures: list[str] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:

@@ -1,31 +1,42 @@
 """The audit report: ``audit/report.md`` and a self-contained ``audit/report.html``.
 
 Built only from what the checks saved (``audit/<name>.json``, ``audit/errors.json``), so
-``crosslm audit report`` rebuilds it without re-running anything. It holds the overall
-verdict, a verdict row per check (a check that could not run is an error row, one never run
-a "not run" row), each check's summary, numbers, tables, findings and figures (embedded in
-the HTML as base64 PNG), and the provenance a reviewer signs against: the run's config hash,
-model hashes, tool versions, time, and the command that reproduces the report.
+``crosslm audit report`` rebuilds it without re-running anything. It opens with
+the section a reviewer signs (:mod:`~crosslm_secure.audit.report_scope`: scope, verdict in words,
+thresholds as applied, trust anchor, models, privacy spend, sign-off with the hashes signed),
+then the overall verdict, a verdict row per check (a check that could not run is an error row,
+one never run a "not run" row with the command that runs it), each check's summary, numbers,
+tables, findings and figures (embedded in the HTML as base64 PNG), and the provenance: config
+hash, tool versions, time, and the command that reproduces the report.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import crosslm_secure
-from crosslm_secure.audit.base import AUDIT_DIR, AuditError, audit_dir
+from crosslm_secure.audit.base import AUDIT_DIR, AuditError, CheckResult, audit_dir
 from crosslm_secure.audit.registry import CHECKS, SITES, CheckOutcome, saved_outcomes
-from crosslm_secure.audit.report_sections import VERDICT_MEANINGS, explanations, summary_sentence
+from crosslm_secure.audit.report_figures import display_summary, not_resolvable, shown_columns
+from crosslm_secure.audit.report_scope import (
+    Block,
+    config_sha256,
+    file_sha256,
+    first_section,
+    trust_anchor_line,
+)
+from crosslm_secure.audit.report_sections import VERDICT_MEANINGS, dp_sentences, executive_line
 from crosslm_secure.audit.runinfo import run_config
 from crosslm_secure.audit.trust import SELF_ATTESTED, is_self_attested
-from crosslm_secure.config import config_to_dict
+from crosslm_secure.config import Config
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.storage import atomic_write_json, atomic_write_text
@@ -38,11 +49,33 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
 @dataclass(frozen=True)
 class ModelHash:
-    """One model artefact a reviewer can match: its role, where it came from, its sha256."""
+    """One model artefact a reviewer can match: its role, where it came from (named), its sha256."""
 
     role: str
     source: str
     sha256: str
+
+
+class Row(NamedTuple):
+    """One check's line in the report: its name, shown state, one-line summary, and outcome (None: not run)."""
+
+    name: str
+    state: str
+    summary: str
+    outcome: CheckOutcome | None
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Everything the Markdown and the HTML are rendered from."""
+
+    run_id: str
+    run_dir: Path
+    config: Config
+    rows: list[Row]
+    verdict: str
+    first: list[Block]
+    provenance: list[tuple[str, str]]
 
 
 def remember_command(run_dir: Path, command: str) -> None:
@@ -83,14 +116,6 @@ def row_state(outcome: CheckOutcome) -> str:
     return outcome.result.verdict
 
 
-def trust_anchor_line(outcomes: Sequence[CheckOutcome]) -> str:
-    """What the signatures were checked against, as the checks recorded it."""
-    anchors = sorted(
-        {str(o.result.details["trust_anchor"]) for o in outcomes if o.result and "trust_anchor" in o.result.details}
-    )
-    return " / ".join(anchors) or "not recorded (run the protocol and ledger checks)"
-
-
 def write_report(run_dir: Path, outcomes: Sequence[CheckOutcome] | None = None) -> tuple[Path, Path]:
     """Write ``audit/report.md`` and ``audit/report.html`` atomically; return both paths.
 
@@ -101,29 +126,55 @@ def write_report(run_dir: Path, outcomes: Sequence[CheckOutcome] | None = None) 
     Raises:
         AuditError: not a run folder.
     """
-    run_dir = Path(run_dir)
-    config = run_config(run_dir)
-    outcomes = list(outcomes) if outcomes is not None else saved_outcomes(run_dir)
-    provenance = _provenance(run_dir, config_to_dict(config), outcomes)
-    models = model_hashes(run_dir, config)
+    from crosslm_secure.audit.report_html import render_audit_html
+
+    inputs = report_inputs(Path(run_dir), outcomes)
     folder = audit_dir(run_dir)
     md_path, html_path = folder / REPORT_MD, folder / REPORT_HTML
-    atomic_write_text(md_path, render_markdown(run_dir, outcomes, provenance, models))
-    atomic_write_text(html_path, render_html(run_dir, outcomes, provenance, models))
+    atomic_write_text(md_path, render_markdown(inputs))
+    atomic_write_text(html_path, render_audit_html(inputs))
     return md_path, html_path
+
+
+def report_inputs(run_dir: Path, outcomes: Sequence[CheckOutcome] | None = None) -> ReportInputs:
+    """What the report shows, gathered once from the run folder and the checks' results."""
+    config = run_config(run_dir)
+    outcomes = list(outcomes) if outcomes is not None else saved_outcomes(run_dir)
+    verdict = overall_verdict(outcomes)
+    models = model_hashes(run_dir, config)
+    return ReportInputs(
+        run_id=RunStore(run_dir).run_id,
+        run_dir=run_dir,
+        config=config,
+        rows=report_rows(run_dir, outcomes),
+        verdict=verdict,
+        first=first_section(run_dir, outcomes, config, models, verdict),
+        provenance=_provenance(run_dir, outcomes),
+    )
+
+
+def executive_lines(inputs: ReportInputs) -> list[tuple[str, str, str]]:
+    """(check, state, paragraph) for the executive summary."""
+    return [
+        (
+            row.name,
+            row.state,
+            executive_line(row.state, row.summary, _result(row), inputs.config.audit, inputs.config.privacy),
+        )
+        for row in inputs.rows
+    ]
 
 
 # -- provenance ----------------------------------------------------------------------------
 
 
-def _provenance(run_dir: Path, resolved: dict[str, Any], outcomes: Sequence[CheckOutcome]) -> list[tuple[str, str]]:
-    canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":")).encode()
+def _provenance(run_dir: Path, outcomes: Sequence[CheckOutcome]) -> list[tuple[str, str]]:
     return [
         ("run", RunStore(run_dir).run_id),
         ("trust anchor", trust_anchor_line(outcomes)),
         ("run folder", str(run_dir)),
-        ("config sha256 (resolved, canonical JSON)", hashlib.sha256(canonical).hexdigest()),
-        ("config.yaml sha256 (file)", _sha256_file(run_dir / "config.yaml")),
+        ("config sha256 (resolved, canonical JSON)", config_sha256(run_dir)),
+        ("config.yaml sha256 (file)", file_sha256(run_dir / "config.yaml")),
         ("audit tool", f"crosslm-secure {crosslm_secure.__version__}; {_versions()}"),
         ("generated", datetime.now(UTC).isoformat(timespec="seconds")),
         ("reproduce", reproduce_command(run_dir)),
@@ -141,7 +192,7 @@ def _versions() -> str:
 
 
 def model_hashes(run_dir: Path, config: Any) -> list[ModelHash]:
-    """sha256 of each client's SLM checkpoint weights, the last LLM adapter, and the base models."""
+    """sha256 of each client's SLM checkpoint weights, the last LLM adapter, and the base models (named)."""
     hashes = []
     for folder in sorted((run_dir / "clients").glob("*/slm")):
         hashes.append(
@@ -156,12 +207,27 @@ def model_hashes(run_dir: Path, config: Any) -> list[ModelHash]:
         hashes.append(ModelHash("LLM LoRA adapter (last round)", str(last.relative_to(run_dir)), _weights(last)))
     else:
         hashes.append(ModelHash("LLM LoRA adapter", "none (the LLM was not tuned)", "-"))
+    llm = config.llm
     hashes.append(
-        ModelHash("base LLM", config.llm.model, _base_model_hash("llm", config.llm.model, config.llm.gguf_file))
+        ModelHash(
+            "base LLM", model_name("llm", llm.model, llm.gguf_file), _base_model_hash("llm", llm.model, llm.gguf_file)
+        )
     )
     for source in sorted({config.slm_for(c).model for c in config.client_ids()}):
-        hashes.append(ModelHash("base SLM", source, _base_model_hash("slm", source, None)))
+        hashes.append(ModelHash("base SLM", model_name("slm", source, None), _base_model_hash("slm", source, None)))
     return hashes
+
+
+def model_name(role: str, source: str, gguf_file: str | None) -> str:
+    """A base model as the report names it: the model and where it came from."""
+    from crosslm_secure.embedded import LLM_GGUF, LLM_PACKAGE, SLM_PACKAGE
+
+    if source == "embedded" and role == "llm":
+        return f"SmolLM2-135M-Instruct (embedded: package {LLM_PACKAGE}, file {LLM_GGUF})"
+    if source == "embedded":
+        return f"all-MiniLM-L6-v2 (embedded: package {SLM_PACKAGE})"
+    path = Path(source)
+    return f"{path.name} ({path / gguf_file if gguf_file else path})"
 
 
 def _base_model_hash(role: str, source: str, gguf_file: str | None) -> str:
@@ -177,7 +243,7 @@ def _base_model_hash(role: str, source: str, gguf_file: str | None) -> str:
     except CrossLMError:
         return "not available on this machine"
     if path.is_file():
-        return _sha256_file(path)
+        return file_sha256(path)
     if path.is_dir():
         return _weights(path)
     return "not available on this machine"
@@ -190,36 +256,38 @@ def _weights(folder: Path) -> str:
         return "no weight files"
     digest = hashlib.sha256()
     for path in files:
-        digest.update(path.name.encode() + b"\0" + bytes.fromhex(_sha256_file(path)))
-    return digest.hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-    except OSError:
-        return "missing"
+        digest.update(path.name.encode() + b"\0" + bytes.fromhex(file_sha256(path)))
     return digest.hexdigest()
 
 
 # -- rendering -----------------------------------------------------------------------------
 
 
-def _rows(outcomes: Sequence[CheckOutcome]) -> list[tuple[str, str, str, CheckOutcome | None]]:
+def report_rows(run_dir: Path, outcomes: Sequence[CheckOutcome]) -> list[Row]:
+    """One row per check in report order; a check never run names the command that runs it."""
     by_name = {o.name: o for o in outcomes}
     rows = []
     for name in [*CHECKS, *([SITES] if SITES in by_name else [])]:
         outcome = by_name.get(name)
         if outcome is None:
-            rows.append((name, "not run", f"run `crosslm audit {name} --run <run>`", None))
+            command = shlex.join(["crosslm", "audit", name, str(run_dir)])
+            rows.append(Row(name, "not run", f"not run yet; to run it: {command}", None))
         elif outcome.result is None:
-            rows.append((name, "error", outcome.error or "could not run", outcome))
+            rows.append(Row(name, "error", outcome.error or "could not run", outcome))
         else:
-            rows.append((name, row_state(outcome), outcome.result.summary, outcome))
+            undecided = not_resolvable(outcome.result)
+            note = f" Not resolvable: {len(undecided)} figure(s), named in the executive summary." if undecided else ""
+            rows.append(Row(name, row_state(outcome), display_summary(outcome.result) + note, outcome))
     return rows
+
+
+def missing_sentence(row: Row) -> str:
+    """What the report says of a check without a result."""
+    return f"This check was {row.summary}." if row.outcome is None else f"This check could not run: {row.summary}"
+
+
+def _result(row: Row) -> CheckResult | None:
+    return row.outcome.result if row.outcome is not None else None
 
 
 def _cell(text: Any) -> str:
@@ -232,51 +300,46 @@ def _md_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str
     return lines + [""]
 
 
-def render_markdown(
-    run_dir: Path, outcomes: Sequence[CheckOutcome], provenance: list[tuple[str, str]], models: list[ModelHash]
-) -> str:
-    verdict = overall_verdict(outcomes)
-    lines = [f"# Audit report: {run_dir.name}", "", f"**Overall verdict: {verdict}**", ""]
-    lines += [f"{verdict}: {VERDICT_MEANINGS[verdict]}.", ""]
-    lines += _md_table(["check", "verdict", "summary"], [(n, v.upper(), s) for n, v, s, _ in _rows(outcomes)])
+def render_markdown(inputs: ReportInputs) -> str:
+    """The whole Markdown report."""
+    verdict = inputs.verdict
+    lines = [f"# Audit report: {inputs.run_id}", "", f"**Overall verdict: {verdict}**", ""]
+    lines += ["## Scope and sign-off", ""]
+    for block in inputs.first:
+        lines += [f"### {block.heading}", ""] + [line for text in block.paragraphs for line in (text, "")]
+        for table in block.tables:
+            lines += _md_table(table.columns, table.rows)
+    lines += ["## Verdict", "", f"{verdict}: {VERDICT_MEANINGS[verdict]}.", ""]
+    lines += _md_table(["check", "verdict", "summary"], [(r.name, r.state.upper(), r.summary) for r in inputs.rows])
     lines += ["## Executive summary", ""]
-    explain = explanations(run_config(run_dir).audit)
-    lines += [f"- **{n}** {v.upper()}: {summary_sentence(v, s, explain.get(n))}" for n, v, s, _ in _rows(outcomes)]
-    lines += [""]
+    lines += [f"- **{name}** {state.upper()}: {text}" for name, state, text in executive_lines(inputs)] + [""]
     lines += ["## Provenance", ""]
-    lines += _md_table(["item", "value"], [(k, f"`{v}`") for k, v in provenance])
-    lines += ["### Model hashes (sha256)", ""]
-    lines += _md_table(["model", "source", "sha256"], [(m.role, m.source, f"`{m.sha256}`") for m in models])
+    lines += _md_table(["item", "value"], [(k, f"`{v}`") for k, v in inputs.provenance])
     appendix = ["## Appendix: every number", "", "As saved in `audit/<check>.json`.", ""]
-    for name, state, summary, outcome in _rows(outcomes):
-        lines += [f"## {name}: {state.upper()}", ""]
-        if outcome is None or outcome.result is None:
-            lines += [f"This check {'was not run' if outcome is None else 'could not run'}: {summary}", ""]
+    for row in inputs.rows:
+        lines += [f"## {row.name}: {row.state.upper()}", ""]
+        result = _result(row)
+        if result is None:
+            lines += [missing_sentence(row), ""]
             continue
-        result = outcome.result
-        lines += [f"### {result.title}", "", result.summary, ""]
-        if result.findings:
-            lines += ["**Findings**", ""] + [f"- {f}" for f in result.findings] + [""]
+        lines += _check_markdown(result, row.summary)
         if result.numbers:
-            appendix += [f"### {name}", ""]
+            appendix += [f"### {row.name}", ""]
             appendix += _md_table(["number", "value"], [(k, _number(v)) for k, v in result.numbers.items()])
-        for table in result.tables:
-            lines += [f"**{table.title}**", ""] + _md_table(table.columns, table.rows)
-        lines += [f"![{figure}]({figure})" for figure in result.figures] + ([""] if result.figures else [])
-        for key, value in result.details.items():
-            if isinstance(value, str):
-                lines += [f"- {key}: {value}"]
-        lines += [""]
     return "\n".join(lines + appendix)
 
 
-def render_html(
-    run_dir: Path, outcomes: Sequence[CheckOutcome], provenance: list[tuple[str, str]], models: list[ModelHash]
-) -> str:
-    from crosslm_secure.audit.report_html import render_audit_html
-
-    settings = run_config(run_dir).audit
-    return render_audit_html(run_dir, _rows(outcomes), overall_verdict(outcomes), provenance, models, settings)
+def _check_markdown(result: CheckResult, summary: str) -> list[str]:
+    lines = [f"### {result.title}", "", summary, ""]
+    if result.findings:
+        lines += ["**Findings**", ""] + [f"- {f}" for f in result.findings] + [""]
+    sentences = dp_sentences(result.numbers)
+    lines += ["**The epsilons shown**", ""] + [f"- {s}" for s in sentences] + [""] if sentences else []
+    for table in result.tables:
+        lines += [f"**{table.title}**", ""] + _md_table(shown_columns(table), table.rows)
+    lines += [f"![{figure}]({figure})" for figure in result.figures] + ([""] if result.figures else [])
+    lines += [f"- {key}: {value}" for key, value in result.details.items() if isinstance(value, str)]
+    return lines + [""]
 
 
 def _number(value: Any) -> str:

@@ -1,91 +1,68 @@
 """``audit/report.html``: the audit report a reviewer reads and signs (one self-contained file).
 
-Order: overall verdict and the executive summary (one plain paragraph per check), provenance
-and model hashes, then one section per check (what it found, its tables with counts, its
-figures), then the appendix with every raw number. The same numbers are in
-``audit/<check>.json``.
+Order: the scope and sign-off section (what was audited under which threat model, the verdict in
+plain words, thresholds as applied, trust anchor, models, privacy spend, the sign-off block with
+the hashes signed), the verdict table, the executive summary (one plain paragraph per check),
+provenance, then one section per check (what it found, its tables with counts, its figures), then
+the appendix with every raw number. The same numbers are in ``audit/<check>.json``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from crosslm_secure.audit.base import AUDIT_DIR, CheckResult, Table
-from crosslm_secure.audit.registry import CheckOutcome
+from crosslm_secure.audit.report_figures import mia_undecided, shown_columns
+from crosslm_secure.audit.report_scope import Block
 from crosslm_secure.audit.report_sections import (
     VERDICT_MEANINGS,
     body_tables,
     counts,
     dp_sentences,
-    explanations,
     merged,
     mia_matrix_html,
     mia_tables,
-    summary_sentence,
 )
 from crosslm_secure.report.html import esc, figure_file, fmt, page, para, section, table
 
-AUDIT_SECTIONS = ("verdict", "summary", "provenance", "appendix")
-"""Section ids always present; each check adds ``check-<name>``."""
+if TYPE_CHECKING:
+    from crosslm_secure.audit.report import ReportInputs
+
+AUDIT_SECTIONS = ("scope", "verdict", "summary", "provenance", "appendix")
+"""Section ids always present, in order; each check adds ``check-<name>`` before the appendix."""
 
 
-def render_audit_html(
-    run_dir: Path,
-    rows: Sequence[tuple[str, str, str, CheckOutcome | None]],
-    verdict: str,
-    provenance: list[tuple[str, str]],
-    models: Sequence[Any],
-    settings: Any,
-) -> str:
-    """The whole page from the verdict rows (name, state, summary, outcome) and provenance."""
+def render_audit_html(inputs: ReportInputs) -> str:
+    """The whole page."""
+    from crosslm_secure.audit.report import executive_lines, missing_sentence
 
-    explain = explanations(settings)
+    rows = inputs.rows
     summary_items = "".join(
-        f"<li><b>{esc(name)}</b> {_state(state)}: {esc(summary_sentence(state, summary, explain.get(name)))}</li>"
-        for name, state, summary, _ in rows
+        f"<li><b>{esc(name)}</b> {_state(state)}: {esc(text)}</li>" for name, state, text in executive_lines(inputs)
     )
     parts = [
-        f"<h1>Audit report: {esc(run_dir.name)}</h1>",
-        section(
-            "verdict",
-            "Verdict",
-            f'<p style="font-size:1.25em">Overall: <span class="{_css(verdict)}">{esc(verdict)}</span></p>',
-            para(
-                " ".join(f"{name}: {meaning}." for name, meaning in VERDICT_MEANINGS.items())
-                + " Each check below says what it tested and what its verdict does and does not mean.",
-                "note",
-            ),
-            table(
-                ["check", "verdict", "result"],
-                [[esc(n), _state(s), esc(summ)] for n, s, summ, _ in rows],
-                raw=True,
-            ),
-        ),
+        f"<h1>Audit report: {esc(inputs.run_id)}</h1>",
+        section("scope", "Scope and sign-off", *(_block(block) for block in inputs.first)),
+        _verdict_section(inputs),
         section("summary", "Executive summary", f"<ul>{summary_items}</ul>"),
         section(
             "provenance",
             "Provenance",
-            para("What this report was computed from; a reviewer signs against these hashes.", "note"),
-            table(["item", "value"], [[esc(k), f"<code>{esc(v)}</code>"] for k, v in provenance], raw=True),
-            "<h3>Model hashes (sha256)</h3>",
-            table(
-                ["model", "source", "sha256"],
-                [[esc(m.role), esc(m.source), f"<code>{esc(m.sha256)}</code>"] for m in models],
-                raw=True,
-            ),
+            para("What this report was computed from; the sign-off block lists the hashes a reviewer signs.", "note"),
+            table(["item", "value"], [[esc(k), f"<code>{esc(v)}</code>"] for k, v in inputs.provenance], raw=True),
         ),
     ]
     appendix = []
-    for name, state, summary, outcome in rows:
-        if outcome is None or outcome.result is None:
-            why = "was not run" if outcome is None else "could not run"
-            parts.append(section(f"check-{name}", f"{name}: {state.upper()}", para(f"This check {why}: {summary}")))
+    for row in rows:
+        if row.outcome is None or row.outcome.result is None:
+            parts.append(section(f"check-{row.name}", f"{row.name}: {row.state.upper()}", para(missing_sentence(row))))
             continue
-        body, extra = _check_body(run_dir, outcome.result)  # extra: tables moved to the appendix
-        parts.append(section(f"check-{name}", f"{outcome.result.title}: {state.upper()}", *body))
-        appendix.append(_appendix_entry(outcome.result, extra))
+        result = row.outcome.result
+        body, extra = _check_body(inputs.run_dir, result, row.summary)  # extra: tables moved to the appendix
+        parts.append(section(f"check-{row.name}", f"{result.title}: {row.state.upper()}", *body))
+        appendix.append(_appendix_entry(result, extra))
     parts.append(
         section(
             "appendix",
@@ -94,11 +71,36 @@ def render_audit_html(
             *appendix,
         )
     )
-    return page(f"Audit report: {run_dir.name}", parts)
+    return page(f"Audit report: {inputs.run_id}", parts)
 
 
-def _check_body(run_dir: Path, result: CheckResult) -> tuple[list[str], list[Table]]:
-    parts = [para(result.summary)]
+def _verdict_section(inputs: ReportInputs) -> str:
+    verdict = inputs.verdict
+    return section(
+        "verdict",
+        "Verdict",
+        f'<p style="font-size:1.25em">Overall: <span class="{_css(verdict)}">{esc(verdict)}</span></p>',
+        para(
+            " ".join(f"{name}: {meaning}." for name, meaning in VERDICT_MEANINGS.items())
+            + " Each check below says what it tested and what its verdict does and does not mean.",
+            "note",
+        ),
+        table(
+            ["check", "verdict", "result"],
+            [[esc(r.name), _state(r.state), esc(r.summary)] for r in inputs.rows],
+            raw=True,
+        ),
+    )
+
+
+def _block(block: Block) -> str:
+    parts = [f"<h3>{esc(block.heading)}</h3>"] + [para(text) for text in block.paragraphs]
+    parts += [table(t.columns, t.rows) for t in block.tables]
+    return "\n".join(parts)
+
+
+def _check_body(run_dir: Path, result: CheckResult, summary: str) -> tuple[list[str], list[Table]]:
+    parts = [para(summary)]
     if result.findings:
         parts.append("<p><b>Findings</b></p><ul>" + "".join(f"<li>{esc(f)}</li>" for f in result.findings) + "</ul>")
     figures = list(result.figures)
@@ -112,7 +114,7 @@ def _check_body(run_dir: Path, result: CheckResult) -> tuple[list[str], list[Tab
         parts.append(
             # The table takes the full width (three attacks x three metrics), the ROC curves a row below it.
             '<div class="side"><div style="flex:1 1 100%;overflow-x:auto">'
-            + mia_matrix_html(merged(attack_tables))
+            + mia_matrix_html(merged(attack_tables), mia_undecided(result))
             + para(
                 "Intervals: 95% bootstrap. A TPR at a low FPR is shown only where the non-members resolve it "
                 "(n x FPR >= 1); an attack at chance has AUC 0.5 and TPR = FPR.",
@@ -126,7 +128,7 @@ def _check_body(run_dir: Path, result: CheckResult) -> tuple[list[str], list[Tab
         parts.append(f"<p><b>The epsilons shown</b></p><ul>{items}</ul>")
     tables, extra = body_tables(result, shown)
     for t in tables:
-        parts += [f"<p><b>{esc(t.title)}</b></p>", table(t.columns, t.rows)]
+        parts += [f"<p><b>{esc(t.title)}</b></p>", table(shown_columns(t), t.rows)]
     counted = counts(result.numbers)
     if counted and not attack_tables:
         parts += ["<p><b>Counts</b></p>", table(["what was counted", "count"], counted)]
@@ -143,7 +145,7 @@ def _appendix_entry(result: CheckResult, extra: Sequence[Table]) -> str:
     numbers = [(k, fmt(v, 6) if isinstance(v, float) else v) for k, v in result.numbers.items()]
     inner = [table(["number", "value"], numbers)]
     for t in extra:
-        inner += [f"<p><b>{esc(t.title)}</b></p>", table(t.columns, t.rows)]
+        inner += [f"<p><b>{esc(t.title)}</b></p>", table(shown_columns(t), t.rows)]
     return (
         f"<details><summary>{esc(result.title)} ({len(result.numbers)} numbers; audit/{esc(result.name)}.json)"
         f"</summary>{''.join(inner)}</details>"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crosslm_secure.audit.base import CheckResult, Table
+from crosslm_secure.audit.report_figures import applied_overrides, bound_sentences, display_summary, not_resolvable
 from crosslm_secure.audit.trust import SELF_ATTESTED, SELF_ATTESTED_SENTENCE
 from crosslm_secure.report.html import esc
 
@@ -42,10 +43,20 @@ class Explanation:
     not_means: str
 
 
-def explanations(settings: Any) -> dict[str, Explanation]:
-    """The plain-words explanation of each known check, with the run's thresholds filled in."""
-    max_auc = getattr(settings, "mia_max_auc", 0.6)
-    confidence = getattr(settings, "confidence", 0.95)
+def explanations(settings: Any, privacy: Any = None) -> dict[str, Explanation]:
+    """The plain-words explanation of each known check, with the thresholds as applied filled in.
+
+    Args:
+        settings: the audit settings a check applied (its saved ``settings`` mapping, or an AuditConfig).
+        privacy: the run's privacy settings, for the ledger check's budget and the run's target epsilon.
+    """
+    max_auc = _setting(settings, "mia_max_auc", 0.6)
+    confidence = _setting(settings, "confidence", 0.95)
+    budget = ""
+    if privacy is not None:
+        target = privacy.target_epsilon if privacy.dp else None
+        aim = "no target (no DP)" if target is None or math.isinf(target) else f"target epsilon {target:g}"
+        budget = f" (budget privacy.epsilon_max {privacy.epsilon_max:g}; the run's {aim})"
     return {
         "mia": Explanation(
             "whether an attacker holding a client's trained SLM (or the server's LLM) can tell its training "
@@ -75,11 +86,17 @@ def explanations(settings: Any) -> dict[str, Explanation]:
         "ledger": Explanation(
             "whether each client's privacy ledger is intact (hash chain) and its epsilons are right, recomputed "
             "with an independent library (dp-accounting)",
-            "it fails on a broken chain, a recomputation outside tolerance, or a client over its budget",
+            f"it fails on a broken chain, a recomputation outside tolerance, or a client over its budget{budget}",
             "the recorded privacy spend is intact, reproducible and within budget",
             "that the recorded mechanism is what actually ran; that is the DP audit's question",
         ),
     }
+
+
+def _setting(settings: Any, key: str, default: Any) -> Any:
+    if isinstance(settings, dict):
+        return settings.get(key, default)
+    return getattr(settings, key, default)
 
 
 def summary_sentence(state: str, summary: str, explain: Explanation | None) -> str:
@@ -92,6 +109,23 @@ def summary_sentence(state: str, summary: str, explain: Explanation | None) -> s
         "fail": "FAIL means the run does not meet this check; the findings in its section say where.",
     }
     return f"Tested {explain.tested}; {explain.threshold}. Result: {summary} {meanings[state]}"
+
+
+def executive_line(state: str, summary: str, result: CheckResult | None, fallback: Any, privacy: Any) -> str:
+    """A check's executive-summary paragraph with its thresholds as applied, its overrides and its
+    figures that could not decide (``fallback``: the run's audit settings, for results that did not
+    record theirs)."""
+    if result is None:
+        return summary
+    explain = explanations(result.settings or fallback, privacy).get(result.name)
+    text = summary_sentence(state, display_summary(result), explain)
+    overrides = applied_overrides(result)
+    if overrides:
+        text += f" Ran with --set {', '.join(overrides)} (overrides of the run's config)."
+    undecided = not_resolvable(result)
+    if undecided:
+        text += f" Not resolvable, so not a pass: {'; '.join(undecided)}."
+    return text
 
 
 # -- MIA: one table, target x attack --------------------------------------------------------
@@ -110,12 +144,15 @@ def merged(tables: Sequence[Table]) -> Table:
     return Table(tables[0].title, tables[0].columns, [row for t in tables for row in t.rows])
 
 
-def mia_matrix_html(table: Table) -> str:
+def mia_matrix_html(table: Table, undecided: dict[tuple[str, str], str] | None = None) -> str:
     """Targets as rows, attacks as column groups of AUC and TPR at each low FPR, with intervals.
 
     A TPR at FPR f is printed only when the non-members resolve it (n x f >= 1: at least one
-    non-member can be a false positive); otherwise the cell says so.
+    non-member can be a false positive); otherwise the cell says so. An AUC in ``undecided``
+    ((target, attack) -> why, :func:`~crosslm_secure.audit.report_figures.mia_undecided`) is marked
+    not resolvable.
     """
+    undecided = undecided or {}
     col = {name: i for i, name in enumerate(table.columns)}
     tpr_columns = [c for c in table.columns if _TPR_COLUMN.fullmatch(c)]
     # "n" (older runs: per side) or "members / non-members" (both counts; the non-members resolve an FPR)
@@ -125,19 +162,24 @@ def mia_matrix_html(table: Table) -> str:
     cells: dict[tuple[str, str], list[str]] = {}
     sizes: dict[str, str] = {}
     for row in table.rows:
-        target, attack = row[col.get("target", 0)], _attack_name(row[col.get("attack", 1)])
+        target, full_attack = row[col.get("target", 0)], row[col.get("attack", 1)]
+        attack = _attack_name(full_attack)
         targets += [target] if target not in targets else []
         attacks += [attack] if attack not in attacks else []
         n = _non_members(row[col[n_column]]) if n_column else None
         sizes[target] = str(row[col[n_column]]) if n is not None and n_column else "?"
-        values = [row[col["AUC"]]]
+        values = [esc(row[col["AUC"]])]
+        if (str(target), str(full_attack)) in undecided:
+            values[0] += (
+                f'<br><span class="muted">not resolvable: {esc(undecided[(str(target), str(full_attack))])}</span>'
+            )
         for name in tpr_columns:
             fpr = float(_TPR_COLUMN.fullmatch(name).group(1)) / 100  # type: ignore[union-attr]
             if n is None or n * fpr < 1:
                 values.append(f'<span class="muted">not resolvable with n={esc(n if n is not None else "?")}</span>')
             else:
                 values.append(esc(row[col[name]]))
-        cells[(target, attack)] = [esc(values[0])] + values[1:]
+        cells[(target, attack)] = values
     metrics = ["AUC [95% CI]"] + [f"TPR@{_TPR_COLUMN.fullmatch(c).group(1)}%FPR [CI]" for c in tpr_columns]  # type: ignore[union-attr]
     head1 = '<th rowspan="2">target</th><th rowspan="2">members / non-members (n)</th>' + "".join(
         f'<th colspan="{len(metrics)}">{esc(a)}</th>' for a in attacks
@@ -181,6 +223,7 @@ def dp_sentences(numbers: dict[str, Any]) -> list[str]:
             f"{_float(numbers.get('confidence')) or 0.95:.0%} confidence. It bounds the privacy loss from below; "
             "it is not an estimate of it."
         )
+        out += bound_sentences(numbers)
     if claimed is not None:
         out.append(
             f"Claimed {_eps(claimed)}: the epsilon the accountant gives for the audit's own re-training of "

@@ -95,7 +95,7 @@ def test_audit_all_passes_and_writes_a_self_contained_report(crosslm_run: Path, 
     for weights in sorted((crosslm_run / "clients" / "client-1" / "slm").glob("*.safetensors")):
         digest.update(weights.name.encode() + b"\0" + hashlib.sha256(weights.read_bytes()).digest())
     expected = digest.hexdigest()
-    assert f"| SLM checkpoint client-1 | clients/client-1/slm | `{expected}` |" in md
+    assert f"| SLM checkpoint client-1 | clients/client-1/slm | {expected} |" in md
     assert "LLM LoRA adapter (last round) | llm/round-1" in md
     assert f"crosslm audit all --run {crosslm_run} --registry {registry_file}" in md
     assert "Server artefacts: every file" in md
@@ -117,13 +117,14 @@ def test_a_planted_secret_key_fails_the_gate_and_names_the_file(crosslm_run: Pat
 def test_a_failing_and_an_unrunnable_check_are_rows_and_the_report_rebuilds(crosslm_run: Path, stand_ins) -> None:
     stand_ins(mia="unrunnable_mia", dp="failing_dp")
     result = audit("all", "--run", str(crosslm_run), "--no-progress")
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output  # the overall verdict: a failed check is a FAIL
+    assert "overall: FAIL" in result.output
     md = (crosslm_run / "audit" / "report.md").read_text()
     assert "| mia | ERROR | audit mia: the run has no population records;" in md
     assert "## mia: ERROR" in md and "| dp | FAIL |" in md and "- eps_lb 9.1 > 8" in md
     (crosslm_run / "audit" / "report.md").unlink()
     rebuilt = audit("report", "--run", str(crosslm_run))
-    assert rebuilt.exit_code == 2, rebuilt.output
+    assert rebuilt.exit_code == 1, rebuilt.output
     assert "| mia | ERROR |" in (crosslm_run / "audit" / "report.md").read_text()
     stand_ins(mia="passing_mia", dp="failing_dp")
     assert audit("mia", "--run", str(crosslm_run), "--no-progress").exit_code == 0
@@ -136,13 +137,21 @@ def test_a_failing_and_an_unrunnable_check_are_rows_and_the_report_rebuilds(cros
 def test_single_checks_settings_and_bad_input_exit_codes(
     crosslm_run: Path, registry_file: Path, tmp_path: Path
 ) -> None:
-    one = audit("ledger", "--run", str(crosslm_run), "--no-progress", "--registry", str(registry_file))
+    one = audit(
+        "ledger", "--run", str(crosslm_run), "--no-progress", "--registry", str(registry_file), "--set", "audit.seed=7"
+    )
     assert one.exit_code == 0, one.output
     assert one.output.startswith("ledger: PASS: 2 of 2 ledgers verify")
-    assert json.loads((crosslm_run / "audit" / "ledger.json").read_text())["verdict"] == "pass"
+    saved = json.loads((crosslm_run / "audit" / "ledger.json").read_text())
+    assert saved["verdict"] == "pass" and saved["overrides"] == ["audit.seed=7"] and saved["settings"]["seed"] == 7
     report = audit("report", "--run", str(crosslm_run))
-    assert report.exit_code == 0 and "overall: INCOMPLETE" in report.output
-    assert "| mia | NOT RUN |" in (crosslm_run / "audit" / "report.md").read_text()
+    assert report.exit_code == 2 and "overall: INCOMPLETE" in report.output  # exit codes are the verdict's
+    as_json = audit("report", str(crosslm_run), "--json")
+    assert as_json.exit_code == 2 and json.loads(as_json.stdout)["overall"] == "INCOMPLETE"
+    assert json.loads(as_json.stdout)["exit_code"] == 2 and "overall: INCOMPLETE" in as_json.stderr
+    md = (crosslm_run / "audit" / "report.md").read_text()
+    assert f"| mia | NOT RUN | not run yet; to run it: crosslm audit mia {crosslm_run} |" in md
+    assert "`" not in md.split("## Provenance", 1)[0] and "<run>" not in md
     outside = audit("protocol", "--run", str(crosslm_run), "--set", "privacy.epsilon_max=100")
     assert outside.exit_code == 2 and "only audit.<field>=<value> is allowed" in outside.output
     assert audit_settings(crosslm_run, ["audit.reference_models=4"]).reference_models == 4
@@ -170,3 +179,8 @@ def test_the_audits_scripts_run_as_python_files_with_the_same_exit_codes(
     bad = script_main("ledger", ["--run", str(crosslm_run), "--no-progress"])
     assert bad == 1
     assert "clients/client-2/ledger.jsonl: does not verify" in capsys.readouterr().out
+    assert script_main("ledger", ["--run", str(crosslm_run), "--no-progress", "--json"]) == 1
+    printed = capsys.readouterr()
+    (check,) = json.loads(printed.out)["checks"]
+    assert check["verdict"] == "fail" and any("client-2/ledger.jsonl: does not verify" in f for f in check["findings"])
+    assert printed.err.startswith("ledger: FAIL")

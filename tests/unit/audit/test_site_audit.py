@@ -88,8 +88,9 @@ def _texts(records: list[Example]) -> list[tuple[str, int]]:
     return sorted((ex.text, ex.label) for ex in records)
 
 
-def _invoke(party: PartyFolder, run_dir: Path, *settings: str):  # type: ignore[no-untyped-def]
+def _invoke(party: PartyFolder, run_dir: Path, *settings: str, as_json: bool = False):  # type: ignore[no-untyped-def]
     words = ["audit", "site", "--site", str(party.root), "--run", str(run_dir), "--no-progress"]
+    words += ["--json"] if as_json else []
     for item in settings:
         words += ["--set", item]
     return CliRunner().invoke(app, words)
@@ -160,8 +161,16 @@ def test_a_server_copy_that_differs_fails_naming_the_entry(dp_run: Path, tmp_pat
 
 def test_too_few_held_out_records_are_not_resolvable_not_a_pass(dp_run: Path, site) -> None:
     party, _ = site
-    done = _invoke(party, dp_run, "audit.population_records=10")
+    done = _invoke(party, dp_run, "audit.population_records=10", as_json=True)
     assert done.exit_code == 1, done.output
+    out = json.loads(done.stdout)  # --json: the result on stdout, the per-check lines on stderr
+    assert (out["verdict"], out["exit_code"], out["overrides"]) == (
+        "not resolvable",
+        1,
+        ["audit.population_records=10"],
+    )
+    assert {c["check"]: c["verdict"] for c in out["checks"]}["mia"] == "not resolvable" and "mia: " in done.stderr
+    assert out["signed_result"] == str(party.audit_file(RunStore(dp_run).run_id))
     body = json.loads(party.audit_file(RunStore(dp_run).run_id).read_text())["body"]
     assert body["checks"]["mia"]["verdict"] == "not resolvable" and body["checks"]["mia"]["non_members"] == 5
     assert "too few records to decide" in body["checks"]["mia"]["summary"]
@@ -233,9 +242,10 @@ def test_bad_input_is_one_sentence_and_writes_nothing(dp_run: Path, site, break_
 
 def test_a_site_that_is_not_a_client_of_the_run_is_refused(dp_run: Path, tmp_path: Path) -> None:
     party, _ = _lay_out_site(dp_run, tmp_path / "sites", name="client-9")
-    done = _invoke(party, dp_run)
+    done = _invoke(party, dp_run, as_json=True)
     assert done.exit_code == 2
     assert "client-9 is not a client of run" in done.stderr and "pass the run this site took part in" in done.stderr
+    assert json.loads(done.stdout)["exit_code"] == 2 and "client-9" in json.loads(done.stdout)["error"]
     assert not party.audit_dir.exists()
 
 
