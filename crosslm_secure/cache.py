@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ def content_key(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+class CacheWarning(UserWarning):
+    """The cache could not be read or written: the run goes on, recomputing what it would have reused."""
+
+
 class ContentCache:
     """JSON results by content key, in ``root/<namespace>/<key[:2]>/<key>.json``."""
 
@@ -50,6 +55,7 @@ class ContentCache:
         self.root = Path(root).expanduser()
         self.hits = 0
         self.misses = 0
+        self.warned: set[str] = set()
 
     def _path(self, namespace: str, key: str) -> Path:
         if not namespace.replace("_", "").replace("-", "").isalnum() or len(key) != 64:
@@ -76,7 +82,10 @@ class ContentCache:
         path = self._path(namespace, key)
         try:
             raw = path.read_bytes()
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):  # no entry; a blocked folder warns on writing
+            return None
+        except OSError as exc:  # unreadable (permissions, I/O): recompute, and say why once
+            self._warn(f"result cache: cannot read {path} ({exc.strerror or exc}); recomputing it")
             return None
         header, _, payload = raw.removeprefix(_MAGIC).partition(b"\n")
         try:
@@ -112,11 +121,21 @@ class ContentCache:
             return value
         self.misses += 1
         value = compute()
-        try:
-            self.put(namespace, key, value)
-        except OSError:
-            pass  # a read-only or full cache folder costs speed, never the result
+        self.keep_bytes(namespace, key, json.dumps(value, sort_keys=True).encode())
         return value
+
+    def keep_bytes(self, namespace: str, key: str, payload: bytes) -> None:
+        """:meth:`put_bytes`, where a read-only or full cache folder costs speed, never the result (a warning)."""
+        try:
+            self.put_bytes(namespace, key, payload)
+        except OSError as exc:
+            self._warn(f"result cache: cannot write under {self.root} ({exc.strerror or exc}); results are not kept")
+
+    def _warn(self, message: str) -> None:
+        """A cache problem, once per message: it costs time, so the user should know, but never the run."""
+        if message not in self.warned:
+            self.warned.add(message)
+            warnings.warn(message, CacheWarning, stacklevel=3)
 
 
 def default_cache() -> ContentCache | None:

@@ -177,10 +177,7 @@ class FeatureStore:
         buffer = io.BytesIO()
         hashes = np.array(list(self._vectors), dtype="U64")
         np.savez(buffer, hashes=hashes, vectors=np.stack(list(self._vectors.values())).astype(np.float32))
-        try:
-            self.cache.put_bytes(self.NAMESPACE, self.key, buffer.getvalue())
-        except OSError:
-            pass  # a read-only or full cache folder costs speed, never the result
+        self.cache.keep_bytes(self.NAMESPACE, self.key, buffer.getvalue())
 
 
 def feature_store(owner: str, tokenizer: Any, model: MeanPoolingClassifier, *, max_length: int) -> FeatureStore:

@@ -35,7 +35,7 @@ from crosslm_secure.client.synthetic_store import SyntheticStore
 from crosslm_secure.client.trainer import TrainReport
 from crosslm_secure.config import SLMConfig
 from crosslm_secure.data.records import Example
-from crosslm_secure.errors import PrivacyError
+from crosslm_secure.errors import ConfigError, PrivacyError
 from crosslm_secure.models.batches import INPUT_KEYS, encode_examples
 from crosslm_secure.privacy.ledger import Ledger
 from crosslm_secure.privacy.settings import PrivacyConfig
@@ -336,7 +336,9 @@ class ScheduledTrainer:
 def _optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
-    return torch.optim.AdamW(params, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
+    raise ConfigError(f"slm: private_optimizer {name!r} is not one of sgd, adamw; pick one of them")
 
 
 def _public_stepper(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from crosslm_secure.cache import ContentCache, content_key, default_cache
+from crosslm_secure.cache import CacheWarning, ContentCache, content_key, default_cache
 
 
 class Counter:
@@ -91,3 +91,25 @@ def test_the_environment_chooses_the_folder_or_turns_the_cache_off(tmp_path: Pat
     assert cache is not None and cache.root == tmp_path / "c"
     monkeypatch.setenv("CROSSLM_CACHE_DIR", "off")
     assert default_cache() is None
+
+
+def test_a_cache_that_cannot_be_written_warns_once_and_keeps_the_result(tmp_path: Path) -> None:
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    cache = ContentCache(blocker)
+    compute = Counter({"macro_f1": 0.5})
+    with pytest.warns(CacheWarning, match=r"result cache: cannot write under .*cache .*results are not kept"):
+        assert cache.get_or_compute("llm_task", content_key("a"), compute) == {"macro_f1": 0.5}
+        assert cache.get_or_compute("llm_task", content_key("a"), compute) == {"macro_f1": 0.5}
+    assert compute.calls == 2 and len(cache.warned) == 1
+
+
+def test_an_entry_that_cannot_be_read_is_recomputed_with_a_warning(tmp_path: Path) -> None:
+    cache = ContentCache(tmp_path)
+    key = content_key("b")
+    cache.put("llm_task", key, 1)
+    entry = _entry(tmp_path)
+    entry.unlink()
+    entry.mkdir()  # reading it now fails with an OSError that is not "not found"
+    with pytest.warns(CacheWarning, match=r"cannot read .* recomputing it"):
+        assert cache.get("llm_task", key) is None

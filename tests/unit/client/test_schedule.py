@@ -32,3 +32,16 @@ def test_a_head_with_adamw_uses_the_adamw_learning_rate() -> None:
 def test_a_sample_rate_outside_0_1_is_refused(rate: float) -> None:
     with pytest.raises(ValueError, match="private_sample_rate"):
         SLMConfig(private_sample_rate=rate)
+
+
+def test_an_optimizer_name_outside_the_schedule_s_two_is_refused_not_replaced() -> None:
+    import torch
+
+    from crosslm_secure.client.scheduled import _optimizer
+    from crosslm_secure.errors import ConfigError
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert isinstance(_optimizer("sgd", params, 0.1), torch.optim.SGD)
+    assert isinstance(_optimizer("adamw", params, 0.1), torch.optim.AdamW)
+    with pytest.raises(ConfigError, match=r"private_optimizer 'adam' is not one of sgd, adamw"):
+        _optimizer("adam", params, 0.1)
