@@ -6,6 +6,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PIP     := $(BIN)/pip --disable-pip-version-check -q
 CONFIG  ?= experiments/configs/default.yaml
+# Test workers (pytest-xdist); each gets one torch thread (tests/conftest.py), so two fit two cores.
+WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -39,10 +41,10 @@ quick: $(STAMP)
 	$(BIN)/crosslm run experiments/configs/quick.yaml
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist worksteal
 
 test-fast: $(STAMP) browser
-	$(BIN)/python -m pytest -q -m "not e2e"
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist worksteal -m "not e2e"
 
 lint: $(STAMP)
 	$(BIN)/ruff check crosslm_secure tests benchmarks protocols

@@ -10,6 +10,16 @@ from crosslm_secure.models.llm import LoadedLLM, load_llm
 from tests.tiny_models import tiny_llm_dir
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker gets one torch thread: two workers with a thread per core each
+    oversubscribe the cores (side by side, torch jobs ran 8.6x slower with default threads)."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"  # and every process a test starts
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_result_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never read or fill the user's result cache (crosslm_secure.cache)."""

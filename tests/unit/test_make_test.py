@@ -49,13 +49,13 @@ def _make_test(tmp_path: Path, *, chromium: bool, apt_exit: int = 0) -> tuple[in
 def test_make_test_installs_chromium_when_missing_then_runs_the_tests(tmp_path: Path) -> None:
     code, calls = _make_test(tmp_path, chromium=False)
     assert code == 0
-    assert calls == ["apt-get update", "apt-get install -y chromium", "python -m pytest -q"]
+    assert calls == ["apt-get update", "apt-get install -y chromium", "python -m pytest -q -n 2 --dist worksteal"]
 
 
 def test_make_test_leaves_an_installed_chromium_alone(tmp_path: Path) -> None:
     code, calls = _make_test(tmp_path, chromium=True)
     assert code == 0
-    assert calls == ["python -m pytest -q"]
+    assert calls == ["python -m pytest -q -n 2 --dist worksteal"]
 
 
 def test_make_test_stops_when_chromium_cannot_be_installed(tmp_path: Path) -> None:

@@ -138,7 +138,7 @@ def test_site_worker_trains_on_its_own_file_without_the_jobs_data(tmp_path: Path
     config = _job(tmp_path)
     assert not config.data.path.exists()
     files: SiteFiles = pki.site("client-2")
-    with pytest.raises(DataError, match="notes.csv not found"):  # the job's silo needs the server's file
+    with pytest.raises(DataError, match=r"notes.csv is not a file"):  # the job's silo needs the server's file
         SiteWorker(config, files, tmp_path / "state", log=lambda _: None)
 
     own = write_sentiment_csv(tmp_path / "hospital.csv", 40)
