@@ -13,11 +13,22 @@ from rich.table import Table
 from crosslm_secure.report.budgets import NON_PRIVATE_LABEL, ClientBudget
 
 
+RELEASE_NOTE = (
+    "release eps: the privacy of the noised score releases with a whole site's data as the unit (client "
+    "level); their noise only floods the CKKS decryption noise, so it is large by design and no client-level "
+    "guarantee. The record-level guarantee is epsilon spent."
+)
+
+
 def budget_table(budgets: list[ClientBudget], *, title: str = "Privacy budget") -> Table:
     """A rich table: client, epsilon spent, left, budget, rounds, accountant, delta."""
     table = Table(title=title)
+    notes = []
     if any(not b.private for b in budgets):
-        table.caption = "epsilon = inf: trained on private data without DP"
+        notes.append("epsilon = inf: trained on private data without DP.")
+    if any(b.client_level_epsilon is not None for b in budgets):
+        notes.append(RELEASE_NOTE)
+    table.caption = " ".join(notes) or None
     columns = (
         "client",
         "epsilon spent",

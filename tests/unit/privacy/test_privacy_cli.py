@@ -53,6 +53,8 @@ def test_show_table(run_dir):
     assert "inf (no DP)" in result.output
     assert "epsilon = inf: trained on private data without DP" in result.output
     assert "rdp" in result.output and "1.0e-05" in result.output
+    words = " ".join(result.output.split())  # the caption wraps at the terminal's width
+    assert "release eps: the privacy of the noised score releases with a whole site's data as the unit" in words
 
 
 def test_show_json(run_dir):
