@@ -12,7 +12,6 @@ from rich.table import Table
 
 from crosslm_secure.report.budgets import NON_PRIVATE_LABEL, ClientBudget
 
-
 RELEASE_NOTE = (
     "release eps: the privacy of the noised score releases with a whole site's data as the unit (client "
     "level); their noise only floods the CKKS decryption noise, so it is large by design and no client-level "
