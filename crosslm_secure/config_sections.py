@@ -92,6 +92,14 @@ def within(low: float | None = None, high: float | None = None, *, why: str) -> 
     return AfterValidator(check)
 
 
+BATCH = within(high=65_536, why="a batch this large does not fit in memory, so the run would die at its first step")
+EPOCHS = within(high=1_000, why="each epoch repeats the round's training; 1,000 already takes days on a CPU")
+TOKENS = within(
+    high=8_192, why="longer than the embedded LLM's whole context (8,192 tokens), and more than a CPU holds in memory"
+)
+RATE = within(high=100, why="a step this large throws the weights to infinity in a few steps")
+
+
 def template_fields(template: str) -> list[str]:
     """The ``{placeholders}`` of a ``str.format`` template.
 
@@ -231,7 +239,9 @@ class PartitionConfig(_Section):
 
 
 class LoraConfig(_Section):
-    r: Annotated[int, Field(ge=1)] = Field(8, description="LoRA rank.")
+    r: Annotated[
+        int, Field(ge=1), within(high=1_024, why="a rank this high adapts more weights than the model has")
+    ] = Field(8, description="LoRA rank.")
     alpha: Annotated[int, Field(ge=1)] = Field(16, description="LoRA alpha.")
     dropout: Annotated[float, Field(ge=0, lt=1)] = Field(0.05, description="LoRA dropout.")
     target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj"], description="Module names LoRA adapts.")
@@ -276,15 +286,17 @@ class GenerationConfig(_Section):
         within(high=5, why="above it the LLM samples almost uniformly from its vocabulary, so no sample reads as text"),
     ] = Field(0.9, description="Sampling temperature (at most 5).")
     top_p: Annotated[float, Field(gt=0, le=1)] = Field(0.95, description="Nucleus sampling p.")
-    batch_size: Annotated[int, Field(ge=1)] = Field(32, description="Prompts per generate() call.")
-    min_chars: Annotated[int, Field(ge=1)] = Field(20, description="Drop samples shorter than this.")
+    batch_size: Annotated[int, Field(ge=1), BATCH] = Field(32, description="Prompts per generate() call.")
+    min_chars: Annotated[
+        int, Field(ge=1), within(high=4_096, why="512 new tokens never write more, so every sample would be dropped")
+    ] = Field(20, description="Drop samples shorter than this.")
 
 
 class TuningConfig(_Section):
-    epochs: Annotated[int, Field(ge=0)] = Field(1, description="LoRA epochs per round on the feedback.")
-    learning_rate: Annotated[float, Field(gt=0)] = Field(3e-4, description="LoRA learning rate.")
-    batch_size: Annotated[int, Field(ge=1)] = Field(8, description="LoRA batch size.")
-    max_length: Annotated[int, Field(ge=16)] = Field(128, description="Tokens per tuning sequence.")
+    epochs: Annotated[int, Field(ge=0), EPOCHS] = Field(1, description="LoRA epochs per round on the feedback.")
+    learning_rate: Annotated[float, Field(gt=0), RATE] = Field(3e-4, description="LoRA learning rate.")
+    batch_size: Annotated[int, Field(ge=1), BATCH] = Field(8, description="LoRA batch size.")
+    max_length: Annotated[int, Field(ge=16), TOKENS] = Field(128, description="Tokens per tuning sequence.")
     unlikelihood_threshold: Annotated[float, Field(ge=0, le=1)] = Field(
         0.2, description="Samples with mean score below this get an unlikelihood term."
     )
@@ -311,11 +323,11 @@ class SLMConfig(_Section):
         "on small data and under DP noise); full: fine-tune every weight (privacy.lora_rank > 0 adds LoRA).",
     )
     max_length: Annotated[int, Field(ge=8, le=512)] = Field(64, description="Tokens per text.")
-    batch_size: Annotated[int, Field(ge=1)] = Field(16, description="Batch size (expected batch under DP).")
-    learning_rate: Annotated[float, Field(gt=0)] = Field(
+    batch_size: Annotated[int, Field(ge=1), BATCH] = Field(16, description="Batch size (expected batch under DP).")
+    learning_rate: Annotated[float, Field(gt=0), RATE] = Field(
         1e-2, description="SLM learning rate (1e-2 suits a linear probe; use ~5e-5 with trainable: full)."
     )
-    private_epochs: Annotated[int, Field(ge=0)] = Field(
+    private_epochs: Annotated[int, Field(ge=0), EPOCHS] = Field(
         2, description="Epochs on private data per round when private_steps is unset (trainable: full)."
     )
     private_steps: Annotated[int, Field(ge=0)] | None = Field(
@@ -332,7 +344,7 @@ class SLMConfig(_Section):
     private_optimizer: Literal["sgd", "adamw"] | None = Field(
         None, description="Optimizer of private training. None: trainable head -> sgd; full -> adamw."
     )
-    private_learning_rate: Annotated[float, Field(gt=0)] | None = Field(
+    private_learning_rate: Annotated[float, Field(gt=0), RATE] | None = Field(
         None, description="Learning rate of private training. None: trainable head -> 2.0; full -> learning_rate."
     )
     feature_centring: Literal["public", "none"] = Field(
@@ -350,8 +362,12 @@ class SLMConfig(_Section):
         description="temperature: before scoring, fit one softmax temperature on the broadcast synthetic batch "
         "(public) by likelihood of the intended labels, so scores are probabilities worth thresholding.",
     )
-    synthetic_epochs: Annotated[int, Field(ge=0)] = Field(1, description="Epochs on accepted synthetic data per round.")
-    eval_batch_size: Annotated[int, Field(ge=1)] = Field(64, description="Batch size for scoring and evaluation.")
+    synthetic_epochs: Annotated[int, Field(ge=0), EPOCHS] = Field(
+        1, description="Epochs on accepted synthetic data per round."
+    )
+    eval_batch_size: Annotated[int, Field(ge=1), BATCH] = Field(
+        64, description="Batch size for scoring and evaluation."
+    )
     class_weights: list[Annotated[float, Field(gt=0)]] | None = Field(
         None,
         description="Loss weight per label (class-index order) against majority-class collapse; a public "
@@ -364,9 +380,9 @@ class EvalConfig(_Section):
     llm_examples: Annotated[int, Field(ge=1)] = Field(
         150, description="Evaluator test examples for the LLM's zero-shot task accuracy."
     )
-    llm_batch_size: Annotated[int, Field(ge=1)] = Field(16, description="Batch size for LLM evaluation.")
-    llm_max_length: Annotated[int, Field(ge=16)] = Field(192, description="Tokens per LLM eval prompt.")
+    llm_batch_size: Annotated[int, Field(ge=1), BATCH] = Field(16, description="Batch size for LLM evaluation.")
+    llm_max_length: Annotated[int, Field(ge=16), TOKENS] = Field(192, description="Tokens per LLM eval prompt.")
     perplexity_chunks: Annotated[int, Field(ge=1)] = Field(
         16, description="Chunks of general English text (Python's pydoc topics) for perplexity."
     )
-    perplexity_chunk_tokens: Annotated[int, Field(ge=8)] = Field(128, description="Tokens per chunk.")
+    perplexity_chunk_tokens: Annotated[int, Field(ge=8), TOKENS] = Field(128, description="Tokens per chunk.")

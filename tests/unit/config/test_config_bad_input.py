@@ -149,3 +149,33 @@ def test_set_overrides_raise_only_config_errors(item: str) -> None:
         apply_override(raw, item)
     except CrossLMError:
         pass
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("slm.batch_size", 10**9, "does not fit in memory"),
+        ("slm.eval_batch_size", 10**6, "does not fit in memory"),
+        ("tuning.batch_size", 10**6, "does not fit in memory"),
+        ("generation.batch_size", 10**6, "does not fit in memory"),
+        ("eval.llm_batch_size", 10**6, "does not fit in memory"),
+        ("slm.private_epochs", 10**6, "already takes days"),
+        ("slm.synthetic_epochs", 10**6, "already takes days"),
+        ("tuning.epochs", 10**6, "already takes days"),
+        ("tuning.learning_rate", 1e9, "throws the weights to infinity"),
+        ("slm.learning_rate", 1e9, "throws the weights to infinity"),
+        ("slm.private_learning_rate", 1e9, "throws the weights to infinity"),
+        ("tuning.max_length", 10**6, "whole context"),
+        ("eval.llm_max_length", 10**6, "whole context"),
+        ("eval.perplexity_chunk_tokens", 10**6, "whole context"),
+        ("llm.lora.r", 4096, "adapts more weights than the model has"),
+        ("generation.min_chars", 10**6, "every sample would be dropped"),
+    ],
+)
+def test_numbers_beyond_what_a_run_can_use_are_refused_with_the_reason(
+    tmp_path: Path, field: str, value: float, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "run:\n  name: bounds\n"), [f"{field}={value}"])
+    message = str(caught.value)
+    assert message.startswith(f"config: {field}: at most ") and reason in message and "\n" not in message
