@@ -109,8 +109,9 @@ def _result(n: dict, fail_bound: bool, fail_mechanism: bool, *, disagreements: t
     findings = _findings(n, fail_bound, fail_mechanism, disagreements)
     summary = (
         f"{client} (white-box, gradient canaries): {n['correct']}/{n['guesses']} guesses right -> epsilon >= "
-        f"{lower:.2f} ({n['confidence']:.0%}) vs claimed {eps_text(claimed)}; the method's ceiling for "
-        f"{n['canaries']} canaries and {n['guesses']} guesses at the claim is {ceiling:.2f}"
+        f"{lower:.2f} ({n['confidence']:.0%}) vs claimed {eps_text(claimed)}; an ideal mechanism at the claim "
+        f"would typically certify {ceiling:.2f} with {n['canaries']} canaries and {n['guesses']} guesses (not a "
+        "maximum; only a bound above the claim fails)"
         + (
             f". Measured canary shift {n['shift_ratio']:.2f}x the claimed mechanism's"
             if n["shift_ratio"] is not None
