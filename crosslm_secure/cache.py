@@ -75,7 +75,7 @@ class ContentCache:
 
     def put(self, namespace: str, key: str, value: Any) -> None:
         """Store ``value`` (JSON-serialisable) under ``key``, atomically."""
-        self.put_bytes(namespace, key, json.dumps(value, sort_keys=True).encode())
+        self.put_bytes(namespace, key, _json_bytes(value))
 
     def get_bytes(self, namespace: str, key: str) -> bytes | None:
         """The stored bytes, or None when there are none or they fail their hash check (then deleted)."""
@@ -121,7 +121,7 @@ class ContentCache:
             return value
         self.misses += 1
         value = compute()
-        self.keep_bytes(namespace, key, json.dumps(value, sort_keys=True).encode())
+        self.keep_bytes(namespace, key, _json_bytes(value))
         return value
 
     def keep_bytes(self, namespace: str, key: str, payload: bytes) -> None:
@@ -136,6 +136,11 @@ class ContentCache:
         if message not in self.warned:
             self.warned.add(message)
             warnings.warn(message, CacheWarning, stacklevel=3)
+
+
+def _json_bytes(value: Any) -> bytes:
+    """How a JSON result is stored: sorted keys, so equal values give equal bytes."""
+    return json.dumps(value, sort_keys=True).encode()
 
 
 def default_cache() -> ContentCache | None:

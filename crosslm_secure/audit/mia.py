@@ -62,6 +62,18 @@ def slm_attacks(settings: AuditConfig) -> list[Attack]:
     return [LossAttack(), RmiaAttack(settings.rmia_a, settings.rmia_gamma), LiraAttack()]
 
 
+TABLE_COLUMNS = (
+    "target",
+    "attack",
+    "members / non-members",
+    "AUC",
+    "TPR@1%FPR",
+    "TPR@0.1%FPR",
+    "bal. acc.",
+    "claimed eps",
+)
+"""The columns of the membership-inference table, one row per target and attack."""
+
 def attack_client(
     run: AuditRun,
     client_id: str,
@@ -202,16 +214,7 @@ def _run_outcome(
     summary = _summary(numbers, best, cfg, verdict, len(findings))
     table = Table(
         title=f"Membership inference ({int(cfg.confidence * 100)}% bootstrap intervals)",
-        columns=[
-            "target",
-            "attack",
-            "members / non-members",
-            "AUC",
-            "TPR@1%FPR",
-            "TPR@0.1%FPR",
-            "bal. acc.",
-            "claimed eps",
-        ],
+        columns=list(TABLE_COLUMNS),
         rows=rows,
     )
     result = CheckResult(

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from crosslm_secure.audit import registry
 from crosslm_secure.audit.base import CheckResult, Table, save_result
 from crosslm_secure.audit.canaries import epsilon_lower_bound
+from crosslm_secure.audit.mia import TABLE_COLUMNS
 from crosslm_secure.audit.runinfo import run_config
 from crosslm_secure.audit.whitebox import ceiling_bound
 from crosslm_secure.cli import app
@@ -33,16 +34,7 @@ WIDE_LLM = ("server LLM", "LOSS (LoRA round-1)", "50 / 50", "0.491 [0.383, 0.598
 
 def shaped_mia(run_dir: Path, settings=None, *, progress: bool = True) -> CheckResult:
     """The real MIA table's columns: a decided SLM row and the too-wide server-LLM row."""
-    columns = [
-        "target",
-        "attack",
-        "members / non-members",
-        "AUC",
-        "TPR@1%FPR",
-        "TPR@0.1%FPR",
-        "bal. acc.",
-        "claimed eps",
-    ]
+    columns = list(TABLE_COLUMNS)
     rows = [
         [
             "client-1 SLM",

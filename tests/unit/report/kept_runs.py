@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ from crosslm_secure.eval.predictions import Predictions, write_predictions
 from crosslm_secure.runstore import RunStore
 
 LABELS = ["negative", "neutral", "positive"]
+INTERVAL = re.compile(r"(\d\.\d{3}) \[(\d\.\d\d), (\d\.\d\d)\]")
+"""A macro-F1 as the reports print it: ``0.827 [0.79, 0.86]``."""
 
 
 def answers(n: int, wrong_every: int, *, offset: int = 0, prefix: str = "r") -> Predictions:
@@ -43,3 +46,11 @@ def kept_run(
             row["slm_macro_f1_mean"] = sum(client_f1) / len(client_f1)
         store.record_round(row)
     return store
+
+
+def two_kept_rounds() -> list[dict[str, Predictions]]:
+    """Two rounds of an LLM (60 records) and two clients (30 each), every answer kept."""
+    return [
+        {"llm": answers(60, 3), "client-1": answers(30, 3, prefix="a"), "client-2": answers(30, 4, prefix="b")},
+        {"llm": answers(60, 5), "client-1": answers(30, 6, prefix="a"), "client-2": answers(30, 8, prefix="b")},
+    ]

@@ -3,7 +3,6 @@ LLM text escaped, nothing fetched from outside."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from crosslm_secure.config import config_from_dict
@@ -11,7 +10,7 @@ from crosslm_secure.privacy.ledger import Ledger, ledger_path
 from crosslm_secure.report.run_page import SECTIONS, write_run_page
 from crosslm_secure.report.run_setup import setup_items
 from crosslm_secure.runstore import RunStore
-from tests.unit.report.kept_runs import answers, kept_run
+from tests.unit.report.kept_runs import INTERVAL, answers, kept_run, two_kept_rounds
 
 ROW0 = {"round": 0, "slm_macro_f1_mean": 0.4, "slm_macro_f1/client-1": 0.4, "llm_macro_f1": 0.3, "seconds_round": 5.0}
 ROW1 = ROW0 | {"round": 1, "slm_macro_f1_mean": 0.6, "slm_macro_f1/client-1": 0.6, "seconds_generate": 2.0}
@@ -50,15 +49,10 @@ def test_a_run_without_kept_batches_says_so(tmp_path: Path) -> None:
     assert "The client ledgers could not be read: run" in text
 
 
-INTERVAL = re.compile(r"(\d\.\d{3}) \[(\d\.\d\d), (\d\.\d\d)\]")
 
 
 def test_every_macro_f1_on_the_page_carries_an_interval_that_brackets_it(tmp_path: Path) -> None:
-    rounds = [
-        {"llm": answers(60, 3), "client-1": answers(30, 3, prefix="a"), "client-2": answers(30, 4, prefix="b")},
-        {"llm": answers(60, 5), "client-1": answers(30, 6, prefix="a"), "client-2": answers(30, 8, prefix="b")},
-    ]
-    store = kept_run(tmp_path, "kept", rounds)
+    store = kept_run(tmp_path, "kept", two_kept_rounds())
     text = write_run_page(store, config_from_dict({})).read_text()
     metrics = text[text.index('<section id="metrics">') :].split("</section>", 1)[0]
     found = INTERVAL.findall(metrics)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 from crosslm_secure.audit.artefact_checks import validate
@@ -13,7 +12,7 @@ from crosslm_secure.privacy.ledger import Ledger, ledger_path
 from crosslm_secure.report.run_setup import setup_items
 from crosslm_secure.report.summary import write_report
 from crosslm_secure.runstore import RunStore
-from tests.unit.report.kept_runs import answers, kept_run
+from tests.unit.report.kept_runs import INTERVAL, answers, kept_run, two_kept_rounds
 
 ROUND0 = {
     "round": 0,
@@ -107,15 +106,10 @@ def test_no_round_means_no_headline_numbers(tmp_path: Path) -> None:
     assert "## Clients after" not in text and "| round |" not in text
 
 
-INTERVAL = re.compile(r"(\d\.\d{3}) \[(\d\.\d\d), (\d\.\d\d)\]")
 
 
 def test_macro_f1_carries_its_interval_in_the_headline_and_every_table(tmp_path: Path) -> None:
-    rounds = [
-        {"llm": answers(60, 3), "client-1": answers(30, 3, prefix="a"), "client-2": answers(30, 4, prefix="b")},
-        {"llm": answers(60, 5), "client-1": answers(30, 6, prefix="a"), "client-2": answers(30, 8, prefix="b")},
-    ]
-    store = kept_run(tmp_path, "kept", rounds)
+    store = kept_run(tmp_path, "kept", two_kept_rounds())
     write_report(store, config_from_dict({}), None)
     text = (store.root / "summary.md").read_text()
     headline = [line for line in section(text, "Headline") if "macro-F1" in line]
