@@ -29,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from crosslm_secure.storage import user_path
+
 CODE_VERSION = 1
 """Bump when the code behind a cached result changes what it computes: old entries stop matching."""
 
@@ -52,7 +54,7 @@ class ContentCache:
     """JSON results by content key, in ``root/<namespace>/<key[:2]>/<key>.json``."""
 
     def __init__(self, root: Path | str) -> None:
-        self.root = Path(root).expanduser()
+        self.root = user_path(root)
         self.hits = 0
         self.misses = 0
         self.warned: set[str] = set()
@@ -170,6 +172,6 @@ def _cache_root() -> Path | None:
     if setting.lower() in ("off", "0", "none", "false"):
         return None
     if setting:
-        return Path(setting).expanduser()
+        return user_path(setting)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "crosslm-secure" / "results"

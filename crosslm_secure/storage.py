@@ -14,6 +14,15 @@ from pathlib import Path
 from typing import Any
 
 
+def user_path(text: str | Path) -> Path:
+    """``text`` as a path with a leading ``~`` or ``~user`` expanded; kept as written when that user is
+    unknown here (``~0``), so the caller's "not found" sentence names it instead of a RuntimeError."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        return Path(text)
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` via a fsynced temp file and ``os.replace``."""
     path = Path(path)

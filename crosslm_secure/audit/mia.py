@@ -74,6 +74,7 @@ TABLE_COLUMNS = (
 )
 """The columns of the membership-inference table, one row per target and attack."""
 
+
 def attack_client(
     run: AuditRun,
     client_id: str,
@@ -186,12 +187,14 @@ def _run_outcome(
     cfg = run.settings
     numbers: dict[str, Any] = {}
     rows: list[list[str]] = []
+    intervals: list[dict[str, Any]] = []  # the report's "not resolvable" marks read these, not the table's text
     figures: dict[str, Figure] = {}
     for client in clients:
         cid, eps = client.client_id, client.mechanism.ledger_epsilon
         for name, metrics in client.metrics.items():
             put_metrics(numbers, f"{cid}/slm_{name.lower()}", metrics)
             rows.append(_row(f"{cid} SLM", name, metrics, eps))
+            intervals.append(metrics.row(f"{cid} SLM", name))
         figures[f"mia_roc_{cid}.png"] = partial(plot_roc, client.curves, f"MIA on {cid} SLM (eps={eps_text(eps)})")
     best = _slm_means(numbers, clients, cfg)
     findings = [finding for client in clients for finding in client.findings]
@@ -203,6 +206,7 @@ def _run_outcome(
         metrics, curve, adapter = llm
         put_metrics(numbers, "llm", metrics)
         rows.append(_row("server LLM", f"LOSS ({adapter})", metrics, math.nan))
+        intervals.append(metrics.row("server LLM", f"LOSS ({adapter})"))
         if metrics.decidable and metrics.auc.low > cfg.mia_max_auc:
             findings.append(
                 f"server LLM LOSS: AUC lower bound {metrics.auc.low:.3f} > audit.mia_max_auc {cfg.mia_max_auc} "
@@ -210,6 +214,7 @@ def _run_outcome(
             )
         figures["mia_roc_llm.png"] = partial(plot_roc, {"LLM LOSS": curve}, f"MIA on the server LLM ({adapter})")
         details["llm"] = {"adapter": adapter, "members": metrics.members, "non_members": metrics.non_members}
+    details["auc"] = intervals
     verdict: Verdict = "fail" if findings else "pass"
     summary = _summary(numbers, best, cfg, verdict, len(findings))
     table = Table(

@@ -39,7 +39,7 @@ from crosslm_secure.audit.trust import SELF_ATTESTED, is_self_attested
 from crosslm_secure.config import Config
 from crosslm_secure.errors import CrossLMError
 from crosslm_secure.runstore import RunStore
-from crosslm_secure.storage import atomic_write_json, atomic_write_text
+from crosslm_secure.storage import atomic_write_json, atomic_write_text, user_path
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -237,7 +237,7 @@ def _base_model_hash(role: str, source: str, gguf_file: str | None) -> str:
 
             path = embedded_file(LLM_PACKAGE, LLM_GGUF) if role == "llm" else embedded_file(SLM_PACKAGE, SLM_SUBDIR)
         else:
-            path = Path(source).expanduser()
+            path = user_path(source)
             if gguf_file:
                 path = path / gguf_file
     except CrossLMError:

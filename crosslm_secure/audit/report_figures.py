@@ -2,9 +2,9 @@
 
 A check's verdict comes from its own rules; the report adds what a reviewer must not misread:
 
-- an MIA figure whose AUC interval cannot decide (too few records a side, an interval reaching
-  both sides of ``audit.mia_max_auc``, or one wider than the gap between chance and that
-  limit) is *not resolvable*, never a pass;
+- an MIA figure whose AUC interval cannot decide (:func:`crosslm_secure.audit.roc.auc_undecided`:
+  too few records a side, an interval reaching both sides of ``audit.mia_max_auc``, or one wider
+  than the gap between chance and that limit) is *not resolvable*, never a pass;
 - the white-box DP audit's "ceiling" is the bound an ideal mechanism at the claimed epsilon
   would typically certify, not a maximum: a bound above it only means more right guesses than
   that mechanism expects. The most the canaries can ever certify (every guess right) is named
@@ -14,15 +14,13 @@ A check's verdict comes from its own rules; the report adds what a reviewer must
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 from crosslm_secure.audit.base import CheckResult, Table
 from crosslm_secure.audit.canaries import epsilon_lower_bound
-from crosslm_secure.audit.roc import MIN_SIDE
+from crosslm_secure.audit.roc import auc_undecided
 from crosslm_secure.config import AuditConfig
 
-CHANCE_AUC = 0.5
 SETTING_CHECKS = {
     "mia": (
         "reference_models",
@@ -57,7 +55,6 @@ def applied_overrides(result: CheckResult) -> list[str]:
 
 COLUMN_NAMES = {"ceiling": "expected bound at the claim"}
 """Saved table columns the report shows under a clearer name."""
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
 def shown_columns(table: Table) -> list[str]:
@@ -70,39 +67,17 @@ def mia_limit(result: CheckResult) -> float:
     return float(result.settings.get("mia_max_auc", AuditConfig().mia_max_auc))
 
 
-def auc_undecided(members: int, non_members: int, low: float, high: float, limit: float) -> str | None:
-    """Why an AUC interval cannot decide against ``limit``, in words; None when it decides."""
-    sides = f"{members} members and {non_members} non-members"
-    width, gap = high - low, limit - CHANCE_AUC
-    if min(members, non_members) < MIN_SIDE:
-        return f"it rests on {sides}, fewer than {MIN_SIDE} a side"
-    if width > gap:
-        return (
-            f"its interval [{low:.3f}, {high:.3f}] is {width:.3f} wide, more than the {gap:.2g} between chance "
-            f"({CHANCE_AUC}) and the limit {limit:g}: {sides} cannot tell an attack at chance from one at the limit"
-        )
-    if low <= limit < high:
-        return f"its interval [{low:.3f}, {high:.3f}] reaches both sides of the limit {limit:g}"
-    return None
-
-
 def mia_undecided(result: CheckResult) -> dict[tuple[str, str], str]:
-    """(target, attack) -> why its AUC cannot decide, for every row of the check's attack tables."""
+    """(target, attack) -> why its AUC cannot decide, from the intervals the MIA check saved.
+
+    A result saved without them (an older audit) marks nothing.
+    """
     limit = mia_limit(result)
     out = {}
-    for table in result.tables:
-        if "AUC" not in table.columns or "target" not in table.columns or "attack" not in table.columns:
-            continue
-        col = {name: i for i, name in enumerate(table.columns)}
-        sizes = next((c for c in table.columns if "non-members" in c or c.startswith("n")), None)
-        for row in table.rows:
-            auc = [float(x) for x in _NUMBER.findall(str(row[col["AUC"]]))]
-            counts = [int(x) for x in re.findall(r"\d+", str(row[col[sizes]]))] if sizes else []
-            if len(auc) < 3 or not counts:
-                continue
-            why = auc_undecided(counts[0], counts[-1], auc[1], auc[2], limit)
-            if why is not None:
-                out[(str(row[col["target"]]), str(row[col["attack"]]))] = why
+    for row in result.details.get("auc", []):
+        why = auc_undecided(row["members"], row["non_members"], row["auc_low"], row["auc_high"], limit)
+        if why is not None:
+            out[(str(row["target"]), str(row["attack"]))] = why
     return out
 
 

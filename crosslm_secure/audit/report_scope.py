@@ -23,6 +23,7 @@ from crosslm_secure.audit.report_sections import VERDICT_MEANINGS
 from crosslm_secure.audit.trust import PINNED, SELF_ATTESTED_SENTENCE
 from crosslm_secure.config import Config, config_to_dict
 from crosslm_secure.errors import CrossLMError
+from crosslm_secure.report.budgets import SCORE_RELEASE_MEANING
 
 THREAT_MODEL = (
     'Threat model: SECURITY.md of crosslm-secure, "Parties and trust" (an honest-but-curious server; '
@@ -34,13 +35,6 @@ NOT_AUDITED = (
     "what a party did outside the files it wrote or signed (a live process's memory, copies sent elsewhere)",
     "whether the models are accurate: this audit is about privacy and protocol, not quality",
     "attacks stronger than the ones run here (more reference models, more records, other attacks)",
-)
-SCORE_RELEASE_SENTENCE = (
-    "The score-release epsilon is the privacy of each round's noised score vector with a whole client's data "
-    "as the unit (client level). Its noise floods the CKKS decryption noise; it is not sized for a client-level "
-    "guarantee, so this number is large and promises next to nothing at client level. The record-level epsilon "
-    "(DP-SGD) is the run's privacy guarantee; the scores are computed from the DP-trained model and cost it "
-    "nothing more."
 )
 
 
@@ -226,7 +220,7 @@ def privacy_block(run_dir: Path, config: Config) -> Block:
         "check's verdict."
     ]
     if any(b.client_level_epsilon is not None for b in budgets):
-        lines.append(SCORE_RELEASE_SENTENCE)
+        lines.append(SCORE_RELEASE_MEANING)
     return Block("Privacy: target and spent epsilon", lines, [Table("privacy", columns, rows)])
 
 

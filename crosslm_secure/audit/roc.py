@@ -25,6 +25,31 @@ the AUC rule neither passes nor fails a target; the check is not resolvable. (At
 chance alone separates the two sides perfectly once in 184,756 draws.)"""
 
 
+CHANCE_AUC = 0.5
+
+
+def auc_undecided(members: int, non_members: int, low: float, high: float, limit: float) -> str | None:
+    """Why an AUC interval ``[low, high]`` cannot decide against ``limit``, in words; None when it decides.
+
+    It cannot with fewer than :data:`MIN_SIDE` records a side, with an interval wider than the
+    gap between chance and the limit (the records cannot tell an attack at chance from one at
+    the limit), or with one that reaches both sides of the limit. The one rule for the site
+    audit's verdict and the report's "not resolvable" marks.
+    """
+    sides = f"{members} members and {non_members} non-members"
+    width, gap = high - low, limit - CHANCE_AUC
+    if min(members, non_members) < MIN_SIDE:
+        return f"it rests on {sides}, fewer than {MIN_SIDE} a side"
+    if width > gap:
+        return (
+            f"its interval [{low:.3f}, {high:.3f}] is {width:.3f} wide, more than the {gap:.2g} between chance "
+            f"({CHANCE_AUC}) and the limit {limit:g}: {sides} cannot tell an attack at chance from one at the limit"
+        )
+    if low <= limit < high:
+        return f"its interval [{low:.3f}, {high:.3f}] reaches both sides of the limit {limit:g}"
+    return None
+
+
 @dataclass(frozen=True)
 class Interval:
     """A point estimate with a two-sided bootstrap interval."""
@@ -51,6 +76,21 @@ class AttackMetrics:
     def decidable(self) -> bool:
         """Whether both sides are large enough (:data:`MIN_SIDE`) for the AUC interval to decide."""
         return min(self.members, self.non_members) >= MIN_SIDE
+
+    def undecided(self, limit: float) -> str | None:
+        """Why this attack's AUC interval cannot decide against ``limit`` (:func:`auc_undecided`)."""
+        return auc_undecided(self.members, self.non_members, self.auc.low, self.auc.high, limit)
+
+    def row(self, target: str, attack: str) -> dict[str, str | int | float]:
+        """What the report needs to mark the figure: its names, both sides and the AUC interval."""
+        return {
+            "target": target,
+            "attack": attack,
+            "members": self.members,
+            "non_members": self.non_members,
+            "auc_low": self.auc.low,
+            "auc_high": self.auc.high,
+        }
 
 
 def roc_curve(member_scores: np.ndarray, non_member_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,6 @@ from crosslm_secure.audit.canaries import epsilon_lower_bound
 from crosslm_secure.audit.dp_audit import dp_outcome
 from crosslm_secure.audit.mia import attack_client, put_metrics
 from crosslm_secure.audit.population import AuditRun
-from crosslm_secure.audit.roc import MIN_SIDE
 from crosslm_secure.audit.site_ledger import LedgerComparison
 
 SiteVerdict = Literal["pass", "fail", "not resolvable"]
@@ -49,8 +48,9 @@ def ledger_check(comparison: LedgerComparison, site: str) -> dict[str, Any]:
 def mia_check(run: AuditRun, site: str, *, progress: bool) -> dict[str, Any]:
     """LOSS, RMIA and LiRA on the site's SLM: its training records against its held-out ones.
 
-    Fails where a run-level rule fires; passes only where every attack's AUC upper bound is at
-    most ``audit.mia_max_auc``; otherwise the interval is too wide to decide.
+    Fails where a run-level rule fires; passes only where every attack's AUC interval decides
+    (:func:`~crosslm_secure.audit.roc.auc_undecided`, the rule the report marks figures by) and
+    lies at or below ``audit.mia_max_auc``; otherwise it is not resolvable, saying why.
     """
     attacked = attack_client(run, site, progress=progress)
     limit = run.settings.mia_max_auc
@@ -59,15 +59,13 @@ def mia_check(run: AuditRun, site: str, *, progress: bool) -> dict[str, Any]:
         put_metrics(numbers, name.lower(), metrics)
     aucs = ", ".join(f"{name} AUC {m.auc.text()}" for name, m in attacked.metrics.items())
     sides = f"{numbers['members']} members / {numbers['non_members']} held-out non-members"
-    undecided = [name for name, m in attacked.metrics.items() if m.auc.high > limit or not m.decidable]
+    undecided = {name: why for name, m in attacked.metrics.items() if (why := m.undecided(limit))}
     if attacked.findings:
         verdict, summary = "fail", f"{site}: {aucs} ({sides}); " + "; ".join(attacked.findings) + "."
     elif undecided:
         verdict = NOT_RESOLVABLE
-        summary = (
-            f"{site}: {aucs} ({sides}); the interval of {', '.join(undecided)} reaches above audit.mia_max_auc "
-            f"{limit} or rests on fewer than {MIN_SIDE} records a side: too few records to decide."
-        )
+        whys = "; ".join(f"{name}: {why}" for name, why in undecided.items())
+        summary = f"{site}: {aucs} ({sides}); too few records to decide ({whys})."
     else:
         verdict, summary = "pass", f"{site}: {aucs} ({sides}); every upper bound is at most audit.mia_max_auc {limit}."
     return {"verdict": verdict, "summary": summary, **signable_numbers(numbers, "mia")}

@@ -259,7 +259,7 @@ def site(
         float,
         typer.Option(
             "--max-wait",
-            help="Give up connecting after this many seconds (a site restarted after a crash may need a minute).",
+            help="Give up connecting after this many seconds (a site restarted after a crash may wait 20 s).",
         ),
     ] = 120.0,
     passphrase_env: Annotated[

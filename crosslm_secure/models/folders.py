@@ -12,6 +12,7 @@ from pathlib import Path
 from crosslm_secure.config import LLMConfig
 from crosslm_secure.embedded import LLM_GGUF, LLM_PACKAGE, SLM_PACKAGE, SLM_SUBDIR, embedded_file
 from crosslm_secure.errors import ModelError
+from crosslm_secure.storage import user_path
 
 
 def resolve_slm_dir(model: str, field: str = "slm.model") -> Path:
@@ -26,7 +27,7 @@ def resolve_slm_dir(model: str, field: str = "slm.model") -> Path:
     """
     if model == "embedded":
         return embedded_file(SLM_PACKAGE, SLM_SUBDIR)
-    folder = Path(model).expanduser()
+    folder = user_path(model)
     if not folder.is_dir():
         raise ModelError(f"{field} folder {folder} not found; give a local Hugging Face model folder or 'embedded'")
     if not (folder / "config.json").is_file():
@@ -46,7 +47,7 @@ def resolve_llm_files(cfg: LLMConfig) -> tuple[Path, Path | None]:
     if cfg.model == "embedded":
         gguf = embedded_file(LLM_PACKAGE, LLM_GGUF)
         return gguf.parent, gguf
-    folder = Path(cfg.model).expanduser()
+    folder = user_path(cfg.model)
     if not folder.is_dir():
         raise ModelError(
             f"LLM folder {folder} not found; set llm.model to a local Hugging Face model folder or to 'embedded'"

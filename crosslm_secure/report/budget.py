@@ -10,13 +10,9 @@ from pathlib import Path
 
 from rich.table import Table
 
-from crosslm_secure.report.budgets import NON_PRIVATE_LABEL, ClientBudget
+from crosslm_secure.report.budgets import NON_PRIVATE_LABEL, SCORE_RELEASE_MEANING, ClientBudget
 
-RELEASE_NOTE = (
-    "release eps: the privacy of the noised score releases with a whole site's data as the unit (client "
-    "level); their noise only floods the CKKS decryption noise, so it is large by design and no client-level "
-    "guarantee. The record-level guarantee is epsilon spent."
-)
+RELEASE_NOTE = f"release eps: {SCORE_RELEASE_MEANING}"
 
 
 def budget_table(budgets: list[ClientBudget], *, title: str = "Privacy budget") -> Table:

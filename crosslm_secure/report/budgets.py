@@ -17,6 +17,15 @@ from crosslm_secure.privacy.ledger import LEDGER_FILE, LedgerEntry
 from crosslm_secure.report.run_ledgers import enrolled_identities, run_client_ids, verified_ledger
 from crosslm_secure.runstore import RunStore
 
+SCORE_RELEASE_MEANING = (
+    "The score-release epsilon is the privacy of each round's noised score vector with a whole client's data "
+    "as the unit (client level). Its noise only floods the CKKS decryption noise; it is not sized for a "
+    "client-level guarantee, so the number is large and promises next to nothing at client level. The "
+    "record-level epsilon (DP-SGD) is the run's privacy guarantee; the scores are computed from the DP-trained "
+    "model and cost it nothing more."
+)
+"""What the score-release epsilon means, in the one wording every report and table uses."""
+
 NON_PRIVATE_LABEL = "epsilon = inf (non-private)"
 
 

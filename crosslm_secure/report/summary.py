@@ -13,7 +13,7 @@ from crosslm_secure.errors import CrossLMError
 from crosslm_secure.metrics import METRICS, TASK_METRICS
 from crosslm_secure.report.baseline import NOTE as PAIRED_NOTE
 from crosslm_secure.report.baseline import Paired, cell, paired_rows
-from crosslm_secure.report.budgets import NON_PRIVATE_LABEL, run_budgets
+from crosslm_secure.report.budgets import NON_PRIVATE_LABEL, SCORE_RELEASE_MEANING, run_budgets
 from crosslm_secure.report.intervals import CLIENT_PREFIX, RunIntervals
 from crosslm_secure.report.intervals import NOTE as INTERVAL_NOTE
 from crosslm_secure.report.plots import plot_rounds
@@ -227,10 +227,7 @@ def _privacy(store: RunStore, config: Config) -> list[str]:
     lines = [
         "## Privacy budget (from the client ledgers)",
         "",
-        f"Record-level DP-SGD ({config.privacy.accountant.upper()} accountant); the scores are post-processing "
-        "of the DP model and add nothing at record level. The score release is accounted separately at client "
-        "level (a whole site's data as the unit) and is large: its noise floods CKKS decryption, it is not a "
-        "meaningful client-level guarantee.",
+        f"Record-level DP-SGD ({config.privacy.accountant.upper()} accountant). {SCORE_RELEASE_MEANING}",
         "",
         "| client | epsilon spent | epsilon max | delta | rounds | score-release epsilon (client level) |",
         "|---|---|---|---|---|---|",

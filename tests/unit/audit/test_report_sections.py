@@ -8,7 +8,7 @@ from crosslm_secure.audit.base import CheckResult, Table
 from crosslm_secure.audit.canaries import epsilon_lower_bound
 from crosslm_secure.audit.registry import CheckOutcome
 from crosslm_secure.audit.report import model_name
-from crosslm_secure.audit.report_figures import auc_undecided, bound_sentences, mia_undecided, not_resolvable
+from crosslm_secure.audit.report_figures import bound_sentences, mia_undecided, not_resolvable
 from crosslm_secure.audit.report_scope import scope_lines
 from crosslm_secure.audit.report_sections import (
     dp_sentences,
@@ -19,6 +19,7 @@ from crosslm_secure.audit.report_sections import (
     mia_tables,
     summary_sentence,
 )
+from crosslm_secure.audit.roc import AttackMetrics, Interval, auc_undecided
 from crosslm_secure.audit.whitebox import ceiling_bound
 from crosslm_secure.config import AuditConfig, Config
 from crosslm_secure.embedded import LLM_GGUF
@@ -88,10 +89,22 @@ def test_an_auc_interval_decides_only_when_narrow_enough_and_on_one_side_of_the_
         ["server LLM", "LOSS (LoRA round-2)", "50 / 50", "0.491 [0.383, 0.598]"],
     ]
     table = Table("MIA", ["target", "attack", "members / non-members", "AUC"], rows)
-    result = CheckResult("mia", "MIA", "pass", "ok", tables=[table], settings={"mia_max_auc": 0.6})
+    saved = [
+        _metrics(1000, 2000, 0.525, 0.556).row("client-1 SLM", "LOSS"),
+        _metrics(50, 50, 0.383, 0.598).row("server LLM", "LOSS (LoRA round-2)"),
+    ]
+    result = CheckResult(
+        "mia", "MIA", "pass", "ok", tables=[table], details={"auc": saved}, settings={"mia_max_auc": 0.6}
+    )
     assert list(not_resolvable(result)) == [f"server LLM LOSS (LoRA round-2) AUC: {too_wide}"]
     html = mia_matrix_html(result.tables[0], mia_undecided(result))
     assert html.count("not resolvable: its interval") == 1
+    assert mia_undecided(CheckResult("mia", "MIA", "pass", "ok", tables=[table])) == {}  # saved before: no marks
+
+
+def _metrics(members: int, non_members: int, low: float, high: float) -> AttackMetrics:
+    point = Interval((low + high) / 2, low, high)
+    return AttackMetrics(point, {0.01: point, 0.001: point}, point, members, non_members)
 
 
 def test_the_white_box_bounds_are_named_so_a_bound_never_exceeds_a_ceiling() -> None:

@@ -48,9 +48,16 @@ def shaped_mia(run_dir: Path, settings=None, *, progress: bool = True) -> CheckR
         ],
         [*WIDE_LLM, "0.0 [0.0, 0.1]", "n/a (<1000 non-members)", "-", "-"],
     ]
+    intervals = [
+        {"target": "client-1 SLM", "attack": "LiRA", "members": 1000, "non_members": 2000, "auc_low": 0.525,
+         "auc_high": 0.556},
+        {"target": WIDE_LLM[0], "attack": WIDE_LLM[1], "members": 50, "non_members": 50, "auc_low": 0.383,
+         "auc_high": 0.598},
+    ]  # the saved intervals the report's marks read, as the real check writes them
     result = CheckResult(
         "mia", "Membership inference", "pass", "Best SLM attack LiRA: mean AUC 0.540; no rule fired.",
         {"llm_auc": 0.491}, [Table("Membership inference (95% bootstrap intervals)", columns, rows)],
+        details={"auc": intervals},
     )  # fmt: skip
     save_result(run_dir, result)
     return result

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from crosslm_secure.config import load_config
@@ -242,6 +242,8 @@ def test_paths_the_filesystem_cannot_hold_are_refused(
     field=st.sampled_from(PATH_FIELDS),
     value=st.text(max_size=40) | st.text(alphabet="ab/.\\\x00", min_size=250, max_size=5_000),
 )
+@example(field=("llm", "model"), value="~0")  # the home of a user this machine does not have
+@example(field=("slm", "model"), value="~nobody-here/model")
 def test_any_path_value_is_checked_or_refused_in_one_sentence(tmp_path: Path, field: tuple, value: str) -> None:
     from crosslm_secure.preflight import check_config
 

@@ -54,7 +54,7 @@ def test_show_table(run_dir):
     assert "epsilon = inf: trained on private data without DP" in result.output
     assert "rdp" in result.output and "1.0e-05" in result.output
     words = " ".join(result.output.split())  # the caption wraps at the terminal's width
-    assert "release eps: the privacy of the noised score releases with a whole site's data as the unit" in words
+    assert "release eps: The score-release epsilon is the privacy of each round's noised score vector" in words
 
 
 def test_show_json(run_dir):
