@@ -4,7 +4,9 @@ PY      ?= python3.11
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-PIP     := $(BIN)/pip --disable-pip-version-check -q
+# --no-compile: pip would byte-compile every installed file (torch alone has thousands), about a
+# minute on two cores; Python compiles the modules a run imports on first use instead.
+PIP     := $(BIN)/pip --disable-pip-version-check -q --no-compile
 CONFIG  ?= experiments/configs/default.yaml
 # Test workers (pytest-xdist); each gets one torch thread (tests/conftest.py), so two fit two cores.
 WORKERS ?= 2

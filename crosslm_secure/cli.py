@@ -83,20 +83,21 @@ def run(
     3: the run ended early (privacy budget exhausted, too few clients left); its reason on stderr.
     """
     from crosslm_secure.config import load_config
-    from crosslm_secure.party_run import resume_sites, run_sites
-    from crosslm_secure.runner import resume_job, run_job
 
     try:
+        if resume is None and config is None:
+            raise CrossLMError("run: give a config file (e.g. experiments/configs/default.yaml) or --resume runs/<id>")
+        # A bad config or override is refused before the ML libraries load (a second, not ten).
+        job = None if config is None or resume is not None else load_config(config, set_ or [])
+        from crosslm_secure.party_run import resume_sites, run_sites
+        from crosslm_secure.runner import resume_job, run_job
+
         if resume is not None and sites is not None:
             result = resume_sites(resume, sites, log=console.print)
         elif resume is not None:
             result = resume_job(resume, log=console.print)
         else:
-            if config is None:
-                raise CrossLMError(
-                    "run: give a config file (e.g. experiments/configs/default.yaml) or --resume runs/<id>"
-                )
-            job = load_config(config, set_ or [])
+            assert job is not None
             if sites is None:
                 console.print("simulation: one data file split into silos; for party folders pass --sites DIR")
             result = run_job(job, log=console.print) if sites is None else run_sites(job, sites, log=console.print)

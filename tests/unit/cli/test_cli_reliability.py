@@ -53,6 +53,16 @@ def test_quick_commands_answer_without_importing_an_ml_library() -> None:
     assert _heavy_modules_after(code) == []
 
 
+def test_a_run_with_a_bad_config_is_refused_before_any_ml_library_loads() -> None:
+    code = (
+        "from crosslm_secure.cli import app\n"
+        "for argv in (['run'], ['run', 'experiments/configs/quick.yaml', '--set', 'run.name=[x']):\n"
+        "    try:\n        app(argv)\n"
+        "    except SystemExit as exit:\n        assert exit.code == 2, (argv, exit.code)"
+    )
+    assert _heavy_modules_after(code) == []
+
+
 def test_budget_show_reads_a_run_without_importing_an_ml_library(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "clients" / "client-1").mkdir(parents=True)
