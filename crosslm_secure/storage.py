@@ -1,6 +1,7 @@
 """Durable file writes: whole files replaced atomically, JSONL lines appended durably.
 
-A crash leaves either the old file or the new one, never half of either.
+A crash leaves either the old file or the new one, never half of either. Also
+:func:`user_path`, how every path a user writes in a config is read (``~`` expanded).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ HEARTBEAT_INTERVAL = 10
 
 
 class _Clock(ModuleType):
-    """The ``time`` module as the SuperNode loop sees it: real, except its idle wait."""
+    """The ``time`` module as the SuperNode loop sees it: real, except its idle pull and local poll."""
 
     def __init__(self, idle: float, local: float) -> None:
         super().__init__("time")
@@ -55,7 +55,7 @@ class _Clock(ModuleType):
 
 
 def shorten_waits(idle: float = IDLE_PULL, local: float = LOCAL_POLL, heartbeat: float = HEARTBEAT_INTERVAL) -> None:
-    """Shorten the SuperNode's idle pull and heartbeat; ``SystemExit`` with a sentence if Flower changed."""
+    """Shorten the SuperNode's idle pull, local poll and heartbeat; ``SystemExit`` with a sentence if Flower changed."""
     from flwr.supercore import heartbeat as sender
     from flwr.supernode import fleet_http_connection as connection
     from flwr.supernode import start_client_internal as loop

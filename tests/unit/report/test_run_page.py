@@ -49,8 +49,6 @@ def test_a_run_without_kept_batches_says_so(tmp_path: Path) -> None:
     assert "The client ledgers could not be read: run" in text
 
 
-
-
 def test_every_macro_f1_on_the_page_carries_an_interval_that_brackets_it(tmp_path: Path) -> None:
     store = kept_run(tmp_path, "kept", two_kept_rounds())
     text = write_run_page(store, config_from_dict({})).read_text()

@@ -106,8 +106,6 @@ def test_no_round_means_no_headline_numbers(tmp_path: Path) -> None:
     assert "## Clients after" not in text and "| round |" not in text
 
 
-
-
 def test_macro_f1_carries_its_interval_in_the_headline_and_every_table(tmp_path: Path) -> None:
     store = kept_run(tmp_path, "kept", two_kept_rounds())
     write_report(store, config_from_dict({}), None)
