@@ -19,10 +19,11 @@ from crosslm_secure.audit.report_sections import (
     mia_tables,
     summary_sentence,
 )
-from crosslm_secure.audit.roc import AttackMetrics, Interval, auc_undecided
+from crosslm_secure.audit.roc import auc_undecided
 from crosslm_secure.audit.whitebox import ceiling_bound
 from crosslm_secure.config import AuditConfig, Config
 from crosslm_secure.embedded import LLM_GGUF
+from tests.unit.audit.auc_rows import auc_metrics
 
 COLUMNS = ["target", "attack", "n (each side)", "AUC", "TPR@1%FPR", "TPR@0.1%FPR"]
 
@@ -90,8 +91,8 @@ def test_an_auc_interval_decides_only_when_narrow_enough_and_on_one_side_of_the_
     ]
     table = Table("MIA", ["target", "attack", "members / non-members", "AUC"], rows)
     saved = [
-        _metrics(1000, 2000, 0.525, 0.556).row("client-1 SLM", "LOSS"),
-        _metrics(50, 50, 0.383, 0.598).row("server LLM", "LOSS (LoRA round-2)"),
+        auc_metrics(1000, 2000, 0.525, 0.556).row("client-1 SLM", "LOSS"),
+        auc_metrics(50, 50, 0.383, 0.598).row("server LLM", "LOSS (LoRA round-2)"),
     ]
     result = CheckResult(
         "mia", "MIA", "pass", "ok", tables=[table], details={"auc": saved}, settings={"mia_max_auc": 0.6}
@@ -100,11 +101,6 @@ def test_an_auc_interval_decides_only_when_narrow_enough_and_on_one_side_of_the_
     html = mia_matrix_html(result.tables[0], mia_undecided(result))
     assert html.count("not resolvable: its interval") == 1
     assert mia_undecided(CheckResult("mia", "MIA", "pass", "ok", tables=[table])) == {}  # saved before: no marks
-
-
-def _metrics(members: int, non_members: int, low: float, high: float) -> AttackMetrics:
-    point = Interval((low + high) / 2, low, high)
-    return AttackMetrics(point, {0.01: point, 0.001: point}, point, members, non_members)
 
 
 def test_the_white_box_bounds_are_named_so_a_bound_never_exceeds_a_ceiling() -> None:

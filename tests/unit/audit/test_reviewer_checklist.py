@@ -26,6 +26,7 @@ from crosslm_secure.audit.whitebox import ceiling_bound
 from crosslm_secure.cli import app
 from crosslm_secure.report.budgets import run_budgets
 from crosslm_secure.runstore import RunStore
+from tests.unit.audit.auc_rows import auc_metrics
 
 HERE = "tests.unit.audit.test_reviewer_checklist"
 CANARIES, GUESSES, DELTA, CLAIMED = 384, 58, 1e-5, 7.99
@@ -48,12 +49,10 @@ def shaped_mia(run_dir: Path, settings=None, *, progress: bool = True) -> CheckR
         ],
         [*WIDE_LLM, "0.0 [0.0, 0.1]", "n/a (<1000 non-members)", "-", "-"],
     ]
-    intervals = [
-        {"target": "client-1 SLM", "attack": "LiRA", "members": 1000, "non_members": 2000, "auc_low": 0.525,
-         "auc_high": 0.556},
-        {"target": WIDE_LLM[0], "attack": WIDE_LLM[1], "members": 50, "non_members": 50, "auc_low": 0.383,
-         "auc_high": 0.598},
-    ]  # the saved intervals the report's marks read, as the real check writes them
+    intervals = [  # the saved intervals the report's marks read, written as the real check writes them
+        auc_metrics(1000, 2000, 0.525, 0.556).row("client-1 SLM", "LiRA"),
+        auc_metrics(50, 50, 0.383, 0.598).row(WIDE_LLM[0], WIDE_LLM[1]),
+    ]
     result = CheckResult(
         "mia", "Membership inference", "pass", "Best SLM attack LiRA: mean AUC 0.540; no rule fired.",
         {"llm_auc": 0.491}, [Table("Membership inference (95% bootstrap intervals)", columns, rows)],
