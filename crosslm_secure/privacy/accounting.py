@@ -145,24 +145,31 @@ def noise_multiplier_for(
     MechanismBlock(1.0, sample_rate, steps)  # validates sample_rate
     if accountant not in ACCOUNTANTS:
         raise PrivacyError(f"accounting: unknown accountant {accountant!r}; use one of {ACCOUNTANTS}")
-    from opacus.accountants.utils import get_noise_multiplier  # lazy: see _opacus_epsilon
-
     try:
-        with _known_warnings_quiet():
-            return float(
-                get_noise_multiplier(
-                    target_epsilon=target_epsilon,
-                    target_delta=delta,
-                    sample_rate=sample_rate,
-                    steps=steps,
-                    accountant=accountant,
-                )
-            )
+        return _calibrated(float(target_epsilon), float(delta), float(sample_rate), int(steps), accountant)
     except ValueError:
         raise PrivacyError(
             f"privacy.target_epsilon {target_epsilon} is out of reach for {steps} steps at "
             f"sample rate {sample_rate:.4g}; raise it or plan fewer rounds/epochs"
         ) from None
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrated(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
+    """Opacus's noise search, kept per argument tuple: it is deterministic, takes about half a
+    second, and a run, an audit and a report ask it the same question once per client."""
+    from opacus.accountants.utils import get_noise_multiplier  # lazy: see _opacus_epsilon
+
+    with _known_warnings_quiet():
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+            )
+        )
 
 
 def steps_per_epoch(sample_rate: float) -> int:
