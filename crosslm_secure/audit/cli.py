@@ -12,7 +12,8 @@ training split against its held-out split), and a check that the server's copy o
 in the run folder holds exactly the site's entries. It writes ``DIR/<site>/audit/<run-id>.json``
 signed with the site's key, for the reviewer; no record leaves the site. A run whose sites
 trained on their own files is audited this way, at each site, not with ``mia``/``dp``. A
-check whose interval is too wide to decide (too few records) is ``not resolvable``, not a pass.
+check whose interval cannot decide (too few records, too wide, or reaching both sides of the
+limit) is ``not resolvable``, not a pass.
 
 ``--registry FILE`` (on ``all``, ``protocol`` and ``ledger``) is the reviewer's trust anchor: a
 registry of public keys (``crosslm keys enroll``) whose fingerprints were compared out of band.

@@ -207,7 +207,7 @@ def _run_outcome(
         put_metrics(numbers, "llm", metrics)
         rows.append(_row("server LLM", f"LOSS ({adapter})", metrics, math.nan))
         intervals.append(metrics.row("server LLM", f"LOSS ({adapter})"))
-        if metrics.decidable and metrics.auc.low > cfg.mia_max_auc:
+        if metrics.exceeds(cfg.mia_max_auc):
             findings.append(
                 f"server LLM LOSS: AUC lower bound {metrics.auc.low:.3f} > audit.mia_max_auc {cfg.mia_max_auc} "
                 "although it never saw client records (AUC rule)"
@@ -281,7 +281,7 @@ def _verdict_rules(
     confidence: float,
 ) -> list[str]:
     found = []
-    if metrics.decidable and metrics.auc.low > max_auc:
+    if metrics.exceeds(max_auc):
         found.append(f"{label}: AUC lower bound {metrics.auc.low:.3f} > audit.mia_max_auc {max_auc} (AUC rule)")
     eps = mechanism.ledger_epsilon
     if mechanism.private and math.isfinite(eps):

@@ -77,6 +77,10 @@ class AttackMetrics:
         """Whether both sides are large enough (:data:`MIN_SIDE`) for the AUC interval to decide."""
         return min(self.members, self.non_members) >= MIN_SIDE
 
+    def exceeds(self, limit: float) -> bool:
+        """The AUC rule: the interval decides and its lower bound is above ``limit``."""
+        return self.decidable and self.auc.low > limit
+
     def undecided(self, limit: float) -> str | None:
         """Why this attack's AUC interval cannot decide against ``limit`` (:func:`auc_undecided`)."""
         return auc_undecided(self.members, self.non_members, self.auc.low, self.auc.high, limit)

@@ -1,8 +1,8 @@
 """The checks a site runs on itself, each as ``{"verdict", "summary", ...numbers}`` for its signed result.
 
-A check decides only what its intervals decide: a figure whose interval straddles the rule
-(too few records) is ``not resolvable``, never ``pass``. Numbers are scalars (or short lists
-of them) made JSON-safe; no record and no text of one ever goes in.
+A check decides only what its intervals decide: a figure whose interval cannot (too few records,
+too wide, or reaching both sides of the limit) is ``not resolvable``, never ``pass``. Numbers are
+scalars (or short lists of them) made JSON-safe; no record and no text of one ever goes in.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def mia_check(run: AuditRun, site: str, *, progress: bool) -> dict[str, Any]:
     elif undecided:
         verdict = NOT_RESOLVABLE
         whys = "; ".join(f"{name}: {why}" for name, why in undecided.items())
-        summary = f"{site}: {aucs} ({sides}); too few records to decide ({whys})."
+        summary = f"{site}: {aucs} ({sides}); the AUC intervals cannot decide ({whys})."
     else:
         verdict, summary = "pass", f"{site}: {aucs} ({sides}); every upper bound is at most audit.mia_max_auc {limit}."
     return {"verdict": verdict, "summary": summary, **signable_numbers(numbers, "mia")}
