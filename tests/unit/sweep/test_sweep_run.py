@@ -217,17 +217,18 @@ def test_audits_in_a_sweep_add_attack_numbers_verdicts_and_the_mia_plot(smoke: d
     raw = yaml.safe_load(SMOKE.read_text())
     raw["base_config"] = str((SMOKE.parent / raw["base_config"]).resolve())
     raw["audits"] = ["mia"]
+    raw["grid"]["run.method"] = ["crosslm"]  # two of the four finished cells: eps 8 and inf
     spec = tmp_path / "smoke-mia.yaml"
     spec.write_text(yaml.safe_dump(raw))
     result = CliRunner().invoke(app, sweep_args(spec, out, smoke["tiny"]))
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"done"}
+    assert sorted(float(r["epsilon"]) for r in rows) == [8, math.inf]
     for row in rows:
         assert 0 <= float(row["mia_slm_auc_mean"]) <= 1 and row["mia_verdict"] in {"pass", "fail"}
-    for cell in (out / "cells").iterdir():
-        record = json.loads((cell / "cell.json").read_text())
-        assert record["audit_error"] is None
+        cell = out / "cells" / row["cell"]
+        assert json.loads((cell / "cell.json").read_text())["audit_error"] is None
         assert (cell_run_dir(cell) / "audit" / "mia.json").is_file()
     assert (out / "plots" / "epsilon_vs_mia_slm_auc_mean.png").stat().st_size > 1000
 
