@@ -6,6 +6,7 @@ into ``Config`` and reads YAML; import every section from there.
 
 from __future__ import annotations
 
+import math
 import string
 import typing
 from pathlib import Path
@@ -352,11 +353,23 @@ class SLMConfig(_Section):
         description="trainable head: subtract the mean sentence embedding of public text (Python's pydoc topics, "
         "shipped with Python) from every embedding; never a mean of private records.",
     )
-    synthetic_weight: Annotated[float, Field(ge=0)] = Field(
+    synthetic_weight: Annotated[float, Field(ge=0)] | Literal["ratio"] = Field(
         0.5,
         description="trainable head: accepted synthetic samples join private training as a public gradient "
-        "step after every DP step, with this weight (0 = after the DP steps, as with trainable: full).",
+        "step after every DP step, with this weight (0 = after the DP steps, as with trainable: full); "
+        "ratio = the kept synthetic samples over the site's private records, each round (the record count "
+        "is already public to the run: it sets delta and the sampling rate).",
     )
+
+    @field_validator("synthetic_weight", mode="before")
+    @classmethod
+    def _weight_or_ratio(cls, value: Any) -> Any:
+        """One sentence for either half of the union (pydantic would name its float branch)."""
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if value == "ratio" or (is_number and 0 <= value < math.inf):
+            return value
+        raise ValueError("must be a finite number >= 0 or ratio (the synthetic samples over the private records)")
+
     calibration: Literal["temperature", "none"] = Field(
         "temperature",
         description="temperature: before scoring, fit one softmax temperature on the broadcast synthetic batch "

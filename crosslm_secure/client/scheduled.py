@@ -8,7 +8,8 @@ mechanism is (:meth:`ScheduledTrainer._wrap` and friends) and what the ledger re
 
 A head-only SLM (frozen encoder) trains on cached sentence embeddings centred on public
 text. Accepted synthetic samples (public) join its private training: after every private step
-a plain gradient step on them, weighted by ``slm.synthetic_weight``. That is post-processing
+a plain gradient step on them, weighted by ``slm.synthetic_weight`` (a number, or ``ratio``: the
+synthetic samples over the private records). That is post-processing
 of the private step's output, so it costs no budget, and the private steps and the public steps
 shape the same model instead of the synthetic data overwriting it last. A round that fails
 midway restores the weights it started from, so nothing unrecorded ever leaves the trainer.
@@ -143,7 +144,7 @@ class ScheduledTrainer:
         labels = torch.tensor([ex.label for ex in examples], dtype=torch.long)
         public = None
         synthetic = self.synthetic.before(round_index)
-        if synthetic and self.slm.synthetic_weight > 0:
+        if synthetic and joins_private(self.slm):
             public_x = self._features.features(
                 tokenizer, model, [ex.uid for ex in synthetic], [ex.text for ex in synthetic], keep=False, **encode
             )
@@ -152,7 +153,9 @@ class ScheduledTrainer:
             own_head(model), features - centre, labels, round_index=round_index, public=public
         )
         model.eval()
-        report.details["synthetic_in_training"] = 0 if public is None else len(public[1])
+        kept = 0 if public is None else len(public[1])
+        report.details["synthetic_in_training"] = kept
+        report.details["synthetic_weight"] = synthetic_weight(self.slm, len(labels), kept)
         return report
 
     def train_private_features(
@@ -200,10 +203,10 @@ class ScheduledTrainer:
     def train_public(self, model: Any, tokenizer: Any, examples: Sequence[Example], *, round_index: int) -> TrainReport:
         """Train on public synthetic records: post-processing, no ledger entry.
 
-        A head-only SLM with ``slm.synthetic_weight > 0`` keeps them for joint training in its
+        A head-only SLM whose ``slm.synthetic_weight`` is not 0 keeps them for joint training in its
         next private round instead (see the module docstring); other SLMs train on them now.
         """
-        if trains_on_features(model, self.slm.trainable, self.privacy.lora_rank) and self.slm.synthetic_weight > 0:
+        if trains_on_features(model, self.slm.trainable, self.privacy.lora_rank) and joins_private(self.slm):
             self.synthetic.keep(round_index, examples)
             kept = len(self.synthetic.before(round_index + 1))
             report = TrainReport(0, 0, math.nan, 0.0, details={"phase": "public", "kept": kept})
@@ -275,9 +278,8 @@ class ScheduledTrainer:
         step_model, step_optimizer, criterion, step_loader = self._wrap(
             model, optimizer, criterion, loader, round_index
         )
-        public_step = _public_stepper(
-            step_model, trainable, public, self.schedule.learning_rate * self.slm.synthetic_weight, self.device
-        )
+        weight = synthetic_weight(self.slm, len(dataset), 0 if public is None else len(public[1]))
+        public_step = _public_stepper(step_model, trainable, public, self.schedule.learning_rate * weight, self.device)
         losses: list[float] = []
         draws = seen = empty = 0
         bar = tqdm(
@@ -331,6 +333,19 @@ class ScheduledTrainer:
             "empty": empty,
             "mean_loss": float(np.mean(losses)) if losses else math.nan,
         }
+
+
+def joins_private(slm: SLMConfig) -> bool:
+    """Whether accepted synthetic samples join private training (``slm.synthetic_weight`` not 0)."""
+    return slm.synthetic_weight == "ratio" or slm.synthetic_weight > 0
+
+
+def synthetic_weight(slm: SLMConfig, private: int, synthetic: int) -> float:
+    """The public step's weight against the private one: ``slm.synthetic_weight``, or with ``ratio``
+    the synthetic samples over the private records (0 when either is empty)."""
+    if slm.synthetic_weight != "ratio":
+        return float(slm.synthetic_weight)
+    return synthetic / private if private and synthetic else 0.0
 
 
 def _optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:

@@ -326,6 +326,23 @@ def test_synthetic_samples_join_the_next_private_round_without_changing_its_acco
     ]
 
 
+def test_a_ratio_weight_is_the_synthetic_samples_over_the_private_records(model_dir, examples, tmp_path):
+    plain = PrivacyConfig(dp=False)  # deterministic, so the two weightings can be compared exactly
+    synthetic = [Example(uid=f"syn:{i}", text=ex.text, label=ex.label) for i, ex in enumerate(examples[::4])]
+    ratio = len(synthetic) / len(examples)
+    trained = {}
+    for name, weight in (("ratio", "ratio"), ("number", ratio), ("default", 0.5)):
+        trainer, tokenizer, model = head_trainer(model_dir, tmp_path / name, plain, synthetic_weight=weight)
+        trainer.train_public(model, tokenizer, synthetic, round_index=1)
+        report = trainer.train_private(model, tokenizer, examples, round_index=2)
+        trained[name] = (model.classifier.weight.detach().clone(), report.details["synthetic_weight"])
+    assert trained["ratio"][1] == pytest.approx(ratio) and 0 < ratio != 0.5
+    torch.testing.assert_close(trained["ratio"][0], trained["number"][0])
+    assert not torch.allclose(trained["ratio"][0], trained["default"][0])
+    first = head_trainer(model_dir, tmp_path / "first", plain, synthetic_weight="ratio")
+    assert first[0].train_private(first[2], first[1], examples, round_index=1).details["synthetic_weight"] == 0
+
+
 def test_non_private_head_runs_the_same_schedule_and_synthetic_steps_move_it(model_dir, examples, tmp_path):
     plain = PrivacyConfig(dp=False)
     with_synthetic, tokenizer, model = head_trainer(model_dir, tmp_path / "a", plain)

@@ -46,6 +46,9 @@ def write(tmp_path: Path, text: str) -> Path:
             "privacy.noise_multiplier 0.001 is below 0.3",
         ),
         ("run:\n  metod: x\n", "check its spelling against `crosslm config` (prints every field)"),
+        ("slm:\n  synthetic_weight: half\n", "slm.synthetic_weight: must be a finite number >= 0 or ratio"),
+        ("slm:\n  synthetic_weight: -1\n", "slm.synthetic_weight: must be a finite number >= 0 or ratio"),
+        ("slm:\n  synthetic_weight: .inf\n", "slm.synthetic_weight: must be a finite number >= 0 or ratio"),
     ],
 )
 def test_config_check_refuses_what_would_fail_later(tmp_path: Path, text: str, needle: str) -> None:
