@@ -363,8 +363,7 @@ class SLMConfig(_Section):
 
     @field_validator("synthetic_weight", mode="before")
     @classmethod
-    def _weight_or_ratio(cls, value: Any) -> Any:
-        """One sentence for either half of the union (pydantic would name its float branch)."""
+    def _weight_or_ratio(cls, value: Any) -> Any:  # one sentence for both halves of the union
         is_number = isinstance(value, int | float) and not isinstance(value, bool)
         if value == "ratio" or (is_number and 0 <= value < math.inf):
             return value

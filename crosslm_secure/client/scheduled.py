@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from crosslm_secure.client.features import FeatureCache, own_head, set_public_centre, trains_on_features
 from crosslm_secure.client.plain_trainer import PlainTrainer, loss_weights
 from crosslm_secure.client.schedule import private_schedule
-from crosslm_secure.client.synthetic_store import SyntheticStore
+from crosslm_secure.client.synthetic_store import SyntheticStore, joins_private, synthetic_weight
 from crosslm_secure.client.trainer import TrainReport
 from crosslm_secure.config import SLMConfig
 from crosslm_secure.data.records import Example
@@ -333,19 +333,6 @@ class ScheduledTrainer:
             "empty": empty,
             "mean_loss": float(np.mean(losses)) if losses else math.nan,
         }
-
-
-def joins_private(slm: SLMConfig) -> bool:
-    """Whether accepted synthetic samples join private training (``slm.synthetic_weight`` not 0)."""
-    return slm.synthetic_weight == "ratio" or slm.synthetic_weight > 0
-
-
-def synthetic_weight(slm: SLMConfig, private: int, synthetic: int) -> float:
-    """The public step's weight against the private one: ``slm.synthetic_weight``, or with ``ratio``
-    the synthetic samples over the private records (0 when either is empty)."""
-    if slm.synthetic_weight != "ratio":
-        return float(slm.synthetic_weight)
-    return synthetic / private if private and synthetic else 0.0
 
 
 def _optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:

@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from crosslm_secure.config import SLMConfig
 from crosslm_secure.data.records import Example
 from crosslm_secure.errors import DataError
 from crosslm_secure.storage import atomic_write_json
@@ -63,3 +64,16 @@ class SyntheticStore:
                     seen.add(ex.uid)
                     out.append(ex)
         return out
+
+
+def joins_private(slm: SLMConfig) -> bool:
+    """Whether accepted synthetic samples join private training (``slm.synthetic_weight`` not 0)."""
+    return slm.synthetic_weight == "ratio" or slm.synthetic_weight > 0
+
+
+def synthetic_weight(slm: SLMConfig, private: int, synthetic: int) -> float:
+    """The public step's weight against the private one: ``slm.synthetic_weight``, or with ``ratio``
+    the synthetic samples over the private records (0 when either is empty)."""
+    if slm.synthetic_weight != "ratio":
+        return float(slm.synthetic_weight)
+    return synthetic / private if private and synthetic else 0.0
