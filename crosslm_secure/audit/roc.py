@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import beta, rankdata
 
 LOW_FPRS = (0.01, 0.001)
 """FPRs at which TPR is reported (1% and 0.1%)."""
@@ -113,6 +112,8 @@ def roc_curve(member_scores: np.ndarray, non_member_scores: np.ndarray) -> tuple
 
 def auc(member_scores: np.ndarray, non_member_scores: np.ndarray) -> float:
     """P(member score > non-member score) + P(tie) / 2 (Mann-Whitney)."""
+    from scipy.stats import rankdata  # lazy, as below: scipy.stats costs every CLI start a second
+
     scores = np.concatenate([member_scores, non_member_scores])
     ranks = rankdata(scores)
     n1, n0 = len(member_scores), len(non_member_scores)
@@ -188,6 +189,8 @@ def dp_test_point(
     else:
         threshold = np.sort(others)[::-1][allowed]  # members are called above the (allowed+1)-th largest
         true, false = int((members > threshold).sum()), int((others > threshold).sum())
+    from scipy.stats import beta
+
     alpha = (1 - confidence) / 2
     n1, n0 = len(members), len(others)
     tpr_low = 0.0 if true == 0 else float(beta.ppf(alpha, true, n1 - true + 1))
