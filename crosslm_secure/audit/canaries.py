@@ -24,11 +24,11 @@ EPS_SEARCH_MAX = 60.0
 
 def p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
     """Probability of >= v correct out of r guesses on m canaries under (eps, delta)-DP."""
+    from scipy.stats import binom  # lazy: scipy.stats takes a second to import, and every CLI start paid it
+
     if not 0 <= v <= r <= m:
         raise ValueError(f"one-run bound needs 0 <= v <= r <= m (got v={v}, r={r}, m={m})")
     q = 1.0 / (1.0 + math.exp(-eps))
-    from scipy.stats import binom  # lazy: scipy.stats takes a second to import, and every CLI start paid it
-
     tail = float(binom.sf(v - 1, r, q))
     if v == 0 or delta == 0:
         return min(1.0, tail)

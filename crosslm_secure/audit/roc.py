@@ -181,6 +181,8 @@ def dp_test_point(
     threshold, so a TPR lower bound above ``e^eps * (FPR upper bound) + delta`` is evidence
     against the claimed eps that accounts for how few non-members pin the FPR down.
     """
+    from scipy.stats import beta  # lazy, as in auc
+
     members = np.asarray(member_scores, dtype=np.float64)
     others = np.asarray(non_member_scores, dtype=np.float64)
     allowed = int(np.floor(target_fpr * len(others) + 1e-9))
@@ -189,8 +191,6 @@ def dp_test_point(
     else:
         threshold = np.sort(others)[::-1][allowed]  # members are called above the (allowed+1)-th largest
         true, false = int((members > threshold).sum()), int((others > threshold).sum())
-    from scipy.stats import beta
-
     alpha = (1 - confidence) / 2
     n1, n0 = len(members), len(others)
     tpr_low = 0.0 if true == 0 else float(beta.ppf(alpha, true, n1 - true + 1))

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 GOLDEN = Path(__file__).parent / "golden"
-_DIGITS = re.compile(r"\d+(\.\d+)?(e[-+]?\d+)?")
+_DIGITS = re.compile(r"(?:(?<=[\s(\[])-)?\d+(\.\d+)?(e[-+]?\d+)?")
+"""A number, with its minus sign where it stands alone (" -0.12x", "[-0.3"), so a value whose sign
+follows the noise (a canary shift) keeps one shape; "client-1" stays "client-#"."""
 _ATTACK = re.compile(r"\b(LOSS|RMIA|LiRA)\b")
 
 
