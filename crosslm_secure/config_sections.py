@@ -301,11 +301,10 @@ class TuningConfig(_Section):
     unlikelihood_threshold: Annotated[float, Field(ge=0, le=1)] = Field(
         0.2, description="Samples with mean score below this get an unlikelihood term."
     )
-    unlikelihood_weight: Annotated[float, Field(ge=0)] = Field(
-        0.0, description="Weight of the unlikelihood term (0 = off)."
-    )
-    classification_pairs: bool = Field(
-        True, description="Also tune text -> label on high-score samples so task accuracy improves."
+    unlikelihood_weight: Annotated[float, Field(ge=0)] = Field(0.0, description="Unlikelihood term's weight (0 = off).")
+    classification_pairs: bool = Field(True, description="Also tune text -> label on the weighted samples.")
+    weighting: Literal["accepted", "every_sample"] = Field(
+        "every_sample", description="every_sample, weighted by score / its label's mean; or accepted samples, by score."
     )
 
 

@@ -8,8 +8,9 @@ A round after round 0 is: private SLM training, then, if the method ``generates`
 writes synthetic samples; if it ``gets_feedback``, the clients score them and the server
 learns only the aggregate, from which the acceptance rule (``server/acceptance.py``) picks
 samples; the method's :meth:`Method.accepted` then decides what is accepted (the feedback's
-choice, every sample, or a random subset); if it ``tunes_llm``, the LLM is tuned on the accepted
-samples; if it ``enhances``, the clients train on them.
+choice, every sample, or a random subset); if it ``tunes_llm``, the LLM is tuned on the samples
+its :meth:`Method.tuning_scores` weigh (every sample by its score under ``tuning.weighting:
+every_sample``, else the accepted ones); if it ``enhances``, the clients train on the accepted ones.
 
 The ablations (``crosslm_no_feedback``, ``crosslm_random_feedback``) run CrossLM's round with one
 part of the feedback taken out, so the tables can say what the feedback itself adds.
@@ -62,6 +63,19 @@ class Method:
         if feedback_keep is None:
             return np.ones(len(labels), dtype=bool)
         return np.asarray(feedback_keep, dtype=bool)
+
+    def tuning_scores(
+        self, means: np.ndarray | None, labels: np.ndarray, *, weighting: str, seed: int
+    ) -> np.ndarray | None:
+        """The scores the LLM's tuning weighs samples by, or None for equal weight on the accepted ones.
+
+        Args:
+            means: the released mean score per sample, or None when the method gets no feedback.
+            labels: each sample's intended label index.
+            weighting: ``tuning.weighting`` (``accepted`` or ``every_sample``).
+            seed: seeds any random choice (the coordinator derives it from the run seed and round).
+        """
+        return means if self.weighs_by_feedback else None
 
 
 METHODS: dict[str, type[Method]] = {}
@@ -142,6 +156,30 @@ class CrossLMRandomFeedback(Method):
     def accepted(self, feedback_keep: np.ndarray | None, labels: np.ndarray, *, seed: int) -> np.ndarray:
         count = 0 if feedback_keep is None else int(np.sum(feedback_keep))
         return balanced_random_choice(np.asarray(labels, dtype=np.int64), count, np.random.default_rng(seed))
+
+    def tuning_scores(
+        self, means: np.ndarray | None, labels: np.ndarray, *, weighting: str, seed: int
+    ) -> np.ndarray | None:
+        """With ``every_sample`` weighting, the released scores shuffled among each label's samples.
+
+        CrossLM then tunes the LLM on every sample, weighted by its score; this ablation tunes on
+        every sample with the same weights (each label's scores are kept) given to random samples,
+        so what differs is only which sample carries which weight. With ``accepted`` weighting the
+        random subset is tuned on at equal weight (None).
+        """
+        if means is None or weighting != "every_sample":
+            return None
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x776569]))
+        return shuffled_within_labels(np.asarray(means, dtype=np.float64), np.asarray(labels), rng)
+
+
+def shuffled_within_labels(values: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``values`` with each label's entries permuted among that label's positions."""
+    shuffled = values.copy()
+    for label in np.unique(labels):
+        where = np.flatnonzero(labels == label)
+        shuffled[where] = values[rng.permutation(where)]
+    return shuffled
 
 
 def balanced_random_choice(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:

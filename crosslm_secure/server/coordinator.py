@@ -214,7 +214,8 @@ class Coordinator:
             if means is None:
                 return result
             feedback_keep = accept_samples(means, labels, len(self.config.task.labels), self.config.feedback)
-        keep = self.method.accepted(feedback_keep, labels, seed=_choice_seed(self.config.run.seed, round_index))
+        choice_seed = _choice_seed(self.config.run.seed, round_index)
+        keep = self.method.accepted(feedback_keep, labels, seed=choice_seed)
         accepted = [s for s, kept in zip(samples, keep, strict=True) if kept]
         result["synthetic_accepted"] = len(accepted)
         if means is not None:
@@ -228,10 +229,13 @@ class Coordinator:
             result["synthetic_mean_score"] = float(np.mean(means))
             result["synthetic_label_agreement"] = float(np.mean(means > 0.5))
         if self.method.tunes_llm and samples:
-            # Without feedback weights every accepted sample counts the same (a score of 1 each).
-            scores = means if self.method.weighs_by_feedback and means is not None else np.ones(len(samples))
+            # Without tuning scores every accepted sample counts the same (a score of 1 each).
+            weighting = self.config.tuning.weighting
+            scores = self.method.tuning_scores(means, labels, weighting=weighting, seed=choice_seed)
+            if scores is None:
+                scores, weighting = np.ones(len(samples)), "accepted"
             with phases("tune_llm"):
-                result |= self.llm.tune(round_index, samples, scores, keep)
+                result |= self.llm.tune(round_index, samples, scores, keep, weighting=weighting)
         if means is not None and self.method.weighs_by_feedback and keep.any():
             result["synthetic_accept_threshold"] = float(np.min(np.clip(means, 0, 1)[keep]))
         with phases("judge"):

@@ -25,7 +25,7 @@ from crosslm_secure.methods import method_for
 from crosslm_secure.models.llm import LoadedLLM, save_lora
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.server.generation import generate_synthetic
-from crosslm_secure.server.tuning import tune_llm
+from crosslm_secure.server.tuning import Weighting, tune_llm
 
 
 class ServerLLM(Protocol):
@@ -116,7 +116,13 @@ class LocalLLM:
         )
 
     def tune(
-        self, round_index: int, samples: Sequence[SyntheticSample], means: np.ndarray, keep: np.ndarray
+        self,
+        round_index: int,
+        samples: Sequence[SyntheticSample],
+        means: np.ndarray,
+        keep: np.ndarray,
+        *,
+        weighting: Weighting = "accepted",
     ) -> dict[str, float]:
         cfg = self.config
         report = tune_llm(
@@ -127,6 +133,7 @@ class LocalLLM:
             cfg.tuning,
             accepted=keep,
             seed=cfg.run.seed + round_index,
+            weighting=weighting,
             progress=cfg.run.progress,
         )
         save_lora(self.llm.model, self.store.llm_dir(round_index))

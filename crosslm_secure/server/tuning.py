@@ -3,7 +3,8 @@
 The objective per sample i with mean score s_i (docs/researchers.md, "What a run does", step 6):
 
 * likelihood of ``prompt(label_i) -> text_i`` (completion tokens only), weighted by
-  ``feedback_weights``;
+  ``feedback_weights`` (the accepted samples, or every sample with ``tuning.weighting:
+  every_sample``);
 * if ``tuning.classification_pairs``: likelihood of ``classify(text_i) -> label_i`` for the
   accepted samples, with the same weight, so the LLM's task accuracy improves;
 * if ``tuning.unlikelihood_weight > 0``: ``-log(1 - p(token))`` on the completion tokens of
@@ -35,23 +36,35 @@ from crosslm_secure.server.generation import sample_prompt
 
 IGNORE = -100
 ItemKind = Literal["generation", "pair", "unlikelihood"]
+Weighting = Literal["accepted", "every_sample"]
 
 
 def feedback_weights(
-    mean_scores: np.ndarray, *, accepted: np.ndarray, unlikelihood_threshold: float
+    mean_scores: np.ndarray,
+    *,
+    accepted: np.ndarray,
+    unlikelihood_threshold: float,
+    labels: np.ndarray | None = None,
+    weighting: Weighting = "accepted",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Map aggregate mean scores to likelihood weights and an unlikelihood mask.
 
-    Scores are first clipped to [0, 1] (DP noise can push a mean outside). An accepted sample
-    (``server.acceptance.accept_samples``) with score ``s`` gets weight ``s / mean(accepted
-    scores)``, so accepted weights average 1 and better-scored samples count more; every other
-    sample gets weight 0. The unlikelihood mask marks samples with ``s < unlikelihood_threshold``
-    that were not accepted.
+    Scores are first clipped to [0, 1] (DP noise can push a mean outside). With ``weighting``
+    ``"accepted"`` (``tuning.weighting``), an accepted sample (``server.acceptance.accept_samples``)
+    with score ``s`` gets weight ``s / mean(accepted scores)``, so accepted weights average 1 and
+    better-scored samples count more; every other sample gets weight 0. With ``"every_sample"``,
+    every sample gets ``s / mean(scores of its intended label)``: each label's weights average 1,
+    so the label balance generation wrote is kept, a sample the clients think mislabelled counts
+    little, and flat (uninformative) scores give every sample weight 1. The unlikelihood mask marks
+    samples with ``s < unlikelihood_threshold`` that were not accepted (and, with every_sample,
+    that weigh 0).
 
     Args:
         mean_scores: one mean score per synthetic sample, shape ``(n,)``.
         accepted: boolean mask ``(n,)`` of accepted samples.
         unlikelihood_threshold: scores below this are pushed down (``tuning.unlikelihood_threshold``).
+        labels: each sample's intended label index, shape ``(n,)``; needed by ``"every_sample"``.
+        weighting: ``"accepted"`` or ``"every_sample"``, as above.
 
     Returns:
         ``(weights, mask)``: float64 weights ``(n,)`` and a boolean mask ``(n,)``.
@@ -67,9 +80,16 @@ def feedback_weights(
         raise ValueError(f"feedback_weights: {accepted.shape} accepted flags for {scores.shape} scores")
     scores = np.clip(scores, 0.0, 1.0)
     weights = np.zeros_like(scores)
-    if accepted.any():
+    if weighting == "every_sample":
+        if labels is None or np.shape(labels) != scores.shape:
+            raise ValueError("feedback_weights: every_sample weighting needs one intended label per score")
+        labels = np.asarray(labels)
+        for label in np.unique(labels):
+            group = labels == label
+            weights[group] = scores[group] / max(scores[group].mean(), 1e-12)
+    elif accepted.any():
         weights[accepted] = scores[accepted] / max(scores[accepted].mean(), 1e-12)
-    mask = (scores < unlikelihood_threshold) & ~accepted
+    mask = (scores < unlikelihood_threshold) & ~accepted & (weights == 0)
     return weights, mask
 
 
@@ -110,8 +130,12 @@ def build_tuning_items(
     tuning: TuningConfig,
     *,
     accepted: np.ndarray,
+    weighting: Weighting = "accepted",
 ) -> list[TuningItem]:
     """All training sequences for one round's feedback (see the module docstring).
+
+    ``weighting`` is ``feedback_weights``'s: the caller passes ``tuning.weighting`` when the
+    method weighs by feedback, and ``"accepted"`` when its scores carry no feedback.
 
     Raises:
         ValueError: scores and samples differ in number.
@@ -119,7 +143,11 @@ def build_tuning_items(
     if len(samples) != len(np.asarray(mean_scores)):
         raise ValueError(f"tuning: {len(samples)} samples but {len(np.asarray(mean_scores))} mean scores")
     weights, mask = feedback_weights(
-        mean_scores, accepted=accepted, unlikelihood_threshold=tuning.unlikelihood_threshold
+        mean_scores,
+        accepted=accepted,
+        unlikelihood_threshold=tuning.unlikelihood_threshold,
+        labels=np.array([s.intended_label for s in samples], dtype=np.int64),
+        weighting=weighting,
     )
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     answers = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in label_answers(tokenizer, task)]
@@ -175,6 +203,7 @@ def tune_llm(
     *,
     accepted: np.ndarray,
     seed: int,
+    weighting: Weighting = "accepted",
     progress: bool = True,
 ) -> TuneReport:
     """LoRA-tune the LLM on one round's aggregate feedback (AdamW on trainable params only).
@@ -187,6 +216,7 @@ def tune_llm(
         tuning: epochs, learning rate, batch size, max length, unlikelihood and pair settings.
         accepted: boolean mask of accepted samples (``server.acceptance``).
         seed: seeds the item order and LoRA dropout.
+        weighting: which samples the scores weigh (``feedback_weights``).
         progress: show a progress bar.
 
     Returns:
@@ -202,7 +232,7 @@ def tune_llm(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ModelError("the LLM has no trainable parameters; wrap it with add_lora before tune_llm")
-    items = build_tuning_items(tokenizer, samples, mean_scores, task, tuning, accepted=accepted)
+    items = build_tuning_items(tokenizer, samples, mean_scores, task, tuning, accepted=accepted, weighting=weighting)
     report = TuneReport(
         steps=0,
         mean_loss=math.nan,

@@ -114,6 +114,8 @@ class FakeLLM:
     calls: list[str] = field(default_factory=list)
     tuned: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     """The scores and the accepted mask each tune call was given."""
+    weightings: list[str] = field(default_factory=list)
+    """The ``weighting`` each tune call was given."""
     judged: list[np.ndarray] = field(default_factory=list)
     """The accepted mask each judge call was given."""
 
@@ -125,9 +127,18 @@ class FakeLLM:
         self.calls.append(f"generate {round_index}")
         return [SyntheticSample(f"r{round_index}-{i}", f"text {i}", i % LABELS) for i in range(9)]
 
-    def tune(self, round_index: int, samples: Sequence[SyntheticSample], means: np.ndarray, keep: np.ndarray) -> dict:
+    def tune(
+        self,
+        round_index: int,
+        samples: Sequence[SyntheticSample],
+        means: np.ndarray,
+        keep: np.ndarray,
+        *,
+        weighting: str = "accepted",
+    ) -> dict:
         self.calls.append(f"tune {round_index} kept {int(keep.sum())}")
         self.tuned.append((np.array(means, dtype=float), np.array(keep, dtype=bool)))
+        self.weightings.append(weighting)
         return {"llm_tune_steps": 1}
 
     def judge(self, samples: Sequence[SyntheticSample], keep: np.ndarray) -> dict[str, float]:
@@ -142,6 +153,7 @@ def job(
     min_clients: int = 2,
     rejoin: bool = True,
     max_attempts: int = 3,
+    weighting: str = "accepted",
     **faults,
 ) -> dict:
     """A coordinator over three fake sites; ``faults`` maps a client to its fault function."""
@@ -150,6 +162,7 @@ def job(
             "run": {"method": method, "rounds": 2, "min_clients": min_clients, "rejoin": rejoin, "progress": False},
             "feedback": {"aggregator": "plaintext", "max_attempts": max_attempts},
             "task": {"labels": ["a", "b", "c"]},
+            "tuning": {"weighting": weighting},
         }
     )
     keys, registry = in_memory_identities("server", CLIENTS)
@@ -234,6 +247,30 @@ def test_random_feedback_keeps_as_many_as_the_feedback_but_not_its_choice(tmp_pa
     enhanced = run["sites"]["client-1"].enhanced
     assert [len(ids) for ids in enhanced] == [2, 2]
     assert [set(ids) for ids in enhanced] != [set(ids) for ids in feedback["sites"]["client-1"].enhanced]
+
+
+@pytest.mark.parametrize(
+    ("method", "passed"),
+    [("crosslm", "every_sample"), ("crosslm_random_feedback", "every_sample"), ("crosslm_no_feedback", "accepted")],
+)
+def test_every_sample_weighting_reaches_the_tuning_of_methods_that_have_scores(
+    tmp_path: Path, method: str, passed: str
+) -> None:
+    # no_feedback has no scores: it tunes on every sample at weight 1 (accepted is all of them).
+    run = job(tmp_path, method=method, weighting="every_sample")
+    assert run["coordinator"].run().completed_rounds == 2
+    assert run["llm"].weightings == [passed, passed]
+
+
+def test_random_feedback_under_every_sample_weighting_tunes_on_the_released_scores_shuffled(tmp_path: Path) -> None:
+    feedback = job(tmp_path / "feedback", weighting="every_sample")
+    feedback["coordinator"].run()
+    run = job(tmp_path / "random", method="crosslm_random_feedback", weighting="every_sample")
+    run["coordinator"].run()
+    labels = np.arange(9) % LABELS
+    for (ours, _), (theirs, _) in zip(run["llm"].tuned, feedback["llm"].tuned, strict=True):
+        for label in range(LABELS):
+            assert sorted(ours[labels == label]) == pytest.approx(sorted(theirs[labels == label]))
 
 
 def test_random_feedback_draws_the_same_samples_for_the_same_seed(tmp_path: Path) -> None:

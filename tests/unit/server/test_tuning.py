@@ -92,6 +92,49 @@ def test_bad_scores_are_refused() -> None:
         feedback_weights(np.ones((2, 2)), accepted=np.ones((2, 2), dtype=bool), unlikelihood_threshold=0.2)
 
 
+def test_every_sample_weighting_weighs_each_label_to_mean_one_by_score() -> None:
+    scores = np.array([0.9, 0.3, 0.0, 0.6, 0.6, 1.4])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    accepted = np.array([True, False, False, True, False, False])
+    weights, mask = feedback_weights(
+        scores, accepted=accepted, unlikelihood_threshold=0.2, labels=labels, weighting="every_sample"
+    )
+    assert weights[labels == 0].mean() == pytest.approx(1.0) and weights[labels == 1].mean() == pytest.approx(1.0)
+    assert weights[0] / weights[1] == pytest.approx(3.0), "within a label, weight follows the score"
+    assert weights[1] > 0, "a sample the acceptance rule left out still counts"
+    assert weights[2] == 0.0 and weights[5] == pytest.approx(1.0 / (2.2 / 3)), "scores are clipped to [0, 1]"
+    assert mask.tolist() == [False, False, True, False, False, False], "only a sample that weighs 0 is pushed down"
+
+
+def test_every_sample_weighting_of_flat_scores_is_uniform_and_needs_labels() -> None:
+    flat = np.full(4, 0.5)
+    weights, _ = feedback_weights(
+        flat,
+        accepted=np.zeros(4, dtype=bool),
+        unlikelihood_threshold=0.2,
+        labels=np.array([0, 1, 0, 1]),
+        weighting="every_sample",
+    )
+    assert weights.tolist() == [1.0, 1.0, 1.0, 1.0], "uninformative scores tune on every sample alike"
+    with pytest.raises(ValueError, match="one intended label per score"):
+        feedback_weights(flat, accepted=np.zeros(4, dtype=bool), unlikelihood_threshold=0.2, weighting="every_sample")
+
+
+def test_every_sample_weighting_tunes_on_samples_the_rule_left_out(tiny_llm: LoadedLLM) -> None:
+    scores = np.array([0.9, 0.1, 0.6, 0.4, 0.8, 0.05])
+    accepted = scores >= 0.5
+    tuning = TuningConfig(max_length=256)
+    chosen = build_tuning_items(tiny_llm.tokenizer, SAMPLES, scores, TASK, tuning, accepted=accepted)
+    every = build_tuning_items(
+        tiny_llm.tokenizer, SAMPLES, scores, TASK, tuning, accepted=accepted, weighting="every_sample"
+    )
+    assert [i.kind for i in chosen].count("generation") == 3
+    assert [i.kind for i in every].count("generation") == 6 and [i.kind for i in every].count("pair") == 6
+    generation = [i.coefficient for i in every if i.kind == "generation"]
+    assert generation[1] == pytest.approx(0.1 / np.mean([0.1, 0.8])), "SAMPLES[1] and [4] are label 1"
+    assert generation[5] == pytest.approx(0.05 / np.mean([0.6, 0.05]))
+
+
 def test_items_mask_the_prompt_and_reuse_generation_and_eval_prompts(tiny_llm: LoadedLLM) -> None:
     tokenizer = tiny_llm.tokenizer
     scores = np.array([0.9, 0.1, 0.6, 0.4, 0.8, 0.05])
