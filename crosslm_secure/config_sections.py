@@ -303,8 +303,8 @@ class TuningConfig(_Section):
     )
     unlikelihood_weight: Annotated[float, Field(ge=0)] = Field(0.0, description="Unlikelihood term's weight (0 = off).")
     classification_pairs: bool = Field(True, description="Also tune text -> label on the weighted samples.")
-    weighting: Literal["accepted", "every_sample"] = Field(
-        "every_sample", description="every_sample, weighted by score / its label's mean; or accepted samples, by score."
+    weighting: Literal["accepted", "every_pair", "every_sample"] = Field(
+        "every_pair", description="LLM tuned on: accepted samples; their texts + every sample's label pair; or all."
     )
 
 

@@ -9,8 +9,8 @@ writes synthetic samples; if it ``gets_feedback``, the clients score them and th
 learns only the aggregate, from which the acceptance rule (``server/acceptance.py``) picks
 samples; the method's :meth:`Method.accepted` then decides what is accepted (the feedback's
 choice, every sample, or a random subset); if it ``tunes_llm``, the LLM is tuned on the samples
-its :meth:`Method.tuning_scores` weigh (every sample by its score under ``tuning.weighting:
-every_sample``, else the accepted ones); if it ``enhances``, the clients train on the accepted ones.
+its :meth:`Method.tuning_scores` weigh (``server/tuning.py``: by default the accepted samples'
+texts and every sample's label); if it ``enhances``, the clients train on the accepted ones.
 
 The ablations (``crosslm_no_feedback``, ``crosslm_random_feedback``) run CrossLM's round with one
 part of the feedback taken out, so the tables can say what the feedback itself adds.
@@ -72,7 +72,7 @@ class Method:
         Args:
             means: the released mean score per sample, or None when the method gets no feedback.
             labels: each sample's intended label index.
-            weighting: ``tuning.weighting`` (``accepted`` or ``every_sample``).
+            weighting: ``tuning.weighting`` (``accepted``, ``every_pair`` or ``every_sample``).
             seed: seeds any random choice (the coordinator derives it from the run seed and round).
         """
         return means if self.weighs_by_feedback else None
@@ -160,14 +160,15 @@ class CrossLMRandomFeedback(Method):
     def tuning_scores(
         self, means: np.ndarray | None, labels: np.ndarray, *, weighting: str, seed: int
     ) -> np.ndarray | None:
-        """With ``every_sample`` weighting, the released scores shuffled among each label's samples.
+        """Unless the weighting is ``accepted``, the released scores shuffled among each label's samples.
 
-        CrossLM then tunes the LLM on every sample, weighted by its score; this ablation tunes on
-        every sample with the same weights (each label's scores are kept) given to random samples,
-        so what differs is only which sample carries which weight. With ``accepted`` weighting the
-        random subset is tuned on at equal weight (None).
+        CrossLM then tunes the LLM on every sample's label (and, with ``every_sample``, its text),
+        weighted by its score; this ablation tunes on the same items with the same weights (each
+        label's scores are kept) given to random samples, so what differs is only which sample
+        carries which weight. With ``accepted`` weighting the random subset is tuned on at equal
+        weight (None).
         """
-        if means is None or weighting != "every_sample":
+        if means is None or weighting == "accepted":
             return None
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0x776569]))
         return shuffled_within_labels(np.asarray(means, dtype=np.float64), np.asarray(labels), rng)

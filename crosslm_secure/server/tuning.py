@@ -5,8 +5,9 @@ The objective per sample i with mean score s_i (docs/researchers.md, "What a run
 * likelihood of ``prompt(label_i) -> text_i`` (completion tokens only), weighted by
   ``feedback_weights`` (the accepted samples, or every sample with ``tuning.weighting:
   every_sample``);
-* if ``tuning.classification_pairs``: likelihood of ``classify(text_i) -> label_i`` for the
-  accepted samples, with the same weight, so the LLM's task accuracy improves;
+* if ``tuning.classification_pairs``: likelihood of ``classify(text_i) -> label_i``, weighted
+  the same way (every sample's pair with ``tuning.weighting: every_pair``), so the LLM's task
+  accuracy improves;
 * if ``tuning.unlikelihood_weight > 0``: ``-log(1 - p(token))`` on the completion tokens of
   samples below ``tuning.unlikelihood_threshold``, times that weight.
 
@@ -36,7 +37,7 @@ from crosslm_secure.server.generation import sample_prompt
 
 IGNORE = -100
 ItemKind = Literal["generation", "pair", "unlikelihood"]
-Weighting = Literal["accepted", "every_sample"]
+Weighting = Literal["accepted", "every_pair", "every_sample"]
 
 
 def feedback_weights(
@@ -134,25 +135,35 @@ def build_tuning_items(
 ) -> list[TuningItem]:
     """All training sequences for one round's feedback (see the module docstring).
 
-    ``weighting`` is ``feedback_weights``'s: the caller passes ``tuning.weighting`` when the
-    method weighs by feedback, and ``"accepted"`` when its scores carry no feedback.
+    ``weighting`` (``tuning.weighting``; the coordinator passes ``"accepted"`` when the method's
+    scores carry no feedback): ``"accepted"`` and ``"every_sample"`` weigh both the generation
+    likelihood and the text -> label pairs as ``feedback_weights`` does; ``"every_pair"`` weighs
+    the generation likelihood as ``"accepted"`` (the LLM learns to write what the clients kept)
+    and the pairs as ``"every_sample"`` (it learns to classify every sample, each by how surely
+    the clients read its intended label).
 
     Raises:
         ValueError: scores and samples differ in number.
     """
     if len(samples) != len(np.asarray(mean_scores)):
         raise ValueError(f"tuning: {len(samples)} samples but {len(np.asarray(mean_scores))} mean scores")
-    weights, mask = feedback_weights(
-        mean_scores,
-        accepted=accepted,
-        unlikelihood_threshold=tuning.unlikelihood_threshold,
-        labels=np.array([s.intended_label for s in samples], dtype=np.int64),
-        weighting=weighting,
-    )
+    labels = np.array([s.intended_label for s in samples], dtype=np.int64)
+
+    def weigh(mode: Weighting) -> tuple[np.ndarray, np.ndarray]:
+        return feedback_weights(
+            mean_scores,
+            accepted=accepted,
+            unlikelihood_threshold=tuning.unlikelihood_threshold,
+            labels=labels,
+            weighting="every_sample" if mode == "every_sample" else "accepted",
+        )
+
+    weights, mask = weigh(weighting)
+    pair_weights = weigh("every_sample")[0] if weighting == "every_pair" else weights
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     answers = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in label_answers(tokenizer, task)]
     items: list[TuningItem] = []
-    for sample, weight, push_down in zip(samples, weights, mask, strict=True):
+    for sample, weight, pair_weight, push_down in zip(samples, weights, pair_weights, mask, strict=True):
         unlikely = bool(push_down) and tuning.unlikelihood_weight > 0
         if weight > 0 or unlikely:
             prompt = encode_prompt(tokenizer, sample_prompt(tokenizer, task, sample))
@@ -166,10 +177,10 @@ def build_tuning_items(
             )
             if item is not None:
                 items.append(item)
-        if weight > 0 and tuning.classification_pairs:
+        if pair_weight > 0 and tuning.classification_pairs:
             answer = answers[sample.intended_label]
             prompt = classification_prompt(tokenizer, task, sample.text, tuning.max_length - len(answer))
-            pair = _completion_item(prompt, answer, tuning.max_length, coefficient=float(weight), kind="pair")
+            pair = _completion_item(prompt, answer, tuning.max_length, coefficient=float(pair_weight), kind="pair")
             if pair is not None:
                 items.append(pair)
     return items

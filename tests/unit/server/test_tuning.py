@@ -135,6 +135,22 @@ def test_every_sample_weighting_tunes_on_samples_the_rule_left_out(tiny_llm: Loa
     assert generation[5] == pytest.approx(0.05 / np.mean([0.6, 0.05]))
 
 
+def test_every_pair_weighting_writes_like_accepted_and_classifies_every_sample(tiny_llm: LoadedLLM) -> None:
+    scores = np.array([0.9, 0.1, 0.6, 0.4, 0.8, 0.05])
+    accepted = scores >= 0.5
+    tuning = TuningConfig(max_length=256, unlikelihood_weight=0.5)
+    chosen = build_tuning_items(tiny_llm.tokenizer, SAMPLES, scores, TASK, tuning, accepted=accepted)
+    pairs = build_tuning_items(
+        tiny_llm.tokenizer, SAMPLES, scores, TASK, tuning, accepted=accepted, weighting="every_pair"
+    )
+    written = [(i.input_ids, i.coefficient) for i in chosen if i.kind != "pair"]
+    assert [(i.input_ids, i.coefficient) for i in pairs if i.kind != "pair"] == written
+    assert [i.kind for i in pairs].count("unlikelihood") == 2, "the rejected low scorers are still pushed down"
+    coefficients = [i.coefficient for i in pairs if i.kind == "pair"]
+    assert len(coefficients) == 6
+    assert coefficients[1] == pytest.approx(0.1 / np.mean([0.1, 0.8]))
+
+
 def test_items_mask_the_prompt_and_reuse_generation_and_eval_prompts(tiny_llm: LoadedLLM) -> None:
     tokenizer = tiny_llm.tokenizer
     scores = np.array([0.9, 0.1, 0.6, 0.4, 0.8, 0.05])
