@@ -46,7 +46,7 @@ def feedback_weights(
     accepted: np.ndarray,
     unlikelihood_threshold: float,
     labels: np.ndarray | None = None,
-    weighting: Weighting = "accepted",
+    weighting: Literal["accepted", "every_sample"] = "accepted",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Map aggregate mean scores to likelihood weights and an unlikelihood mask.
 
@@ -148,18 +148,18 @@ def build_tuning_items(
     if len(samples) != len(np.asarray(mean_scores)):
         raise ValueError(f"tuning: {len(samples)} samples but {len(np.asarray(mean_scores))} mean scores")
     labels = np.array([s.intended_label for s in samples], dtype=np.int64)
-
-    def weigh(mode: Weighting) -> tuple[np.ndarray, np.ndarray]:
-        return feedback_weights(
+    chosen = feedback_weights(mean_scores, accepted=accepted, unlikelihood_threshold=tuning.unlikelihood_threshold)
+    if weighting == "accepted":
+        (weights, mask), pair_weights = chosen, chosen[0]
+    else:
+        every = feedback_weights(
             mean_scores,
             accepted=accepted,
             unlikelihood_threshold=tuning.unlikelihood_threshold,
             labels=labels,
-            weighting="every_sample" if mode == "every_sample" else "accepted",
+            weighting="every_sample",
         )
-
-    weights, mask = weigh(weighting)
-    pair_weights = weigh("every_sample")[0] if weighting == "every_pair" else weights
+        (weights, mask), pair_weights = (chosen if weighting == "every_pair" else every), every[0]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     answers = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in label_answers(tokenizer, task)]
     items: list[TuningItem] = []
@@ -227,7 +227,7 @@ def tune_llm(
         tuning: epochs, learning rate, batch size, max length, unlikelihood and pair settings.
         accepted: boolean mask of accepted samples (``server.acceptance``).
         seed: seeds the item order and LoRA dropout.
-        weighting: which samples the scores weigh (``feedback_weights``).
+        weighting: which items the scores weigh (``build_tuning_items``).
         progress: show a progress bar.
 
     Returns:
