@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from opacus import PrivacyEngine
@@ -13,13 +14,14 @@ from opacus.data_loader import DPDataLoader
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from typer.testing import CliRunner
 
-from crosslm_secure.audit.canaries import epsilon_lower_bound, inclusion, p_value
+from crosslm_secure.audit.canaries import epsilon_lower_bound, guess, inclusion, p_value
 from crosslm_secure.audit.dp_audit import run_dp_audit
 from crosslm_secure.audit.whitebox import DiracHead, canary_directions, ceiling_bound, run_whitebox
 from crosslm_secure.cli import app
 from crosslm_secure.client import dp_trainer, scheduled
 from crosslm_secure.client.dp_trainer import DPTrainer
 from crosslm_secure.config import SLMConfig
+from crosslm_secure.privacy.accounting import MechanismBlock, epsilon, noise_multiplier_for
 from crosslm_secure.privacy.ledger import Ledger
 from crosslm_secure.privacy.settings import PrivacyConfig
 from tests.unit.audit.golden import assert_matches_golden
@@ -184,6 +186,23 @@ def test_ceiling_is_the_bound_at_the_expected_number_of_correct_guesses() -> Non
     assert ceiling_bound(1000, 100, 2.0, 1e-5, 0.95) == pytest.approx(1.46436034664545, abs=1e-9)
     assert ceiling_bound(1000, 100, 1.0, 1e-5, 0.95) == pytest.approx(0.604909727443328, abs=1e-9)
     assert ceiling_bound(1000, 100, math.inf, 1e-5, 0.95) == pytest.approx(3.46537634781105, abs=1e-9)
+
+
+def test_an_honest_mechanism_s_bound_exceeds_its_claim_in_at_most_1_minus_the_confidence() -> None:
+    # The bound's guarantee, on the pilot's tiny head (epsilon 1 at rate 1 over 100 steps, 180
+    # canaries, 27 guesses): the honest Gaussian mechanism's summed standardised canary scores are
+    # N(q sqrt(T) / sigma, 1) if included, N(0, 1) if not. docs/reviewers.md quotes these rates.
+    sigma = noise_multiplier_for(target_epsilon=1.0, delta=1e-5, sample_rate=1.0, steps=100)
+    claimed = epsilon([MechanismBlock(sigma, 1.0, 100)], 1e-5, "prv")
+    included = inclusion(180, 0)
+    rng = np.random.default_rng(5)
+    scores = rng.standard_normal((20_000, 180)) + included * math.sqrt(100) / sigma
+    order = np.argsort(-scores, axis=1)
+    correct = included[order[:, :14]].sum(axis=1) + (~included[order[:, -13:]]).sum(axis=1)
+    assert (guess(scores[0], 27) == 1).sum() == 14  # the audit's own split of its 27 guesses
+    for confidence, most in ((0.95, 0.005), (0.99, 0.0003)):
+        fails = next(v for v in range(28) if epsilon_lower_bound(180, 27, v, 1e-5, confidence) > claimed)
+        assert np.mean(correct >= fails) <= min(most, 1 - confidence)
 
 
 def test_the_dp_audit_of_a_head_only_run_is_white_box_and_passes(dp_run: Path) -> None:
