@@ -17,6 +17,7 @@ from crosslm_secure.protocol.party import in_memory_identities
 from crosslm_secure.runner import run_job
 from crosslm_secure.runstore import RunStore
 from tests.tiny_models import FILLER_WORDS, SENTIMENT_WORDS, tiny_bert_dir, tiny_llm_dir, write_sentiment_csv
+from tests.unit.parties.pilot_job import TINY_AUDIT_CONFIDENCE
 
 LABELS = ["negative", "neutral", "positive"]
 WORDS = sorted({w for ws in SENTIMENT_WORDS.values() for w in ws} | set(FILLER_WORDS))
@@ -164,7 +165,7 @@ def dp_run(audit_files: dict[str, Path]) -> Path:
         "dp1",
         privacy={"target_epsilon": 1.0},
         slm={"private_epochs": 8},
-        audit={"canaries": 180, "canary_guess_fraction": 0.4, "confidence": 0.99},  # why 0.99: pilot_job.AUDITABLE
+        audit={"canaries": 180, "canary_guess_fraction": 0.4, "confidence": TINY_AUDIT_CONFIDENCE},
     )
 
 

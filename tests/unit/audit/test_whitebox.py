@@ -14,9 +14,9 @@ from opacus.data_loader import DPDataLoader
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from typer.testing import CliRunner
 
-from crosslm_secure.audit.canaries import epsilon_lower_bound, guess, inclusion, p_value
+from crosslm_secure.audit.canaries import epsilon_lower_bound, inclusion, p_value
 from crosslm_secure.audit.dp_audit import run_dp_audit
-from crosslm_secure.audit.whitebox import DiracHead, canary_directions, ceiling_bound, run_whitebox
+from crosslm_secure.audit.whitebox import DiracHead, _correct_guesses, canary_directions, ceiling_bound, run_whitebox
 from crosslm_secure.cli import app
 from crosslm_secure.client import dp_trainer, scheduled
 from crosslm_secure.client.dp_trainer import DPTrainer
@@ -189,20 +189,19 @@ def test_ceiling_is_the_bound_at_the_expected_number_of_correct_guesses() -> Non
 
 
 def test_an_honest_mechanism_s_bound_exceeds_its_claim_in_at_most_1_minus_the_confidence() -> None:
-    # The bound's guarantee, on the pilot's tiny head (epsilon 1 at rate 1 over 100 steps, 180
-    # canaries, 27 guesses): the honest Gaussian mechanism's summed standardised canary scores are
-    # N(q sqrt(T) / sigma, 1) if included, N(0, 1) if not. docs/reviewers.md quotes these rates.
+    # The bound's guarantee, on a tiny head (epsilon 1 at rate 1 over 100 steps, 180 canaries, 27
+    # guesses, as tests.unit.parties.pilot_job.AUDITABLE): the honest Gaussian mechanism's summed
+    # standardised canary scores are N(q sqrt(T) / sigma, 1) if included, N(0, 1) if not. The rates
+    # asserted are the ones docs/reviewers.md and SECURITY.md quote (0.2% at 95%, under 0.03% at 99%).
     sigma = noise_multiplier_for(target_epsilon=1.0, delta=1e-5, sample_rate=1.0, steps=100)
     claimed = epsilon([MechanismBlock(sigma, 1.0, 100)], 1e-5, "prv")
     included = inclusion(180, 0)
     rng = np.random.default_rng(5)
     scores = rng.standard_normal((20_000, 180)) + included * math.sqrt(100) / sigma
-    order = np.argsort(-scores, axis=1)
-    correct = included[order[:, :14]].sum(axis=1) + (~included[order[:, -13:]]).sum(axis=1)
-    assert (guess(scores[0], 27) == 1).sum() == 14  # the audit's own split of its 27 guesses
-    for confidence, most in ((0.95, 0.005), (0.99, 0.0003)):
+    correct = np.array([_correct_guesses(row, included, 27) for row in scores])  # the audit's own guessing
+    for confidence, most in ((0.95, 0.003), (0.99, 0.0003)):
         fails = next(v for v in range(28) if epsilon_lower_bound(180, 27, v, 1e-5, confidence) > claimed)
-        assert np.mean(correct >= fails) <= min(most, 1 - confidence)
+        assert np.mean(correct >= fails) <= most
 
 
 def test_the_dp_audit_of_a_head_only_run_is_white_box_and_passes(dp_run: Path) -> None:

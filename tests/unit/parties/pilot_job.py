@@ -9,16 +9,19 @@ import yaml
 from crosslm_secure.config import Config, load_config
 from tests.tiny_models import tiny_bert_dir, tiny_llm_dir, write_sentiment_csv
 
+TINY_AUDIT_CONFIDENCE = 0.99
+"""Confidence of the audits of tiny epsilon-1 runs, not the default 0.95: a white-box audit of this
+honest mechanism (noise multiplier 37.8, rate 1, 100 steps) gets 24 or more of its 27 guesses right,
+a bound above the claim, in 0.2% of draws (tests/unit/audit/test_whitebox.py simulates it), and a
+suite audits several such runs; at 0.99 it takes 26 (0.005%)."""
+
 AUDITABLE = {
     "privacy": {"target_epsilon": 1.0},
-    "audit": {"canaries": 180, "canary_guess_fraction": 0.4, "mia_max_auc": 0.85, "confidence": 0.99},
+    "audit": {"canaries": 180, "canary_guess_fraction": 0.4, "mia_max_auc": 0.85, "confidence": TINY_AUDIT_CONFIDENCE},
 }
 """Settings under which a site's audit of a tiny model can decide: a claim the canaries can test,
-and an MIA limit that a site of ~200 records (40% held out, half of that as non-members) resolves.
-
-Confidence 0.99, not the default 0.95: a white-box audit of this honest mechanism (noise multiplier
-37.8, rate 1, 100 steps) gets 24 or more of its 27 guesses right, a bound above the claim, in 0.2% of
-draws (simulated), and a suite audits several sites; at 0.99 it takes 26 (0.005%)."""
+and an MIA limit that a site of ~200 records (40% held out, half of that as non-members) resolves,
+at :data:`TINY_AUDIT_CONFIDENCE`."""
 
 
 def tiny_job(root: Path, name: str = "pilot", rounds: int = 1, *, rows: int = 120, auditable: bool = False) -> Config:
