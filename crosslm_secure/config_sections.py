@@ -1,8 +1,5 @@
-"""The sections of a job's configuration that describe its data and models.
-
-:mod:`crosslm_secure.config` assembles them with the run, feedback, privacy and audit sections
-into ``Config`` and reads YAML; import every section from there.
-"""
+"""The sections of a job's configuration that describe its data and models (:mod:`crosslm_secure.config`
+assembles them with the run, feedback, privacy and audit sections into ``Config``; import them from there)."""
 
 from __future__ import annotations
 
@@ -305,6 +302,9 @@ class TuningConfig(_Section):
     classification_pairs: bool = Field(True, description="Also tune text -> label on the weighted samples.")
     weighting: Literal["accepted", "every_pair", "every_sample"] = Field(
         "every_pair", description="LLM tuned on: accepted samples; their texts + every sample's label pair; or all."
+    )
+    label_bias: Literal["fit", "none"] = Field(
+        "fit", description="fit: per-label logit offsets fitted on the round's weighted label pairs; none: raw answers."
     )
 
 

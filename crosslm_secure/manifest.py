@@ -84,6 +84,13 @@ KINDS: tuple[ArtefactKind, ...] = (
     ArtefactKind("adapter config", ("llm/round-*/adapter_config.json",), "json", "peft's adapter config"),
     ArtefactKind("adapter card", ("llm/round-*/README.md",), "text", "peft's model card"),
     ArtefactKind(
+        "label bias",
+        ("llm/round-*/label_bias.json",),
+        "json-object",
+        "label -> the offset the tuned LLM's answers add (tuning.label_bias), fitted on synthetic samples",
+        row_fields={"bias": (dict,)},
+    ),
+    ArtefactKind(
         "public context",
         ("server/ckks_public_context.bin", "server/ckks_contexts/*.bin"),
         "ckks-public-context",

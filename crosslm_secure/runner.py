@@ -44,7 +44,7 @@ from crosslm_secure.protocol.party import Party, in_memory_identities, party_of
 from crosslm_secure.report.summary import write_report
 from crosslm_secure.runstore import PARTIES_SIMULATED, RunState, RunStore
 from crosslm_secure.server.coordinator import Coordinator, RoundOutcome
-from crosslm_secure.server.llm_side import LocalLLM
+from crosslm_secure.server.llm_side import LocalLLM, read_label_bias
 from crosslm_secure.transport.base import Transport
 from crosslm_secure.transport.inprocess import InProcessTransport
 
@@ -231,10 +231,12 @@ def drive_server(
     """
     llm = load_llm(config.llm, device)
     log(f"LLM: {llm.source}")
+    label_bias = None
     if method_for(config.run.method).tunes_llm:
         llm.model = add_lora(llm.model, config.llm.lora, seed=config.run.seed)
         if state is not None and start_round > 1:
             llm.model = load_lora(llm.model, store.llm_dir(start_round - 1))
+            label_bias = read_label_bias(store.llm_dir(start_round - 1), config.task.labels)
 
     transport = transport_for(llm)
     coordinator = Coordinator(
@@ -242,7 +244,7 @@ def drive_server(
         party_of(server_keys, store.run_id, registry),
         transport,
         registry,
-        LocalLLM(config, llm, llm_test, store, cache=default_cache()),
+        LocalLLM(config, llm, llm_test, store, cache=default_cache(), label_bias=label_bias),
         store,
         log=log,
         ledger_copies=ledger_copies,

@@ -25,6 +25,9 @@ from crosslm_secure.models.llm import LoadedLLM, encode_prompt, left_pad, render
 CONTENT_FREE = ("N/A", "", "[MASK]")
 """Texts that carry no content (Zhao et al. 2021): what the LLM answers for them is its label bias."""
 
+LABEL_BIAS_L2 = 1e-3
+"""L2 weight on the fitted label offsets (:func:`fit_label_bias`): keeps them finite, moves them little."""
+
 
 def label_answers(tokenizer: PreTrainedTokenizerBase, task: TaskConfig) -> list[str]:
     """The answer text for each label, in class order.
@@ -94,11 +97,13 @@ def llm_task_accuracy(
     progress: bool = True,
     fast: bool = True,
     calibrate: bool = False,
+    label_bias: Sequence[float] | None = None,
 ) -> dict:
     """Zero-shot accuracy of the LLM: one forward per example, likeliest label answer wins.
 
     With ``calibrate`` the answers are contextually calibrated first (:func:`calibrated_predictions`),
-    at the cost of one more forward per content-free input.
+    at the cost of one more forward per content-free input. With ``label_bias`` (one logit offset
+    per label, :func:`fit_label_bias`) the offsets are added to the label logits first.
 
     Args:
         llm: the server LLM (possibly LoRA-tuned).
@@ -109,10 +114,11 @@ def llm_task_accuracy(
         fast: share the prompt prefix and bucket by length (see ``label_logits``); ``False``
             runs the plain reference path (same predictions, for benchmarks and tests).
         calibrate: divide the label probabilities by their mean on :data:`CONTENT_FREE` inputs.
+        label_bias: added to each example's label logits before the answer is taken.
 
     Returns:
         ``{"accuracy": float, "macro_f1": float, "n": int, "predicted": list[int]}`` (the
-        answer to each example, in order).
+        answer to each example, in order); with ``label_bias`` also ``"macro_f1_without_bias"``.
 
     Raises:
         ConfigError: verbalizers share a first token, or the template does not fit.
@@ -121,18 +127,67 @@ def llm_task_accuracy(
     targets = label_token_ids(tokenizer, task)
     encoded = [classification_prompt(tokenizer, task, e.text, cfg.llm_max_length) for e in examples]
     scores = label_logits(llm, encoded, targets, cfg.llm_batch_size, fast=fast, progress=progress)
+    truth = [e.label for e in examples]
+    extra = {}
+    if label_bias is not None:
+        extra["macro_f1_without_bias"] = macro_f1(truth, scores.argmax(dim=1).tolist(), len(task.labels))
+        scores = scores.float() + torch.as_tensor(label_bias, dtype=torch.float32, device=scores.device)
     if calibrate:
         free = [classification_prompt(tokenizer, task, text, cfg.llm_max_length) for text in CONTENT_FREE]
         predictions = calibrated_predictions(scores, label_logits(llm, free, targets, cfg.llm_batch_size)).tolist()
     else:
         predictions = scores.argmax(dim=1).tolist()
-    truth = [e.label for e in examples]
     return {
         "accuracy": accuracy(truth, predictions),
         "macro_f1": macro_f1(truth, predictions, len(task.labels)),
         "n": len(truth),
         "predicted": predictions,
+        **extra,
     }
+
+
+def fit_label_bias(scores: torch.Tensor, labels: Sequence[int], weights: Sequence[float]) -> list[float]:
+    """One logit offset per label that maximises the weighted likelihood of ``labels`` under
+    ``softmax(scores + bias)``, offsets centred on 0.
+
+    A tuned LLM can drift toward answering one label for most texts; this fit, on texts whose
+    labels are known, undoes that drift and nothing else (a label-bias correction in the spirit
+    of Zhao et al. 2021, fitted on labelled text instead of content-free input). A small L2 term
+    keeps every offset finite when a label has no weighted text.
+
+    Args:
+        scores: label logits, ``[texts, labels]``.
+        labels: each text's label index.
+        weights: each text's weight (>= 0, not all 0).
+
+    Returns:
+        The offsets, one per label, in class order.
+
+    Raises:
+        ValueError: shapes differ, or no weight is positive.
+    """
+    logits = scores.detach().double().cpu()
+    target = torch.as_tensor(list(labels), dtype=torch.long)
+    weight = torch.as_tensor(list(weights), dtype=torch.float64)
+    if logits.ndim != 2 or target.shape != (logits.shape[0],) or weight.shape != target.shape:
+        raise ValueError(f"fit_label_bias: {tuple(logits.shape)} scores, {len(target)} labels, {len(weight)} weights")
+    if not bool((weight > 0).any()) or bool((weight < 0).any()):
+        raise ValueError("fit_label_bias: the weights must be >= 0 and not all 0")
+    weight = weight / weight.sum()
+    bias = torch.zeros(logits.shape[1], dtype=torch.float64, requires_grad=True)
+    # LBFGS on a convex objective in a handful of variables: converges in a few dozen steps.
+    optimizer = torch.optim.LBFGS([bias], lr=1.0, max_iter=200, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
+
+    def objective() -> torch.Tensor:
+        optimizer.zero_grad()
+        nll = torch.nn.functional.cross_entropy(logits + bias, target, reduction="none")
+        loss = (weight * nll).sum() + LABEL_BIAS_L2 * bias.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(objective)
+    centred = bias.detach() - bias.detach().mean()
+    return [float(v) for v in centred]
 
 
 def calibrated_predictions(scores: torch.Tensor, content_free_scores: torch.Tensor) -> torch.Tensor:

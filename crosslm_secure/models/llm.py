@@ -209,13 +209,19 @@ def add_lora(model: torch.nn.Module, lora: LoraConfig, *, seed: int = 0) -> peft
     return wrapped
 
 
-def save_lora(model: peft.PeftModel, folder: Path) -> None:
-    """Save the LoRA adapter of ``model`` to ``folder`` atomically (tmp sibling, then rename)."""
+def save_lora(model: peft.PeftModel, folder: Path, *, extra_files: dict[str, str] | None = None) -> None:
+    """Save the LoRA adapter of ``model`` to ``folder`` atomically (tmp sibling, then rename).
+
+    ``extra_files`` (name -> text) are written into the same folder before the rename, so the
+    adapter and what belongs with it appear together or not at all.
+    """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         model.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         _replace_dir(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -18,14 +19,25 @@ import torch
 from crosslm_secure.cache import ContentCache, content_key
 from crosslm_secure.config import Config
 from crosslm_secure.data.records import Example, SyntheticSample
+from crosslm_secure.errors import ModelError
 from crosslm_secure.eval.judge import Judge
-from crosslm_secure.eval.llm_eval import llm_perplexity, llm_task_accuracy
+from crosslm_secure.eval.llm_eval import (
+    classification_prompt,
+    fit_label_bias,
+    label_logits,
+    label_token_ids,
+    llm_perplexity,
+    llm_task_accuracy,
+)
 from crosslm_secure.eval.predictions import Predictions, write_predictions
 from crosslm_secure.methods import method_for
 from crosslm_secure.models.llm import LoadedLLM, save_lora
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.server.generation import generate_synthetic
-from crosslm_secure.server.tuning import Weighting, tune_llm
+from crosslm_secure.server.tuning import Weighting, item_weights, tune_llm
+
+LABEL_BIAS_FILE = "label_bias.json"
+"""Beside each round's adapter: the label offsets the LLM's answers add (``tuning.label_bias``)."""
 
 
 class ServerLLM(Protocol):
@@ -60,6 +72,8 @@ class LocalLLM:
         store: the run folder (LoRA adapters go to ``llm/round-N``, the answer to each evaluator
             test record to ``server/predictions/round-N.jsonl``).
         cache: where round-0 LLM results (base weights, public settings, the evaluator's set) are reused.
+        label_bias: the label offsets that go with the loaded adapter (``read_label_bias``), when
+            a run resumes after a tuned round.
     """
 
     def __init__(
@@ -69,12 +83,14 @@ class LocalLLM:
         llm_test: Sequence[Example],
         store: RunStore,
         cache: ContentCache | None = None,
+        label_bias: list[float] | None = None,
     ) -> None:
         self.config = config
         self.llm = llm
         self.llm_test = list(llm_test)[: config.eval.llm_examples]
         self.store = store
         self.cache = cache
+        self.label_bias = label_bias
         self._judge: Judge | None = None
 
     def evaluate(self, round_index: int) -> dict[str, float]:
@@ -82,9 +98,17 @@ class LocalLLM:
 
         calibrate = method_for(cfg.run.method).calibrates_llm
 
+        bias = self.label_bias if round_index > 0 else None
+
         def task() -> dict:
             return llm_task_accuracy(
-                self.llm, self.llm_test, cfg.task, cfg.eval, progress=cfg.run.progress, calibrate=calibrate
+                self.llm,
+                self.llm_test,
+                cfg.task,
+                cfg.eval,
+                progress=cfg.run.progress,
+                calibrate=calibrate,
+                label_bias=bias,
             )
 
         def perplexity() -> float:
@@ -107,6 +131,14 @@ class LocalLLM:
             results, ppl = task(), perplexity()
         predictions = Predictions.of(self.llm_test, results["predicted"])
         write_predictions(self.store.llm_predictions_path(round_index), predictions)
+        if bias is not None:
+            self.store.event(
+                "llm_label_bias",
+                round=round_index,
+                bias=dict(zip(cfg.task.labels, bias, strict=True)),
+                macro_f1=results["macro_f1"],
+                macro_f1_without_bias=results["macro_f1_without_bias"],
+            )
         return {"llm_accuracy": results["accuracy"], "llm_macro_f1": results["macro_f1"], "llm_perplexity": ppl}
 
     def generate(self, round_index: int) -> list[SyntheticSample]:
@@ -136,8 +168,26 @@ class LocalLLM:
             weighting=weighting,
             progress=cfg.run.progress,
         )
-        save_lora(self.llm.model, self.store.llm_dir(round_index))
+        extra = {}
+        if cfg.tuning.label_bias == "fit":
+            _, _, pair_weights = item_weights(samples, means, cfg.tuning, accepted=keep, weighting=weighting)
+            self.label_bias = self._fit_label_bias(samples, pair_weights)
+            if self.label_bias is not None:
+                offsets = dict(zip(cfg.task.labels, self.label_bias, strict=True))
+                extra[LABEL_BIAS_FILE] = json.dumps({"bias": offsets}, indent=2) + "\n"
+        save_lora(self.llm.model, self.store.llm_dir(round_index), extra_files=extra)
         return {"llm_tune_steps": report.steps, "llm_tune_loss": report.mean_loss}
+
+    def _fit_label_bias(self, samples: Sequence[SyntheticSample], weights: np.ndarray) -> list[float] | None:
+        """The tuned LLM's label offsets on the round's samples, at their pair weights (None: no weight)."""
+        cfg = self.config
+        chosen = [i for i, w in enumerate(weights) if w > 0]
+        if not chosen:
+            return None
+        tokenizer = self.llm.tokenizer
+        prompts = [classification_prompt(tokenizer, cfg.task, samples[i].text, cfg.eval.llm_max_length) for i in chosen]
+        scores = label_logits(self.llm, prompts, label_token_ids(tokenizer, cfg.task), cfg.eval.llm_batch_size)
+        return fit_label_bias(scores, [samples[i].intended_label for i in chosen], [float(weights[i]) for i in chosen])
 
     def judge(self, samples: Sequence[SyntheticSample], keep: np.ndarray) -> dict[str, float]:
         """The judge is a linear probe the evaluator trains on its own labelled split, never on client data."""
@@ -153,6 +203,28 @@ class LocalLLM:
         if (~keep).any():
             result["synthetic_judge_agreement_rejected"] = float(np.mean(agrees[~keep]))
         return result
+
+
+def read_label_bias(folder: Path, labels: Sequence[str]) -> list[float] | None:
+    """The label offsets saved with the adapter in ``folder`` (None when the round fitted none).
+
+    Raises:
+        ModelError: the file is not readable, or its labels are not the task's.
+    """
+    path = folder / LABEL_BIAS_FILE
+    if not path.is_file():
+        return None
+    try:
+        offsets = json.loads(path.read_text())["bias"]
+        same = sorted(offsets) == sorted(labels)
+        bias = [float(offsets[label]) for label in labels] if same else []
+    except (OSError, ValueError, KeyError, TypeError):
+        same = False
+    if not same:
+        raise ModelError(
+            f"{path} is corrupt or was fitted for other labels; resume from an earlier round or start a new run"
+        )
+    return bias
 
 
 def _base_model_key(llm: LoadedLLM) -> list[str]:

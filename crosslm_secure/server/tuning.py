@@ -123,6 +123,40 @@ class TuneReport:
     unlikelihood_samples: int = 0
 
 
+def item_weights(
+    samples: Sequence[SyntheticSample],
+    mean_scores: np.ndarray,
+    tuning: TuningConfig,
+    *,
+    accepted: np.ndarray,
+    weighting: Weighting = "accepted",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per sample: the generation weight, the unlikelihood mask and the text -> label pair weight.
+
+    ``"accepted"`` weighs both by ``feedback_weights`` over the accepted samples; ``"every_sample"``
+    weighs both by each sample's score over its label's mean; ``"every_pair"`` weighs the
+    generation as ``"accepted"`` and the pairs as ``"every_sample"``.
+
+    Raises:
+        ValueError: scores and samples differ in number.
+    """
+    if len(samples) != len(np.asarray(mean_scores)):
+        raise ValueError(f"tuning: {len(samples)} samples but {len(np.asarray(mean_scores))} mean scores")
+    labels = np.array([s.intended_label for s in samples], dtype=np.int64)
+    chosen = feedback_weights(mean_scores, accepted=accepted, unlikelihood_threshold=tuning.unlikelihood_threshold)
+    if weighting == "accepted":
+        return chosen[0], chosen[1], chosen[0]
+    every = feedback_weights(
+        mean_scores,
+        accepted=accepted,
+        unlikelihood_threshold=tuning.unlikelihood_threshold,
+        labels=labels,
+        weighting="every_sample",
+    )
+    weights, mask = chosen if weighting == "every_pair" else every
+    return weights, mask, every[0]
+
+
 def build_tuning_items(
     tokenizer: PreTrainedTokenizerBase,
     samples: Sequence[SyntheticSample],
@@ -145,21 +179,7 @@ def build_tuning_items(
     Raises:
         ValueError: scores and samples differ in number.
     """
-    if len(samples) != len(np.asarray(mean_scores)):
-        raise ValueError(f"tuning: {len(samples)} samples but {len(np.asarray(mean_scores))} mean scores")
-    labels = np.array([s.intended_label for s in samples], dtype=np.int64)
-    chosen = feedback_weights(mean_scores, accepted=accepted, unlikelihood_threshold=tuning.unlikelihood_threshold)
-    if weighting == "accepted":
-        (weights, mask), pair_weights = chosen, chosen[0]
-    else:
-        every = feedback_weights(
-            mean_scores,
-            accepted=accepted,
-            unlikelihood_threshold=tuning.unlikelihood_threshold,
-            labels=labels,
-            weighting="every_sample",
-        )
-        (weights, mask), pair_weights = (chosen if weighting == "every_pair" else every), every[0]
+    weights, mask, pair_weights = item_weights(samples, mean_scores, tuning, accepted=accepted, weighting=weighting)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     answers = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in label_answers(tokenizer, task)]
     items: list[TuningItem] = []

@@ -15,6 +15,7 @@ from crosslm_secure.eval.llm_eval import (
     CONTENT_FREE,
     calibrated_predictions,
     classification_prompt,
+    fit_label_bias,
     label_answers,
     label_logits,
     label_token_ids,
@@ -128,3 +129,56 @@ def test_calibrated_accuracy_scores_the_content_free_prompts_once_more(tiny_llm:
     expected = calibrated_predictions(scores, free_scores)
     hits = sum(p == e.label for p, e in zip(expected.tolist(), examples, strict=True))
     assert calibrated["accuracy"] == pytest.approx(hits / 10)
+
+
+def _texts_with_a_drift(offset: list[float], n: int = 300) -> tuple[torch.Tensor, list[int]]:
+    """Label logits that carry each text's label (+3) and a drift the same for every text."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, len(offset), (n,), generator=generator)
+    signal = 3 * torch.nn.functional.one_hot(labels, len(offset)) + 0.5 * torch.randn(
+        n, len(offset), generator=generator
+    )
+    return signal + torch.tensor(offset), labels.tolist()
+
+
+def test_the_label_bias_fit_undoes_a_drift_toward_one_label() -> None:
+    scores, labels = _texts_with_a_drift([2.0, -1.0, -1.0])
+    bias = fit_label_bias(scores, labels, [1.0] * len(labels))
+    assert bias == pytest.approx([-2.0, 1.0, 1.0], abs=0.15)
+    assert sum(bias) == pytest.approx(0.0, abs=1e-9)
+    undrifted, _ = _texts_with_a_drift([0.0, 0.0, 0.0])
+    assert fit_label_bias(undrifted, labels, [1.0] * len(labels)) == pytest.approx([0.0, 0.0, 0.0], abs=0.15)
+
+
+def test_the_label_bias_fit_follows_the_weights() -> None:
+    scores, labels = _texts_with_a_drift([1.0, 0.0])
+    # The same texts twice: their true labels at weight 1, and all-label-0 copies at weight 0.
+    doubled = torch.cat([scores, scores])
+    wrong = labels + [0] * len(labels)
+    weights = [1.0] * len(labels) + [0.0] * len(labels)
+    assert fit_label_bias(doubled, wrong, weights) == pytest.approx(fit_label_bias(scores, labels, [1.0] * len(labels)))
+    # Weighted toward label-0 texts, the fit must not push label 0 down as far.
+    heavy = [3.0 if y == 0 else 1.0 for y in labels]
+    assert fit_label_bias(scores, labels, heavy)[0] > fit_label_bias(scores, labels, [1.0] * len(labels))[0]
+
+
+def test_a_label_no_text_carries_gets_a_finite_offset_below_the_others() -> None:
+    scores, labels = _texts_with_a_drift([0.0, 0.0, 0.0])
+    only_two = [i for i, y in enumerate(labels) if y != 2]
+    bias = fit_label_bias(scores[only_two], [labels[i] for i in only_two], [1.0] * len(only_two))
+    assert all(math.isfinite(b) for b in bias) and bias[2] < min(bias[:2])
+
+
+@pytest.mark.parametrize("weights", [[0.0, 0.0], [1.0, -1.0], [1.0]])
+def test_the_label_bias_fit_refuses_weights_that_define_nothing(weights: list[float]) -> None:
+    with pytest.raises(ValueError, match="fit_label_bias"):
+        fit_label_bias(torch.zeros(2, 2), [0, 1], weights)
+
+
+def test_a_label_bias_moves_the_answers_and_the_unbiased_score_is_kept(tiny_llm: LoadedLLM) -> None:
+    examples = separable_examples(4)[:10]
+    plain = llm_task_accuracy(tiny_llm, examples, TASK, EVAL, progress=False)
+    zero = llm_task_accuracy(tiny_llm, examples, TASK, EVAL, progress=False, label_bias=[0.0, 0.0, 0.0])
+    assert zero["predicted"] == plain["predicted"] and zero["macro_f1_without_bias"] == plain["macro_f1"]
+    pushed = llm_task_accuracy(tiny_llm, examples, TASK, EVAL, progress=False, label_bias=[0.0, 0.0, 100.0])
+    assert pushed["predicted"] == [2] * 10 and pushed["macro_f1_without_bias"] == plain["macro_f1"]

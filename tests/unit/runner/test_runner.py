@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -15,12 +16,16 @@ from crosslm_secure.audit.protocol_audit import run_protocol_audit
 from crosslm_secure.cli import app
 from crosslm_secure.client.node import ClientNode
 from crosslm_secure.config import load_config
+from crosslm_secure.errors import ModelError
+from crosslm_secure.eval.llm_eval import classification_prompt, label_logits, label_token_ids
 from crosslm_secure.eval.metrics import accuracy
 from crosslm_secure.eval.predictions import read_predictions
+from crosslm_secure.models.llm import load_llm, load_lora
 from crosslm_secure.privacy.ledger import Ledger, ledger_path
 from crosslm_secure.privacy.noise_source import SEEDED_WARNING
-from crosslm_secure.runner import resume_job, run_job
+from crosslm_secure.runner import prepare_job, resume_job, run_job
 from crosslm_secure.server.coordinator import Coordinator
+from crosslm_secure.server.llm_side import LABEL_BIAS_FILE, read_label_bias
 from tests.tiny_models import tiny_bert_dir, tiny_llm_dir, write_sentiment_csv
 
 LABELS = ["negative", "neutral", "positive"]
@@ -277,6 +282,49 @@ def test_a_crash_mid_run_resumes_from_the_last_completed_round(
     keys = [(e.round, e.mechanism, e.details.get("attempt", 0)) for e in after.entries]
     assert len(keys) == len(set(keys))  # nothing charged twice
     assert {e.round for e in after.entries if e.mechanism == "dp-sgd"} == {1, 2}
+
+
+def test_a_tuned_run_fits_its_label_bias_keeps_it_with_the_adapter_and_answers_with_it(
+    job_files: dict[str, Path],
+) -> None:
+    """tuning.label_bias: fit writes llm/round-N/label_bias.json beside the adapter, and the round's
+    recorded answers are the adapter's label logits plus those offsets; none writes no offsets."""
+    config = load_config(write_config(job_files, "bias-fit", run={"rounds": 1}))
+    store = run_job(config, log=lambda _: None).store
+    saved = json.loads((store.root / "llm" / "round-1" / LABEL_BIAS_FILE).read_text())["bias"]
+    assert sorted(saved) == sorted(LABELS) and sum(saved.values()) == pytest.approx(0, abs=1e-9)
+    bias = read_label_bias(store.root / "llm" / "round-1", LABELS)
+    assert bias == [saved[label] for label in LABELS]
+    (event,) = [e for e in store.events() if e["event"] == "llm_label_bias"]
+    assert event["round"] == 1 and event["bias"] == saved
+    assert event["macro_f1"] == store.rounds()[1]["llm_macro_f1"]
+
+    llm = load_llm(config.llm, torch.device("cpu"))
+    llm.model = load_lora(llm.model, store.root / "llm" / "round-1")
+    test = prepare_job(config, None).split.llm_test[: config.eval.llm_examples]
+    prompts = [classification_prompt(llm.tokenizer, config.task, e.text, config.eval.llm_max_length) for e in test]
+    logits = label_logits(llm, prompts, label_token_ids(llm.tokenizer, config.task), config.eval.llm_batch_size)
+    answers = read_predictions(store.root / "server" / "predictions" / "round-1.jsonl")
+    assert list(answers.predicted) == (logits + torch.tensor(bias)).argmax(dim=1).tolist()
+    assert list(answers.predicted) != logits.argmax(dim=1).tolist(), "this seed's offsets change an answer"
+
+    raw_config = write_config(job_files, "bias-none", run={"rounds": 1}, tuning={"label_bias": "none"})
+    raw = run_job(load_config(raw_config), log=lambda _: None)
+    assert not (raw.store.root / "llm" / "round-1" / LABEL_BIAS_FILE).exists()
+    assert not any(e["event"] == "llm_label_bias" for e in raw.store.events())
+    assert list(read_predictions(raw.store.root / "server" / "predictions" / "round-1.jsonl").predicted) == (
+        logits.argmax(dim=1).tolist()
+    ), "the same seed tunes the same adapter; without offsets its raw answers are recorded"
+
+
+@pytest.mark.parametrize(
+    "content", ['{"bias": {"a": 0, "b": 0, "c": 0}}', "{not json", '{"bias": [0, 0, 0]}', '{"bias": {"negative": 0}}']
+)
+def test_label_offsets_that_do_not_fit_the_task_are_refused_in_one_sentence(tmp_path: Path, content: str) -> None:
+    (tmp_path / LABEL_BIAS_FILE).write_text(content)
+    with pytest.raises(ModelError, match=r"label_bias\.json is corrupt or was fitted for other labels; resume from"):
+        read_label_bias(tmp_path, LABELS)
+    assert read_label_bias(tmp_path / "absent", LABELS) is None
 
 
 def json_rows(run: Path) -> list[dict]:
