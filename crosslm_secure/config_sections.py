@@ -304,7 +304,7 @@ class TuningConfig(_Section):
         "every_pair", description="LLM tuned on: accepted samples; their texts + every sample's label pair; or all."
     )
     label_bias: Literal["fit", "none"] = Field(
-        "fit", description="fit: per-label logit offsets fitted on the round's weighted label pairs; none: raw answers."
+        "fit", description="fit: per-label logit offsets fitted on the round's label pairs at their scores; none: raw."
     )
 
 

@@ -34,7 +34,7 @@ from crosslm_secure.methods import method_for
 from crosslm_secure.models.llm import LoadedLLM, save_lora
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.server.generation import generate_synthetic
-from crosslm_secure.server.tuning import Weighting, item_weights, tune_llm
+from crosslm_secure.server.tuning import Weighting, offset_weights, tune_llm
 
 LABEL_BIAS_FILE = "label_bias.json"
 """Beside each round's adapter: the label offsets the LLM's answers add (``tuning.label_bias``)."""
@@ -170,8 +170,8 @@ class LocalLLM:
         )
         extra = {}
         if cfg.tuning.label_bias == "fit":
-            _, _, pair_weights = item_weights(samples, means, cfg.tuning, accepted=keep, weighting=weighting)
-            self.label_bias = self._fit_label_bias(samples, pair_weights)
+            weights = offset_weights(samples, means, cfg.tuning, accepted=keep, weighting=weighting)
+            self.label_bias = self._fit_label_bias(samples, weights)
             if self.label_bias is not None:
                 offsets = dict(zip(cfg.task.labels, self.label_bias, strict=True))
                 extra[LABEL_BIAS_FILE] = json.dumps({"bias": offsets}, indent=2) + "\n"
@@ -179,7 +179,7 @@ class LocalLLM:
         return {"llm_tune_steps": report.steps, "llm_tune_loss": report.mean_loss}
 
     def _fit_label_bias(self, samples: Sequence[SyntheticSample], weights: np.ndarray) -> list[float] | None:
-        """The tuned LLM's label offsets on the round's samples, at their pair weights (None: no weight)."""
+        """The tuned LLM's label offsets on the round's samples at ``weights`` (None: no positive weight)."""
         cfg = self.config
         chosen = [i for i, w in enumerate(weights) if w > 0]
         if not chosen:

@@ -157,6 +157,25 @@ def item_weights(
     return weights, mask, every[0]
 
 
+def offset_weights(
+    samples: Sequence[SyntheticSample],
+    mean_scores: np.ndarray,
+    tuning: TuningConfig,
+    *,
+    accepted: np.ndarray,
+    weighting: Weighting = "accepted",
+) -> np.ndarray:
+    """Per sample, its weight in the label-offset fit (``tuning.label_bias: fit``): its score
+    clipped to [0, 1] where it has a text -> label pair (``item_weights``), else 0.
+
+    A score is the clients' aggregate belief that the sample carries its intended label, so a
+    label whose samples they do not believe weighs less in the offsets; equal scores (a method
+    without feedback) give every pair weight 1.
+    """
+    _, _, pair_weights = item_weights(samples, mean_scores, tuning, accepted=accepted, weighting=weighting)
+    return np.where(pair_weights > 0, np.clip(np.asarray(mean_scores, dtype=np.float64), 0.0, 1.0), 0.0)
+
+
 def build_tuning_items(
     tokenizer: PreTrainedTokenizerBase,
     samples: Sequence[SyntheticSample],

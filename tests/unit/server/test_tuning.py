@@ -19,6 +19,7 @@ from crosslm_secure.server.tuning import (
     IGNORE,
     build_tuning_items,
     feedback_weights,
+    offset_weights,
     sequence_losses,
     tune_llm,
 )
@@ -118,6 +119,21 @@ def test_every_sample_weighting_of_flat_scores_is_uniform_and_needs_labels() -> 
     assert weights.tolist() == [1.0, 1.0, 1.0, 1.0], "uninformative scores tune on every sample alike"
     with pytest.raises(ValueError, match="one intended label per score"):
         feedback_weights(flat, accepted=np.zeros(4, dtype=bool), unlikelihood_threshold=0.2, weighting="every_sample")
+
+
+def test_the_label_offsets_weigh_each_pair_by_its_clipped_score() -> None:
+    # Label 1's samples (positions 1 and 4) are the ones the clients doubt.
+    scores = np.array([0.9, 0.1, 0.8, 0.7, -0.2, 1.3])
+    accepted = np.array([True, False, True, True, False, True])
+    every = offset_weights(SAMPLES, scores, TuningConfig(), accepted=accepted, weighting="every_pair")
+    assert every.tolist() == [0.9, 0.1, 0.8, 0.7, 0.0, 1.0]
+    by_label = [every[[i for i, s in enumerate(SAMPLES) if s.intended_label == c]].sum() for c in range(3)]
+    assert by_label[1] < min(by_label[0], by_label[2])
+    # Pairs only for the accepted samples under "accepted"; equal scores weigh every pair 1.
+    only = offset_weights(SAMPLES, scores, TuningConfig(), accepted=accepted, weighting="accepted")
+    assert only.tolist() == [0.9, 0.0, 0.8, 0.7, 0.0, 1.0]
+    flat = offset_weights(SAMPLES, np.ones(6), TuningConfig(), accepted=np.ones(6, bool), weighting="accepted")
+    assert flat.tolist() == [1.0] * 6
 
 
 def test_every_sample_weighting_tunes_on_samples_the_rule_left_out(tiny_llm: LoadedLLM) -> None:
