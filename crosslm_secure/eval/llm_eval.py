@@ -123,18 +123,14 @@ def llm_task_accuracy(
     Raises:
         ConfigError: verbalizers share a first token, or the template does not fit.
     """
-    tokenizer = llm.tokenizer
-    targets = label_token_ids(tokenizer, task)
-    encoded = [classification_prompt(tokenizer, task, e.text, cfg.llm_max_length) for e in examples]
-    scores = label_logits(llm, encoded, targets, cfg.llm_batch_size, fast=fast, progress=progress)
+    scores = text_label_logits(llm, [e.text for e in examples], task, cfg, fast=fast, progress=progress)
     truth = [e.label for e in examples]
     extra = {}
     if label_bias is not None:
         extra["macro_f1_without_bias"] = macro_f1(truth, scores.argmax(dim=1).tolist(), len(task.labels))
         scores = scores.float() + torch.as_tensor(label_bias, dtype=torch.float32, device=scores.device)
     if calibrate:
-        free = [classification_prompt(tokenizer, task, text, cfg.llm_max_length) for text in CONTENT_FREE]
-        predictions = calibrated_predictions(scores, label_logits(llm, free, targets, cfg.llm_batch_size)).tolist()
+        predictions = calibrated_predictions(scores, text_label_logits(llm, CONTENT_FREE, task, cfg)).tolist()
     else:
         predictions = scores.argmax(dim=1).tolist()
     return {
@@ -144,6 +140,27 @@ def llm_task_accuracy(
         "predicted": predictions,
         **extra,
     }
+
+
+def text_label_logits(
+    llm: LoadedLLM,
+    texts: Sequence[str],
+    task: TaskConfig,
+    cfg: EvalConfig,
+    *,
+    fast: bool = True,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Label logits ``[len(texts), labels]`` of the LLM asked the task's question about each text
+    (:func:`classification_prompt` cut to ``cfg.llm_max_length``, then :func:`label_logits`).
+
+    Raises:
+        ConfigError: verbalizers share a first token, or the template does not fit.
+    """
+    tokenizer = llm.tokenizer
+    targets = label_token_ids(tokenizer, task)
+    prompts = [classification_prompt(tokenizer, task, text, cfg.llm_max_length) for text in texts]
+    return label_logits(llm, prompts, targets, cfg.llm_batch_size, fast=fast, progress=progress)
 
 
 def fit_label_bias(scores: torch.Tensor, labels: Sequence[int], weights: Sequence[float]) -> list[float]:

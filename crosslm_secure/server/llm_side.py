@@ -21,14 +21,7 @@ from crosslm_secure.config import Config
 from crosslm_secure.data.records import Example, SyntheticSample
 from crosslm_secure.errors import ModelError
 from crosslm_secure.eval.judge import Judge
-from crosslm_secure.eval.llm_eval import (
-    classification_prompt,
-    fit_label_bias,
-    label_logits,
-    label_token_ids,
-    llm_perplexity,
-    llm_task_accuracy,
-)
+from crosslm_secure.eval.llm_eval import fit_label_bias, llm_perplexity, llm_task_accuracy, text_label_logits
 from crosslm_secure.eval.predictions import Predictions, write_predictions
 from crosslm_secure.methods import method_for
 from crosslm_secure.models.llm import LoadedLLM, save_lora
@@ -184,9 +177,7 @@ class LocalLLM:
         chosen = [i for i, w in enumerate(weights) if w > 0]
         if not chosen:
             return None
-        tokenizer = self.llm.tokenizer
-        prompts = [classification_prompt(tokenizer, cfg.task, samples[i].text, cfg.eval.llm_max_length) for i in chosen]
-        scores = label_logits(self.llm, prompts, label_token_ids(tokenizer, cfg.task), cfg.eval.llm_batch_size)
+        scores = text_label_logits(self.llm, [samples[i].text for i in chosen], cfg.task, cfg.eval)
         return fit_label_bias(scores, [samples[i].intended_label for i in chosen], [float(weights[i]) for i in chosen])
 
     def judge(self, samples: Sequence[SyntheticSample], keep: np.ndarray) -> dict[str, float]:

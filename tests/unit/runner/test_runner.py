@@ -17,7 +17,7 @@ from crosslm_secure.cli import app
 from crosslm_secure.client.node import ClientNode
 from crosslm_secure.config import load_config
 from crosslm_secure.errors import ModelError
-from crosslm_secure.eval.llm_eval import classification_prompt, label_logits, label_token_ids
+from crosslm_secure.eval.llm_eval import text_label_logits
 from crosslm_secure.eval.metrics import accuracy
 from crosslm_secure.eval.predictions import read_predictions
 from crosslm_secure.models.llm import load_llm, load_lora
@@ -302,8 +302,7 @@ def test_a_tuned_run_fits_its_label_bias_keeps_it_with_the_adapter_and_answers_w
     llm = load_llm(config.llm, torch.device("cpu"))
     llm.model = load_lora(llm.model, store.root / "llm" / "round-1")
     test = prepare_job(config, None).split.llm_test[: config.eval.llm_examples]
-    prompts = [classification_prompt(llm.tokenizer, config.task, e.text, config.eval.llm_max_length) for e in test]
-    logits = label_logits(llm, prompts, label_token_ids(llm.tokenizer, config.task), config.eval.llm_batch_size)
+    logits = text_label_logits(llm, [e.text for e in test], config.task, config.eval)
     answers = read_predictions(store.root / "server" / "predictions" / "round-1.jsonl")
     assert list(answers.predicted) == (logits + torch.tensor(bias)).argmax(dim=1).tolist()
     assert list(answers.predicted) != logits.argmax(dim=1).tolist(), "this seed's offsets change an answer"
