@@ -34,6 +34,11 @@ from crosslm_secure.parties import PartyFolder
 from crosslm_secure.runstore import RunStore
 
 SITE = "client-1"
+MIA_MAX_AUC = 0.99
+MIA_LIMIT = f"audit.mia_max_auc={MIA_MAX_AUC}"
+"""The MIA limit these site audits run at. This site's 59 members and 28 held-out non-members give
+AUC intervals 0.27-0.39 wide (LiRA the widest), and an interval wider than the gap between chance
+and the limit is "not resolvable": at 0.9 (0.4 above chance) a fresh-clone run drew one."""
 
 
 def _site_rows(train: list[Example], spare: list[Example], fraction: float, seed: int) -> list[Example]:
@@ -106,11 +111,8 @@ def test_the_site_file_gives_the_records_the_client_trained_on(dp_run: Path, sit
 
 
 def test_an_honest_site_writes_a_signed_result_that_verifies(dp_run: Path, site) -> None:
-    # audit.mia_max_auc 0.99 throughout: this site's 59 members and 28 held-out non-members give
-    # AUC intervals 0.27-0.39 wide (LiRA the widest), and an interval wider than the gap between
-    # chance and the limit is "not resolvable": at 0.9 (0.4 above chance) a fresh-clone run hit one.
     party, keys = site
-    done = _invoke(party, dp_run, "audit.mia_max_auc=0.99")
+    done = _invoke(party, dp_run, MIA_LIMIT)
     assert done.exit_code == 0, done.output
     path = party.audit_file(RunStore(dp_run).run_id)
     document = json.loads(path.read_text())
@@ -134,7 +136,7 @@ def test_an_honest_site_writes_a_signed_result_that_verifies(dp_run: Path, site)
     run = open_run(dp_run, None)
     own = load_site_data(party.data(), run.config.data, run.config.task, seed=run.config.run.seed, client_id=SITE)
     assert (mia["members"], mia["non_members"]) == (len(run.client(SITE).train), len(own.test) // 2)
-    assert 0 <= mia["loss_auc_low"] <= mia["loss_auc_high"] <= 0.9 and "lira_auc" in mia and "rmia_auc" in mia
+    assert 0 <= mia["loss_auc_low"] <= mia["loss_auc_high"] <= MIA_MAX_AUC and "lira_auc" in mia and "rmia_auc" in mia
     assert body["checks"]["dp"]["mode"] == "white-box" and body["checks"]["dp"]["claimed_epsilon"] == pytest.approx(
         1, abs=0.05
     )
@@ -153,7 +155,7 @@ def test_a_server_copy_that_differs_fails_naming_the_entry(dp_run: Path, tmp_pat
     entries = [json.loads(line) for line in ledger.read_text().splitlines()]
     entries[0]["noise_multiplier"] *= 2  # the server's copy claims more noise than the site recorded
     ledger.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
-    audit = run_site_audit(party.root, run_copy, ["audit.mia_max_auc=0.99"], progress=False)
+    audit = run_site_audit(party.root, run_copy, [MIA_LIMIT], progress=False)
     assert audit.verdict == "fail" and audit.body["ledger"]["matches_server_copy"] is False
     check = audit.body["checks"]["ledger"]
     assert check["verdict"] == "fail"
@@ -183,7 +185,7 @@ def test_too_few_held_out_records_are_not_resolvable_not_a_pass(dp_run: Path, si
 
 def test_a_dp_audit_with_too_few_canaries_to_show_the_claim_is_not_resolvable(dp_run: Path, site) -> None:
     party, _ = site
-    audit = run_site_audit(party.root, dp_run, ["audit.mia_max_auc=0.99", "audit.canaries=10"], progress=False)
+    audit = run_site_audit(party.root, dp_run, [MIA_LIMIT, "audit.canaries=10"], progress=False)
     dp = audit.body["checks"]["dp"]
     assert (dp["canaries"], dp["guesses"]) == (10, 2)  # all 2 guesses right cannot show epsilon 1
     assert dp["verdict"] == "not resolvable" and "too few canaries to decide" in dp["summary"]
@@ -285,7 +287,7 @@ def test_the_site_opens_only_its_own_folder_and_its_ledger_copy_in_the_run(dp_ru
     job_data = Path(open_run(run_copy, None).config.data.path).resolve()
     _OPENED = []
     try:
-        audit = run_site_audit(party.root, run_copy, ["audit.mia_max_auc=0.99"], progress=False)
+        audit = run_site_audit(party.root, run_copy, [MIA_LIMIT], progress=False)
     finally:
         opened, _OPENED = _OPENED, None
     assert audit.verdict == "pass"
