@@ -100,6 +100,11 @@ class RunConfig(_Section):
     rounds: Annotated[int, Field(ge=0, le=100)] = Field(
         2, description="CrossLM rounds after round 0 (round 0 = before any training)."
     )
+    synthetic_timing: Literal["next_round", "same_round"] = Field(
+        "next_round",
+        description="next_round: a round's kept synthetic samples join the next round's SLM training; same_round: "
+        "they are generated, scored, tuned on and sent first and join this round's (round 1 scored by round-0 SLMs).",
+    )
     method: Method = Field(
         "crosslm",
         description="crosslm | standalone (SLM on private data only) | data_free_kd "

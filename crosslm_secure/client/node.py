@@ -156,8 +156,17 @@ class ClientNode:
         reason = self.trainer.decline_reason(envelope.round)
         if reason is not None:
             return TrainReply(status="declined", reason=reason, private=self.trainer.private), {}
+        if body.synthetic_through is not None and body.synthetic_through > envelope.round:
+            raise ProtocolError(
+                f"{self.client_id}: round {envelope.round} asks to train on synthetic samples of round "
+                f"{body.synthetic_through}, a later one; refusing"
+            )
         report = self.trainer.train_private(
-            self.slm.model, self.slm.tokenizer, self.data.train, round_index=envelope.round
+            self.slm.model,
+            self.slm.tokenizer,
+            self.data.train,
+            round_index=envelope.round,
+            through=body.synthetic_through,
         )
         self.epsilon = report.epsilon
         return (

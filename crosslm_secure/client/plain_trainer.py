@@ -61,7 +61,7 @@ class PlainTrainer:
         return None
 
     def train_private(
-        self, model: Any, tokenizer: Any, examples: Sequence[Example], *, round_index: int
+        self, model: Any, tokenizer: Any, examples: Sequence[Example], *, round_index: int, through: int | None = None
     ) -> TrainReport:
         """Train ``cfg.private_epochs`` epochs on the client's private records (no DP)."""
         return self._train(model, tokenizer, examples, self.cfg.private_epochs, round_index, "private")

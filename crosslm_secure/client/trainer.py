@@ -37,7 +37,7 @@ class SLMTrainer(Protocol):
         ...
 
     def train_private(
-        self, model: Any, tokenizer: Any, examples: Sequence[Example], *, round_index: int
+        self, model: Any, tokenizer: Any, examples: Sequence[Example], *, round_index: int, through: int | None = None
     ) -> TrainReport:
         """Train on the client's private records (DP when ``private``)."""
         ...

@@ -53,6 +53,13 @@ class WireSample(_Body):
 class TrainRequest(_Body):
     """Server -> client: train on your private records for this round."""
 
+    synthetic_through: int | None = Field(
+        None,
+        ge=0,
+        description="join the synthetic samples kept through this round (this round's, with run.synthetic_timing: "
+        "same_round); null: those of earlier rounds only.",
+    )
+
 
 class TrainingStats(_Body):
     steps: int = Field(ge=0)

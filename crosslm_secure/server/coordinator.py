@@ -173,13 +173,16 @@ class Coordinator:
         round_start = time.perf_counter()
         synthetic: dict[str, Any] = {}
         if round_index > 0:
-            with phases("train_private"):
-                self._train_private(round_index)
-            stop = self.members.quorum_reason(round_index)
-            if stop is not None:
-                return stop
-            if self.method.generates:
-                synthetic = self._synthetic_round(round_index, phases)
+            # same_round: the round's synthetic samples are made, scored and sent first, so its private
+            # training can join them; next_round: they wait for the next round's private training.
+            first = self.method.generates and self.config.run.synthetic_timing == "same_round"
+            steps = ["synthetic", "train"] if first else ["train", "synthetic"]
+            for step in steps:
+                if step == "train":
+                    with phases("train_private"):
+                        self._train_private(round_index, synthetic_through=round_index if first else None)
+                elif self.method.generates:
+                    synthetic = self._synthetic_round(round_index, phases)
                 stop = self.members.quorum_reason(round_index)
                 if stop is not None:
                     return stop
@@ -194,8 +197,8 @@ class Coordinator:
         self.log(round_line(row))
         return None
 
-    def _train_private(self, round_index: int) -> None:
-        requests = dict.fromkeys(self.members.active, Request(TrainRequest()))
+    def _train_private(self, round_index: int, *, synthetic_through: int | None = None) -> None:
+        requests = dict.fromkeys(self.members.active, Request(TrainRequest(synthetic_through=synthetic_through)))
         for name, reply in self.messenger.ask_all(requests, round_index, TrainReply).items():
             if reply.body.status == "declined":
                 self.members.exclude(name, f"declined round {round_index}: {reply.body.reason}")

@@ -326,6 +326,21 @@ def test_synthetic_samples_join_the_next_private_round_without_changing_its_acco
     ]
 
 
+def test_same_round_timing_joins_the_samples_kept_in_the_round_being_trained(model_dir, examples, tmp_path):
+    """run.synthetic_timing: same_round sends a round's samples before its private training, which asks
+    for them with ``through``; without it the round trains only on earlier rounds' samples."""
+    synthetic = [Example(uid=f"syn:{i}", text=ex.text, label=ex.label) for i, ex in enumerate(examples[::3])]
+    later, tokenizer, model = head_trainer(model_dir, tmp_path / "next")
+    later.train_public(model, tokenizer, synthetic, round_index=1)
+    report = later.train_private(model, tokenizer, examples, round_index=1)
+    assert report.details["synthetic_in_training"] == 0
+    same, tokenizer_b, model_b = head_trainer(model_dir, tmp_path / "same")
+    same.train_public(model_b, tokenizer_b, synthetic, round_index=1)
+    report = same.train_private(model_b, tokenizer_b, examples, round_index=1, through=1)
+    assert report.details["synthetic_in_training"] == len(synthetic)
+    assert not torch.equal(model.classifier.weight, model_b.classifier.weight)
+
+
 def test_a_ratio_weight_is_the_synthetic_samples_over_the_private_records(model_dir, examples, tmp_path):
     plain = PrivacyConfig(dp=False)  # deterministic, so the two weightings can be compared exactly
     synthetic = [Example(uid=f"syn:{i}", text=ex.text, label=ex.label) for i, ex in enumerate(examples[::4])]
