@@ -141,3 +141,8 @@ def test_decryptor_checks_the_announced_quorum_against_its_own(network: dict, an
     envelope, reply, _ = ask(network, "client-2", request, round_index, [aggregate, *signed])
     assert envelope.type == "error"
     assert f"the server announced a quorum of {announced}, but this site's config gives 2" in reply.reason
+
+
+def test_training_on_synthetic_samples_of_a_later_round_is_refused(network: dict) -> None:
+    envelope, reply, _ = ask(network, "client-3", TrainRequest(synthetic_through=41), 40)
+    assert envelope.type == "error" and "synthetic samples of round 41, a later one" in reply.reason
