@@ -63,7 +63,10 @@ class PlainTrainer:
     def train_private(
         self, model: Any, tokenizer: Any, examples: Sequence[Example], *, round_index: int, through: int | None = None
     ) -> TrainReport:
-        """Train ``cfg.private_epochs`` epochs on the client's private records (no DP)."""
+        """Train ``cfg.private_epochs`` epochs on the client's private records (no DP).
+
+        ``through`` is not used: this trainer trains on synthetic samples when they arrive (``train_public``).
+        """
         return self._train(model, tokenizer, examples, self.cfg.private_epochs, round_index, "private")
 
     def train_public(self, model: Any, tokenizer: Any, examples: Sequence[Example], *, round_index: int) -> TrainReport:

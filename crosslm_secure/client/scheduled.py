@@ -131,10 +131,12 @@ class ScheduledTrainer:
         """
         if trains_on_features(model, self.slm.trainable, self.privacy.lora_rank):
             window = round_index if through is None else through + 1
-            return self._train_head(model, tokenizer, examples, round_index, window)
+            return self._train_head(model, tokenizer, examples, round_index, synthetic_before=window)
         return self._train_full(model, tokenizer, examples, round_index)
 
-    def _train_head(self, model: Any, tokenizer: Any, examples: Sequence[Example], r: int, window: int) -> TrainReport:
+    def _train_head(
+        self, model: Any, tokenizer: Any, examples: Sequence[Example], round_index: int, *, synthetic_before: int
+    ) -> TrainReport:
         """A head-only SLM: cached, publicly centred embeddings; synthetic samples as public steps."""
         encode = {"max_length": self.slm.max_length, "batch_size": self.slm.eval_batch_size}
         if self.slm.feature_centring == "public" and not bool(model.feature_mean.any()):
@@ -145,13 +147,15 @@ class ScheduledTrainer:
         )
         labels = torch.tensor([ex.label for ex in examples], dtype=torch.long)
         public = None
-        synthetic = self.synthetic.before(window)
+        synthetic = self.synthetic.before(synthetic_before)
         if synthetic and joins_private(self.slm):
             public_x = self._features.features(
                 tokenizer, model, [ex.uid for ex in synthetic], [ex.text for ex in synthetic], keep=False, **encode
             )
             public = (public_x - centre, torch.tensor([ex.label for ex in synthetic], dtype=torch.long))
-        report = self.train_private_features(own_head(model), features - centre, labels, round_index=r, public=public)
+        report = self.train_private_features(
+            own_head(model), features - centre, labels, round_index=round_index, public=public
+        )
         model.eval()
         kept = 0 if public is None else len(public[1])
         report.details["synthetic_in_training"] = kept

@@ -175,16 +175,18 @@ class Coordinator:
         if round_index > 0:
             # same_round: the round's synthetic samples are made, scored and sent first, so its private
             # training can join them; next_round: they wait for the next round's private training.
-            first = self.method.generates and self.config.run.synthetic_timing == "same_round"
-            steps = ["synthetic", "train"] if first else ["train", "synthetic"]
-            for step in steps:
-                if step == "train":
-                    with phases("train_private"):
-                        self._train_private(round_index, synthetic_through=round_index if first else None)
-                elif self.method.generates:
-                    synthetic = self._synthetic_round(round_index, phases)
-                stop = self.members.quorum_reason(round_index)
-                if stop is not None:
+            same_round = self.method.generates and self.config.run.synthetic_timing == "same_round"
+            if same_round:
+                synthetic = self._synthetic_round(round_index, phases)
+                if (stop := self.members.quorum_reason(round_index)) is not None:
+                    return stop
+            with phases("train_private"):
+                self._train_private(round_index, synthetic_through=round_index if same_round else None)
+            if (stop := self.members.quorum_reason(round_index)) is not None:
+                return stop
+            if self.method.generates and not same_round:
+                synthetic = self._synthetic_round(round_index, phases)
+                if (stop := self.members.quorum_reason(round_index)) is not None:
                     return stop
         if round_index == 0 or self.method.tunes_llm:
             with phases("evaluate_llm"):

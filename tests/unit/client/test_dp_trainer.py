@@ -339,6 +339,8 @@ def test_same_round_timing_joins_the_samples_kept_in_the_round_being_trained(mod
     report = same.train_private(model_b, tokenizer_b, examples, round_index=1, through=1)
     assert report.details["synthetic_in_training"] == len(synthetic)
     assert not torch.equal(model.classifier.weight, model_b.classifier.weight)
+    entries = [t.ledger.find("run", 1, "dp-sgd") for t in (later, same)]
+    assert len({(e.sample_rate, e.steps, e.noise_multiplier) for e in entries}) == 1, "the accounting is unchanged"
 
 
 def test_a_ratio_weight_is_the_synthetic_samples_over_the_private_records(model_dir, examples, tmp_path):
