@@ -100,10 +100,11 @@ class RunConfig(_Section):
     rounds: Annotated[int, Field(ge=0, le=100)] = Field(
         2, description="CrossLM rounds after round 0 (round 0 = before any training)."
     )
-    synthetic_timing: Literal["next_round", "same_round"] = Field(
+    synthetic_timing: Literal["next_round", "same_round", "same_round_after_first"] = Field(
         "next_round",
         description="next_round: a round's kept synthetic samples join the next round's SLM training; same_round: "
-        "they are generated, scored, tuned on and sent first and join this round's (round 1 scored by round-0 SLMs).",
+        "they are generated, scored, tuned on and sent first and join this round's (round 1 scored by round-0 SLMs); "
+        "same_round_after_first: round 1 as next_round, later rounds as same_round (scored by the last round's SLMs).",
     )
     method: Method = Field(
         "crosslm",

@@ -57,7 +57,7 @@ class TrainRequest(_Body):
         None,
         ge=0,
         description="join the synthetic samples kept through this round (this round's, with run.synthetic_timing: "
-        "same_round); null: those of earlier rounds only.",
+        "same_round, or same_round_after_first after round 1); null: those of earlier rounds only.",
     )
 
 

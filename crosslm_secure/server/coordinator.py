@@ -174,8 +174,13 @@ class Coordinator:
         synthetic: dict[str, Any] = {}
         if round_index > 0:
             # same_round: the round's synthetic samples are made, scored and sent first, so its private
-            # training can join them; next_round: they wait for the next round's private training.
-            same_round = self.method.generates and self.config.run.synthetic_timing == "same_round"
+            # training can join them; next_round: they wait for the next round's private training;
+            # same_round_after_first: round 1 as next_round (its samples scored by trained SLMs), later
+            # rounds as same_round.
+            timing = self.config.run.synthetic_timing
+            same_round = self.method.generates and (
+                timing == "same_round" or (timing == "same_round_after_first" and round_index > 1)
+            )
             if same_round:
                 synthetic = self._synthetic_round(round_index, phases)
                 if (stop := self.members.quorum_reason(round_index)) is not None:

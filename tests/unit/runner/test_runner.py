@@ -249,15 +249,22 @@ def test_baselines_run_on_the_same_code_path(job_files: dict[str, Path], method:
         assert "synthetic_generated" not in rows[1]
 
 
-@pytest.mark.parametrize("timing", ["next_round", "same_round"])
-def test_same_round_timing_sends_the_samples_before_the_round_trains(job_files: dict[str, Path], timing: str) -> None:
-    path = write_config(job_files, f"timing-{timing}", run={"rounds": 1, "synthetic_timing": timing})
+@pytest.mark.parametrize(
+    ("timing", "samples_first"),
+    [("next_round", [False, False]), ("same_round", [True, True]), ("same_round_after_first", [False, True])],
+)
+def test_same_round_timing_sends_the_samples_before_the_round_trains(
+    job_files: dict[str, Path], timing: str, samples_first: list[bool]
+) -> None:
+    path = write_config(job_files, f"timing-{timing}", run={"rounds": 2, "synthetic_timing": timing})
     result = run_job(load_config(path), log=lambda _: None)
-    lines = (result.store.root / "transcript.jsonl").read_text().splitlines()
-    sent = [row["type"] for row in map(json.loads, lines) if row["round"] == 1 and row["status"] == "sent"]
-    train, enhance = sent.index("train.request"), sent.index("enhance.request")
-    assert (enhance < train) == (timing == "same_round"), sent
-    assert [r["round"] for r in result.store.rounds()] == [0, 1]
+    rows = [json.loads(line) for line in (result.store.root / "transcript.jsonl").read_text().splitlines()]
+    first = []
+    for round_index in (1, 2):
+        sent = [row["type"] for row in rows if row["round"] == round_index and row["status"] == "sent"]
+        first.append(sent.index("enhance.request") < sent.index("train.request"))
+    assert first == samples_first, timing
+    assert [r["round"] for r in result.store.rounds()] == [0, 1, 2]
 
 
 def test_a_crash_mid_run_resumes_from_the_last_completed_round(
