@@ -72,6 +72,15 @@ def _choice_seed(run_seed: int, round_index: int) -> int:
     return int(np.random.SeedSequence([run_seed, round_index, 0x63686F]).generate_state(1)[0])
 
 
+def samples_first(timing: str, round_index: int) -> bool:
+    """Whether round ``round_index`` makes, scores and sends its synthetic samples before its private training.
+
+    ``same_round``: every round, so its training joins them; ``next_round``: never, they wait for the next
+    round's; ``same_round_after_first``: from round 2 on, so round 1's samples are scored by trained SLMs.
+    """
+    return timing == "same_round" or (timing == "same_round_after_first" and round_index > 1)
+
+
 class Coordinator:
     """Drives rounds 0..R over a transport.
 
@@ -173,14 +182,7 @@ class Coordinator:
         round_start = time.perf_counter()
         synthetic: dict[str, Any] = {}
         if round_index > 0:
-            # same_round: the round's synthetic samples are made, scored and sent first, so its private
-            # training can join them; next_round: they wait for the next round's private training;
-            # same_round_after_first: round 1 as next_round (its samples scored by trained SLMs), later
-            # rounds as same_round.
-            timing = self.config.run.synthetic_timing
-            same_round = self.method.generates and (
-                timing == "same_round" or (timing == "same_round_after_first" and round_index > 1)
-            )
+            same_round = self.method.generates and samples_first(self.config.run.synthetic_timing, round_index)
             if same_round:
                 synthetic = self._synthetic_round(round_index, phases)
                 if (stop := self.members.quorum_reason(round_index)) is not None:
