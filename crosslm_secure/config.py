@@ -47,6 +47,7 @@ __all__ = [
     "PrivacyConfig",
     "RunConfig",
     "SLMConfig",
+    "SyntheticTiming",
     "TaskConfig",
     "TuningConfig",
     "apply_override",
@@ -67,6 +68,7 @@ Method = Literal[
     "crosslm_random_feedback",
     "llm_zero_shot_calibrated",
 ]
+SyntheticTiming = Literal["next_round", "same_round", "same_round_after_first"]
 
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -100,7 +102,7 @@ class RunConfig(_Section):
     rounds: Annotated[int, Field(ge=0, le=100)] = Field(
         2, description="CrossLM rounds after round 0 (round 0 = before any training)."
     )
-    synthetic_timing: Literal["next_round", "same_round", "same_round_after_first"] = Field(
+    synthetic_timing: SyntheticTiming = Field(
         "next_round",
         description="next_round: a round's kept synthetic samples join the next round's SLM training; same_round: "
         "they are generated, scored, tuned on and sent first and join this round's (round 1 scored by round-0 SLMs); "

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from crosslm_secure.aggregation.schemes import scheme_for
-from crosslm_secure.config import Config
+from crosslm_secure.config import Config, SyntheticTiming
 from crosslm_secure.crypto.keys import Registry
 from crosslm_secure.errors import RunError
 from crosslm_secure.methods import method_for
@@ -72,7 +72,7 @@ def _choice_seed(run_seed: int, round_index: int) -> int:
     return int(np.random.SeedSequence([run_seed, round_index, 0x63686F]).generate_state(1)[0])
 
 
-def samples_first(timing: str, round_index: int) -> bool:
+def samples_first(timing: SyntheticTiming, round_index: int) -> bool:
     """Whether round ``round_index`` makes, scores and sends its synthetic samples before its private training.
 
     ``same_round``: every round, so its training joins them; ``next_round``: never, they wait for the next
@@ -182,16 +182,16 @@ class Coordinator:
         round_start = time.perf_counter()
         synthetic: dict[str, Any] = {}
         if round_index > 0:
-            same_round = self.method.generates and samples_first(self.config.run.synthetic_timing, round_index)
-            if same_round:
+            send_first = self.method.generates and samples_first(self.config.run.synthetic_timing, round_index)
+            if send_first:
                 synthetic = self._synthetic_round(round_index, phases)
                 if (stop := self.members.quorum_reason(round_index)) is not None:
                     return stop
             with phases("train_private"):
-                self._train_private(round_index, synthetic_through=round_index if same_round else None)
+                self._train_private(round_index, synthetic_through=round_index if send_first else None)
             if (stop := self.members.quorum_reason(round_index)) is not None:
                 return stop
-            if self.method.generates and not same_round:
+            if self.method.generates and not send_first:
                 synthetic = self._synthetic_round(round_index, phases)
                 if (stop := self.members.quorum_reason(round_index)) is not None:
                     return stop
