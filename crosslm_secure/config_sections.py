@@ -303,6 +303,7 @@ class TuningConfig(_Section):
     weighting: Literal["accepted", "every_pair", "every_sample"] = Field(
         "every_pair", description="LLM tuned on: accepted samples; their texts + every sample's label pair; or all."
     )
+    counter_pairs: bool = Field(False, description="A score below 1/K also pairs its text with the other labels.")
     label_bias: Literal["fit", "none"] = Field(
         "fit", description="fit: per-label logit offsets fitted on the round's label pairs at their scores; none: raw."
     )

@@ -8,6 +8,10 @@ The objective per sample i with mean score s_i (docs/researchers.md, "What a run
 * if ``tuning.classification_pairs``: likelihood of ``classify(text_i) -> label_i``, weighted
   the same way (every sample's pair with ``tuning.weighting: every_pair``), so the LLM's task
   accuracy improves;
+* if ``tuning.counter_pairs`` (with pairs weighted by every sample's score): a sample the clients
+  read as another label (``s_i`` below 1/K for K labels) also pairs ``classify(text_i)`` with every
+  other label, each weighted ``(1 - s_i) / (K - 1)`` over its label's mean score, so the LLM
+  learns the label the clients read where generation wrote the wrong one;
 * if ``tuning.unlikelihood_weight > 0``: ``-log(1 - p(token))`` on the completion tokens of
   samples below ``tuning.unlikelihood_threshold``, times that weight.
 
@@ -199,10 +203,15 @@ def build_tuning_items(
         ValueError: scores and samples differ in number.
     """
     weights, mask, pair_weights = item_weights(samples, mean_scores, tuning, accepted=accepted, weighting=weighting)
+    counter = counter_weights(samples, mean_scores, len(task.labels)) if tuning.counter_pairs else None
+    if weighting == "accepted" or not tuning.classification_pairs:
+        counter = None
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     answers = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in label_answers(tokenizer, task)]
     items: list[TuningItem] = []
-    for sample, weight, pair_weight, push_down in zip(samples, weights, pair_weights, mask, strict=True):
+    for index, (sample, weight, pair_weight, push_down) in enumerate(
+        zip(samples, weights, pair_weights, mask, strict=True)
+    ):
         unlikely = bool(push_down) and tuning.unlikelihood_weight > 0
         if weight > 0 or unlikely:
             prompt = encode_prompt(tokenizer, sample_prompt(tokenizer, task, sample))
@@ -222,7 +231,39 @@ def build_tuning_items(
             pair = _completion_item(prompt, answer, tuning.max_length, coefficient=float(pair_weight), kind="pair")
             if pair is not None:
                 items.append(pair)
+        for label, weight in enumerate(counter[index] if counter is not None else ()):
+            if weight > 0:
+                prompt = classification_prompt(tokenizer, task, sample.text, tuning.max_length - len(answers[label]))
+                pair = _completion_item(
+                    prompt, answers[label], tuning.max_length, coefficient=float(weight), kind="pair"
+                )
+                if pair is not None:
+                    items.append(pair)
     return items
+
+
+def counter_weights(samples: Sequence[SyntheticSample], mean_scores: np.ndarray, num_labels: int) -> np.ndarray:
+    """Per sample and label, the weight of pairing the sample's text with a label it was not written for.
+
+    A sample whose clipped mean score ``s`` is below ``1 / num_labels`` (the clients read it as
+    some other label) gets ``(1 - s) / (num_labels - 1)`` on every other label, over the mean score
+    of its intended label's samples (the scale of its own pair's weight under ``every_sample``), so
+    its pairs together carry the clients' aggregate reading; every other entry is 0.
+
+    Returns:
+        float64 array ``(len(samples), num_labels)``.
+    """
+    scores = np.clip(np.asarray(mean_scores, dtype=np.float64), 0.0, 1.0)
+    labels = np.array([s.intended_label for s in samples], dtype=np.int64)
+    weights = np.zeros((len(samples), num_labels))
+    if num_labels < 2:
+        return weights
+    for label in np.unique(labels):
+        group = labels == label
+        doubted = group & (scores < 1.0 / num_labels)
+        weights[doubted] = ((1.0 - scores[doubted]) / (num_labels - 1) / max(scores[group].mean(), 1e-12))[:, None]
+    weights[np.arange(len(samples)), labels] = 0.0
+    return weights
 
 
 def sequence_losses(model: torch.nn.Module, items: Sequence[TuningItem], pad_id: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ from crosslm_secure.server.generation import sample_id, sample_prompt
 from crosslm_secure.server.tuning import (
     IGNORE,
     build_tuning_items,
+    counter_weights,
     feedback_weights,
     offset_weights,
     sequence_losses,
@@ -283,3 +284,35 @@ def test_zero_epochs_or_nothing_accepted_trains_nothing(tiny_llm: LoadedLLM) -> 
     assert report.steps == 0 and report.label_pairs == 6
     after = [p for p in tiny_llm.model.parameters() if p.requires_grad]
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_counter_pairs_teach_the_labels_the_clients_read_for_doubted_samples_only(tiny_llm: LoadedLLM) -> None:
+    scores = np.array([0.9, 0.1, 0.6, 0.4, 0.8, 0.05])  # labels 0 1 2 0 1 2; below 1/3: samples 1 and 5
+    accepted = scores >= 0.5
+    plain = TuningConfig(max_length=256)
+    counter = TuningConfig(max_length=256, counter_pairs=True)
+    weights = counter_weights(SAMPLES, scores, 3)
+    assert np.flatnonzero(weights.sum(axis=1)).tolist() == [1, 5]
+    assert weights[1].tolist() == pytest.approx([0.9 / 2 / np.mean([0.1, 0.8]), 0.0, 0.9 / 2 / np.mean([0.1, 0.8])])
+    assert weights[5, 2] == 0.0 and weights[5, 0] == pytest.approx(0.95 / 2 / np.mean([0.6, 0.05]))
+
+    def pairs(tuning: TuningConfig, weighting: str, mean_scores: np.ndarray = scores) -> list[tuple[list[int], float]]:
+        items = build_tuning_items(
+            tiny_llm.tokenizer, SAMPLES, mean_scores, TASK, tuning, accepted=accepted, weighting=weighting
+        )
+        return [(i.input_ids, i.coefficient) for i in items if i.kind == "pair"]
+
+    base, extra = pairs(plain, "every_pair"), pairs(counter, "every_pair")
+    assert len(base) == 6 and len(extra) == 10, "two other labels for each of the two doubted samples"
+    assert extra[:2] + extra[4:8] == base, "each sample's own pair is unchanged, its counter pairs follow it"
+    relabelled = [(1, 0), (1, 2), (5, 0), (5, 1)]
+    other = [SyntheticSample(SAMPLES[k].sample_id, SAMPLES[k].text, label) for k, label in relabelled]
+    items = build_tuning_items(tiny_llm.tokenizer, other, np.ones(4), TASK, plain, accepted=np.ones(4, dtype=bool))
+    expected = [
+        (i.input_ids, weights[k, label])
+        for i, (k, label) in zip([i for i in items if i.kind == "pair"], relabelled, strict=True)
+    ]
+    assert [ids for ids, _ in extra[2:4] + extra[8:]] == [ids for ids, _ in expected]
+    assert [c for _, c in extra[2:4] + extra[8:]] == pytest.approx([c for _, c in expected])
+    assert pairs(counter, "accepted") == pairs(plain, "accepted"), "accepted weighting has no per-sample pair scores"
+    assert pairs(counter, "every_pair", np.full(6, 0.5)) == pairs(plain, "every_pair", np.full(6, 0.5))
