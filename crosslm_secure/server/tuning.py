@@ -8,10 +8,10 @@ The objective per sample i with mean score s_i (docs/researchers.md, "What a run
 * if ``tuning.classification_pairs``: likelihood of ``classify(text_i) -> label_i``, weighted
   the same way (every sample's pair with ``tuning.weighting: every_pair``), so the LLM's task
   accuracy improves;
-* if ``tuning.counter_pairs`` (with pairs weighted by every sample's score): a sample the clients
-  read as another label (``s_i`` below 1/K for K labels) also pairs ``classify(text_i)`` with every
-  other label, each weighted ``(1 - s_i) / (K - 1)`` over its label's mean score, so the LLM
-  learns the label the clients read where generation wrote the wrong one;
+* if ``tuning.counter_pairs``: a sample the clients read as another label (``s_i`` below 1/K for
+  K labels) also pairs ``classify(text_i)`` with every other label, each weighted
+  ``(1 - s_i) / (K - 1)`` over its label's mean score, so the LLM learns the label the clients
+  read where generation wrote the wrong one;
 * if ``tuning.unlikelihood_weight > 0``: ``-log(1 - p(token))`` on the completion tokens of
   samples below ``tuning.unlikelihood_threshold``, times that weight.
 
@@ -204,8 +204,6 @@ def build_tuning_items(
     """
     weights, mask, pair_weights = item_weights(samples, mean_scores, tuning, accepted=accepted, weighting=weighting)
     counter = counter_weights(samples, mean_scores, len(task.labels)) if tuning.counter_pairs else None
-    if weighting == "accepted" or not tuning.classification_pairs:
-        counter = None
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     answers = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in label_answers(tokenizer, task)]
     items: list[TuningItem] = []
