@@ -53,11 +53,15 @@ def collect(folders: list[Path]) -> dict:
     task_settings: dict = {}
     for folder in folders:
         for metrics in sorted(folder.rglob("metrics.csv")):
+            if not (metrics.parent / "config.yaml").is_file():
+                continue  # not a run folder
             config = yaml.safe_load((metrics.parent / "config.yaml").read_text())
             method, seed = config["run"]["method"], int(config["run"]["seed"])
             if method not in METHODS:
                 continue
             task, records = config["run"]["name"], config["partition"]["records_per_class"]
+            if records is None:
+                sys.exit(f"{metrics.parent} has no partition.records_per_class; give this script runs that set it")
             if task_settings.setdefault(task, (settings(config), metrics.parent))[0] != settings(config):
                 sys.exit(
                     f"{metrics.parent} and {task_settings[task][1]} differ in more than method, seed and "

@@ -23,7 +23,9 @@ def _script():
 curve = _script()
 
 
-def write_run(root: Path, name: str, *, method: str, seed: int, records: int, values: list[float], eps: float = 8.0):
+def write_run(
+    root: Path, name: str, *, method: str, seed: int, records: int | None, values: list[float], eps: float = 8.0
+):
     """A finished run's two files: config.yaml and one metrics.csv row per round."""
     folder = root / name / "run"
     folder.mkdir(parents=True)
@@ -46,6 +48,8 @@ def runs(tmp_path: Path) -> Path:
     write_run(tmp_path, "cl8-0", method="crosslm", seed=0, records=8, values=[0.2, 0.45])
     write_run(tmp_path, "sa8-0", method="standalone", seed=0, records=8, values=[0.2, 0.40])
     write_run(tmp_path, "cl8-1", method="crosslm", seed=1, records=8, values=[0.2, 0.45])
+    (tmp_path / "sweep-table").mkdir()
+    (tmp_path / "sweep-table" / "metrics.csv").write_text("round,slm_macro_f1_mean\n2,0.99\n")  # no config: not a run
     return tmp_path
 
 
@@ -61,6 +65,10 @@ def test_two_runs_of_one_cell_or_different_settings_are_refused(runs: Path, tmp_
     write_run(runs, "cl8-0-again", method="crosslm", seed=0, records=8, values=[0.2, 0.5])
     with pytest.raises(SystemExit, match="are both"):
         curve.collect([runs])
+    unset = tmp_path_factory.mktemp("unset")
+    write_run(unset, "a", method="crosslm", seed=0, records=None, values=[0.4])
+    with pytest.raises(SystemExit, match="no partition.records_per_class"):
+        curve.collect([unset])
     other = tmp_path_factory.mktemp("other")
     write_run(other, "a", method="crosslm", seed=0, records=8, values=[0.4])
     write_run(other, "b", method="standalone", seed=0, records=8, values=[0.4], eps=1.0)
