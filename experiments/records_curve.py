@@ -1,7 +1,7 @@
 """CrossLM's SLM gain over standalone against private records per class per site, one line per task.
 
 Reads finished runs, pairs each ``crosslm`` run with the ``standalone`` run of the same task,
-records per class and seed, and plots the last round's SLM macro-F1 gain (points) with its
+records per class and seed, and plots the final round's SLM macro-F1 gain (points) with its
 paired 95% t-interval; it prints the table and writes the plot and the per-seed values:
 
     .venv/bin/python experiments/records_curve.py runs/curve sweeps/scarce16_weight \\
@@ -31,10 +31,10 @@ METRIC = "slm_macro_f1_mean"
 VARYING = {("run", "seed"), ("run", "method"), ("run", "output_dir"), ("partition", "records_per_class")}
 
 
-def last_value(metrics: Path, key: str = METRIC) -> float | None:
-    """The last round's value of ``key`` in a run's ``metrics.csv`` (None when it has none)."""
-    rows = [row for row in csv.DictReader(metrics.open()) if row.get(key) not in (None, "")]
-    return float(max(rows, key=lambda row: int(row["round"]))[key]) if rows else None
+def final_value(metrics: Path, rounds: int, key: str = METRIC) -> float | None:
+    """``key`` at round ``rounds`` (the run's last) in its ``metrics.csv``; None while the run has not got there."""
+    rows = [row for row in csv.DictReader(metrics.open()) if int(row["round"]) == rounds and row.get(key)]
+    return float(rows[-1][key]) if rows else None
 
 
 def settings(config: dict) -> dict:
@@ -71,9 +71,11 @@ def collect(folders: list[Path]) -> dict:
             if key in seen:
                 sys.exit(f"{metrics.parent} and {seen[key]} are both {key}; give this script one run of each")
             seen[key] = metrics.parent
-            value = last_value(metrics)
-            if value is not None:
-                values.setdefault(task, {}).setdefault(str(records), {}).setdefault(method, {})[str(seed)] = value
+            value = final_value(metrics, int(config["run"]["rounds"]))
+            if value is None:
+                print(f"skipped {metrics.parent}: it has not finished its last round", file=sys.stderr)
+                continue
+            values.setdefault(task, {}).setdefault(str(records), {}).setdefault(method, {})[str(seed)] = value
     return values
 
 

@@ -30,7 +30,7 @@ def write_run(
     folder = root / name / "run"
     folder.mkdir(parents=True)
     config = {
-        "run": {"name": "movies", "seed": seed, "method": method, "output_dir": str(root / name)},
+        "run": {"name": "movies", "seed": seed, "method": method, "output_dir": str(root / name), "rounds": 2},
         "partition": {"records_per_class": records, "clients": 3},
         "privacy": {"target_epsilon": eps},
     }
@@ -45,15 +45,16 @@ def runs(tmp_path: Path) -> Path:
         write_run(tmp_path, f"cl16-{seed}", method="crosslm", seed=seed, records=16, values=[0.3, 0.4, cl])
         write_run(tmp_path, f"sa16-{seed}", method="standalone", seed=seed, records=16, values=[0.3, 0.4, sa])
         write_run(tmp_path, f"kd16-{seed}", method="data_free_kd", seed=seed, records=16, values=[0.3, 0.4, 0.9])
-    write_run(tmp_path, "cl8-0", method="crosslm", seed=0, records=8, values=[0.2, 0.45])
-    write_run(tmp_path, "sa8-0", method="standalone", seed=0, records=8, values=[0.2, 0.40])
-    write_run(tmp_path, "cl8-1", method="crosslm", seed=1, records=8, values=[0.2, 0.45])
+    write_run(tmp_path, "cl8-0", method="crosslm", seed=0, records=8, values=[0.2, 0.3, 0.45])
+    write_run(tmp_path, "sa8-0", method="standalone", seed=0, records=8, values=[0.2, 0.3, 0.40])
+    write_run(tmp_path, "cl8-1", method="crosslm", seed=1, records=8, values=[0.2, 0.3, 0.45])
+    write_run(tmp_path, "sa8-1", method="standalone", seed=1, records=8, values=[0.2, 0.3])  # still running
     (tmp_path / "sweep-table").mkdir()
     (tmp_path / "sweep-table" / "metrics.csv").write_text("round,slm_macro_f1_mean\n2,0.99\n")  # no config: not a run
     return tmp_path
 
 
-def test_gains_pair_the_last_round_by_seed_and_leave_other_methods_out(runs: Path) -> None:
+def test_gains_pair_the_final_round_by_seed_and_leave_unfinished_runs_and_other_methods_out(runs: Path) -> None:
     rows = curve.gains(curve.collect([runs]))
     assert [(r["task"], r["records"], r["n"], r["ahead"]) for r in rows] == [("movies", 8, 1, 1), ("movies", 16, 3, 2)]
     assert rows[0]["mean"] == pytest.approx(5.0)
@@ -62,7 +63,7 @@ def test_gains_pair_the_last_round_by_seed_and_leave_other_methods_out(runs: Pat
 
 
 def test_two_runs_of_one_cell_or_different_settings_are_refused(runs: Path, tmp_path_factory) -> None:
-    write_run(runs, "cl8-0-again", method="crosslm", seed=0, records=8, values=[0.2, 0.5])
+    write_run(runs, "cl8-0-again", method="crosslm", seed=0, records=8, values=[0.2, 0.3, 0.5])
     with pytest.raises(SystemExit, match="are both"):
         curve.collect([runs])
     unset = tmp_path_factory.mktemp("unset")
@@ -90,4 +91,6 @@ def test_main_writes_the_values_and_the_plot(runs: Path, tmp_path: Path, monkeyp
     curve.main()
     assert json.loads(out.with_suffix(".json").read_text()) == curve.collect([runs])
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| movies | 16 | 3 |" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "| movies | 16 | 3 |" in printed.out
+    assert "sa8-1" in printed.err and "has not finished" in printed.err
