@@ -229,11 +229,11 @@ def build_tuning_items(
             pair = _completion_item(prompt, answer, tuning.max_length, coefficient=float(pair_weight), kind="pair")
             if pair is not None:
                 items.append(pair)
-        for label, weight in enumerate(counter[index] if counter is not None else ()):
-            if weight > 0:
+        for label, counter_weight in enumerate(counter[index] if counter is not None else ()):
+            if counter_weight > 0:
                 prompt = classification_prompt(tokenizer, task, sample.text, tuning.max_length - len(answers[label]))
                 pair = _completion_item(
-                    prompt, answers[label], tuning.max_length, coefficient=float(weight), kind="pair"
+                    prompt, answers[label], tuning.max_length, coefficient=float(counter_weight), kind="pair"
                 )
                 if pair is not None:
                     items.append(pair)
