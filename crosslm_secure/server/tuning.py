@@ -223,17 +223,15 @@ def build_tuning_items(
             )
             if item is not None:
                 items.append(item)
-        if pair_weight > 0 and tuning.classification_pairs:
-            answer = answers[sample.intended_label]
-            prompt = classification_prompt(tokenizer, task, sample.text, tuning.max_length - len(answer))
-            pair = _completion_item(prompt, answer, tuning.max_length, coefficient=float(pair_weight), kind="pair")
-            if pair is not None:
-                items.append(pair)
-        for label, counter_weight in enumerate(counter[index] if counter is not None else ()):
-            if counter_weight > 0:
-                prompt = classification_prompt(tokenizer, task, sample.text, tuning.max_length - len(answers[label]))
+        # The sample's own text -> label pair first, then its counter pairs in label order.
+        targets = [(sample.intended_label, pair_weight if tuning.classification_pairs else 0.0)]
+        targets += list(enumerate(counter[index])) if counter is not None else []
+        for label, target_weight in targets:
+            if target_weight > 0:
+                answer = answers[label]
+                prompt = classification_prompt(tokenizer, task, sample.text, tuning.max_length - len(answer))
                 pair = _completion_item(
-                    prompt, answers[label], tuning.max_length, coefficient=float(counter_weight), kind="pair"
+                    prompt, answer, tuning.max_length, coefficient=float(target_weight), kind="pair"
                 )
                 if pair is not None:
                     items.append(pair)
