@@ -9,6 +9,8 @@ Rows (all measured in this process or its children, on this machine, now):
 - ``sweep_cell_round0``: a cell's round-0 LLM evaluation with a warm cache / computing it;
 - ``generation``: a seeded synthetic batch with top-p on top-k candidates / transformers'
   full-sort top-p (the note says whether the samples are the same);
+- ``tuning``: LoRA tuning steps with the batch's shared prompt prefix run once / every full
+  sequence (``server/tuning_loss.py``; the note gives the largest loss difference);
 - ``sweep_cell``: a whole standalone cell (round 0 and one private round) at another epsilon
   after a first cell filled the caches / the first cell (round-0 LLM results, public centre,
   every client's embeddings from its site cache).
@@ -40,7 +42,7 @@ import numpy as np
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 TABLE_START = "<!-- bench-rows -->"
-COLUMNS = ("dp_step", "ckks_round", "llm_eval", "sweep_cell_round0", "generation", "sweep_cell")
+COLUMNS = ("dp_step", "ckks_round", "llm_eval", "sweep_cell_round0", "generation", "sweep_cell", "tuning")
 """The ratio columns of the README's history table, in order."""
 
 
@@ -186,6 +188,51 @@ def generation(samples_per_label: int, config: str) -> dict:
     }
 
 
+def tuning(count: int, config: str) -> dict:
+    """LoRA tuning steps on the config's LLM: shared prompt prefix run once / every full sequence.
+
+    The items are the job's own (``build_tuning_items`` at the config's ``tuning.weighting``) on the
+    evaluator's texts standing in for synthetic samples, in a seeded random order like tuning's.
+    """
+    import torch
+
+    from crosslm_secure.data.records import SyntheticSample
+    from crosslm_secure.models.llm import add_lora
+    from crosslm_secure.server.tuning import build_tuning_items
+    from crosslm_secure.server.tuning_loss import sequence_losses
+
+    cfg, llm, _, chosen = _eval_inputs(count, config)
+    llm.model = add_lora(llm.model, cfg.llm.lora, seed=cfg.run.seed)
+    samples = [SyntheticSample(f"bench-{i}", e.text, e.label) for i, e in enumerate(chosen)]
+    rng = np.random.default_rng(cfg.run.seed)
+    scores = rng.uniform(0.0, 1.0, len(samples))
+    items = build_tuning_items(
+        llm.tokenizer, samples, scores, cfg.task, cfg.tuning, accepted=scores >= 0.5, weighting=cfg.tuning.weighting
+    )
+    items = [items[k] for k in rng.permutation(len(items))][:count]
+    size, pad = cfg.tuning.batch_size, llm.tokenizer.pad_token_id
+    llm.model.eval()  # no LoRA dropout, so the two losses compare; the arithmetic is tuning's
+
+    def steps(share: bool) -> list[torch.Tensor]:
+        losses = []
+        for start in range(0, len(items), size):
+            per_item = sequence_losses(llm.model, items[start : start + size], pad, share_prefix=share)
+            per_item.sum().backward()
+            losses.append(per_item.detach())
+        llm.model.zero_grad(set_to_none=True)
+        return losses
+
+    shared, shared_s = _timed(lambda: steps(True))
+    full, full_s = _timed(lambda: steps(False))
+    diff = max(float((a - b).abs().max()) for a, b in zip(shared, full, strict=True))
+    return {
+        "name": "tuning",
+        "baseline_s": full_s,
+        "measured_s": shared_s,
+        "note": f"{len(items)} items in batches of {size}; max |loss diff| {diff:.1e}",
+    }
+
+
 def sweep_cell(config: str) -> dict:
     """A standalone cell at epsilon 4 after a cell at epsilon 8 filled the caches / that first cell."""
     from crosslm_secure.cache import ENV_VAR
@@ -278,6 +325,7 @@ def run_bench(
         lambda: llm_eval_and_cache(examples, config),
         lambda: [generation(16, config)],
         lambda: [sweep_cell(config)],
+        lambda: [tuning(32, config)],
     )
     for step in steps:
         for row in step():
@@ -316,8 +364,9 @@ def append_row(readme: Path, result: dict) -> None:
         text += (
             f"\n## `crosslm bench` history (ratio = measured / baseline)\n\n{TABLE_START}\n"
             "| date | load | DP step / plain | CKKS round / plaintext | eval fast / reference "
-            "| round 0 cached / computed | generation top-k / sort | sweep cell warm / cold |\n"
-            "|---|---|---|---|---|---|---|---|\n"
+            "| round 0 cached / computed | generation top-k / sort | sweep cell warm / cold "
+            "| tuning shared prefix / full |\n"
+            "|---|---|---|---|---|---|---|---|---|\n"
         )
     text = text.rstrip("\n") + "\n| " + " | ".join(cells) + " |\n"
     tmp = readme.with_suffix(".md.tmp")

@@ -36,11 +36,10 @@ from crosslm_secure.config import TaskConfig, TuningConfig
 from crosslm_secure.data.records import SyntheticSample
 from crosslm_secure.errors import ModelError
 from crosslm_secure.eval.llm_eval import classification_prompt, label_answers
-from crosslm_secure.models.llm import LoadedLLM, encode_prompt, left_pad, tail_logits
+from crosslm_secure.models.llm import LoadedLLM, encode_prompt
 from crosslm_secure.server.generation import sample_prompt
+from crosslm_secure.server.tuning_loss import IGNORE, ItemKind, TuningItem, sequence_losses
 
-IGNORE = -100
-ItemKind = Literal["generation", "pair", "unlikelihood"]
 Weighting = Literal["accepted", "every_pair", "every_sample"]
 
 
@@ -96,21 +95,6 @@ def feedback_weights(
         weights[accepted] = scores[accepted] / max(scores[accepted].mean(), 1e-12)
     mask = (scores < unlikelihood_threshold) & ~accepted & (weights == 0)
     return weights, mask
-
-
-@dataclass(frozen=True)
-class TuningItem:
-    """One training sequence: tokens, targets (IGNORE on the prompt) and its loss coefficient."""
-
-    input_ids: list[int]
-    labels: list[int]
-    coefficient: float
-    kind: ItemKind = "generation"
-
-    @property
-    def unlikelihood(self) -> bool:
-        """Whether this item's loss is the unlikelihood term."""
-        return self.kind == "unlikelihood"
 
 
 @dataclass
@@ -260,25 +244,6 @@ def counter_weights(samples: Sequence[SyntheticSample], mean_scores: np.ndarray,
         weights[doubted] = ((1.0 - scores[doubted]) / (num_labels - 1) / max(scores[group].mean(), 1e-12))[:, None]
     weights[np.arange(len(samples)), labels] = 0.0
     return weights
-
-
-def sequence_losses(model: torch.nn.Module, items: Sequence[TuningItem], pad_id: int) -> torch.Tensor:
-    """Per-item loss: mean token NLL of the targets, or mean ``-log(1 - p)`` for unlikelihood."""
-    device = next(model.parameters()).device
-    ids, mask, positions = left_pad([i.input_ids for i in items], pad_id, device)
-    targets, _, _ = left_pad([i.labels for i in items], IGNORE, device)
-    # Targets are the tail of each left-padded row: only those positions need logits.
-    keep = min(int((targets != IGNORE).sum(dim=1).max()) + 1, ids.shape[1])
-    logits = tail_logits(model, ids, mask, positions, keep=keep)[:, :-1, :]
-    targets = targets[:, ids.shape[1] - keep + 1 :]
-    valid = targets != IGNORE
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    token_logp = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    unlikely = torch.tensor([i.unlikelihood for i in items], device=device).unsqueeze(1)
-    # -log(1 - p) with p = exp(logp); clamp so a certain token gives a large finite loss.
-    push_down = -torch.log1p(-token_logp.exp().clamp(max=1 - 1e-6))
-    per_token = torch.where(unlikely, push_down, -token_logp) * valid
-    return per_token.sum(dim=1) / valid.sum(dim=1).clamp(min=1)
 
 
 def tune_llm(

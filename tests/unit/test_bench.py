@@ -25,8 +25,8 @@ def test_rows_are_appended_under_one_table_and_keep_the_readme(tmp_path: Path) -
     assert text.count(TABLE_START) == 1
     lines = [line for line in text.splitlines() if line.startswith("| 2026-12-0")]
     assert lines == [
-        "| 2026-12-01 04:00 UTC | 3.2 | 1.900 |  | 0.512 |  |  |  |",
-        "| 2026-12-02 04:00 UTC | 3.2 | 1.900 |  | 0.498 |  |  |  |",
+        "| 2026-12-01 04:00 UTC | 3.2 | 1.900 |  | 0.512 |  |  |  |  |",
+        "| 2026-12-02 04:00 UTC | 3.2 | 1.900 |  | 0.498 |  |  |  |  |",
     ]
     header = next(line for line in text.splitlines() if line.startswith("| date"))
     assert header.count("|") == lines[0].count("|"), "every row has a cell per column"
