@@ -20,7 +20,7 @@ from crosslm_secure.data.records import Example
 from crosslm_secure.errors import ConfigError
 from crosslm_secure.eval.metrics import accuracy, macro_f1
 from crosslm_secure.models.device import eval_mode
-from crosslm_secure.models.llm import LoadedLLM, encode_prompt, left_pad, render_prompt, tail_logits
+from crosslm_secure.models.llm import LoadedLLM, encode_prompt, follow_prefix, left_pad, render_prompt, tail_logits
 
 CONTENT_FREE = ("N/A", "", "[MASK]")
 """Texts that carry no content (Zhao et al. 2021): what the LLM answers for them is its label bias."""
@@ -263,10 +263,7 @@ def label_logits(
             ids, mask, positions = left_pad([prompts[i][shared:] for i in rows], pad, device)
             past = None
             if prefix_cache is not None:
-                past = copy.deepcopy(prefix_cache)
-                past.batch_repeat_interleave(len(rows))
-                mask = torch.cat([torch.ones(len(rows), shared, dtype=mask.dtype, device=device), mask], dim=1)
-                positions = positions + shared
+                past, mask, positions = follow_prefix(copy.deepcopy(prefix_cache), shared, mask, positions)
             logits = tail_logits(model, ids, mask, positions, keep=1, past_key_values=past)[:, -1, :]
             out[rows] = logits.index_select(1, index).float().cpu()
     return out

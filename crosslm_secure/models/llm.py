@@ -295,6 +295,19 @@ def left_pad(
     return ids.to(device), mask.to(device), positions.to(device)
 
 
+def follow_prefix(
+    cache: Any, shared: int, mask: torch.Tensor, positions: torch.Tensor
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Make a batch of left-padded suffixes follow a shared prefix whose one-row key/value
+    ``cache`` covers ``shared`` tokens: the cache is repeated for every row (in place, autograd
+    flows through it), the mask gains the prefix's columns and the positions continue after it.
+    """
+    rows = mask.shape[0]
+    cache.batch_repeat_interleave(rows)
+    ones = torch.ones(rows, shared, dtype=mask.dtype, device=mask.device)
+    return cache, torch.cat([ones, mask], dim=1), positions + shared
+
+
 def tail_logits(
     model: torch.nn.Module,
     input_ids: torch.Tensor,

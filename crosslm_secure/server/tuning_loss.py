@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 
 from crosslm_secure.eval.llm_eval import shared_prefix
-from crosslm_secure.models.llm import left_pad, tail_logits
+from crosslm_secure.models.llm import follow_prefix, left_pad, tail_logits
 
 IGNORE = -100
 ItemKind = Literal["generation", "pair", "unlikelihood"]
@@ -60,10 +60,9 @@ def sequence_losses(
     past = None
     if shared:
         prefix = torch.tensor([items[0].input_ids[:shared]], device=device)
-        past = model(input_ids=prefix, use_cache=True).past_key_values
-        past.batch_repeat_interleave(len(items))
-        mask = torch.cat([torch.ones(len(items), shared, dtype=mask.dtype, device=device), mask], dim=1)
-        positions = positions + shared
+        past, mask, positions = follow_prefix(
+            model(input_ids=prefix, use_cache=True).past_key_values, shared, mask, positions
+        )
     # Targets are the tail of each left-padded row: only those positions need logits.
     keep = min(int((targets != IGNORE).sum(dim=1).max()) + 1, ids.shape[1])
     logits = tail_logits(model, ids, mask, positions, keep=keep, past_key_values=past)[:, :-1, :]

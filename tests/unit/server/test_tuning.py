@@ -16,14 +16,13 @@ from crosslm_secure.models.device import eval_mode
 from crosslm_secure.models.llm import LoadedLLM, add_lora, encode_prompt, load_llm
 from crosslm_secure.server.generation import sample_id, sample_prompt
 from crosslm_secure.server.tuning import (
-    IGNORE,
     build_tuning_items,
     counter_weights,
     feedback_weights,
     offset_weights,
-    sequence_losses,
     tune_llm,
 )
+from crosslm_secure.server.tuning_loss import IGNORE, sequence_losses
 from tests.tiny_models import tiny_llm_dir
 
 TASK = TaskConfig()
