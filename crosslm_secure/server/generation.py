@@ -11,6 +11,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from crosslm_secure.config import GenerationConfig, TaskConfig
 from crosslm_secure.data.records import SyntheticSample
 from crosslm_secure.models.device import eval_mode
 from crosslm_secure.models.llm import LoadedLLM, encode_prompt, left_pad, render_prompt
-from crosslm_secure.models.sampling import sampling_processors
+from crosslm_secure.models.sampling import draws, sampling_processors
 
 log = logging.getLogger(__name__)
 
@@ -182,18 +183,14 @@ def generate_synthetic(
                 encode_prompt(tokenizer, generation_prompt(tokenizer, task, s.label_index, s.number)) for s in batch
             ]
             ids, mask, _ = left_pad(encoded, tokenizer.pad_token_id, llm.device)
+            processors = sampling(gen.temperature, gen.top_p)
             with torch.random.fork_rng(devices=_cuda_devices(llm.device)), torch.no_grad():
                 torch.manual_seed(batch_seed(seed, round_index, batch_index))
-                # Temperature and top-p come from our processors (no full-vocabulary sort);
-                # generate's own warpers are switched off so they do not run twice.
                 out = model.generate(
                     input_ids=ids,
                     attention_mask=mask,
-                    do_sample=True,
-                    temperature=1.0,
-                    top_p=1.0,
-                    top_k=0,
-                    logits_processor=sampling(gen.temperature, gen.top_p),
+                    **_decoding(processors),
+                    logits_processor=processors,
                     max_new_tokens=gen.max_new_tokens,
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=eos,
@@ -207,6 +204,15 @@ def generate_synthetic(
             "round %d: kept %d of %d synthetic samples, dropped %s", round_index, len(samples), len(slots), dropped
         )
     return samples
+
+
+def _decoding(processors: LogitsProcessorList) -> dict[str, Any]:
+    """``generate``'s own sampling settings, so that only ``processors`` shape the draw:
+    greedy decoding after processors that draw the token (``models.sampling.draws``), else
+    sampling with the built-in warpers off."""
+    if draws(processors):
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
 
 
 def _stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
