@@ -132,16 +132,16 @@ def test_processors_filter_what_generates_own_warpers_filter(tiny_llm) -> None:
     assert torch.equal(ours, builtin)
 
 
-def test_the_models_own_sampling_settings_change_nothing_and_raise_no_warning(tiny_llm, caplog) -> None:
+def test_the_models_own_sampling_settings_change_nothing_and_raise_no_warning(tiny_llm, caplog, monkeypatch) -> None:
     # A model whose generation config samples at its own temperature and top-p: our draw is the
-    # only one, and generate reports no flags it ignores.
+    # only one, and generate reports no flags it ignores. monkeypatch restores the shared model.
     config = tiny_llm.model.generation_config
-    config.do_sample, config.temperature, config.top_p, config.top_k = True, 0.3, 0.5, 5
     task = TaskConfig(labels=["negative", "positive"], generation_instructions=["Write a {label} review."])
     gen = GenerationConfig(samples_per_label=4, max_new_tokens=12, batch_size=8, min_chars=1)
+    plain = generate_synthetic(tiny_llm, task, gen, round_index=1, seed=3, progress=False)
+    for name, value in {"do_sample": True, "temperature": 0.3, "top_p": 0.5, "top_k": 5}.items():
+        monkeypatch.setattr(config, name, value)
     with caplog.at_level(logging.WARNING):
         sampled = generate_synthetic(tiny_llm, task, gen, round_index=1, seed=3, progress=False)
     assert not [r.getMessage() for r in caplog.records if "generation flags" in r.getMessage()]
-    config.do_sample, config.temperature, config.top_p, config.top_k = False, None, None, None
-    again = generate_synthetic(tiny_llm, task, gen, round_index=1, seed=3, progress=False)
-    assert [s.text for s in sampled] == [s.text for s in again]
+    assert [s.text for s in sampled] == [s.text for s in plain]
