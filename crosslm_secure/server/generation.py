@@ -165,7 +165,8 @@ def generate_synthetic(
         round_index: the round, part of every sample id and of the sampling seed.
         seed: the run seed.
         progress: show a progress bar.
-        sampling: builds the temperature and top-p processors from ``(temperature, top_p)``;
+        sampling: builds the processors from ``(temperature, top_p)``; the default's last one
+            draws the token itself (``models.sampling.draws``), so ``generate`` decodes greedily.
             ``models.sampling.reference_processors`` gives transformers' own (the baseline).
 
     Returns:

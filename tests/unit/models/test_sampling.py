@@ -20,6 +20,7 @@ from crosslm_secure.models.sampling import (
 from crosslm_secure.server.generation import generate_synthetic
 
 VOCAB = 49152
+TASK = TaskConfig(labels=["negative", "positive"], generation_instructions=["Write a {label} review."])
 
 
 @pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95, 0.99])
@@ -104,11 +105,10 @@ def _total_variation(tokens: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
 
 
 def test_sampler_with_a_greedy_generate_samples_and_repeats_per_seed(tiny_llm) -> None:
-    task = TaskConfig(labels=["negative", "positive"], generation_instructions=["Write a {label} review."])
     gen = GenerationConfig(samples_per_label=6, max_new_tokens=12, batch_size=4, min_chars=1, temperature=0.8)
-    first = generate_synthetic(tiny_llm, task, gen, round_index=1, seed=3, progress=False)
-    again = generate_synthetic(tiny_llm, task, gen, round_index=1, seed=3, progress=False)
-    other = generate_synthetic(tiny_llm, task, gen, round_index=1, seed=4, progress=False)
+    first = generate_synthetic(tiny_llm, TASK, gen, round_index=1, seed=3, progress=False)
+    again = generate_synthetic(tiny_llm, TASK, gen, round_index=1, seed=3, progress=False)
+    other = generate_synthetic(tiny_llm, TASK, gen, round_index=1, seed=4, progress=False)
     assert [(s.sample_id, s.text) for s in first] == [(s.sample_id, s.text) for s in again]
     assert len({s.text for s in first}) > len(first) // 2, "greedy decoding of the same prompts would repeat texts"
     assert [s.text for s in first] != [s.text for s in other]
@@ -136,12 +136,11 @@ def test_the_models_own_sampling_settings_change_nothing_and_raise_no_warning(ti
     # A model whose generation config samples at its own temperature and top-p: our draw is the
     # only one, and generate reports no flags it ignores. monkeypatch restores the shared model.
     config = tiny_llm.model.generation_config
-    task = TaskConfig(labels=["negative", "positive"], generation_instructions=["Write a {label} review."])
     gen = GenerationConfig(samples_per_label=4, max_new_tokens=12, batch_size=8, min_chars=1)
-    plain = generate_synthetic(tiny_llm, task, gen, round_index=1, seed=3, progress=False)
+    plain = generate_synthetic(tiny_llm, TASK, gen, round_index=1, seed=3, progress=False)
     for name, value in {"do_sample": True, "temperature": 0.3, "top_p": 0.5, "top_k": 5}.items():
         monkeypatch.setattr(config, name, value)
     with caplog.at_level(logging.WARNING):
-        sampled = generate_synthetic(tiny_llm, task, gen, round_index=1, seed=3, progress=False)
+        sampled = generate_synthetic(tiny_llm, TASK, gen, round_index=1, seed=3, progress=False)
     assert not [r.getMessage() for r in caplog.records if "generation flags" in r.getMessage()]
     assert [s.text for s in sampled] == [s.text for s in plain]
