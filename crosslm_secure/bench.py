@@ -201,7 +201,7 @@ def tuning(count: int, config: str) -> dict:
     import torch
 
     from crosslm_secure.data.records import SyntheticSample
-    from crosslm_secure.models.llm import add_lora
+    from crosslm_secure.models.lora import add_lora
     from crosslm_secure.server.tuning import build_tuning_items
     from crosslm_secure.server.tuning_loss import sequence_losses
 

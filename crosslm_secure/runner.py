@@ -35,7 +35,8 @@ from crosslm_secure.errors import RunError
 from crosslm_secure.eval.predictions import Predictions, write_predictions
 from crosslm_secure.methods import method_for
 from crosslm_secure.models.device import resolve_device
-from crosslm_secure.models.llm import LoadedLLM, add_lora, load_llm, load_lora
+from crosslm_secure.models.llm import LoadedLLM, load_llm
+from crosslm_secure.models.lora import add_lora, load_lora
 from crosslm_secure.models.slm import load_slm, quiet_transformers
 from crosslm_secure.preflight import check_paths
 from crosslm_secure.privacy.ledger import Ledger

@@ -1,7 +1,8 @@
 """Durable file writes: whole files replaced atomically, JSONL lines appended durably.
 
-A crash leaves either the old file or the new one, never half of either. Also
-:func:`user_path`, how every path a user writes in a config is read (``~`` expanded).
+A crash leaves either the old file or the new one, never half of either. :func:`replace_dir`
+swaps in a finished folder by renames. Also :func:`user_path`, how every path a user writes in a
+config is read (``~`` expanded).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,20 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     lines = text.split("\n")
     complete = lines[:-1]  # the part after the last newline is empty or torn
     return [json.loads(line) for line in complete if line.strip()]
+
+
+def replace_dir(tmp: Path, folder: Path) -> None:
+    """Move the finished folder ``tmp`` to ``folder``; an existing ``folder`` is swapped out, then removed.
+
+    ``tmp`` must be a sibling of ``folder`` (same file system), so each move is one rename. A crash
+    between the two renames leaves the old folder inside a ``.<name>.old-*`` sibling, not half of it."""
+    if not folder.exists():
+        os.replace(tmp, folder)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+    os.replace(folder, trash / folder.name)
+    os.replace(tmp, folder)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _fsync_dir(folder: Path) -> None:

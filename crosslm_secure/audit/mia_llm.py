@@ -25,7 +25,8 @@ from crosslm_secure.methods import method_for
 def llm_attack(run: AuditRun, progress: bool) -> tuple[AttackMetrics, tuple[np.ndarray, np.ndarray], str] | None:
     """LOSS on the server LLM (final LoRA adapter when the run tuned it): mean token NLL of
     each record's text. Members: client training records; non-members: population records."""
-    from crosslm_secure.models.llm import load_llm, load_lora
+    from crosslm_secure.models.llm import load_llm
+    from crosslm_secure.models.lora import load_lora
 
     cfg = run.settings
     half = cfg.llm_records // 2

@@ -1,4 +1,4 @@
-"""Resolve and load the server LLM (embedded SmolLM2 or a local folder), and its LoRA adapter.
+"""Resolve and load the server LLM (embedded SmolLM2 or a local folder); its LoRA adapter is ``models.lora``.
 
 The embedded default ships as a GGUF file. Dequantizing it takes ~30 s, so it is converted
 once into a safetensors cache (written atomically, with a manifest holding the sha256 of
@@ -21,18 +21,17 @@ from typing import Any
 import peft
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from crosslm_secure.config import LLMConfig, LoraConfig
+from crosslm_secure.config import LLMConfig
 from crosslm_secure.errors import ModelError
 from crosslm_secure.models.device import model_dtype
 from crosslm_secure.models.folders import resolve_llm_files
+from crosslm_secure.storage import replace_dir
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 MANIFEST = "crosslm-manifest.json"
 WEIGHTS = "model.safetensors"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _MANIFEST_FORMAT = 1
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
@@ -153,7 +152,7 @@ def write_model_cache(
             "weights_sha256": _sha256_file(tmp / WEIGHTS),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        _replace_dir(tmp, folder)
+        replace_dir(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -171,95 +170,6 @@ def cache_is_valid(folder: Path, *, source: Path) -> bool:
         )
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def add_lora(model: torch.nn.Module, lora: LoraConfig, *, seed: int = 0) -> peft.PeftModel:
-    """Wrap ``model`` with a fresh LoRA adapter; only the LoRA parameters stay trainable.
-
-    The model must already be on its device: peft corrupts LoRA weights otherwise.
-
-    Args:
-        model: the loaded LLM (``LoadedLLM.model``).
-        lora: rank, alpha, dropout and target modules.
-        seed: seeds the adapter's random initialisation (the global RNG is left as it was).
-
-    Raises:
-        ModelError: the model is on the meta device or no module matches ``target_modules``.
-    """
-    if any(p.device.type == "meta" for p in model.parameters()):
-        raise ModelError("LLM weights are not materialized (meta device); load the model before add_lora")
-    config = peft.LoraConfig(
-        task_type=peft.TaskType.CAUSAL_LM,
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-    )
-    device = next(model.parameters()).device
-    try:
-        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            wrapped = peft.get_peft_model(model, config)
-    except ValueError as exc:
-        raise ModelError(
-            f"llm.lora.target_modules {list(lora.target_modules)} match no module of the LLM; "
-            "name its attention projections (e.g. q_proj, v_proj)"
-        ) from exc
-    wrapped.eval()
-    return wrapped
-
-
-def save_lora(model: peft.PeftModel, folder: Path, *, extra_files: dict[str, str] | None = None) -> None:
-    """Save the LoRA adapter of ``model`` to ``folder`` atomically (tmp sibling, then rename).
-
-    ``extra_files`` (name -> text) are written into the same folder before the rename, so the
-    adapter and what belongs with it appear together or not at all.
-    """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        model.save_pretrained(tmp)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-        _replace_dir(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def load_lora(model: torch.nn.Module, folder: Path) -> peft.PeftModel:
-    """Load a saved LoRA adapter (for resume); the result is trainable and in eval mode.
-
-    Args:
-        model: a base model (gets wrapped) or a ``PeftModel`` (its adapter weights are replaced).
-        folder: a folder written by ``save_lora``.
-
-    Raises:
-        ModelError: the folder or its adapter files are missing, corrupt, or do not fit the model.
-    """
-    folder = Path(folder)
-    weights = folder / ADAPTER_WEIGHTS
-    if not (folder / "adapter_config.json").is_file() or not weights.is_file():
-        raise ModelError(
-            f"LoRA adapter folder {folder} is missing or incomplete; resume from an earlier round or start a new run"
-        )
-    try:
-        state = load_file(str(weights))
-        if isinstance(model, peft.PeftModel):
-            result = peft.set_peft_model_state_dict(model, state)
-            missing = [k for k in result.missing_keys if "lora_" in k]
-            if result.unexpected_keys or missing:
-                raise ValueError(f"adapter keys do not match: {(result.unexpected_keys + missing)[:3]}")
-            wrapped = model
-        else:
-            wrapped = peft.PeftModel.from_pretrained(model, folder, is_trainable=True)
-    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise ModelError(
-            f"LoRA adapter in {folder} is corrupt or does not fit this LLM ({type(exc).__name__}); "
-            "resume from an earlier round or start a new run"
-        ) from exc
-    wrapped.eval()
-    return wrapped
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, message: str) -> str:
@@ -383,14 +293,3 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _replace_dir(tmp: Path, folder: Path) -> None:
-    """Move ``tmp`` to ``folder``; an existing ``folder`` is swapped out, then removed."""
-    if not folder.exists():
-        os.replace(tmp, folder)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-    os.replace(folder, trash / folder.name)
-    os.replace(tmp, folder)
-    shutil.rmtree(trash, ignore_errors=True)

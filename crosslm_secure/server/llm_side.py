@@ -24,7 +24,8 @@ from crosslm_secure.eval.judge import Judge
 from crosslm_secure.eval.llm_eval import fit_label_bias, llm_perplexity, llm_task_accuracy, text_label_logits
 from crosslm_secure.eval.predictions import Predictions, write_predictions
 from crosslm_secure.methods import method_for
-from crosslm_secure.models.llm import LoadedLLM, save_lora
+from crosslm_secure.models.llm import LoadedLLM
+from crosslm_secure.models.lora import save_lora
 from crosslm_secure.runstore import RunStore
 from crosslm_secure.server.generation import generate_synthetic
 from crosslm_secure.server.tuning import Weighting, offset_weights, tune_llm

@@ -13,7 +13,8 @@ from crosslm_secure.eval.llm_eval import (
     llm_task_accuracy,
     shared_prefix,
 )
-from crosslm_secure.models.llm import LoadedLLM, add_lora
+from crosslm_secure.models.llm import LoadedLLM
+from crosslm_secure.models.lora import add_lora
 from tests.tiny_models import separable_examples
 
 TASK = TaskConfig()

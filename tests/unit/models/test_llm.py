@@ -1,4 +1,4 @@
-"""LLM loading, the converted-weights cache, LoRA add/save/load; the embedded SmolLM2 (e2e)."""
+"""LLM loading and the converted-weights cache; the embedded SmolLM2 (e2e). LoRA: test_lora.py."""
 
 from __future__ import annotations
 
@@ -11,17 +11,14 @@ from transformers import (
     AutoModelForCausalLM,
 )
 
-from crosslm_secure.config import EvalConfig, GenerationConfig, LLMConfig, LoraConfig, TaskConfig
+from crosslm_secure.config import EvalConfig, GenerationConfig, LLMConfig, TaskConfig
 from crosslm_secure.errors import ModelError
 from crosslm_secure.models.llm import (
     MANIFEST,
     WEIGHTS,
-    add_lora,
     cache_is_valid,
     ensure_model_cache,
     load_llm,
-    load_lora,
-    save_lora,
     write_model_cache,
 )
 from tests.tiny_models import tiny_llm_dir
@@ -105,52 +102,6 @@ def test_cache_writer_drops_a_gguf_quantization_config(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "cache" / "config.json").read_text())
     assert "quantization_config" not in saved
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "cache") is not None
-
-
-def test_lora_round_trip_restores_the_adapter(tmp_path: Path) -> None:
-    folder = tiny_llm_dir(tmp_path)
-    lora = LoraConfig(r=4, alpha=8, dropout=0.0)
-    llm = load_llm(LLMConfig(model=str(folder)), CPU)
-    tuned = add_lora(llm.model, lora)
-    trainable = [n for n, p in tuned.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n for n in trainable)
-    with torch.no_grad():
-        for name, param in tuned.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
-    expected = _logits(tuned, llm.tokenizer)
-    save_lora(tuned, tmp_path / "adapter")
-    save_lora(tuned, tmp_path / "adapter")  # overwriting an existing adapter is atomic too
-
-    fresh = load_llm(LLMConfig(model=str(folder)), CPU)
-    assert not torch.allclose(_logits(fresh.model, fresh.tokenizer), expected)
-    resumed = load_lora(fresh.model, tmp_path / "adapter")
-    assert torch.allclose(_logits(resumed, fresh.tokenizer), expected, atol=1e-6)
-    assert any(p.requires_grad for p in resumed.parameters())
-
-    wrapped = add_lora(load_llm(LLMConfig(model=str(folder)), CPU).model, lora)
-    assert torch.allclose(_logits(load_lora(wrapped, tmp_path / "adapter"), llm.tokenizer), expected, atol=1e-6)
-
-
-def test_missing_or_corrupt_adapter_is_one_sentence(tmp_path: Path) -> None:
-    folder = tiny_llm_dir(tmp_path)
-    model = load_llm(LLMConfig(model=str(folder)), CPU).model
-    with pytest.raises(ModelError, match="missing or incomplete"):
-        load_lora(model, tmp_path / "nope")
-    save_lora(add_lora(model, LoraConfig(r=4)), tmp_path / "adapter")
-    other_rank = add_lora(load_llm(LLMConfig(model=str(folder)), CPU).model, LoraConfig(r=8))
-    with pytest.raises(ModelError, match="does not fit this LLM"):
-        load_lora(other_rank, tmp_path / "adapter")
-    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"garbage")
-    fresh = load_llm(LLMConfig(model=str(folder)), CPU).model
-    with pytest.raises(ModelError, match="corrupt"):
-        load_lora(fresh, tmp_path / "adapter")
-
-
-def test_lora_with_unknown_target_modules_is_refused(tmp_path: Path) -> None:
-    model = load_llm(LLMConfig(model=str(tiny_llm_dir(tmp_path))), CPU).model
-    with pytest.raises(ModelError, match="match no module"):
-        add_lora(model, LoraConfig(target_modules=["no_such_proj"]))
 
 
 @pytest.mark.e2e

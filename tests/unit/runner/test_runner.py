@@ -20,7 +20,8 @@ from crosslm_secure.errors import ModelError
 from crosslm_secure.eval.llm_eval import text_label_logits
 from crosslm_secure.eval.metrics import accuracy
 from crosslm_secure.eval.predictions import read_predictions
-from crosslm_secure.models.llm import load_llm, load_lora
+from crosslm_secure.models.llm import load_llm
+from crosslm_secure.models.lora import load_lora
 from crosslm_secure.privacy.ledger import Ledger, ledger_path
 from crosslm_secure.privacy.noise_source import SEEDED_WARNING
 from crosslm_secure.runner import prepare_job, resume_job, run_job

@@ -13,7 +13,8 @@ from crosslm_secure.data.records import SyntheticSample
 from crosslm_secure.errors import ModelError
 from crosslm_secure.eval.llm_eval import classification_prompt, label_answers
 from crosslm_secure.models.device import eval_mode
-from crosslm_secure.models.llm import LoadedLLM, add_lora, encode_prompt, load_llm
+from crosslm_secure.models.llm import LoadedLLM, encode_prompt, load_llm
+from crosslm_secure.models.lora import add_lora
 from crosslm_secure.server.generation import sample_id, sample_prompt
 from crosslm_secure.server.tuning import (
     build_tuning_items,

@@ -8,7 +8,8 @@ import torch
 
 from crosslm_secure.config import LLMConfig, LoraConfig, TaskConfig, TuningConfig
 from crosslm_secure.data.records import SyntheticSample
-from crosslm_secure.models.llm import LoadedLLM, add_lora, load_llm
+from crosslm_secure.models.llm import LoadedLLM, load_llm
+from crosslm_secure.models.lora import add_lora
 from crosslm_secure.server.generation import sample_id
 from crosslm_secure.server.tuning import build_tuning_items
 from crosslm_secure.server.tuning_loss import IGNORE, TuningItem, prompt_prefix, sequence_losses
