@@ -177,6 +177,13 @@ def tiny_llm_dir(tmp_path: Path, *, chat: bool = True, seed: int = 0, name: str 
     return folder
 
 
+def tiny_llm_logits(model: torch.nn.Module, tokenizer) -> torch.Tensor:
+    """The LLM's logits on one fixed sentence: compares two models' weights through their outputs."""
+    encoded = tokenizer(["the drug helped my pain"], return_tensors="pt")
+    with torch.no_grad():
+        return model(**encoded).logits
+
+
 def write_sentiment_csv(path: Path, rows: int) -> Path:
     """A toy ``note,outcome`` CSV: row ``i`` has label ``i % 3`` and two of its sentiment words."""
     import csv

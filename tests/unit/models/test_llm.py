@@ -21,15 +21,9 @@ from crosslm_secure.models.llm import (
     load_llm,
     write_model_cache,
 )
-from tests.tiny_models import tiny_llm_dir
+from tests.tiny_models import tiny_llm_dir, tiny_llm_logits
 
 CPU = torch.device("cpu")
-
-
-def _logits(model: torch.nn.Module, tokenizer) -> torch.Tensor:
-    encoded = tokenizer(["the drug helped my pain"], return_tensors="pt")
-    with torch.no_grad():
-        return model(**encoded).logits
 
 
 def test_loads_a_local_folder_left_padded_in_eval_mode(tmp_path: Path) -> None:
@@ -81,7 +75,8 @@ def test_cache_is_written_once_verified_and_rebuilt_when_corrupt(tmp_path: Path)
     assert len(calls) == 2 and cache_is_valid(cache, source=source)
     reloaded = load_llm(LLMConfig(model=str(cache)), CPU)
     original = load_llm(LLMConfig(model=str(source_dir)), CPU)
-    assert torch.equal(_logits(reloaded.model, reloaded.tokenizer), _logits(original.model, original.tokenizer))
+    expected = tiny_llm_logits(original.model, original.tokenizer)
+    assert torch.equal(tiny_llm_logits(reloaded.model, reloaded.tokenizer), expected)
     assert not list(cache.parent.glob(".*")), "no temporary folders may be left behind"
 
 

@@ -12,15 +12,9 @@ from crosslm_secure.config import LLMConfig, LoraConfig
 from crosslm_secure.errors import ModelError
 from crosslm_secure.models.llm import load_llm
 from crosslm_secure.models.lora import add_lora, load_lora, save_lora
-from tests.tiny_models import tiny_llm_dir
+from tests.tiny_models import tiny_llm_dir, tiny_llm_logits
 
 CPU = torch.device("cpu")
-
-
-def _logits(model: torch.nn.Module, tokenizer) -> torch.Tensor:
-    encoded = tokenizer(["the drug helped my pain"], return_tensors="pt")
-    with torch.no_grad():
-        return model(**encoded).logits
 
 
 def test_lora_round_trip_restores_the_adapter(tmp_path: Path) -> None:
@@ -34,18 +28,18 @@ def test_lora_round_trip_restores_the_adapter(tmp_path: Path) -> None:
         for name, param in tuned.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.5)
-    expected = _logits(tuned, llm.tokenizer)
+    expected = tiny_llm_logits(tuned, llm.tokenizer)
     save_lora(tuned, tmp_path / "adapter")
     save_lora(tuned, tmp_path / "adapter")  # overwriting an existing adapter is atomic too
 
     fresh = load_llm(LLMConfig(model=str(folder)), CPU)
-    assert not torch.allclose(_logits(fresh.model, fresh.tokenizer), expected)
+    assert not torch.allclose(tiny_llm_logits(fresh.model, fresh.tokenizer), expected)
     resumed = load_lora(fresh.model, tmp_path / "adapter")
-    assert torch.allclose(_logits(resumed, fresh.tokenizer), expected, atol=1e-6)
+    assert torch.allclose(tiny_llm_logits(resumed, fresh.tokenizer), expected, atol=1e-6)
     assert any(p.requires_grad for p in resumed.parameters())
 
     wrapped = add_lora(load_llm(LLMConfig(model=str(folder)), CPU).model, lora)
-    assert torch.allclose(_logits(load_lora(wrapped, tmp_path / "adapter"), llm.tokenizer), expected, atol=1e-6)
+    assert torch.allclose(tiny_llm_logits(load_lora(wrapped, tmp_path / "adapter"), llm.tokenizer), expected, atol=1e-6)
 
 
 def test_missing_or_corrupt_adapter_is_one_sentence(tmp_path: Path) -> None:
