@@ -1,7 +1,7 @@
 """Durable file writes: whole files replaced atomically, JSONL lines appended durably.
 
-A crash leaves either the old file or the new one, never half of either. :func:`replace_dir`
-swaps in a finished folder by renames. Also :func:`user_path`, how every path a user writes in a
+A crash leaves either the old file or the new one, never half of either; :func:`atomic_dir`
+does the same for a whole folder. Also :func:`user_path`, how every path a user writes in a
 config is read (``~`` expanded).
 """
 
@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,18 +89,28 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in complete if line.strip()]
 
 
-def replace_dir(tmp: Path, folder: Path) -> None:
-    """Move the finished folder ``tmp`` to ``folder``; an existing ``folder`` is swapped out, then removed.
+@contextmanager
+def atomic_dir(folder: Path) -> Iterator[Path]:
+    """Write a whole folder atomically: fill the yielded sibling temp folder, which then replaces ``folder``.
 
-    ``tmp`` must be a sibling of ``folder`` (same file system), so each move is one rename. A crash
-    between the two renames leaves the old folder inside a ``.<name>.old-*`` sibling, not half of it."""
-    if not folder.exists():
-        os.replace(tmp, folder)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-    os.replace(folder, trash / folder.name)
-    os.replace(tmp, folder)
-    shutil.rmtree(trash, ignore_errors=True)
+    An exception inside the block leaves ``folder`` as it was and removes the temp folder. A crash
+    between the swap's two renames leaves the old folder inside a ``.<name>.old-*`` sibling, not half
+    of it.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        yield tmp
+        if folder.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            os.replace(folder, trash / folder.name)
+            os.replace(tmp, folder)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -11,8 +11,6 @@ import hashlib
 import inspect
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from crosslm_secure.config import LLMConfig
 from crosslm_secure.errors import ModelError
 from crosslm_secure.models.device import model_dtype
 from crosslm_secure.models.folders import resolve_llm_files
-from crosslm_secure.storage import replace_dir
+from crosslm_secure.storage import atomic_dir
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 MANIFEST = "crosslm-manifest.json"
@@ -140,9 +138,7 @@ def write_model_cache(
         state = model.state_dict()
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(state)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         manifest = {
@@ -152,9 +148,6 @@ def write_model_cache(
             "weights_sha256": _sha256_file(tmp / WEIGHTS),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        replace_dir(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cache_is_valid(folder: Path, *, source: Path) -> bool:

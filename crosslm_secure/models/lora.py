@@ -7,8 +7,6 @@ that one message (and nothing else) around peft's wrapping calls.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +19,7 @@ from safetensors.torch import load_file
 
 from crosslm_secure.config import LoraConfig
 from crosslm_secure.errors import ModelError
-from crosslm_secure.storage import replace_dir
+from crosslm_secure.storage import atomic_dir
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -72,21 +70,15 @@ def add_lora(model: torch.nn.Module, lora: LoraConfig, *, seed: int = 0) -> peft
 
 
 def save_lora(model: peft.PeftModel, folder: Path, *, extra_files: dict[str, str] | None = None) -> None:
-    """Save the LoRA adapter of ``model`` to ``folder`` atomically (tmp sibling, then rename).
+    """Save the LoRA adapter of ``model`` to ``folder`` atomically (``storage.atomic_dir``).
 
     ``extra_files`` (name -> text) are written into the same folder before the rename, so the
     adapter and what belongs with it appear together or not at all.
     """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        replace_dir(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_lora(model: torch.nn.Module, folder: Path) -> peft.PeftModel:

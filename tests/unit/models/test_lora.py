@@ -71,5 +71,5 @@ def test_wrapping_and_resuming_print_no_library_deprecation_notice(tmp_path: Pat
         tuned = add_lora(load_llm(LLMConfig(model=str(folder)), CPU).model, LoraConfig(r=4))
         save_lora(tuned, tmp_path / "adapter")
         load_lora(load_llm(LLMConfig(model=str(folder)), CPU).model, tmp_path / "adapter")
-    notices = [str(w.message) for w in caught if issubclass(w.category, FutureWarning | DeprecationWarning)]
-    assert not [n for n in notices if "checkpointing" in n], notices
+    notices = [str(w.message) for w in caught if "is_gradient_checkpointing" in str(w.message)]
+    assert not notices, notices

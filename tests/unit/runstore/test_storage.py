@@ -35,6 +35,20 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Mon
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
+def test_atomic_dir_replaces_a_folder_whole_or_keeps_the_old_one(tmp_path: Path) -> None:
+    target = tmp_path / "adapter"
+    with storage.atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("one")
+    with storage.atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("two")
+    assert [p.name for p in target.iterdir()] == ["weights"] and (target / "weights").read_text() == "two"
+    with pytest.raises(RuntimeError, match="crash"), storage.atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("crash while writing")
+    assert (target / "weights").read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"], "no temp or old folder may be left behind"
+
+
 def test_torn_last_line_is_dropped(tmp_path: Path) -> None:
     log = tmp_path / "events.jsonl"
     storage.append_jsonl(log, {"a": 1})
