@@ -224,6 +224,11 @@ def ceiling_bound(m: int, guesses: int, eps: float, delta: float, confidence: fl
     return epsilon_lower_bound(m, guesses, int(math.floor(expected + 1e-9)), delta, confidence)
 
 
+def _mean_variance(values: np.ndarray) -> float:
+    """The sample mean's variance estimate; NaN for fewer than two values (nothing to estimate from)."""
+    return float(values.var(ddof=1)) / len(values) if len(values) > 1 else math.nan
+
+
 def mechanism_check(standard: np.ndarray, included: np.ndarray, sigma: float, rate: float) -> dict[str, Any]:
     """Measured vs claimed mean shift of an included canary's summed standardised update.
 
@@ -235,7 +240,7 @@ def mechanism_check(standard: np.ndarray, included: np.ndarray, sigma: float, ra
     summed = standard.sum(axis=0) / math.sqrt(max(1, steps))
     inside, outside = summed[included], summed[~included]
     shift = float(inside.mean() - outside.mean())
-    error = math.sqrt(inside.var(ddof=1) / len(inside) + outside.var(ddof=1) / len(outside))
+    error = math.sqrt(_mean_variance(inside) + _mean_variance(outside))
     claimed = rate * math.sqrt(steps) / sigma if math.isfinite(sigma) and sigma > 0 else math.inf
     z = norm.ppf(1 - MECHANISM_ALPHA)
     low95, high95 = shift - 1.96 * error, shift + 1.96 * error

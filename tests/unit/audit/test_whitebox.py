@@ -16,7 +16,14 @@ from typer.testing import CliRunner
 
 from crosslm_secure.audit.canaries import epsilon_lower_bound, inclusion, p_value
 from crosslm_secure.audit.dp_audit import run_dp_audit
-from crosslm_secure.audit.whitebox import DiracHead, _correct_guesses, canary_directions, ceiling_bound, run_whitebox
+from crosslm_secure.audit.whitebox import (
+    DiracHead,
+    _correct_guesses,
+    canary_directions,
+    ceiling_bound,
+    mechanism_check,
+    run_whitebox,
+)
 from crosslm_secure.cli import app
 from crosslm_secure.client import dp_trainer, scheduled
 from crosslm_secure.client.dp_trainer import DPTrainer
@@ -120,6 +127,19 @@ def test_disabled_clipping_fails_both_checks(tmp_path: Path, monkeypatch: pytest
     assert result.fail_mechanism
     assert result.fail_bound
     assert result.numbers["empirical_epsilon_lower_bound"] > result.numbers["claimed_epsilon"]
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_the_mechanism_check_with_one_canary_on_a_side_has_no_spread_to_measure_and_does_not_fail() -> None:
+    standard = np.random.default_rng(0).normal(size=(40, 10))
+    included = np.zeros(10, dtype=bool)
+    included[3] = True  # one included canary: its group has no sample variance
+    check = mechanism_check(standard, included, sigma=1.0, rate=0.25)
+    assert math.isfinite(check["measured_shift"]) and all(math.isnan(x) for x in check["measured_shift_ci95"])
+    assert check["mechanism_fail"] is False
+    two = included.copy()
+    two[7] = True  # two on each side: the spread is measured
+    assert all(math.isfinite(x) for x in mechanism_check(standard, two, sigma=1.0, rate=0.25)["measured_shift_ci95"])
 
 
 def test_a_canary_gradient_is_one_fixed_direction_whatever_the_weights() -> None:
