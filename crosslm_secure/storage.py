@@ -93,15 +93,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def atomic_dir(folder: Path) -> Iterator[Path]:
     """Write a whole folder atomically: fill the yielded sibling temp folder, which then replaces ``folder``.
 
-    An exception inside the block leaves ``folder`` as it was and removes the temp folder. A crash
-    between the swap's two renames leaves the old folder inside a ``.<name>.old-*`` sibling, not half
-    of it.
+    An exception inside the block leaves ``folder`` as it was and removes the temp folder. Like the
+    file writes above, the new folder's files are fsynced before the swap and the parent after it. A
+    crash between the swap's two renames leaves the old folder inside a ``.<name>.old-*`` sibling,
+    not half of it.
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         yield tmp
+        _fsync_tree(tmp)
         if folder.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
             os.replace(folder, trash / folder.name)
@@ -109,8 +111,18 @@ def atomic_dir(folder: Path) -> Iterator[Path]:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, folder)
+        _fsync_dir(folder.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under ``root``, then every folder (deepest first), so a rename publishes them whole."""
+    for here, _, files in os.walk(root, topdown=False):
+        for name in files:
+            with open(os.path.join(here, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(Path(here))
 
 
 def _fsync_dir(folder: Path) -> None:

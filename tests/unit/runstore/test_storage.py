@@ -49,6 +49,20 @@ def test_atomic_dir_replaces_a_folder_whole_or_keeps_the_old_one(tmp_path: Path)
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"], "no temp or old folder may be left behind"
 
 
+def test_atomic_dir_fsyncs_every_new_file_before_the_swap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    target = tmp_path / "adapter"
+    with storage.atomic_dir(target) as tmp:
+        (tmp / "nested").mkdir()
+        for name in ("weights", "nested/config"):
+            (tmp / name).write_text(name)
+    files = {str(tmp / "weights"), str(tmp / "nested" / "config")}
+    assert files <= set(synced), synced  # fsynced while still in the temp folder, i.e. before the rename
+    assert synced[-1] == str(tmp_path), "the parent is fsynced last, after the rename"
+
+
 def test_torn_last_line_is_dropped(tmp_path: Path) -> None:
     log = tmp_path / "events.jsonl"
     storage.append_jsonl(log, {"a": 1})
